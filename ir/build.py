@@ -1,0 +1,116 @@
+"""Build the SpMM kernel IR from (Problem, Schedule).
+
+The pipeline is expanded into explicit copies, commits, waits and barriers, so that the CPU
+interpreter checks the very order the GPU will run:
+
+    prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
+    main loop: for t in [t0, t1):
+                   wait until tile t has landed (S-2 groups may stay in flight); barrier
+                   copy tile t+S-1 -> stage (t-t0+S-1) % S     # the stage read in iteration t-1:
+                   commit                                      #   the barrier above freed it
+                   acc += tile t (from stage (t-t0) % S)
+    epilogue:  store acc to C (atomic add under split-K)
+"""
+from __future__ import annotations
+
+from .expr import Var, lt, min_
+from .layout import ComputeLayout, CopyPlan
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, Param, Shared, SparseFMA, StoreAcc, Wait,
+                    ZeroAcc)
+from .operands import geometry
+from .problem import Problem
+from .schedule import Schedule
+
+TID, CTAID_X, CTAID_Z = Var("tid"), Var("ctaid_x"), Var("ctaid_z")
+
+
+def kernel_name(problem: Problem, s: Schedule) -> str:
+    p = problem.pattern
+    return f"nmspmm_{problem.M}x{problem.N}x{problem.K}_{p.n}_{p.m}_{p.vector}_{s.hash()[:10]}"
+
+
+def _align16(x: int) -> int:
+    return -(-x // 16) * 16
+
+
+def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
+    """Kernel IR for `problem` under schedule `s` (assumed valid: see `ir.validate`).
+    `a_rows` is the compacted A list length of the "rows" strategy (from the prepared weights)."""
+    g = geometry(problem, s, a_rows)
+    lay = ComputeLayout.of(s, problem.pattern.vector)
+    M, N, K = problem.M, problem.N, problem.K
+    S, BM, BN, threads = s.stages, s.block_m, s.block_n, s.threads
+    rows_strategy = s.a_load == "rows"
+    idx_dtype = "u8"  # the index blob is bytes; entries are idx_bits wide inside it
+
+    params = [
+        Param("A", "f32", M, K, doc="activations (M, K), row-major"),
+        Param("Bv", "f32", g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
+        Param("Bi", idx_dtype, g.T * g.tiles_n, g.chunk_bytes,
+              doc=f"shared-A-row indices, one {g.chunk_bytes}-byte chunk per (K tile, block column)"),
+    ]
+    if rows_strategy:
+        params.append(Param("Arows", "i32", g.T * g.tiles_n, g.a_rows,
+                            doc="K columns of A each (K tile, block column) uses"))
+    params.append(Param("C", "f32", M, N, readonly=False, doc="output (M, N), row-major"))
+
+    a_buf = Shared("As", "f32", S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A transposed")
+    b_buf = Shared("Bs", "f32", S, g.KR, BN, _align16(a_buf.nbytes), doc="(stages, KR, BN): kept values")
+    i_buf = Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
+                   doc="(stages, chunk): index chunk")
+
+    a_plan = CopyPlan(BM, g.a_rows, 4, 4, True, threads)
+    b_plan = CopyPlan(g.KR, BN, 4, s.b_copy_bytes, False, threads)
+    i_plan = CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, threads)
+
+    bm, bn, t0, t1 = Var("bm"), Var("bn"), Var("t0"), Var("t1")
+    bound_m = M if M % BM else None
+
+    def load(tile, stage):
+        chunk = tile * g.tiles_n + bn
+        if rows_strategy:
+            a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "Arows", chunk * g.a_rows)
+        else:
+            a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, K if K % g.BK else None)
+        return (a,
+                Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan),
+                Copy("Is", stage, "Bi", chunk, 0, i_plan))
+
+    body = list(_raster(g.tiles_m, g.tiles_n, s.raster))
+    if s.split_k == 1:
+        body += [Let("t0", 0), Let("t1", g.T)]
+    else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
+        body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
+    body.append(ZeroAcc())
+    for st in range(S - 1):
+        body += [If(lt(t0 + st, t1), load(t0 + st, st)), Commit()]
+    t = Var("t")
+    it = Var("it")
+    body.append(For("t", t0, t1, (
+        Let("it", t - t0),
+        Wait(S - 2),
+        Barrier(),
+        If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
+        Commit(),
+        SparseFMA(it % S, "As", "Bs", "Is", g.KR),
+    )))
+    body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
+
+    return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=(a_buf, b_buf, i_buf),
+                  threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
+                  M=M, N=N, body=tuple(body), zero_output=s.split_k > 1, min_blocks=s.min_blocks,
+                  notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
+
+
+def _raster(tiles_m: int, tiles_n: int, group: int):
+    """Block index -> (bm, bn). Consecutive blocks walk down `group` block rows of one block
+    column before moving right, so the A rows and B columns they share are still in L2."""
+    bid = CTAID_X
+    if group <= 1:
+        return [Let("bm", bid // tiles_n), Let("bn", bid % tiles_n)]
+    group = min(group, tiles_m)
+    width = group * tiles_n
+    first = (bid // width) * group
+    size = min_(tiles_m - first, group) if tiles_m % group else group
+    local = bid % width
+    return [Let("bm", first + local % size), Let("bn", local // size)]

@@ -1,0 +1,243 @@
+"""Run the kernel IR on the CPU with numpy, one thread block at a time.
+
+It executes what the GPU would: the copy plans and the compute layout thread by thread (vectorised
+over the block's threads), the pipeline's copy groups, waits and barriers. On top of the values it
+tracks each shared-memory stage's state, so an ordering bug fails here instead of racing on a GPU:
+
+  a copy is issued        -> stage "pending"   (its data is not in shared memory yet)
+  a wait retires its group -> "landed"          (visible to the issuing threads only)
+  a barrier                -> "visible"         (visible to all)
+  reading a stage that is not "visible", copying into a stage read since the last barrier, or into
+  one with a copy still pending, raises HazardError. Shared memory starts as NaN (poison).
+
+Slow by design (tiny problems only): it is a checker, not a fast path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import HazardError
+from .expr import evaluate
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc, Wait, ZeroAcc)
+
+_NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
+_POISON = {"f32": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
+
+
+@dataclass
+class _Stage:
+    state: str = "empty"     # empty | pending | landed | visible
+    read: bool = False       # read since the last barrier
+
+
+@dataclass
+class _Block:
+    env: dict
+    smem: dict
+    stages: dict
+    acc: np.ndarray
+    open_group: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+
+
+class Interpreter:
+    def __init__(self, kernel: Kernel):
+        self.k = kernel
+        tid = np.arange(kernel.threads)
+        lay = kernel.layout
+        self.rows = np.stack([lay.row(tid, r) for r in range(lay.thread_m)], 1)   # (threads, TM)
+        self.cols = np.stack([lay.col(tid, c) for c in range(lay.thread_n)], 1)   # (threads, TN)
+        self.units = np.empty_like(self.cols)                                     # index unit per column
+        for gi, group in enumerate(lay.groups):
+            u = lay.group_unit(tid, gi)
+            for c in group:
+                self.units[:, c] = u
+        self._check_partition()
+        self._slots = {}
+        self.written = None
+
+    def _check_partition(self):
+        lay = self.k.layout
+        cover = np.zeros((lay.block_m, lay.block_n), np.int64)
+        np.add.at(cover, (self.rows[:, :, None], self.cols[:, None, :]), 1)
+        if not (cover == 1).all():
+            raise HazardError(f"thread tiles do not partition the {lay.block_m}x{lay.block_n} block tile "
+                              f"(an element owned {cover.min()}..{cover.max()} times)")
+        if (self.cols // lay.unit != self.units).any():
+            raise HazardError("an index look-up group spans two index units")
+
+    # ---- launch ---------------------------------------------------------------------------------
+    def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """`arrays` maps each param name to its 2-D array; returns C (poisoned, or zeroed for split-K, first)."""
+        k = self.k
+        for p in k.params:
+            if p.name == "C":
+                continue
+            a = arrays[p.name]
+            if a.shape != (p.rows, p.cols) or a.dtype != _NP[p.dtype]:
+                raise ValueError(f"param {p.name}: expected {p.dtype} ({p.rows}, {p.cols}), got {a.dtype} {a.shape}")
+        C = np.zeros((k.M, k.N), np.float32) if k.zero_output else np.full((k.M, k.N), np.nan, np.float32)
+        self.arrays = dict(arrays, C=C)
+        self.written = np.zeros((k.M, k.N), bool)
+        gx, gy, gz = k.grid
+        for z in range(gz):
+            for x in range(gx):
+                self._run_block({"ctaid_x": x, "ctaid_z": z})
+        return C
+
+    def _run_block(self, env):
+        k = self.k
+        smem = {b.name: np.full((b.stages, b.rows, b.pitch), _POISON[b.dtype], _NP[b.dtype]) for b in k.shared}
+        stages = {(b.name, s): _Stage() for b in k.shared for s in range(b.stages)}
+        lay = k.layout
+        blk = _Block(env=dict(env), smem=smem, stages=stages,
+                     acc=np.full((k.threads, lay.thread_m, lay.thread_n), np.nan, np.float32))
+        self._exec(k.body, blk)
+
+    def _exec(self, body, blk: _Block):
+        for st in body:
+            if isinstance(st, Let):
+                blk.env[st.var] = self._scalar(st.value, blk)
+            elif isinstance(st, For):
+                for v in range(self._scalar(st.start, blk), self._scalar(st.stop, blk)):
+                    blk.env[st.var] = v
+                    self._exec(st.body, blk)
+            elif isinstance(st, If):
+                if self._scalar(st.cond, blk):
+                    self._exec(st.body, blk)
+            elif isinstance(st, Copy):
+                self._copy(st, blk)
+            elif isinstance(st, Commit):
+                blk.groups.append(blk.open_group)
+                blk.open_group = []
+            elif isinstance(st, Wait):
+                while len(blk.groups) > st.pending:
+                    for key, apply in blk.groups.pop(0):
+                        apply()
+                        blk.stages[key].state = "landed"
+            elif isinstance(st, Barrier):
+                for s in blk.stages.values():
+                    if s.state == "landed":
+                        s.state = "visible"
+                    s.read = False
+            elif isinstance(st, ZeroAcc):
+                blk.acc[:] = 0
+            elif isinstance(st, SparseFMA):
+                self._fma(st, blk)
+            elif isinstance(st, StoreAcc):
+                self._store(st, blk)
+            else:
+                raise TypeError(f"interpreter cannot run {type(st).__name__}")
+
+    def _scalar(self, e, blk) -> int:
+        v = evaluate(e, blk.env)
+        if not isinstance(v, (int, np.integer)):
+            raise HazardError(f"block-uniform value {e} depends on the thread")
+        return int(v)
+
+    # ---- copies ---------------------------------------------------------------------------------
+    def _plan_slots(self, plan):
+        """(row, col, guard) for every thread and iteration; checks the plan copies each element once."""
+        if plan not in self._slots:
+            tid = np.arange(plan.threads)
+            its = [plan.slot(it, tid) for it in range(plan.iterations)]
+            r = np.concatenate([np.broadcast_to(x[0], tid.shape) for x in its])
+            c = np.concatenate([np.broadcast_to(x[1], tid.shape) for x in its])
+            g = np.concatenate([np.broadcast_to(x[2], tid.shape) for x in its]).astype(bool)
+            r, c = r[g], c[g]
+            cover = np.zeros((plan.rows, plan.cols), np.int64)
+            for e in range(plan.elems):
+                np.add.at(cover, (r, c + e), 1)
+            if not (cover == 1).all():
+                raise HazardError(f"copy plan {plan} does not copy every tile element exactly once")
+            self._slots[plan] = (r, c)
+        return self._slots[plan]
+
+    def _copy(self, cp: Copy, blk: _Block):
+        stage = self._scalar(cp.stage, blk)
+        key = (cp.dst, stage)
+        st = blk.stages[key]
+        if st.read:
+            raise HazardError(f"copy into {cp.dst} stage {stage} while threads may still be reading it "
+                              f"(no barrier since it was last read)")
+        if st.state == "pending" or any(k == key for k, _ in blk.open_group):
+            raise HazardError(f"copy into {cp.dst} stage {stage} while an earlier copy into it is still in flight")
+        src = self.arrays[cp.src]
+        r, c = self._plan_slots(cp.plan)
+        row0, col0 = self._scalar(cp.row0, blk), self._scalar(cp.col0, blk)
+        plan = cp.plan
+        values = []
+        for e in range(plan.elems):
+            rows = row0 + r
+            if cp.row_list is not None:
+                lst = self.arrays[cp.row_list].ravel()
+                cols = lst[self._scalar(cp.list_offset, blk) + c + e].astype(np.int64)
+            else:
+                cols = col0 + c + e
+            ok = np.ones(r.shape, bool)
+            if cp.bound_rows is not None:
+                ok &= rows < cp.bound_rows
+            if cp.bound_cols is not None:
+                ok &= cols < cp.bound_cols
+            if ((rows[ok] >= src.shape[0]) | (cols[ok] >= src.shape[1])).any():
+                raise HazardError(f"copy {cp.src} -> {cp.dst} reads outside {cp.src} {src.shape}")
+            v = np.zeros(r.shape, src.dtype)
+            v[ok] = src[rows[ok], cols[ok]]
+            values.append(v)
+        buf = blk.smem[cp.dst]
+
+        def apply():
+            for e, v in enumerate(values):
+                if plan.transpose:
+                    buf[stage, c + e, r] = v
+                else:
+                    buf[stage, r, c + e] = v
+
+        st.state = "pending"
+        blk.open_group.append((key, apply))
+
+    # ---- compute and store ----------------------------------------------------------------------
+    def _visible(self, blk, name, stage, what):
+        s = blk.stages[(name, stage)]
+        if s.state != "visible":
+            raise HazardError(f"{what} reads {name} stage {stage} while it is {s.state}: its copy group "
+                              f"was not waited for, or no barrier followed the wait")
+        s.read = True
+
+    def _fma(self, op: SparseFMA, blk: _Block):
+        k = self.k
+        stage = self._scalar(op.stage, blk)
+        for name in (op.a, op.b, op.idx):
+            self._visible(blk, name, stage, "SparseFMA")
+        As, Bs = blk.smem[op.a][stage], blk.smem[op.b][stage]
+        raw = blk.smem[op.idx][stage, 0]
+        upb = k.layout.units_per_block
+        dt = np.uint8 if k.idx_bits == 8 else np.dtype("<u2")
+        entries = raw[: op.kept * upb * dt(0).itemsize].view(dt).reshape(op.kept, upb).astype(np.int64)
+        idx = entries[:, self.units]                       # (KR, threads, TN): shared A row per column
+        if (idx >= As.shape[0]).any():
+            raise HazardError(f"index {idx.max()} points past the {As.shape[0]} shared A rows")
+        idx = idx.transpose(1, 0, 2)                       # (threads, KR, TN)
+        a = As[idx[:, :, None, :], self.rows[:, None, :, None]]         # (threads, KR, TM, TN)
+        b = Bs[np.arange(op.kept)[None, :, None], self.cols[:, None, :]]  # (threads, KR, TN)
+        blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
+
+    def _store(self, op: StoreAcc, blk: _Block):
+        C = self.arrays[op.dst]
+        rows = self._scalar(op.row0, blk) + self.rows[:, :, None] + 0 * self.cols[:, None, :]
+        cols = self._scalar(op.col0, blk) + self.cols[:, None, :] + 0 * self.rows[:, :, None]
+        ok = (rows < self.k.M) & (cols < self.k.N)
+        rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]
+        if op.atomic:
+            np.add.at(C, (rows, cols), vals)
+        else:
+            if self.written[rows, cols].any():
+                raise HazardError("two threads store the same element of C without atomics")
+            self.written[rows, cols] = True
+            C[rows, cols] = vals
+
+
+def interpret(kernel: Kernel, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return Interpreter(kernel).run(arrays)

@@ -1,0 +1,152 @@
+"""Which thread touches which element: the one definition that codegen and the interpreter share.
+
+Every function here takes the thread index `tid` as an int, a numpy array of ints (the interpreter
+evaluates all threads of a block at once) or an `Expr` (codegen lowers the result to LLVM), and
+returns the same kind. Nothing here knows about LLVM or numpy beyond that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+
+from .expr import and_, lt
+from .problem import ceil_div
+from .schedule import Schedule
+
+
+def vector_width(extent: int) -> int:
+    """Widest register vector (4, 2 or 1 floats) that divides a thread tile extent."""
+    return 4 if extent % 4 == 0 else 2 if extent % 2 == 0 else 1
+
+
+@dataclass(frozen=True)
+class ComputeLayout:
+    """Thread tiles inside a block tile.
+
+    Warps are laid out row-major over (warps_m, warps_n); lanes row-major over (lanes_m, lanes_n).
+    A thread's thread_m rows come in chunks of `a_vec` consecutive rows, the chunks interleaved
+    with stride lanes_m * a_vec, so that a warp's a_vec-wide shared-memory reads of one A row are
+    contiguous (conflict-free); columns likewise with b_vec and lanes_n.
+
+    `unit` is the index granularity in columns: the prepared index holds one entry per `unit`
+    consecutive columns (unit divides V, so a unit never straddles two vectors). When the warp tile
+    lies inside one unit, a thread does a single index look-up per kept row for all its columns;
+    otherwise one per group of columns that share a unit.
+    """
+    block_m: int
+    block_n: int
+    warp_m: int
+    warp_n: int
+    thread_m: int
+    thread_n: int
+    unit: int
+
+    @classmethod
+    def of(cls, s: Schedule, vector: int) -> "ComputeLayout":
+        return cls(s.block_m, s.block_n, s.warp_m, s.warp_n, s.thread_m, s.thread_n, gcd(vector, s.warp_n))
+
+    @property
+    def lanes_m(self): return self.warp_m // self.thread_m
+    @property
+    def lanes_n(self): return self.warp_n // self.thread_n
+    @property
+    def warps_n(self): return self.block_n // self.warp_n
+    @property
+    def threads(self): return 32 * (self.block_m // self.warp_m) * self.warps_n
+    @property
+    def a_vec(self): return vector_width(self.thread_m)
+    @property
+    def b_vec(self): return vector_width(self.thread_n)
+    @property
+    def units_per_block(self): return self.block_n // self.unit
+
+    def _coords(self, tid):
+        warp, lane = tid // 32, tid % 32
+        return warp // self.warps_n, warp % self.warps_n, lane // self.lanes_n, lane % self.lanes_n
+
+    def row(self, tid, r: int):
+        """Block-local row of the thread's r-th accumulator row (0 <= r < thread_m)."""
+        wm, _, lm, _ = self._coords(tid)
+        q, e = divmod(r, self.a_vec)
+        return wm * self.warp_m + q * (self.lanes_m * self.a_vec) + lm * self.a_vec + e
+
+    def col(self, tid, c: int):
+        """Block-local column of the thread's c-th accumulator column (0 <= c < thread_n)."""
+        _, wn, _, ln = self._coords(tid)
+        q, e = divmod(c, self.b_vec)
+        return wn * self.warp_n + q * (self.lanes_n * self.b_vec) + ln * self.b_vec + e
+
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """Thread-tile columns that share one index look-up, as tuples of column numbers c."""
+        if self.unit % self.warp_n == 0:
+            return (tuple(range(self.thread_n)),)
+        g = min(self.unit, self.b_vec)
+        return tuple(tuple(range(s, s + g)) for s in range(0, self.thread_n, g))
+
+    def group_unit(self, tid, g: int):
+        """Block-local index unit of look-up group g."""
+        return self.col(tid, self.groups[g][0]) // self.unit
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """How `threads` threads split a rows x cols tile copy (global -> shared) into cp.async's.
+
+    Plain copies move `width` bytes per instruction along the contiguous source dimension,
+    consecutive threads taking consecutive vectors (coalesced). Transposing copies (A: global
+    [m][k] -> shared [k][m]) move one 4-byte element each; per instruction a warp covers a
+    footprint of mf = 32/kf rows x kf columns, kf = gcd(cols, 8): whole 32-byte sectors in global
+    memory, and with a shared row pitch of 4 (mod 32) words its 32 stores hit 32 different banks.
+    A thread walks the footprint columns first (fc_n iterations on the same rows, addresses a few
+    bytes apart: immediate offsets), then moves `warps` footprint rows down (a new base address:
+    LDGSTS immediates are only 12 bits, so every distinct source row costs an address add).
+    """
+    rows: int
+    cols: int
+    esize: int
+    width: int
+    transpose: bool
+    threads: int
+
+    @property
+    def elems(self) -> int:
+        return self.width // self.esize
+
+    def _foot(self):
+        kf = gcd(self.cols, 8)
+        mf = 32 // kf
+        return kf, mf, ceil_div(self.rows, mf), self.cols // kf
+
+    @property
+    def iterations(self) -> int:
+        if self.transpose:
+            _, _, fr_n, fc_n = self._foot()
+            return ceil_div(fr_n, self.threads // 32) * fc_n
+        return ceil_div(self.rows * (self.cols // self.elems), self.threads)
+
+    def slot(self, it: int, tid):
+        """(row, first column, guard) of thread `tid`'s copy in iteration `it`; guard 0 = no copy.
+
+        Results are f(tid) + constants (`it` is a Python int), so codegen computes f(tid) once and
+        folds the rest into address immediates."""
+        if self.transpose:
+            kf, mf, fr_n, fc_n = self._foot()
+            warps = self.threads // 32
+            warp, lane = tid // 32, tid % 32
+            foot_row = (it // fc_n) * warps + warp
+            r = foot_row * mf + lane // kf
+            c = (it % fc_n) * kf + lane % kf
+            guard = 1
+            if fr_n % warps:
+                guard = and_(guard, lt(foot_row, fr_n))
+            if self.rows % mf:
+                guard = and_(guard, lt(r, self.rows))
+            return r, c, guard
+        vpr = self.cols // self.elems
+        total = self.rows * vpr
+        guard = lt(it * self.threads + tid, total) if total % self.threads else 1
+        if self.threads % vpr == 0:
+            return it * (self.threads // vpr) + tid // vpr, (tid % vpr) * self.elems, guard
+        v = it * self.threads + tid
+        return v // vpr, (v % vpr) * self.elems, guard

@@ -1,0 +1,173 @@
+"""The tile-level kernel IR: small frozen nodes.
+
+Statements are block-collective: every thread of the block executes each one, and how a
+statement's elements are split over threads is fixed by `layout` (CopyPlan, ComputeLayout), which
+both codegen and the interpreter use. Index expressions are `ir.expr` trees over the variables
+bound by `Let` and `For`, plus the special registers `tid`, `ctaid_x`, `ctaid_z`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .expr import IntLike
+from .layout import ComputeLayout, CopyPlan
+
+DTYPE_BYTES = {"f32": 4, "u8": 1, "u16": 2, "i32": 4}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A global-memory array argument, row-major (rows, cols)."""
+    name: str
+    dtype: str
+    rows: int
+    cols: int
+    readonly: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A shared-memory buffer of `stages` copies of a (rows, pitch) tile; `offset` in bytes."""
+    name: str
+    dtype: str
+    stages: int
+    rows: int
+    pitch: int          # elements per row, padding included
+    offset: int = 0
+    doc: str = ""
+
+    @property
+    def stage_bytes(self) -> int:
+        return self.rows * self.pitch * DTYPE_BYTES[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return self.stages * self.stage_bytes
+
+
+@dataclass(frozen=True)
+class Let:
+    var: str
+    value: IntLike
+
+
+@dataclass(frozen=True)
+class For:
+    """Serial run-time loop, var in [start, stop)."""
+    var: str
+    start: IntLike
+    stop: IntLike
+    body: tuple
+
+
+@dataclass(frozen=True)
+class If:
+    cond: IntLike
+    body: tuple
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Asynchronous copy of a tile from global to shared (cp.async), into the open copy group.
+
+    Plain:      dst[stage][r][c] = src[row0 + r][col0 + c]
+    Transposed: dst[stage][c][r] = src[row0 + r][col(c)],   col(c) = col0 + c, or with a row list
+                                   col(c) = list[list_offset + c]
+    Elements with row >= bound_rows or col >= bound_cols (when given) are zero-filled.
+    """
+    dst: str
+    stage: IntLike
+    src: str
+    row0: IntLike
+    col0: IntLike
+    plan: CopyPlan
+    bound_rows: Optional[int] = None
+    bound_cols: Optional[int] = None
+    row_list: Optional[str] = None
+    list_offset: IntLike = 0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Close the open cp.async group."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait until at most `pending` of this thread's committed groups are still in flight."""
+    pending: int
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """__syncthreads(): every thread arrives, and shared memory writes before it are visible after it."""
+
+
+@dataclass(frozen=True)
+class ZeroAcc:
+    """Set the register accumulators (thread_m x thread_n per thread) to zero."""
+
+
+@dataclass(frozen=True)
+class SparseFMA:
+    """acc[r][c] += As[stage][idx(i, c)][row(r)] * Bs[stage][i][col(c)] for the `kept` rows i of a K tile,
+    idx(i, c) = Is[stage][i * units_per_block + unit(c)] (a shared A row)."""
+    stage: IntLike
+    a: str
+    b: str
+    idx: str
+    kept: int
+
+
+@dataclass(frozen=True)
+class StoreAcc:
+    """C[row0 + row][col0 + col] = acc (or += with `atomic`), masked to the problem's M x N."""
+    dst: str
+    row0: IntLike
+    col0: IntLike
+    atomic: bool
+
+
+Stmt = Union[Let, For, If, Copy, Commit, Wait, Barrier, ZeroAcc, SparseFMA, StoreAcc]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    params: tuple[Param, ...]
+    shared: tuple[Shared, ...]
+    threads: int
+    grid: tuple[int, int, int]
+    layout: ComputeLayout
+    idx_bits: int
+    M: int
+    N: int
+    body: tuple
+    zero_output: bool = False      # the launcher must zero C first (split-K accumulates atomically)
+    min_blocks: int = 0
+    notes: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def c_alignment(self) -> int:
+        """Bytes C's base address must be aligned to: plain stores of a thread's b_vec consecutive
+        columns become one vector store when every row of C starts on such a boundary."""
+        vec = self.layout.b_vec
+        return 4 * vec if self.N % vec == 0 and not self.zero_output else 4
+
+    @property
+    def smem_bytes(self) -> int:
+        return max((s.offset + s.nbytes for s in self.shared), default=0)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def buffer(self, name: str) -> Shared:
+        for s in self.shared:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,125 @@
+"""The weights laid out for one schedule (done once per weight matrix and layout, offline).
+
+From the compressed format (values: W x N float32, indices: W x ceil(N/V), each the kept row's
+position inside its window) to what the kernel reads:
+
+  bv:    (T*KR, tiles_n*block_n) float32  values, zero-padded to whole K tiles and block columns so
+                                          the B copies need no bounds checks
+  bi:    (T*tiles_n, chunk) uint8         per (K tile, block column) one contiguous chunk holding, for
+                                          each kept row of the tile and each index unit of the block,
+                                          the *shared-memory A row* to gather (u8 or u16, little endian),
+                                          padded to 16 bytes so one cp.async stream copies it
+  arows: (T*tiles_n, L) int32             "rows" strategy only: the K columns of A that this block
+                                          column uses in this K tile (the compacted list; As row j
+                                          holds A[:, arows[.., j]]), padded by repeating entries
+
+T = K tiles, KR = k_windows*n kept rows per tile, BK = k_windows*m K rows per tile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import ComputeLayout
+from .problem import Problem, ceil_div, index_dtype_bits
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes every layer derives from (Problem, Schedule); `a_rows` is the shared A rows per stage."""
+    T: int            # K tiles
+    KR: int           # kept rows per K tile
+    BK: int           # K rows per K tile
+    tiles_m: int
+    tiles_n: int
+    unit: int         # index granularity in columns
+    upb: int          # index units per block column (block_n / unit)
+    a_rows: int       # BK ("window") or the compacted list length L ("rows")
+    idx_bits: int     # 8 or 16
+
+    @property
+    def chunk_entries(self) -> int:
+        return self.KR * self.upb
+
+    @property
+    def chunk_bytes(self) -> int:
+        return ceil_div(self.chunk_entries * self.idx_bits // 8, 16) * 16
+
+
+def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geometry:
+    """`a_rows` is the compacted list length for the "rows" strategy (from `prepare`); without it
+    the bound that holds for any weights is used."""
+    p = problem.pattern
+    lay = ComputeLayout.of(s, p.vector)
+    BK, KR = s.k_windows * p.m, s.k_windows * p.n
+    if s.a_load == "window":
+        a_rows = BK
+    elif a_rows is None:
+        vectors_per_block = ceil_div(s.block_n, p.vector) + 1
+        a_rows = min(ceil_div(BK, 8) * 8, ceil_div(KR * vectors_per_block, 8) * 8)
+    g = Geometry(T=ceil_div(problem.windows, s.k_windows), KR=KR, BK=BK,
+                 tiles_m=ceil_div(problem.M, s.block_m), tiles_n=ceil_div(problem.N, s.block_n),
+                 unit=lay.unit, upb=s.block_n // lay.unit, a_rows=a_rows,
+                 idx_bits=index_dtype_bits(a_rows - 1))
+    return g
+
+
+@dataclass(frozen=True)
+class Operands:
+    geometry: Geometry
+    bv: np.ndarray
+    bi: np.ndarray
+    arows: np.ndarray | None
+
+
+def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarray) -> Operands:
+    p = problem.pattern
+    W, N = problem.kept_rows, problem.N
+    g0 = geometry(problem, s)
+    T, KR, BK, tn = g0.T, g0.KR, g0.BK, g0.tiles_n
+    Np, Wp, upb = tn * s.block_n, T * KR, g0.upb
+
+    bv = np.zeros((Wp, Np), np.float32)
+    bv[:W, :N] = values
+
+    # Shared A row of each kept row for each index unit: window offset inside the tile + position.
+    unit_vec = np.minimum(np.arange(Np // g0.unit) * g0.unit // p.vector, problem.vectors - 1)
+    window_in_tile = (np.arange(W) // p.n) % s.k_windows
+    asrow = np.zeros((Wp, Np // g0.unit), np.int64)
+    asrow[:W] = window_in_tile[:, None] * p.m + indices[:, unit_vec].astype(np.int64)
+    # (T, KR, tn, upb) -> one chunk per (tile, block column): (T*tn, KR*upb)
+    chunks = asrow.reshape(T, KR, tn, upb).transpose(0, 2, 1, 3).reshape(T * tn, KR * upb)
+
+    arows = None
+    a_rows = None
+    if s.a_load == "rows":
+        chunks, arows = _compact_rows(chunks, BK, tn)
+        a_rows = arows.shape[1]
+    g = geometry(problem, s, a_rows)
+    dt = np.uint8 if g.idx_bits == 8 else np.dtype("<u2")
+    bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
+    bi[:, :chunks.shape[1] * dt(0).itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
+    return Operands(g, bv, bi, arows)
+
+
+def _compact_rows(chunks: np.ndarray, BK: int, tn: int):
+    """Renumber each chunk's As rows into the sorted list of distinct rows it uses.
+
+    Returns (renumbered chunks, arows) with arows[c, j] the absolute K column of list entry j of
+    chunk c (chunk c = tile * tn + block column), lists padded to a multiple of 8 entries."""
+    P = chunks.shape[0]
+    flat = (chunks + np.arange(P)[:, None] * BK).ravel()
+    uniq, inv = np.unique(flat, return_inverse=True)
+    owner = uniq // BK
+    start = np.searchsorted(owner, np.arange(P))
+    counts = np.diff(np.append(start, len(uniq)))
+    L = max(8, ceil_div(int(counts.max()), 8) * 8)
+    renum = (inv.reshape(chunks.shape) - start[:, None])
+    slot = np.arange(len(uniq)) - start[owner]
+    tile = np.arange(P) // tn
+    arows = np.empty((P, L), np.int32)
+    arows[:] = (tile * BK + uniq[start] % BK)[:, None]          # pad with each list's first entry
+    arows[owner, slot] = tile[owner] * BK + uniq % BK
+    return renum, arows

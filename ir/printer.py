@@ -1,0 +1,57 @@
+"""Readable text for a kernel IR: what `nmgen ptx --ir` and error reports show."""
+from __future__ import annotations
+
+from .nodes import Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc, Wait, ZeroAcc
+
+
+def format_kernel(k: Kernel) -> str:
+    lay = k.layout
+    out = [f"kernel {k.name}  grid=({k.grid[0]}, {k.grid[1]}, {k.grid[2]})  block={k.threads}  "
+           f"smem={k.smem_bytes} B" + ("  [C zeroed first: split-K]" if k.zero_output else "")]
+    for p in k.params:
+        out.append(f"  param {p.name}: {p.dtype}[{p.rows}, {p.cols}]{'' if p.readonly else ' (written)'}"
+                   + (f"  # {p.doc}" if p.doc else ""))
+    for b in k.shared:
+        out.append(f"  shared {b.name}: {b.dtype}[{b.stages}, {b.rows}, {b.pitch}] @ {b.offset}"
+                   + (f"  # {b.doc}" if b.doc else ""))
+    out.append(f"  regs acc: f32[{lay.thread_m}, {lay.thread_n}] per thread; warp {lay.warp_m}x{lay.warp_n}, "
+               f"lanes {lay.lanes_m}x{lay.lanes_n}, index unit {lay.unit} col(s), "
+               f"{len(lay.groups)} look-up(s) per kept row, {k.idx_bits}-bit indices")
+    _body(k.body, out, 1)
+    return "\n".join(out)
+
+
+def _body(body, out, depth):
+    pad = "  " * depth
+    for st in body:
+        if isinstance(st, Let):
+            out.append(f"{pad}let {st.var} = {st.value}")
+        elif isinstance(st, For):
+            out.append(f"{pad}for {st.var} in [{st.start}, {st.stop}):")
+            _body(st.body, out, depth + 1)
+        elif isinstance(st, If):
+            out.append(f"{pad}if {st.cond}:")
+            _body(st.body, out, depth + 1)
+        elif isinstance(st, Copy):
+            p = st.plan
+            cols = (f"{st.row_list}[{st.list_offset} + 0:{p.cols}]" if st.row_list
+                    else f"{st.col0} : +{p.cols}")
+            bounds = "".join(f" zero-fill {n}>={b}" for n, b in (("row", st.bound_rows), ("col", st.bound_cols))
+                             if b is not None)
+            out.append(f"{pad}cp.async {st.dst}[{st.stage}] <- {st.src}[{st.row0} : +{p.rows}, {cols}]"
+                       f"{' transposed' if p.transpose else ''} {p.width}B x{p.iterations}/thread{bounds}")
+        elif isinstance(st, Commit):
+            out.append(f"{pad}cp.async.commit_group")
+        elif isinstance(st, Wait):
+            out.append(f"{pad}cp.async.wait_group {st.pending}")
+        elif isinstance(st, Barrier):
+            out.append(f"{pad}barrier")
+        elif isinstance(st, ZeroAcc):
+            out.append(f"{pad}acc = 0")
+        elif isinstance(st, SparseFMA):
+            out.append(f"{pad}acc += {st.a}[{st.stage}][{st.idx}[{st.stage}][i, unit]] * {st.b}[{st.stage}][i]"
+                       f"  for {st.kept} kept rows i")
+        elif isinstance(st, StoreAcc):
+            out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} +, {st.col0} +]")
+        else:
+            out.append(f"{pad}{st!r}")

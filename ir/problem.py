@@ -1,0 +1,145 @@
+"""What is computed: C (M x N) = A (M x K, dense, row-major) x B (K x N, n:m sparse along K).
+
+In every window of m consecutive K rows, n rows are kept; V consecutive columns (a "vector")
+share one choice of rows. V=1 is element-wise n:m (2:4 and friends); V=32, m=32 is NM-SpMM's format.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import PatternError, ShapeError
+
+_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+# Indices are stored as uint8 up to m=256 and uint16 beyond; a window larger than this is no
+# longer "structured" sparsity in any useful sense.
+MAX_WINDOW = 4096
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """n of every m consecutive K rows kept, the choice shared by `vector` consecutive columns."""
+    n: int
+    m: int
+    vector: int = 1
+
+    def __post_init__(self):
+        for name in ("n", "m", "vector"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise PatternError(f"pattern {name}={v!r} must be an integer")
+        if self.m < 1 or self.m > MAX_WINDOW:
+            raise PatternError(f"pattern window m={self.m} must be between 1 and {MAX_WINDOW}")
+        if not 1 <= self.n <= self.m:
+            raise PatternError(f"pattern n={self.n} must be between 1 and m={self.m} (n of every m rows are kept)")
+        if self.vector < 1:
+            raise PatternError(f"vector length V={self.vector} must be at least 1 (1 = element-wise n:m)")
+
+    @classmethod
+    def parse(cls, text: str, vector: int = 1) -> "Pattern":
+        mt = _PATTERN_RE.match(str(text))
+        if not mt:
+            raise PatternError(f"pattern {text!r} is not of the form n:m, e.g. 2:4 or 8:32")
+        return cls(int(mt.group(1)), int(mt.group(2)), int(vector))
+
+    @property
+    def density(self) -> float:
+        return self.n / self.m
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self):
+        return f"{self.n}:{self.m}x{self.vector}"
+
+    def check_k(self, K: int) -> None:
+        if K % self.m:
+            pad = -(-K // self.m) * self.m
+            raise ShapeError(f"K={K} is not a multiple of the pattern window m={self.m}; "
+                             f"pad K to {pad} with zero rows (nmgen.pad_k)")
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    mt = _SHAPE_RE.match(str(text))
+    if not mt:
+        raise ShapeError(f"shape {text!r} is not of the form MxNxK, e.g. 4096x4096x4096")
+    M, N, K = (int(g) for g in mt.groups())
+    if min(M, N, K) < 1:
+        raise ShapeError(f"shape {text!r}: M, N and K must all be at least 1")
+    return M, N, K
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One SpMM instance. Sizes are compile-time constants of the generated kernel."""
+    M: int
+    N: int
+    K: int
+    pattern: Pattern
+    dtype: str = "f32"
+
+    def __post_init__(self):
+        for name in ("M", "N", "K"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ShapeError(f"{name}={v!r} must be a positive integer")
+        if self.dtype != "f32":
+            raise ShapeError(f"dtype {self.dtype!r} is not supported yet; nmgen computes in float32 ('f32')")
+        self.pattern.check_k(self.K)
+        if self.M * max(self.K, self.N) >= 2**40 or self.K * self.N >= 2**40:
+            raise ShapeError(f"{self.M}x{self.N}x{self.K} is too large for 40-bit element offsets")
+
+    @property
+    def windows(self) -> int:
+        return self.K // self.pattern.m
+
+    @property
+    def kept_rows(self) -> int:
+        """W: rows of the compressed value matrix (K * n / m)."""
+        return self.windows * self.pattern.n
+
+    @property
+    def vectors(self) -> int:
+        return -(-self.N // self.pattern.vector)
+
+    @property
+    def flops_dense(self) -> int:
+        return 2 * self.M * self.N * self.K
+
+    @property
+    def flops_done(self) -> int:
+        return 2 * self.M * self.N * self.kept_rows
+
+    def key(self) -> str:
+        """Stable text key (tuning database, caches)."""
+        p = self.pattern
+        return f"{self.M}x{self.N}x{self.K}:{p.n}:{p.m}:{p.vector}:{self.dtype}"
+
+    def __str__(self):
+        return f"{self.M}x{self.N}x{self.K} {self.pattern}"
+
+    def to_dict(self) -> dict:
+        p = self.pattern
+        return {"M": self.M, "N": self.N, "K": self.K, "n": p.n, "m": p.m, "vector": p.vector, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Problem":
+        return cls(int(d["M"]), int(d["N"]), int(d["K"]), Pattern(int(d["n"]), int(d["m"]), int(d["vector"])),
+                   d.get("dtype", "f32"))
+
+
+def index_dtype_bits(max_value: int) -> int:
+    """Smallest of 8/16 bits that holds indices up to `max_value`."""
+    return 8 if max_value < 256 else 16
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gcd(a: int, b: int) -> int:
+    return math.gcd(a, b)

@@ -1,0 +1,102 @@
+"""How the work is blocked and pipelined: a frozen, JSON-round-trippable value with a canonical hash.
+
+Blocking is hierarchical. A thread block computes a block_m x block_n tile of C; it is split into
+warp tiles (warp_m x warp_n), each warp's 32 lanes into thread tiles (thread_m x thread_n) held in
+registers. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
+A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
+in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
+
+A is brought in one of two ways (NM-SpMM's two strategies):
+  "window": every K row of the tile's windows is copied and the kernel gathers by index from shared memory;
+  "rows":   only the K rows some vector of this block-column keeps are copied (listed offline per
+            block-column and K tile), and the indices are renumbered into that compacted list.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ScheduleError
+
+A_LOADS = ("window", "rows")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    block_m: int = 128
+    block_n: int = 128
+    warp_m: int = 64
+    warp_n: int = 32
+    thread_m: int = 8
+    thread_n: int = 8
+    k_windows: int = 1        # pattern windows per K tile
+    stages: int = 3           # shared-memory pipeline depth (cp.async groups in flight + 1)
+    split_k: int = 1          # K tiles split over gridDim.z, reduced by atomic add into a zeroed C
+    a_load: str = "window"    # "window" | "rows" (see module docstring)
+    b_copy_bytes: int = 16    # cp.async width for the B values / index tiles: 4, 8 or 16
+    a_pad: int = 4            # floats of padding per shared A row (4 keeps the transposing copy conflict-free)
+    raster: int = 8           # block rows walked together before the next block column (L2 reuse); 1 = plain order
+    min_blocks: int = 1       # launch-bounds hint: blocks per SM the register allocation must allow (0 = none)
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "a_load":
+                if v not in A_LOADS:
+                    raise ScheduleError(f"a_load={v!r} must be one of {', '.join(A_LOADS)}")
+            elif not isinstance(v, int) or isinstance(v, bool):
+                raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
+            elif v < (0 if f.name in ("a_pad", "min_blocks") else 1):
+                raise ScheduleError(f"schedule field {f.name}={v} is out of range")
+
+    # ---- derived shape of the thread hierarchy --------------------------------------------------
+    @property
+    def warps_m(self) -> int: return self.block_m // self.warp_m
+    @property
+    def warps_n(self) -> int: return self.block_n // self.warp_n
+    @property
+    def warps(self) -> int: return self.warps_m * self.warps_n
+    @property
+    def threads(self) -> int: return 32 * self.warps
+    @property
+    def lanes_m(self) -> int: return self.warp_m // self.thread_m
+    @property
+    def lanes_n(self) -> int: return self.warp_n // self.thread_n
+
+    # ---- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces. Its hash is the schedule's identity."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ScheduleError(f"unknown schedule field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}") from None
+        if not isinstance(d, dict):
+            raise ScheduleError(f"schedule JSON must be an object of fields, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def replace(self, **kw) -> "Schedule":
+        return replace(self, **kw)
+
+    def short(self) -> str:
+        """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`."""
+        return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
+                f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}")

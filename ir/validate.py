@@ -1,0 +1,78 @@
+"""Why a schedule cannot run: every reason, in words, with the numbers and what to change."""
+from __future__ import annotations
+
+from .device import Device
+from .errors import ScheduleError
+from .operands import geometry
+from .problem import Problem
+from .schedule import Schedule
+
+MAX_STAGES = 8
+MAX_ACCUMULATORS = 128   # thread_m * thread_n: beyond this the registers (255 per thread) spill
+
+
+def estimate_registers(s: Schedule) -> int:
+    """Registers per thread before ptxas says: accumulators, double-buffered fragments, addressing."""
+    return s.thread_m * s.thread_n + 2 * (s.thread_m + s.thread_n) + 28
+
+
+def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> int:
+    g = geometry(problem, s, a_rows)
+    a = s.stages * g.a_rows * (s.block_m + s.a_pad) * 4
+    b = s.stages * g.KR * s.block_n * 4
+    i = s.stages * g.chunk_bytes
+    return sum(-(-x // 16) * 16 for x in (a, b, i))
+
+
+def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None = None) -> list[str]:
+    """Empty when `s` can run `problem` on `device`; else one sentence per reason."""
+    why = []
+    if s.block_m % s.warp_m or s.block_n % s.warp_n:
+        why.append(f"warp tile {s.warp_m}x{s.warp_n} does not divide block tile {s.block_m}x{s.block_n}")
+        return why
+    if s.warp_m % s.thread_m or s.warp_n % s.thread_n:
+        why.append(f"thread tile {s.thread_m}x{s.thread_n} does not divide warp tile {s.warp_m}x{s.warp_n}")
+        return why
+    if s.lanes_m * s.lanes_n != 32:
+        why.append(f"warp tile {s.warp_m}x{s.warp_n} / thread tile {s.thread_m}x{s.thread_n} gives "
+                   f"{s.lanes_m}x{s.lanes_n}={s.lanes_m * s.lanes_n} threads per warp, not 32")
+    if s.threads > device.max_threads_per_block:
+        why.append(f"{s.threads} threads per block exceed the device's {device.max_threads_per_block}")
+    if s.thread_m * s.thread_n > MAX_ACCUMULATORS:
+        why.append(f"thread tile {s.thread_m}x{s.thread_n} holds {s.thread_m * s.thread_n} accumulators; "
+                   f"more than {MAX_ACCUMULATORS} spill out of the 255 registers a thread has")
+    regs = estimate_registers(s)
+    if regs * s.threads > device.regs_per_sm:
+        why.append(f"about {regs} registers x {s.threads} threads exceed the {device.regs_per_sm} registers of an SM")
+    if not 2 <= s.stages <= MAX_STAGES:
+        why.append(f"stages={s.stages} must be between 2 and {MAX_STAGES}")
+    if s.b_copy_bytes not in (4, 8, 16):
+        why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
+    elif (s.block_n * 4) % s.b_copy_bytes:
+        why.append(f"block_n={s.block_n} floats is not a whole number of {s.b_copy_bytes}-byte copies")
+    if (s.block_m + s.a_pad) % 4:
+        why.append(f"shared A rows of block_m + a_pad = {s.block_m + s.a_pad} floats are not 16-byte aligned; "
+                   f"make a_pad a multiple of 4")
+    g = geometry(problem, s, a_rows)
+    if s.split_k > g.T:
+        why.append(f"split_k={s.split_k} exceeds the {g.T} K tiles of this problem (K={problem.K}, "
+                   f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}")
+    if s.split_k > 65535:
+        why.append(f"split_k={s.split_k} exceeds gridDim.z's limit of 65535")
+    if g.tiles_m * g.tiles_n >= 2**31:
+        why.append(f"{g.tiles_m * g.tiles_n} blocks exceed gridDim.x's limit")
+    smem = shared_bytes(problem, s, a_rows)
+    if smem > device.smem_per_block:
+        why.append(f"needs {smem / 1024:.1f} KB of shared memory per block ({s.stages} stages); "
+                   f"{device.name} allows {device.smem_per_block / 1024:.1f} KB: use fewer stages, fewer "
+                   f"windows per K tile or a smaller block tile")
+    if g.a_rows > 65536:
+        why.append(f"{g.a_rows} shared A rows per stage do not fit 16-bit indices")
+    return why
+
+
+def validate(problem: Problem, s: Schedule, device: Device, a_rows: int | None = None) -> None:
+    why = problems(problem, s, device, a_rows)
+    if why:
+        raise ScheduleError(f"schedule {s.short()} cannot run {problem} on {device.name}:\n  - "
+                            + "\n  - ".join(why))
