@@ -1,0 +1,349 @@
+"""Kernel IR -> LLVM IR (llvmlite.ir) for the NVPTX backend.
+
+Mapping:
+  Copy       -> cp.async.{ca,cg}.shared.global.{4,8,16}[.s], one per plan slot (unrolled), with
+                zero-fill (src-size 0, address clamped to the array base) outside the bounds
+  Commit/Wait-> cp.async.commit_group / cp.async.wait_group N;  Barrier -> bar.sync 0
+  SparseFMA  -> per kept row: index load (u8/u16) -> vector loads of A and B from shared -> fma.rn.f32
+  StoreAcc   -> st.global.v4 where rows are 16-byte aligned, scalar stores or atomic adds otherwise
+  For/If     -> branches;  index expressions -> i32 arithmetic (nuw/nsw: all indices are naturals)
+
+Expressions that depend only on the thread index are computed once, in the entry block; the
+accumulators are allocas that SROA promotes to registers (only constant indices touch them).
+Global offsets are 64-bit (rows * leading dimension can pass 2^31).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LLVMLITE_ENABLE_IR_LAYER_TYPED_POINTERS", "0")
+
+from llvmlite import ir  # noqa: E402
+
+from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
+from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc,  # noqa: E402
+                        Wait, ZeroAcc)
+from .targets import Target  # noqa: E402
+
+I1, I8, I16, I32, I64, F32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+P1, P3 = ir.PointerType(addrspace=1), ir.PointerType(addrspace=3)
+ELEM = {"f32": F32, "u8": I8, "u16": I16, "i32": I32}
+NUW = ("nuw", "nsw")
+
+
+class Lowerer:
+    def __init__(self, kernel: Kernel, target: Target, data_layout: str):
+        self.k = kernel
+        self.target = target
+        m = self.m = ir.Module(name=kernel.name)
+        m.triple = "nvptx64-nvidia-cuda"
+        m.data_layout = data_layout
+        smem = ir.GlobalVariable(m, ir.ArrayType(I8, 0), "smem", addrspace=3)
+        smem.linkage = "external"
+        smem.align = 16
+        smem.type = P3  # llvmlite still types globals; shared pointers are opaque
+        self.smem = smem
+        fn = self.fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [P1] * len(kernel.params)), kernel.name)
+        fn.calling_convention = "ptx_kernel"
+        self.args = {}
+        for p, a in zip(kernel.params, fn.args):
+            a.name = p.name
+            a.add_attribute("noalias")   # O3 infers readonly for inputs, giving ld.global.nc
+            self.args[p.name] = a
+        # exact block size: ptxas budgets registers for it, LLVM learns the range of tid
+        m.add_named_metadata("nvvm.annotations", [fn, "reqntidx", ir.Constant(I32, kernel.threads)])
+        if kernel.min_blocks:
+            m.add_named_metadata("nvvm.annotations", [fn, "minctasm", ir.Constant(I32, kernel.min_blocks)])
+        self.entry = fn.append_basic_block("entry")
+        self.eb = ir.IRBuilder(self.entry)
+        start = fn.append_basic_block("start")
+        self.b = ir.IRBuilder(start)
+        self._start = start
+        self._decls = {}
+        self._tid_cache = {}
+        self.env = {
+            "tid": self._call("llvm.nvvm.read.ptx.sreg.tid.x", I32, [], b=self.eb),
+            "ctaid_x": self._call("llvm.nvvm.read.ptx.sreg.ctaid.x", I32, [], b=self.eb),
+            "ctaid_z": self._call("llvm.nvvm.read.ptx.sreg.ctaid.z", I32, [], b=self.eb),
+        }
+        lay = kernel.layout
+        self.acc = [[self.eb.alloca(F32, name=f"acc{r}_{c}") for c in range(lay.thread_n)]
+                    for r in range(lay.thread_m)]
+
+    # ---- module -----------------------------------------------------------------------------------
+    def lower(self) -> ir.Module:
+        self._body(self.k.body)
+        self.b.ret_void()
+        self.eb.branch(self._start)
+        return self.m
+
+    def _call(self, name, ret, args, b=None, argtypes=None):
+        fn = self._decls.get(name)
+        if fn is None:
+            fn = ir.Function(self.m, ir.FunctionType(ret, argtypes or [a.type for a in args]), name)
+            self._decls[name] = fn
+        return (b or self.b).call(fn, args)
+
+    # ---- index expressions ------------------------------------------------------------------------
+    def val(self, e) -> ir.Value:
+        """i32 value of an index expression. Its constant part is added last, at the use, so that
+        the variable part is shared (and thread-only parts are computed once in the entry block)."""
+        v, c = split_offset(e)
+        x = self._var_part(v)
+        if c == 0:
+            return x
+        return self.b.add(x, ir.Constant(I32, c), flags=NUW) if c > 0 else self.b.sub(x, ir.Constant(I32, -c))
+
+    def _var_part(self, e) -> ir.Value:
+        if not isinstance(e, Expr):
+            return ir.Constant(I32, int(e))
+        if isinstance(e, Const):
+            return ir.Constant(I32, e.value)
+        if isinstance(e, Var):
+            return self.env[e.name]
+        if free_vars(e) <= {"tid"}:          # per-thread constant: once, in the entry block
+            v = self._tid_cache.get(e)
+            if v is None:
+                saved, self.b = self.b, self.eb
+                try:
+                    v = self._tid_cache[e] = self._build(e, self.eb)
+                finally:
+                    self.b = saved
+            return v
+        return self._build(e, self.b)
+
+    def _build(self, e, b: ir.IRBuilder) -> ir.Value:
+        if isinstance(e, Select):
+            return b.select(b.icmp_unsigned("!=", self.val(e.cond), ir.Constant(I32, 0)), self.val(e.a), self.val(e.b))
+        assert isinstance(e, BinOp), e
+        x, y = self.val(e.a), self.val(e.b)
+        op = e.op
+        if op == "+":
+            return b.add(x, y, flags=NUW)
+        if op == "-":
+            return b.sub(x, y, flags=("nsw",))
+        if op == "*":
+            return b.mul(x, y, flags=NUW)
+        if op == "//":
+            return b.udiv(x, y)
+        if op == "%":
+            return b.urem(x, y)
+        if op in ("min", "max"):
+            return b.select(b.icmp_unsigned("<" if op == "min" else ">", x, y), x, y)
+        if op in ("<", "<=", "==", "!="):
+            return b.zext(b.icmp_unsigned(op, x, y), I32)
+        if op in ("and", "or"):
+            zero = ir.Constant(I32, 0)
+            cx, cy = b.icmp_unsigned("!=", x, zero), b.icmp_unsigned("!=", y, zero)
+            return b.zext(b.and_(cx, cy) if op == "and" else b.or_(cx, cy), I32)
+        raise ValueError(f"unknown index operator {op!r}")
+
+    def cond(self, e) -> ir.Value:
+        return self.b.icmp_unsigned("!=", self.val(e), ir.Constant(I32, 0))
+
+    # ---- addresses --------------------------------------------------------------------------------
+    def gptr(self, param: str, row, col, col_value: ir.Value | None = None) -> ir.Value:
+        """Address of param[row][col]: 64-bit element offset, its constant part an immediate.
+        `col_value` replaces `col` when the column was loaded at run time (a row list)."""
+        p = self.k.param(param)
+        b = self.b
+        rv, rc = split_offset(row)
+        if col_value is None:
+            cv, cc = split_offset(col)
+            cvar = self._var_part(cv)
+        else:
+            cvar, cc = col_value, 0
+        off = b.add(b.mul(b.zext(self._var_part(rv), I64), ir.Constant(I64, p.cols), flags=NUW),
+                    b.zext(cvar, I64), flags=NUW)
+        ptr = b.gep(self.args[param], [off], inbounds=True, source_etype=ELEM[p.dtype])
+        const = rc * p.cols + cc
+        return b.gep(ptr, [ir.Constant(I64, const)], inbounds=True, source_etype=ELEM[p.dtype]) if const else ptr
+
+    def sptr(self, byte_offset: ir.Value, const: int = 0) -> ir.Value:
+        p = self.b.gep(self.smem, [byte_offset], inbounds=True, source_etype=I8)
+        return self.b.gep(p, [ir.Constant(I32, const)], inbounds=True, source_etype=I8) if const else p
+
+    def sptr_expr(self, base: ir.Value, offset) -> ir.Value:
+        """Shared address base + offset (an index expression in bytes), constant part as immediate."""
+        v, c = split_offset(offset)
+        return self.sptr(self.b.add(base, self._var_part(v), flags=NUW) if v != 0 else base, c)
+
+    def stage_base(self, name: str, stage) -> ir.Value:
+        buf = self.k.buffer(name)
+        return self.b.add(ir.Constant(I32, buf.offset),
+                          self.b.mul(self.val(stage), ir.Constant(I32, buf.stage_bytes), flags=NUW), flags=NUW)
+
+    # ---- statements -------------------------------------------------------------------------------
+    def _body(self, body):
+        for st in body:
+            getattr(self, "_" + type(st).__name__)(st)
+
+    def _Let(self, st: Let):
+        self.env[st.var] = self.val(st.value)
+
+    def _For(self, st: For):
+        b, fn = self.b, self.fn
+        start, stop = self.val(st.start), self.val(st.stop)
+        # Keep the loop a loop: where LLVM can count its trips (one K tile per split, or a few)
+        # it deletes or fully unrolls it, and ptxas, scheduling the straight-line result, hoists
+        # the index loads and addresses of every kept row at once and spills. An opaque copy of
+        # the bound (a mov that ptxas removes) hides the count.
+        stop = b.call(ir.InlineAsm(ir.FunctionType(I32, [I32]), "mov.u32 $0, $1;", "=r,r"), [stop])
+        pre = b.block
+        head, body, done = (fn.append_basic_block(f"{st.var}.{s}") for s in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        phi = b.phi(I32, name=st.var)
+        phi.add_incoming(start, pre)
+        b.cbranch(b.icmp_unsigned("<", phi, stop), body, done)
+        b.position_at_end(body)
+        self.env[st.var] = phi
+        self._body(st.body)
+        phi.add_incoming(b.add(phi, ir.Constant(I32, 1), flags=NUW), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def _If(self, st: If):
+        if not isinstance(st.cond, Expr):
+            if st.cond:
+                self._body(st.body)
+            return
+        with self.b.if_then(self.cond(st.cond)):
+            self._body(st.body)
+
+    def _Commit(self, st: Commit):
+        self._call("llvm.nvvm.cp.async.commit.group", ir.VoidType(), [])
+
+    def _Wait(self, st: Wait):
+        self._call("llvm.nvvm.cp.async.wait.group", ir.VoidType(), [ir.Constant(I32, st.pending)])
+
+    def _Barrier(self, st: Barrier):
+        self._call("llvm.nvvm.barrier.cta.sync.aligned.all", ir.VoidType(), [ir.Constant(I32, 0)])
+
+    def _ZeroAcc(self, st: ZeroAcc):
+        for row in self.acc:
+            for a in row:
+                self.b.store(ir.Constant(F32, 0.0), a)
+
+    def _Copy(self, cp: Copy):
+        plan, buf = cp.plan, self.k.buffer(cp.dst)
+        esize = DTYPE_BYTES[buf.dtype]
+        base = self.stage_base(cp.dst, cp.stage)
+        for it in range(plan.iterations):
+            r, c, guard = plan.slot(it, Var("tid"))
+            if isinstance(guard, Expr):
+                with self.b.if_then(self.cond(guard)):
+                    self._copy_one(cp, buf, esize, base, r, c)
+            elif guard:
+                self._copy_one(cp, buf, esize, base, r, c)
+
+    def _copy_one(self, cp: Copy, buf, esize, base, r, c):
+        b, plan = self.b, cp.plan
+        if plan.transpose:      # one element: dst[c][r] = src[row0 + r][col(c)]
+            dst = self.sptr_expr(base, (c * buf.pitch + r) * esize)
+            row = cp.row0 + r
+            col_expr, col_value = cp.col0 + c, None
+            if cp.row_list is not None:   # compacted rows: the column comes from the offline list
+                col_expr = None
+                col_value = b.load(self.gptr(cp.row_list, 0, cp.list_offset + c), typ=I32, align=4)
+            ok = None
+            if cp.bound_rows is not None:
+                ok = b.icmp_unsigned("<", self.val(row), ir.Constant(I32, cp.bound_rows))
+            if cp.bound_cols is not None:
+                col = col_value if col_value is not None else self.val(col_expr)
+                okc = b.icmp_unsigned("<", col, ir.Constant(I32, cp.bound_cols))
+                ok = okc if ok is None else b.and_(ok, okc)
+            src = self.gptr(cp.src, row, col_expr, col_value=col_value)
+            if ok is None:
+                self._call("llvm.nvvm.cp.async.ca.shared.global.4", ir.VoidType(), [dst, src])
+            else:               # zero-fill: src-size 0 reads nothing; keep the address inside the array anyway
+                src = b.select(ok, src, self.args[cp.src])
+                size = b.select(ok, ir.Constant(I32, 4), ir.Constant(I32, 0))
+                self._call("llvm.nvvm.cp.async.ca.shared.global.4.s", ir.VoidType(), [dst, src, size])
+            return
+        assert cp.bound_rows is None and cp.bound_cols is None, "plain copies read padded operands"
+        dst = self.sptr_expr(base, (r * buf.pitch + c) * esize)
+        src = self.gptr(cp.src, cp.row0 + r, cp.col0 + c)
+        kind = "cg" if plan.width == 16 else "ca"       # 16-byte copies may bypass L1
+        self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}", ir.VoidType(), [dst, src])
+
+    def _SparseFMA(self, op: SparseFMA):
+        k, lay, b = self.k, self.k.layout, self.b
+        a_buf, b_buf, i_buf = k.buffer(op.a), k.buffer(op.b), k.buffer(op.idx)
+        a_base, b_base, i_base = (self.stage_base(n, op.stage) for n in (op.a, op.b, op.idx))
+        ity, isz = (I8, 1) if k.idx_bits == 8 else (I16, 2)
+        tid = Var("tid")
+        row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
+        col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
+        units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
+        group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
+        a_pitch = ir.Constant(I32, a_buf.pitch * 4)
+        # The thread's row offset is added to the stage base once per tile; per kept row and
+        # look-up group only `idx * pitch` is added (one IMAD), the chunk offsets are immediates.
+        row_parts = [split_offset(o) for o in row_off]
+        a_thread = {v: self.b.add(a_base, self._var_part(v), flags=NUW) for v, _ in row_parts}
+        for i in range(op.kept):
+            a = []                                   # a[g][r]: A values for look-up group g
+            for g in range(len(lay.groups)):
+                ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
+                row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), a_pitch, flags=NUW)
+                a.append(self._vload_parts({v: b.add(a_thread[v], row, flags=NUW) for v in a_thread},
+                                           row_parts, lay.a_vec))
+            bvals = self._vload(b_base, [o + i * b_buf.pitch * 4 for o in col_off], lay.b_vec)
+            for r in range(lay.thread_m):
+                for c in range(lay.thread_n):
+                    acc = b.load(self.acc[r][c], typ=F32)
+                    s = self._call("llvm.fma.f32", F32, [a[group_of[c]][r], bvals[c], acc])
+                    b.store(s, self.acc[r][c])
+
+    def _vload(self, base, offsets, vec):
+        """Scalars from shared memory at base + each offset (byte expressions), `vec` floats per load."""
+        return self._vload_parts({}, [split_offset(o) for o in offsets], vec, base)
+
+    def _vload_parts(self, bases, parts, vec, base=None):
+        """Like _vload, for offsets split into (variable, constant): the address of each load is
+        bases[variable] (precomputed) or base + variable, plus the constant as an immediate."""
+        b, out = self.b, []
+        ty = F32 if vec == 1 else ir.VectorType(F32, vec)
+        for v, c in parts:
+            addr = bases.get(v) if v in bases else (base if v == 0 else b.add(base, self._var_part(v), flags=NUW))
+            x = b.load(self.sptr(addr, c), typ=ty, align=4 * vec)
+            out += [x] if vec == 1 else [b.extract_element(x, ir.Constant(I32, e)) for e in range(vec)]
+        return out
+
+    def _StoreAcc(self, st: StoreAcc):
+        k, lay, b = self.k, self.k.layout, self.b
+        tid = Var("tid")
+        vec = k.c_alignment // 4
+        for r in range(lay.thread_m):
+            row = st.row0 + lay.row(tid, r)
+            row_ok = None if k.M % lay.block_m == 0 else self.b.icmp_unsigned("<", self.val(row), ir.Constant(I32, k.M))
+            for c0 in range(0, lay.thread_n, vec):
+                col = st.col0 + lay.col(tid, c0)
+                ok = row_ok
+                if k.N % lay.block_n:
+                    okc = b.icmp_unsigned("<", self.val(col), ir.Constant(I32, k.N - (vec - 1)))
+                    ok = okc if ok is None else b.and_(ok, okc)
+                if ok is None:
+                    self._store(st, row, col, r, c0, vec)
+                else:
+                    with b.if_then(ok):
+                        self._store(st, row, col, r, c0, vec)
+
+    def _store(self, st, row, col, r, c0, vec):
+        b = self.b
+        ptr = self.gptr(st.dst, row, col)
+        vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
+        if st.atomic:
+            b.atomic_rmw("fadd", ptr, vals[0], "monotonic")
+        elif vec == 1:
+            b.store(vals[0], ptr, align=4)
+        else:
+            v = ir.Constant(ir.VectorType(F32, vec), ir.Undefined)
+            for e, x in enumerate(vals):
+                v = b.insert_element(v, x, ir.Constant(I32, e))
+            b.store(v, ptr, align=4 * vec)
+
+
+def lower(kernel: Kernel, target: Target, data_layout: str) -> ir.Module:
+    return Lowerer(kernel, target, data_layout).lower()
