@@ -1,0 +1,254 @@
+"""The Python API: compile a kernel for a problem, and run C = A @ B on numpy, torch or cupy arrays."""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from . import codegen
+from .arrays import host_matrix
+from .errors import CudaUnavailable, ShapeError
+from .format import NMMatrix
+from .ir import build, format_kernel
+from .ir.device import Device, for_arch
+from .ir.layout import ComputeLayout
+from .ir.operands import Geometry, prepare
+from .ir.problem import Pattern, Problem, parse_shape
+from .ir.schedule import Schedule
+from .ir.validate import validate
+from .search.heuristic import default_schedule
+
+_kernels: dict = {}
+_kernels_lock = threading.Lock()
+_operands: "weakref.WeakKeyDictionary[NMMatrix, dict]" = weakref.WeakKeyDictionary()
+
+
+class Kernel:
+    """A generated kernel for one (problem, schedule, arch): its IR, PTX, resources and launcher."""
+
+    def __init__(self, problem: Problem, schedule: Schedule, arch: str, a_rows: int | None = None):
+        self.problem, self.schedule, self.arch = problem, schedule, arch
+        self.ir = build(problem, schedule, a_rows)
+        self.name = self.ir.name
+        self.ptx = codegen.generate_ptx(self.ir, arch)
+
+    @cached_property
+    def resources(self) -> codegen.Resources:
+        """ptxas's report (registers, spills, stack); needs ptxas (the test extra or CUDA on PATH)."""
+        return codegen.assemble(self.ptx, self.arch, self.name)
+
+    def ir_text(self) -> str:
+        return format_kernel(self.ir)
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.ir.smem_bytes
+
+    def launch(self, A_ptr: int, operands: "DeviceOperands", C_ptr: int, stream: int = 0, device: int = 0) -> None:
+        """Raw launch on device pointers (C is zeroed first under split-K). Prefer `spmm`."""
+        from .runtime.memory import memset32
+        from .runtime.module import load
+        k = self.ir
+        if k.zero_output:
+            memset32(C_ptr, k.M * k.N, stream)
+        args = [A_ptr, operands.bv.ptr, operands.bi.ptr] + ([operands.arows.ptr] if operands.arows else []) + [C_ptr]
+        load(self.ptx, self.name, k.smem_bytes, device).launch(k.grid, k.threads, args, stream)
+
+    def __call__(self, A, B: NMMatrix, out=None, stream=None):
+        return spmm(A, B, out=out, kernel=self, stream=stream)
+
+    def __repr__(self):
+        return f"Kernel({self.name}, {self.problem}, {self.schedule.short()}, {self.arch})"
+
+
+def _problem(problem, pattern, vector) -> Problem:
+    if isinstance(problem, Problem):
+        return problem
+    M, N, K = parse_shape(problem) if isinstance(problem, str) else problem
+    if pattern is None:
+        raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
+    p = pattern if isinstance(pattern, Pattern) else Pattern.parse(pattern, vector or 1)
+    return Problem(int(M), int(N), int(K), p)
+
+
+def current_device(ordinal: int = 0) -> Device | None:
+    """The GPU's limits, or None where there is no GPU."""
+    from .runtime import driver
+    if not driver.available():
+        return None
+    return driver.device_info(ordinal)
+
+
+def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None) -> Schedule:
+    """The schedule `spmm` runs when none is given."""
+    return default_schedule(problem, device)
+
+
+def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = None, arch: str | None = None,
+            B: NMMatrix | None = None, device: int = 0) -> Kernel:
+    """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem).
+
+    Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
+    tuning database's best or the heuristic default. `B` supplies the real indices, which the
+    "rows" A-loading strategy needs for its compacted row lists."""
+    problem = _problem(problem, pattern, vector)
+    dev = current_device(device) if arch is None else None
+    if arch is None:
+        arch = dev.arch if dev else "sm_90"
+    codegen.target_for(arch)
+    dev = dev or for_arch(arch)
+    if B is not None:
+        _check_b(problem, B)
+    if schedule is None:
+        schedule = choose_schedule(problem, dev, B)
+    a_rows = None
+    if schedule.a_load == "rows" and B is not None:
+        a_rows = host_operands(B, problem, schedule).geometry.a_rows
+    validate(problem, schedule, dev, a_rows)
+    key = (problem, schedule, arch, a_rows)
+    with _kernels_lock:
+        k = _kernels.get(key)
+    if k is None:
+        k = Kernel(problem, schedule, arch, a_rows)
+        with _kernels_lock:
+            _kernels[key] = k
+    return k
+
+
+# ---- the weights, laid out per schedule (cached on the NMMatrix) -----------------------------------
+def _layout_key(problem: Problem, s: Schedule) -> tuple:
+    """What the prepared weights depend on (not M, not the thread tiles beyond the index unit)."""
+    return (s.block_n, s.k_windows, ComputeLayout.of(s, problem.pattern.vector).unit, s.a_load)
+
+
+def host_operands(B: NMMatrix, problem: Problem, s: Schedule):
+    cache = _operands.setdefault(B, {})
+    key = ("host",) + _layout_key(problem, s)
+    ops = cache.get(key)
+    if ops is None:
+        ops = cache[key] = prepare(problem, s, B.values, B.indices)
+    return ops
+
+
+@dataclass
+class DeviceOperands:
+    geometry: Geometry
+    bv: object
+    bi: object
+    arows: object | None
+
+
+def device_operands(B: NMMatrix, problem: Problem, s: Schedule, device: int = 0) -> DeviceOperands:
+    from .runtime.memory import DeviceBuffer
+    cache = _operands.setdefault(B, {})
+    key = ("device", device) + _layout_key(problem, s)
+    ops = cache.get(key)
+    if ops is None:
+        h = host_operands(B, problem, s)
+        ops = cache[key] = DeviceOperands(h.geometry, DeviceBuffer.from_array(h.bv, device),
+                                          DeviceBuffer.from_array(h.bi, device),
+                                          DeviceBuffer.from_array(h.arows, device) if h.arows is not None else None)
+    return ops
+
+
+def _check_b(problem: Problem, B: NMMatrix) -> None:
+    if (B.K, B.N) != (problem.K, problem.N) or B.pattern != problem.pattern:
+        raise ShapeError(f"B is a {B.K}x{B.N} {B.pattern} matrix, but the kernel was compiled for "
+                         f"K={problem.K}, N={problem.N}, {problem.pattern}")
+
+
+# ---- C = A @ B -------------------------------------------------------------------------------------
+def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: Kernel | None = None,
+         stream: int | None = None):
+    """C = A @ B for a dense A (M x K, float32) and an n:m sparse B (NMMatrix, K x N).
+
+    numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`).
+    torch / cupy / __cuda_array_interface__ / DLPack CUDA A: used in place on its library's current
+    stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised."""
+    if not isinstance(B, NMMatrix):
+        raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
+                         f"got {type(B).__name__}")
+    from .runtime.arrays import device_view
+    dv = device_view(A)
+    if dv is None:
+        return _spmm_host(host_matrix(A, "A"), B, out, schedule, kernel)
+    return _spmm_device(dv, B, out, schedule, kernel, stream)
+
+
+def _kernel_for(M, B, schedule, kernel, device) -> Kernel:
+    problem = Problem(M, B.N, B.K, B.pattern)
+    if kernel is not None:
+        if kernel.problem != problem:
+            raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}")
+        if kernel.schedule.a_load == "rows":  # its row lists must be those of this B
+            return compile(problem, schedule=kernel.schedule, arch=kernel.arch, B=B, device=device)
+        return kernel
+    return compile(problem, schedule=schedule, B=B, device=device)
+
+
+def _check_a(M, K, B):
+    if K != B.K:
+        raise ShapeError(f"A is {M}x{K} but B has K={B.K} rows: A's columns must equal B's rows")
+
+
+def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel):
+    from .runtime import driver
+    from .runtime.memory import DeviceBuffer, download, memset32, synchronize
+    M, K = A.shape
+    _check_a(M, K, B)
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != np.float32
+                            or not out.flags.c_contiguous):
+        raise ShapeError(f"out must be a C-contiguous float32 numpy array of shape ({M}, {B.N})")
+    driver.init()
+    k = _kernel_for(M, B, schedule, kernel, 0)
+    ops = device_operands(B, k.problem, k.schedule, 0)
+    a = DeviceBuffer.from_array(A, 0)
+    c = DeviceBuffer(M * B.N * 4, 0)
+    if os.environ.get("NMGEN_POISON_OUTPUT") == "1":   # debugging aid: unwritten elements come back NaN
+        memset32(c.ptr, M * B.N, 0, 0x7FC00000)
+    k.launch(a.ptr, ops, c.ptr, 0, 0)
+    synchronize(0, f"kernel {k.name}")
+    result = out if out is not None else np.empty((M, B.N), np.float32)
+    return download(result, c.ptr)
+
+
+def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+    from .runtime.arrays import device_view, empty_like_owner
+    from .runtime.memory import DeviceBuffer
+    from .runtime.driver import check, driver, use_device
+    if len(dv.shape) != 2:
+        raise ShapeError(f"A must be a 2-D matrix, got shape {dv.shape}")
+    M, K = dv.shape
+    _check_a(M, K, B)
+    if dv.dtype != np.float32:
+        raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
+    if not dv.c_contiguous:
+        raise ShapeError("A must be row-major (C-contiguous); call .contiguous() (torch) or cupy.ascontiguousarray")
+    if dv.ptr % 4:
+        raise ShapeError("A's data pointer is not 4-byte aligned")
+    use_device(dv.device)
+    stream = dv.stream if stream is None else int(stream)
+    k = _kernel_for(M, B, schedule, kernel, dv.device)
+    if out is None:
+        out = empty_like_owner(dv.owner, (M, B.N))
+    ov = device_view(out)
+    if ov is None or ov.shape != (M, B.N) or ov.dtype != np.float32 or not ov.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {B.N})")
+    if ov.device != dv.device:
+        raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
+    ops = device_operands(B, k.problem, k.schedule, dv.device)
+    if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
+        tmp = DeviceBuffer(M * B.N * 4, dv.device)
+        k.launch(dv.ptr, ops, tmp.ptr, stream, dv.device)
+        check(driver().cuMemcpyDtoDAsync(ov.ptr, tmp.ptr, M * B.N * 4, stream), "cuMemcpyDtoDAsync")
+        check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")  # tmp must outlive the copy
+    else:
+        k.launch(dv.ptr, ops, ov.ptr, stream, dv.device)
+    return out
+
+
+__all__ = ["CudaUnavailable", "Kernel", "compile", "current_device", "default_schedule", "device_operands", "spmm"]

@@ -1,0 +1,102 @@
+"""GPU arrays from other libraries, used in place: torch CUDA tensors, anything with
+__cuda_array_interface__ (cupy, numba), and DLPack CUDA arrays (through cupy or torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ShapeError
+
+_DLPACK_CUDA = 2
+
+
+@dataclass
+class DeviceArray:
+    ptr: int
+    shape: tuple
+    strides: tuple      # bytes
+    dtype: np.dtype
+    stream: int         # the stream the owner wants work on (0: legacy default)
+    device: int
+    owner: object       # the original object (kept alive while we use its memory)
+
+    @property
+    def c_contiguous(self) -> bool:
+        expect, acc = [], self.dtype.itemsize
+        for n in reversed(self.shape):
+            expect.append(acc)
+            acc *= n
+        return all(s == e or n == 1 for s, e, n in zip(self.strides, reversed(expect), self.shape))
+
+
+def _torch_view(x) -> DeviceArray:
+    import torch
+    if x.device.type != "cuda":
+        raise ShapeError("a torch tensor on the CPU is not a device array")
+    np_dtype = np.dtype(str(x.dtype).replace("torch.", "")) if x.dtype != torch.bfloat16 else np.dtype("V2")
+    return DeviceArray(x.data_ptr(), tuple(x.shape), tuple(s * x.element_size() for s in x.stride()), np_dtype,
+                       torch.cuda.current_stream(x.device).cuda_stream, x.device.index or 0, x)
+
+
+def _cai_view(x) -> DeviceArray:
+    d = x.__cuda_array_interface__
+    dtype = np.dtype(d["typestr"])
+    shape = tuple(d["shape"])
+    strides = d.get("strides")
+    if strides is None:
+        acc, st = dtype.itemsize, []
+        for n in reversed(shape):
+            st.append(acc)
+            acc *= n
+        strides = tuple(reversed(st))
+    stream = d.get("stream")
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+        stream = cupy.cuda.get_current_stream().ptr
+    stream = 0 if stream in (None, 1) else int(stream)   # 1 = legacy default stream in the protocol
+    ptr = int(d["data"][0])
+    return DeviceArray(ptr, shape, tuple(strides), dtype, stream, _device_of(ptr), x)
+
+
+def _device_of(ptr: int) -> int:
+    from .driver import check, driver, init
+    if ptr == 0:
+        return 0
+    init()
+    drv = driver()
+    return int(check(drv.cuPointerGetAttribute(drv.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr),
+                     "cuPointerGetAttribute(device ordinal)"))
+
+
+def device_view(x) -> DeviceArray | None:
+    """A view of `x` if it lives on a GPU, else None (host data: the caller copies it)."""
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        return _torch_view(x) if getattr(x, "is_cuda", False) else None
+    if hasattr(x, "__cuda_array_interface__"):
+        return _cai_view(x)
+    if hasattr(x, "__dlpack_device__") and not isinstance(x, np.ndarray):
+        dev_type, _ = x.__dlpack_device__()
+        if int(dev_type) == _DLPACK_CUDA:
+            for lib in ("cupy", "torch"):
+                try:
+                    m = __import__(lib)
+                except ImportError:
+                    continue
+                return device_view(m.from_dlpack(x))
+            raise ShapeError("a DLPack CUDA array needs cupy or torch installed to be read in place")
+    return None
+
+
+def empty_like_owner(owner, shape) -> object:
+    """A new float32 device array of `shape` from the same library as `owner` (torch or cupy)."""
+    mod = type(owner).__module__
+    if mod.startswith("torch"):
+        import torch
+        return torch.empty(shape, dtype=torch.float32, device=owner.device)
+    if mod.startswith("cupy"):
+        import cupy
+        with cupy.cuda.Device(owner.device.id):
+            return cupy.empty(shape, dtype=cupy.float32)
+    raise ShapeError(f"pass out= for {type(owner).__name__} inputs (nmgen can allocate torch and cupy outputs)")

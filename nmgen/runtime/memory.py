@@ -1,0 +1,80 @@
+"""Device buffers, copies and events (driver API, every result checked)."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from .driver import check, driver
+
+
+class DeviceBuffer:
+    """cuMemAlloc'd memory, freed when the object goes away."""
+
+    def __init__(self, nbytes: int, device: int = 0):
+        from .driver import use_device
+        use_device(device)
+        self.nbytes = max(int(nbytes), 1)
+        self.device = device
+        self.handle = check(driver().cuMemAlloc(self.nbytes), f"cuMemAlloc({self.nbytes} bytes)")
+        self.ptr = int(self.handle)
+        self._finalizer = weakref.finalize(self, _free, self.handle)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray, device: int = 0, stream: int = 0) -> "DeviceBuffer":
+        a = np.ascontiguousarray(a)
+        buf = cls(a.nbytes, device)
+        buf.upload(a, stream)
+        return buf
+
+    def upload(self, a: np.ndarray, stream: int = 0) -> None:
+        a = np.ascontiguousarray(a)
+        check(driver().cuMemcpyHtoDAsync(self.handle, a.ctypes.data, a.nbytes, stream), "cuMemcpyHtoDAsync")
+        check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")  # `a` may be a temporary
+
+    def free(self) -> None:
+        self._finalizer()
+
+
+def _free(handle):
+    try:
+        driver().cuMemFree(handle)
+    except Exception:  # noqa: BLE001 - interpreter shutdown: the context may be gone already
+        pass
+
+
+def download(dst: np.ndarray, ptr: int, stream: int = 0) -> np.ndarray:
+    check(driver().cuMemcpyDtoHAsync(dst.ctypes.data, ptr, dst.nbytes, stream), "cuMemcpyDtoHAsync")
+    check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")
+    return dst
+
+
+def memset32(ptr: int, count: int, stream: int = 0, value: int = 0) -> None:
+    check(driver().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
+
+
+def synchronize(stream: int = 0, what: str = "stream") -> None:
+    check(driver().cuStreamSynchronize(stream), f"cuStreamSynchronize after {what}")
+
+
+class Event:
+    def __init__(self):
+        self.handle = check(driver().cuEventCreate(0), "cuEventCreate")
+        self._finalizer = weakref.finalize(self, _destroy_event, self.handle)
+
+    def record(self, stream: int = 0) -> "Event":
+        check(driver().cuEventRecord(self.handle, stream), "cuEventRecord")
+        return self
+
+    def synchronize(self) -> None:
+        check(driver().cuEventSynchronize(self.handle), "cuEventSynchronize")
+
+    def elapsed_ms(self, start: "Event") -> float:
+        return float(check(driver().cuEventElapsedTime(start.handle, self.handle), "cuEventElapsedTime"))
+
+
+def _destroy_event(handle):
+    try:
+        driver().cuEventDestroy(handle)
+    except Exception:  # noqa: BLE001
+        pass

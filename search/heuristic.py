@@ -1,0 +1,57 @@
+"""A sensible schedule for a shape without measuring: what `nmgen.spmm` uses when the tuning
+database has nothing for the problem.
+
+- Block tile by M: 16 / 32 / 64 / 128 rows, 128 columns; every warp 32 columns wide so that with
+  V >= 32 all lanes of a warp gather the same A row (shared-memory broadcast). Narrow vectors
+  (V < 8) take thinner thread tiles: each column needs its own index look-up.
+- K tile: enough windows for >= 32 K rows and >= 8 kept rows per tile (fewer fixed costs per FMA).
+- split-K when the block grid alone cannot fill the SMs (decode-like M), up to 16-way.
+"""
+from __future__ import annotations
+
+from ..ir.device import Device
+from ..ir.operands import geometry
+from ..ir.problem import Problem, ceil_div
+from ..ir.schedule import Schedule
+from ..ir.validate import problems
+
+_TILES = (  # (max M, block/warp/thread tiles) for V >= 8: warps 32 columns wide
+    (16, dict(block_m=16, block_n=128, warp_m=16, warp_n=32, thread_m=4, thread_n=4)),
+    (32, dict(block_m=32, block_n=128, warp_m=32, warp_n=32, thread_m=4, thread_n=8)),
+    (64, dict(block_m=64, block_n=128, warp_m=64, warp_n=32, thread_m=8, thread_n=8)),
+    (None, dict(block_m=128, block_n=128, warp_m=64, warp_n=32, thread_m=8, thread_n=8)),
+)
+# V < 8: every column (or pair) needs its own index look-up and A fragment, so threads hold fewer
+# columns (4) and the registers stay in budget
+_TILES_NARROW = (
+    (16, dict(block_m=16, block_n=64, warp_m=16, warp_n=16, thread_m=2, thread_n=4)),
+    (32, dict(block_m=32, block_n=64, warp_m=32, warp_n=16, thread_m=4, thread_n=4)),
+    (None, dict(block_m=128, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4)),
+)
+
+
+def default_schedule(problem: Problem, device: Device) -> Schedule:
+    p = problem.pattern
+    table = _TILES if p.vector >= 8 else _TILES_NARROW
+    tiles = next(t for limit, t in table if limit is None or problem.M <= limit)
+    kw = max(1, min(problem.windows, max(ceil_div(32, p.m), ceil_div(8, p.n))))
+    s = Schedule(**tiles, k_windows=kw, stages=3)
+    g = geometry(problem, s)
+    blocks = g.tiles_m * g.tiles_n
+    if blocks < device.sms:
+        s = s.replace(split_k=max(1, min(g.T, 16, ceil_div(2 * device.sms, blocks))))
+    # shrink until it fits this device (shared memory, K tiles for the split)
+    for _ in range(16):
+        why = problems(problem, s, device)
+        if not why:
+            return s
+        if s.stages > 2:
+            s = s.replace(stages=s.stages - 1)
+        elif s.k_windows > 1:
+            s = s.replace(k_windows=max(1, s.k_windows // 2))
+        elif s.split_k > 1:
+            s = s.replace(split_k=max(1, s.split_k // 2))
+        else:
+            break
+    from ..ir.errors import ScheduleError
+    raise ScheduleError(f"no default schedule fits {problem} on {device.name}: " + "; ".join(problems(problem, s, device)))
