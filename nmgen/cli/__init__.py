@@ -1,0 +1,46 @@
+"""`nmgen` command line: one sub-command per file; bad input ends in one line on stderr, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import NMGenError
+
+COMMANDS = ("ptx", "check")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    p = _Parser(prog="nmgen", description="Generate, check, tune and benchmark N:M-sparse SpMM GPU kernels "
+                                          "(C = A @ B, B n:m sparse along K).")
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"nmgen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f".{name}", __name__).register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except NMGenError as e:
+        msg = str(e).strip()
+        print(f"nmgen {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nmgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

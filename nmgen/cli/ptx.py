@@ -1,0 +1,43 @@
+"""nmgen ptx: print or write the generated PTX (and ptxas's resource report)."""
+from __future__ import annotations
+
+import sys
+
+from .common import add_problem_args, add_schedule_arg, problem_from, schedule_from
+
+
+def register(sub):
+    p = sub.add_parser("ptx", help="print or write the PTX of a kernel",
+                       description="Generate the kernel for a problem and print (or write) its PTX.")
+    add_problem_args(p)
+    p.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
+                   help="target architecture (default sm_90)")
+    add_schedule_arg(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write the PTX here instead of standard output")
+    p.add_argument("--resources", action="store_true",
+                   help="add ptxas's report: registers, spills, stack frame, shared memory")
+    p.add_argument("--ir", action="store_true", help="also show the kernel IR (as PTX comments)")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from ..api import compile
+    from ..ir.device import for_arch
+    problem = problem_from(args)
+    k = compile(problem, schedule=schedule_from(args, problem, for_arch(args.arch)), arch=args.arch)
+    text = k.ptx
+    notes = [f"nmgen: {problem}  schedule {k.schedule.to_json()}",
+             f"nmgen: launch grid {k.ir.grid}, {k.ir.threads} threads, {k.smem_bytes} B dynamic shared memory"]
+    if args.ir:
+        notes += k.ir_text().splitlines()
+    if args.resources:
+        notes.append(f"ptxas {args.arch}: {k.resources.summary()}")
+    text = text.rstrip("\n") + "\n" + "".join(f"// {n}\n" for n in notes)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        if args.resources:
+            print(f"{k.name}: {k.resources.summary()}, {k.smem_bytes} B dynamic shared memory")
+    else:
+        sys.stdout.write(text)
+    return 0
