@@ -1,0 +1,88 @@
+"""Every kernel against the float64 reference on the GPU: fresh random inputs, NaN-poisoned
+outputs, relative error (norm) < 1e-5."""
+import numpy as np
+import pytest
+
+import nmgen
+from nmgen import Schedule, spmm, spmm_reference
+from helpers import TOL, random_problem, rel_err
+
+PATTERNS = [(2, 4, 1), (2, 8, 4), (8, 32, 32), (4, 16, 64), (16, 32, 32), (12, 32, 32), (4, 32, 32)]
+SHAPES = [(1, 4096, 4096), (17, 100, 64), (4095, 4100, 1024), (256, 2048, 2048), (4096, 4096, 4096)]
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setenv("NMGEN_POISON_OUTPUT", "1")   # numpy path: the device output starts as NaN
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch", reason="torch is not installed: the in-place device path is not tested")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: "%d:%dx%d" % p)
+def test_default_kernel_numpy(rng, shape, pattern):
+    p, A, B = random_problem(rng, *shape, *pattern)
+    C = spmm(A, B)
+    assert C.shape == (p.M, p.N) and C.dtype == np.float32
+    assert rel_err(C, spmm_reference(A, B)) < TOL
+
+
+@pytest.mark.parametrize("shape", [(17, 100, 64), (256, 2048, 2048), (4095, 4100, 1024)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pattern", [(2, 4, 1), (8, 32, 32), (4, 16, 64)], ids=lambda p: "%d:%dx%d" % p)
+def test_torch_in_place_with_poisoned_out(rng, shape, pattern):
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, *shape, *pattern)
+    At = torch.from_numpy(A).cuda()
+    out = torch.full((p.M, p.N), float("nan"), device="cuda")
+    res = spmm(At, B, out=out)
+    torch.cuda.synchronize()
+    assert res is out
+    assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
+    fresh = spmm(At, B)                       # allocated by nmgen, same library and device
+    torch.cuda.synchronize()
+    assert isinstance(fresh, torch.Tensor) and fresh.is_cuda
+    assert rel_err(fresh.cpu().numpy(), spmm_reference(A, B)) < TOL
+
+
+@pytest.mark.parametrize("split_k", range(1, 9))
+def test_split_k_even_and_uneven(rng, split_k):
+    # 64 windows in 32 K tiles of 2: splits 3, 5, 6, 7 do not divide them
+    p, A, B = random_problem(rng, 256, 2048, 2048, 8, 32, 32)
+    s = Schedule(k_windows=2, split_k=split_k)
+    C = spmm(A, B, schedule=s)
+    assert rel_err(C, spmm_reference(A, B)) < TOL
+
+
+@pytest.mark.parametrize("schedule", [
+    Schedule(a_load="rows", k_windows=2),
+    Schedule(a_load="rows", k_windows=2, split_k=3, stages=4),
+    Schedule(block_m=64, warp_m=64, block_n=256, warp_n=32, stages=4, raster=1),
+    Schedule(block_m=128, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4, stages=2, a_pad=0),
+], ids=lambda s: s.short().replace(" ", "_"))
+@pytest.mark.parametrize("pattern", [(4, 32, 32), (16, 32, 32)], ids=lambda p: "%d:%dx%d" % p)
+def test_other_schedules(rng, schedule, pattern):
+    p, A, B = random_problem(rng, 1000, 3000, 4096, *pattern)
+    C = spmm(A, B, schedule=schedule)
+    assert rel_err(C, spmm_reference(A, B)) < TOL
+
+
+def test_compiled_kernel_object(rng):
+    p, A, B = random_problem(rng, 64, 512, 512, 8, 32, 32)
+    k = nmgen.compile(p)
+    assert k.ptx.startswith("//") and k.resources.spill_stores == 0
+    assert rel_err(k(A, B), spmm_reference(A, B)) < TOL
+
+
+def test_wrong_inputs_are_refused(rng):
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)
+    with pytest.raises(nmgen.ShapeError, match="A's columns must equal B's rows"):
+        spmm(np.ones((16, 32), np.float32), B)
+    with pytest.raises(nmgen.ShapeError, match="float32"):
+        spmm(torch.ones((16, 64), dtype=torch.float64, device="cuda"), B)
+    with pytest.raises(nmgen.ShapeError, match="row-major"):
+        spmm(torch.ones((64, 16), device="cuda").t(), B)
+    with pytest.raises(nmgen.ShapeError, match="out must be"):
+        spmm(torch.ones((16, 64), device="cuda"), B, out=torch.empty((16, 63), device="cuda"))

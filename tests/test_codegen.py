@@ -1,0 +1,60 @@
+"""Generated PTX: every default schedule assembles with ptxas for every architecture, without
+spills or stack; one small schedule's PTX is pinned as a golden file."""
+import os
+
+import pytest
+
+from nmgen import Pattern, Problem, Schedule
+from nmgen.api import compile
+from nmgen.codegen import TARGETS, generate_ptx, llvm_version, target_for
+from nmgen.errors import CompileError
+from nmgen.ir import build
+
+SHAPES = [(1, 4096, 4096), (17, 100, 64), (64, 64, 64), (4095, 4100, 1024), (256, 2048, 2048), (4096, 4096, 4096)]
+PATTERNS = [(2, 4, 1), (2, 8, 4), (8, 32, 32), (4, 16, 64), (16, 32, 32), (12, 32, 32), (4, 32, 32)]
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nmspmm_17x100x64_8_32_32.ptx")
+
+
+@pytest.mark.parametrize("arch", sorted(TARGETS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_default_schedules_assemble_without_spills(arch, shape):
+    for n, m, v in PATTERNS:
+        p = Problem(*shape, Pattern(n, m, v))
+        k = compile(p, arch=arch)
+        r = k.resources
+        assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_frame == 0, f"{p} {k.schedule.short()}: {r.summary()}"
+        assert r.registers <= 255
+
+
+def test_the_rows_strategy_and_split_k_assemble():
+    p = Problem(4096, 4096, 4096, Pattern(4, 32, 32))
+    for s in (Schedule(a_load="rows", k_windows=2), Schedule(split_k=5, stages=4), Schedule(raster=1, min_blocks=2)):
+        r = compile(p, schedule=s, arch="sm_90").resources
+        assert r.spill_stores == 0 and r.stack_frame == 0, (s.short(), r.summary())
+
+
+def test_inner_loop_is_fma_with_16_byte_loads():
+    ptx = compile(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), schedule=Schedule(), arch="sm_90").ptx
+    assert ptx.count("fma.rn.f32") == 8 * 64           # 8 kept rows x 8x8 thread tile, unrolled
+    assert ptx.count("ld.shared.v4") == 8 * 4           # 2 A + 2 B float4 per kept row
+    assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group" in ptx and "bar.sync" in ptx
+
+
+def test_unknown_arch_is_refused_before_llvm():
+    with pytest.raises(CompileError, match="sm_100a.*not supported"):
+        target_for("sm_100a")
+
+
+def test_golden_ptx():
+    """Unintended codegen changes show up here. After an intended change (or an LLVM update),
+    regenerate with NMGEN_UPDATE_GOLDEN=1 and review the diff."""
+    k = build(Problem(17, 100, 64, Pattern(8, 32, 32)), Schedule(block_m=32, warp_m=32, thread_m=4, split_k=2))
+    ptx = generate_ptx(k, "sm_90")
+    header = f"// golden: LLVM {llvm_version()}\n"
+    if os.environ.get("NMGEN_UPDATE_GOLDEN") == "1":
+        with open(GOLDEN, "w") as f:
+            f.write(header + ptx)
+    with open(GOLDEN) as f:
+        golden = f.read()
+    assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
+    assert golden == header + ptx

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from nmgen.ir import Pattern, Problem, Schedule, ScheduleError, ShapeError, for_arch, problems, validate
+from nmgen.ir.expr import Var, evaluate, split_offset
+from nmgen.ir.validate import shared_bytes
+
+
+def test_schedule_json_round_trip_and_hash():
+    s = Schedule(block_m=64, split_k=3, a_load="rows")
+    assert Schedule.from_json(s.to_json()) == s
+    assert Schedule.from_dict(json.loads(s.to_json())).hash() == s.hash()
+    assert len(s.hash()) == 16 and s.hash() != s.replace(split_k=4).hash()
+    assert Schedule().hash() == Schedule().hash()
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"block_m": 64, "nonsense": 1}', "unknown schedule field"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be an object"),
+    ('{"a_load": "everything"}', "a_load='everything' must be one of"),
+    ('{"stages": "3"}', "must be an integer"),
+])
+def test_schedule_json_errors(text, match):
+    with pytest.raises(ScheduleError, match=match):
+        Schedule.from_json(text)
+
+
+def test_problem_errors():
+    with pytest.raises(ShapeError, match="pad K to 128"):
+        Problem(4, 4, 100, Pattern(8, 32, 32))
+    with pytest.raises(ShapeError, match="M=0 must be a positive integer"):
+        Problem(0, 4, 32, Pattern(8, 32, 32))
+    assert Problem(4, 4, 64, Pattern(8, 32, 32)).kept_rows == 16
+
+
+def test_validity_explains_every_reason():
+    p = Problem(4096, 4096, 4096, Pattern(8, 32, 32))
+    h100 = for_arch("sm_90")
+    why = problems(p, Schedule(warp_m=48), h100)
+    assert any("does not divide block tile" in w for w in why)
+    why = problems(p, Schedule(thread_m=4), h100)
+    assert any("threads per warp, not 32" in w for w in why)
+    why = problems(p, Schedule(stages=8, k_windows=8), h100)
+    assert any("KB of shared memory per block" in w and "227.0 KB" in w for w in why)
+    why = problems(Problem(64, 64, 64, Pattern(8, 32, 32)), Schedule(split_k=3), h100)
+    assert any("split_k=3 exceeds the 2 K tiles" in w for w in why)
+    why = problems(p, Schedule(a_pad=2), h100)
+    assert any("16-byte aligned" in w for w in why)
+    with pytest.raises(ScheduleError, match="cannot run"):
+        validate(p, Schedule(thread_m=16, thread_n=16, warp_m=128, warp_n=64), h100)
+    assert problems(p, Schedule(), h100) == []
+
+
+def test_shared_memory_accounting():
+    p = Problem(4096, 4096, 4096, Pattern(8, 32, 32))
+    s = Schedule()  # 3 stages x (32 x 132 A + 8 x 128 B) floats + 3 x 32-byte index chunks
+    assert shared_bytes(p, s) == 3 * 32 * 132 * 4 + 3 * 8 * 128 * 4 + 3 * 32
+
+
+def test_expressions_fold_and_split():
+    t = Var("tid")
+    assert (t * 1 + 0) is t
+    e = (t // 32) * 4 + 8 * 3 + (t % 8)
+    v, c = split_offset(e)
+    assert c == 24 and evaluate(v, {"tid": 77}) + c == evaluate(e, {"tid": 77})
+    assert evaluate((t - 5) * 2, {"tid": 9}) == 8
