@@ -1,0 +1,19 @@
+#!/bin/bash
+# One call on the device machine: install the carried wheels (.whl: llvmlite 0.50, sqlite-utils),
+# record the GPU's state, then run the steps named in $@ (gpu-tests, explore, bench ...).
+# Everything lands in $OUT.   Usage: scripts/device_run.sh gpu-tests explore
+set -o pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,driver_version,temperature.gpu,power.draw --format=csv | tee $OUT/gpu.txt
+python3 -c "import llvmlite, numpy, torch; print('llvmlite', llvmlite.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+for step in "$@"; do
+  echo "=== $step"
+  case $step in
+    gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
+    explore)   python3 scripts/explore.py $OUT/explore.json 2>&1 | tee $OUT/explore.log | tail -60 ;;
+    *)         python3 -m nmgen.cli $step 2>&1 | tee -a $OUT/commands.log | tail -40 ;;
+  esac
+done
+nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv | tee -a $OUT/gpu.txt
