@@ -8,6 +8,7 @@ interpreter checks the very order the GPU will run:
                    wait until tile t has landed (S-2 groups may stay in flight); barrier
                    copy tile t+S-1 -> stage (t-t0+S-1) % S     # the stage read in iteration t-1:
                    commit                                      #   the barrier above freed it
+                   ("rows": load the row list of tile t+S into registers, for the next iteration)
                    acc += tile t (from stage (t-t0) % S)
     epilogue:  store acc to C (atomic add under split-K)
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, Param, Shared, SparseFMA, StoreAcc, Wait,
-                    ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, Param, Shared, SparseFMA, StoreAcc,
+                    Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -66,10 +67,13 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     bm, bn, t0, t1 = Var("bm"), Var("bn"), Var("t0"), Var("t1")
     bound_m = M if M % BM else None
 
+    def load_list(tile):   # "rows": the K columns this block column copies in `tile`, into registers
+        return LoadList("rows", "Arows", (tile * g.tiles_n + bn) * g.a_rows, a_plan)
+
     def load(tile, stage):
         chunk = tile * g.tiles_n + bn
         if rows_strategy:
-            a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "Arows", chunk * g.a_rows)
+            a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "rows")
         else:
             a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, K if K % g.BK else None)
         return (a,
@@ -82,8 +86,12 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
         body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
     body.append(ZeroAcc())
+    # "rows": the list for a tile is loaded one iteration before its copies are issued
+    pre = (lambda tile: (load_list(tile),)) if rows_strategy else (lambda tile: ())
     for st in range(S - 1):
-        body += [If(lt(t0 + st, t1), load(t0 + st, st)), Commit()]
+        body += [If(lt(t0 + st, t1), pre(t0 + st) + load(t0 + st, st)), Commit()]
+    if rows_strategy:
+        body.append(If(lt(t0 + (S - 1), t1), pre(t0 + (S - 1))))
     t = Var("t")
     it = Var("it")
     body.append(For("t", t0, t1, (
@@ -92,6 +100,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         Barrier(),
         If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
         Commit(),
+    ) + ((If(lt(t + S, t1), pre(t + S)),) if rows_strategy else ()) + (
         SparseFMA(it % S, "As", "Bs", "Is", g.KR),
     )))
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))

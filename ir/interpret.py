@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc, Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA, StoreAcc, Wait, ZeroAcc)
 
 _NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
 _POISON = {"f32": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
@@ -40,6 +40,7 @@ class _Block:
     acc: np.ndarray
     open_group: list = field(default_factory=list)
     groups: list = field(default_factory=list)
+    regs: dict = field(default_factory=dict)     # per-thread register lists: name -> (iterations, threads)
 
 
 class Interpreter:
@@ -109,6 +110,8 @@ class Interpreter:
                     self._exec(st.body, blk)
             elif isinstance(st, Copy):
                 self._copy(st, blk)
+            elif isinstance(st, LoadList):
+                self._load_list(st, blk)
             elif isinstance(st, Commit):
                 blk.groups.append(blk.open_group)
                 blk.open_group = []
@@ -139,21 +142,34 @@ class Interpreter:
 
     # ---- copies ---------------------------------------------------------------------------------
     def _plan_slots(self, plan):
-        """(row, col, guard) for every thread and iteration; checks the plan copies each element once."""
+        """(row, col, iteration, thread) of every guarded-in copy slot; checks the plan copies each
+        tile element exactly once."""
         if plan not in self._slots:
             tid = np.arange(plan.threads)
             its = [plan.slot(it, tid) for it in range(plan.iterations)]
             r = np.concatenate([np.broadcast_to(x[0], tid.shape) for x in its])
             c = np.concatenate([np.broadcast_to(x[1], tid.shape) for x in its])
             g = np.concatenate([np.broadcast_to(x[2], tid.shape) for x in its]).astype(bool)
-            r, c = r[g], c[g]
+            it_idx = np.repeat(np.arange(plan.iterations), plan.threads)
+            thr = np.tile(tid, plan.iterations)
+            r, c, it_idx, thr = r[g], c[g], it_idx[g], thr[g]
             cover = np.zeros((plan.rows, plan.cols), np.int64)
             for e in range(plan.elems):
                 np.add.at(cover, (r, c + e), 1)
             if not (cover == 1).all():
                 raise HazardError(f"copy plan {plan} does not copy every tile element exactly once")
-            self._slots[plan] = (r, c)
+            self._slots[plan] = (r, c, it_idx, thr)
         return self._slots[plan]
+
+    def _load_list(self, st: LoadList, blk: _Block):
+        r, c, it_idx, thr = self._plan_slots(st.plan)
+        src = self.arrays[st.src].ravel()
+        idx = self._scalar(st.offset, blk) + c
+        if (idx >= src.size).any():
+            raise HazardError(f"LoadList reads past the end of {st.src}")
+        regs = np.full((st.plan.iterations, st.plan.threads), -1, np.int64)   # -1: never loaded
+        regs[it_idx, thr] = src[idx]
+        blk.regs[st.dst] = regs
 
     def _copy(self, cp: Copy, blk: _Block):
         stage = self._scalar(cp.stage, blk)
@@ -165,15 +181,16 @@ class Interpreter:
         if st.state == "pending" or any(k == key for k, _ in blk.open_group):
             raise HazardError(f"copy into {cp.dst} stage {stage} while an earlier copy into it is still in flight")
         src = self.arrays[cp.src]
-        r, c = self._plan_slots(cp.plan)
+        r, c, it_idx, thr = self._plan_slots(cp.plan)
         row0, col0 = self._scalar(cp.row0, blk), self._scalar(cp.col0, blk)
         plan = cp.plan
         values = []
         for e in range(plan.elems):
             rows = row0 + r
             if cp.row_list is not None:
-                lst = self.arrays[cp.row_list].ravel()
-                cols = lst[self._scalar(cp.list_offset, blk) + c + e].astype(np.int64)
+                if cp.row_list not in blk.regs:
+                    raise HazardError(f"copy uses registers {cp.row_list} before any LoadList filled them")
+                cols = blk.regs[cp.row_list][it_idx, thr]
             else:
                 cols = col0 + c + e
             ok = np.ones(r.shape, bool)

@@ -73,8 +73,8 @@ class Copy:
     """Asynchronous copy of a tile from global to shared (cp.async), into the open copy group.
 
     Plain:      dst[stage][r][c] = src[row0 + r][col0 + c]
-    Transposed: dst[stage][c][r] = src[row0 + r][col(c)],   col(c) = col0 + c, or with a row list
-                                   col(c) = list[list_offset + c]
+    Transposed: dst[stage][c][r] = src[row0 + r][col(c)],   col(c) = col0 + c, or with `row_list`
+                                   the value a LoadList put in those registers for this copy slot
     Elements with row >= bound_rows or col >= bound_cols (when given) are zero-filled.
     """
     dst: str
@@ -86,7 +86,17 @@ class Copy:
     bound_rows: Optional[int] = None
     bound_cols: Optional[int] = None
     row_list: Optional[str] = None
-    list_offset: IntLike = 0
+
+
+@dataclass(frozen=True)
+class LoadList:
+    """Each thread loads into registers `dst` the list entries its slots of `plan` will copy:
+    dst[it] = src.flat[offset + column of the thread's slot it]. Issued an iteration ahead of the
+    Copy that uses them, so the global-memory latency hides behind the FMAs in between."""
+    dst: str
+    src: str
+    offset: IntLike
+    plan: CopyPlan
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ class StoreAcc:
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, Commit, Wait, Barrier, ZeroAcc, SparseFMA, StoreAcc]
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, SparseFMA, StoreAcc]
 
 
 @dataclass(frozen=True)

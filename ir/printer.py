@@ -1,7 +1,7 @@
 """Readable text for a kernel IR: what `nmgen ptx --ir` and error reports show."""
 from __future__ import annotations
 
-from .nodes import Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc, Wait, ZeroAcc
+from .nodes import Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA, StoreAcc, Wait, ZeroAcc
 
 
 def format_kernel(k: Kernel) -> str:
@@ -34,12 +34,14 @@ def _body(body, out, depth):
             _body(st.body, out, depth + 1)
         elif isinstance(st, Copy):
             p = st.plan
-            cols = (f"{st.row_list}[{st.list_offset} + 0:{p.cols}]" if st.row_list
-                    else f"{st.col0} : +{p.cols}")
+            cols = f"columns in registers {st.row_list}" if st.row_list else f"{st.col0} : +{p.cols}"
             bounds = "".join(f" zero-fill {n}>={b}" for n, b in (("row", st.bound_rows), ("col", st.bound_cols))
                              if b is not None)
             out.append(f"{pad}cp.async {st.dst}[{st.stage}] <- {st.src}[{st.row0} : +{p.rows}, {cols}]"
                        f"{' transposed' if p.transpose else ''} {p.width}B x{p.iterations}/thread{bounds}")
+        elif isinstance(st, LoadList):
+            out.append(f"{pad}{st.dst} <- {st.src}[{st.offset} + column of each copy slot]  "
+                       f"({st.plan.iterations} registers/thread, prefetched)")
         elif isinstance(st, Commit):
             out.append(f"{pad}cp.async.commit_group")
         elif isinstance(st, Wait):

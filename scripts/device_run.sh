@@ -12,7 +12,11 @@ for step in "$@"; do
   case $step in
     gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
-    explore)   python3 scripts/explore.py $OUT/explore.json 2>&1 | tee $OUT/explore.log | tail -60 ;;
+    explore*)  plan=${step#explore}; plan=${plan#-}
+               python3 scripts/explore.py $OUT/explore${plan:+-$plan}.json ${EXPLORE_BUDGET:-240} ${plan:-tiles} 2>&1 | tee $OUT/explore${plan:+-$plan}.log | tail -60 ;;
+    profile)   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+                   --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis_Tables \
+                   -k regex:nmspmm python3 scripts/profile.py > $OUT/ncu.txt 2>&1; tail -5 $OUT/ncu.txt ;;
     *)         python3 -m nmgen.cli $step 2>&1 | tee -a $OUT/commands.log | tail -40 ;;
   esac
 done

@@ -1,6 +1,6 @@
 """Exploration sweep (development tool): time schedule variants at 4096^3 for the four paper
 sparsities next to cuBLAS FP32, to learn what the search space and the model must cover.
-Usage: python scripts/explore.py OUT.json [time budget s]"""
+Usage: python scripts/explore.py OUT.json [time budget s] [plan: tiles | sparse]"""
 import json
 import sys
 import time
@@ -13,6 +13,7 @@ from nmgen.errors import NMGenError
 from nmgen.reference import spmm_reference
 
 out, budget = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 330
+plan = sys.argv[3] if len(sys.argv) > 3 else "tiles"
 t_end = time.time() + budget
 rng = np.random.default_rng(1)
 TILES = {
@@ -28,20 +29,35 @@ TILES = {
 rows = []
 cublas_ms, lib = measure_cublas(4096, 4096, 4096, rng=rng)
 print(f"cuBLAS 4096^3: {cublas_ms:.3f} ms ({lib}) = {2*4096**3/cublas_ms/1e9:.1f} TF/s")
-for pat in ["16:32", "8:32", "4:32", "12:32"]:
+W256 = dict(block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=16, thread_n=8)
+
+
+def candidates(p):
+    kws = [1, 2] if p.pattern.n >= 8 else [2, 4]
+    if plan == "tiles":
+        cands = [Schedule(**t, k_windows=kw, stages=st) for t in TILES.values() for kw in kws for st in (3, 4)]
+        for kw in kws:
+            cands += [Schedule(k_windows=kw, a_load="rows"), Schedule(k_windows=kw, min_blocks=2),
+                      Schedule(k_windows=kw, stages=2), Schedule(k_windows=kw, a_pad=0)]
+        return cands
+    # "sparse": the compacted-rows strategy with its prefetched lists, launch bounds, wide N tiles
+    cands = []
+    for kw in kws:
+        for st in (2, 3, 4):
+            for mb in (1, 2):
+                cands.append(Schedule(k_windows=kw, stages=st, min_blocks=mb, a_load="rows"))
+                cands.append(Schedule(k_windows=kw, stages=st, min_blocks=mb))
+            cands.append(Schedule(**W256, k_windows=kw, stages=st, a_load="rows"))
+            cands.append(Schedule(**W256, k_windows=kw, stages=st))
+            cands.append(Schedule(**TILES["128x256/64x32/8x8"], k_windows=kw, stages=st, a_load="rows"))
+    return cands
+
+
+patterns = ["16:32", "8:32", "4:32", "12:32"] if plan == "tiles" else ["4:32", "8:32", "16:32"]
+for pat in patterns:
     p = problem_of((4096, 4096, 4096), pat, 32)
     B = NMMatrix.from_dense(rng.standard_normal((4096, 4096), dtype=np.float32), p.pattern, prune_first=True)
-    kws = [1, 2] if p.pattern.n >= 8 else [2, 4]
-    cands = []
-    for name, t in TILES.items():
-        for kw in kws:
-            for st in (3, 4):
-                cands.append(Schedule(**t, k_windows=kw, stages=st))
-    for kw in kws:
-        cands.append(Schedule(k_windows=kw, a_load="rows"))
-        cands.append(Schedule(k_windows=kw, min_blocks=2))
-        cands.append(Schedule(k_windows=kw, stages=2))
-        cands.append(Schedule(k_windows=kw, a_pad=0))
+    cands = candidates(p)
     for s in cands:
         if time.time() > t_end:
             print("time budget reached"); break
@@ -52,7 +68,7 @@ for pat in ["16:32", "8:32", "4:32", "12:32"]:
         row["cublas_ms"] = cublas_ms
         row["regs"] = k.resources.registers
         rows.append(row)
-        print(f"{pat} {s.short():48s} regs {row['regs']:3d}  {row['ms']:.3f} ms  eff {row['tflops_eff']:5.1f} TF/s  "
+        print(f"{pat} {s.short():48s} mb{s.min_blocks} pad{s.a_pad} regs {row['regs']:3d}  {row['ms']:.3f} ms  eff {row['tflops_eff']:5.1f} TF/s  "
               f"x{cublas_ms/row['ms']:.2f}" + (f"  err {row['rel_err']:.1e}" if row['rel_err'] is not None else ""))
     json.dump({"cublas_ms": cublas_ms, "cublas": lib, "rows": rows}, open(out, "w"), indent=1)
 best = {}

@@ -21,8 +21,8 @@ os.environ.setdefault("LLVMLITE_ENABLE_IR_LAYER_TYPED_POINTERS", "0")
 from llvmlite import ir  # noqa: E402
 
 from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
-from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, SparseFMA, StoreAcc,  # noqa: E402
-                        Wait, ZeroAcc)
+from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA,  # noqa: E402
+                        StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
 I1, I8, I16, I32, I64, F32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -69,6 +69,7 @@ class Lowerer:
         lay = kernel.layout
         self.acc = [[self.eb.alloca(F32, name=f"acc{r}_{c}") for c in range(lay.thread_n)]
                     for r in range(lay.thread_m)]
+        self.regs = {}     # register lists (LoadList): name -> one i32 alloca per copy slot
 
     # ---- module -----------------------------------------------------------------------------------
     def lower(self) -> ir.Module:
@@ -233,19 +234,39 @@ class Lowerer:
             r, c, guard = plan.slot(it, Var("tid"))
             if isinstance(guard, Expr):
                 with self.b.if_then(self.cond(guard)):
-                    self._copy_one(cp, buf, esize, base, r, c)
+                    self._copy_one(cp, buf, esize, base, r, c, it)
             elif guard:
-                self._copy_one(cp, buf, esize, base, r, c)
+                self._copy_one(cp, buf, esize, base, r, c, it)
 
-    def _copy_one(self, cp: Copy, buf, esize, base, r, c):
+    def _LoadList(self, st: LoadList):
+        """One register per distinct column among the thread's slots (a transposing plan reuses
+        each column for every row group), loaded now and read by the Copy an iteration later."""
+        b, plan = self.b, st.plan
+        slots = [plan.slot(it, Var("tid")) for it in range(plan.iterations)]
+        if st.dst not in self.regs:
+            by_col = {}
+            self.regs[st.dst] = [by_col.setdefault(c, self.eb.alloca(I32, name=f"{st.dst}{len(by_col)}"))
+                                 for _, c, _ in slots]
+        done = set()
+        for it, (_, c, guard) in enumerate(slots):
+            reg = self.regs[st.dst][it]
+            if id(reg) in done:
+                continue
+            done.add(id(reg))
+            ptr = self.gptr(st.src, 0, st.offset + c)
+            if isinstance(guard, Expr) and not plan.transpose:   # transposing plans' columns are always < cols
+                ptr = b.select(self.cond(guard), ptr, self.args[st.src])
+            b.store(b.load(ptr, typ=I32, align=4), reg)
+
+    def _copy_one(self, cp: Copy, buf, esize, base, r, c, it=0):
         b, plan = self.b, cp.plan
         if plan.transpose:      # one element: dst[c][r] = src[row0 + r][col(c)]
             dst = self.sptr_expr(base, (c * buf.pitch + r) * esize)
             row = cp.row0 + r
             col_expr, col_value = cp.col0 + c, None
-            if cp.row_list is not None:   # compacted rows: the column comes from the offline list
+            if cp.row_list is not None:   # compacted rows: the column a LoadList prefetched
                 col_expr = None
-                col_value = b.load(self.gptr(cp.row_list, 0, cp.list_offset + c), typ=I32, align=4)
+                col_value = b.load(self.regs[cp.row_list][it], typ=I32)
             ok = None
             if cp.bound_rows is not None:
                 ok = b.icmp_unsigned("<", self.val(row), ir.Constant(I32, cp.bound_rows))
