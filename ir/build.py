@@ -55,12 +55,17 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
                             doc="K columns of A each (K tile, block column) uses"))
     params.append(Param("C", "f32", M, N, readonly=False, doc="output (M, N), row-major"))
 
-    a_buf = Shared("As", "f32", S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A transposed")
+    mk = s.a_smem == "mk"
+    if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-float vectors
+        a_buf = Shared("As", "f32", S, BM, g.a_rows + s.a_pad, 0, doc="(stages, BM, BK+pad): A as in global")
+    else:
+        a_buf = Shared("As", "f32", S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A transposed")
     b_buf = Shared("Bs", "f32", S, g.KR, BN, _align16(a_buf.nbytes), doc="(stages, KR, BN): kept values")
     i_buf = Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
                    doc="(stages, chunk): index chunk")
 
-    a_plan = CopyPlan(BM, g.a_rows, 4, 4, True, threads)
+    a_elems = a_copy_elems(problem, s)
+    a_plan = CopyPlan(BM, g.a_rows, 4, 4 * a_elems, not mk, threads)
     b_plan = CopyPlan(g.KR, BN, 4, s.b_copy_bytes, False, threads)
     i_plan = CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, threads)
 
@@ -101,14 +106,24 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
         Commit(),
     ) + ((If(lt(t + S, t1), pre(t + S)),) if rows_strategy else ()) + (
-        SparseFMA(it % S, "As", "Bs", "Is", g.KR),
+        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem),
     )))
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
 
     return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=(a_buf, b_buf, i_buf),
                   threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
                   M=M, N=N, body=tuple(body), zero_output=s.split_k > 1, min_blocks=s.min_blocks,
+                  a_alignment=4 * a_elems,
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
+
+
+def a_copy_elems(problem: Problem, s: Schedule) -> int:
+    """Floats per A copy: 1 when the copy transposes ("km"); for "mk" the widest of 4/2/1 that
+    divides K (rows of A start aligned) and the K tile."""
+    if s.a_smem != "mk":
+        return 1
+    BK = s.k_windows * problem.pattern.m
+    return next(e for e in (4, 2, 1) if problem.K % e == 0 and BK % e == 0)
 
 
 def _raster(tiles_m: int, tiles_n: int, group: int):

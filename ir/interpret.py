@@ -233,11 +233,15 @@ class Interpreter:
         upb = k.layout.units_per_block
         dt = np.uint8 if k.idx_bits == 8 else np.dtype("<u2")
         entries = raw[: op.kept * upb * dt(0).itemsize].view(dt).reshape(op.kept, upb).astype(np.int64)
-        idx = entries[:, self.units]                       # (KR, threads, TN): shared A row per column
-        if (idx >= As.shape[0]).any():
-            raise HazardError(f"index {idx.max()} points past the {As.shape[0]} shared A rows")
+        idx = entries[:, self.units]                       # (KR, threads, TN): K position in the A tile
+        if (idx >= op.a_rows).any():
+            raise HazardError(f"index {idx.max()} points past the {op.a_rows} K positions of the shared A tile")
         idx = idx.transpose(1, 0, 2)                       # (threads, KR, TN)
-        a = As[idx[:, :, None, :], self.rows[:, None, :, None]]         # (threads, KR, TM, TN)
+        rows = self.rows[:, None, :, None]
+        if op.a_layout == "mk":                            # As[m][k]
+            a = As[rows, idx[:, :, None, :]]               # (threads, KR, TM, TN)
+        else:                                              # As[k][m]
+            a = As[idx[:, :, None, :], rows]
         b = Bs[np.arange(op.kept)[None, :, None], self.cols[:, None, :]]  # (threads, KR, TN)
         blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
 

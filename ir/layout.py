@@ -23,10 +23,16 @@ def vector_width(extent: int) -> int:
 class ComputeLayout:
     """Thread tiles inside a block tile.
 
-    Warps are laid out row-major over (warps_m, warps_n); lanes row-major over (lanes_m, lanes_n).
-    A thread's thread_m rows come in chunks of `a_vec` consecutive rows, the chunks interleaved
-    with stride lanes_m * a_vec, so that a warp's a_vec-wide shared-memory reads of one A row are
-    contiguous (conflict-free); columns likewise with b_vec and lanes_n.
+    Warps are laid out row-major over (warps_m, warps_n). Inside a warp, lane bit 0 picks the
+    column lane and bit 1 the row lane (the other bits split the same way): lanes L and L^1 then
+    read the same A fragment and L and L^2 the same B fragment, and the hardware packs such
+    pair-uniform shared-memory reads, halving their cost (L1/shared returns 128 bytes per cycle
+    per SM; an 8x8 thread tile's fragments would otherwise need as many L1 cycles as its FFMAs).
+
+    A thread's thread_m rows come in chunks of `row_vec` consecutive rows, the chunks interleaved
+    with stride lanes_m * row_vec: a warp's row_vec-wide reads of one shared A row are then
+    contiguous ("km": A stored [k][m], vector reads), or, with row_vec = 1, a warp's scalar reads
+    of one A column hit different banks ("mk": A stored [m][k]). Columns likewise with b_vec.
 
     `unit` is the index granularity in columns: the prepared index holds one entry per `unit`
     consecutive columns (unit divides V, so a unit never straddles two vectors). When the warp tile
@@ -40,10 +46,12 @@ class ComputeLayout:
     thread_m: int
     thread_n: int
     unit: int
+    row_vec: int = 0          # 0: the widest vector dividing thread_m
 
     @classmethod
     def of(cls, s: Schedule, vector: int) -> "ComputeLayout":
-        return cls(s.block_m, s.block_n, s.warp_m, s.warp_n, s.thread_m, s.thread_n, gcd(vector, s.warp_n))
+        return cls(s.block_m, s.block_n, s.warp_m, s.warp_n, s.thread_m, s.thread_n, gcd(vector, s.warp_n),
+                   1 if s.a_smem == "mk" else 0)
 
     @property
     def lanes_m(self): return self.warp_m // self.thread_m
@@ -54,15 +62,23 @@ class ComputeLayout:
     @property
     def threads(self): return 32 * (self.block_m // self.warp_m) * self.warps_n
     @property
-    def a_vec(self): return vector_width(self.thread_m)
+    def a_vec(self): return self.row_vec or vector_width(self.thread_m)
     @property
     def b_vec(self): return vector_width(self.thread_n)
     @property
     def units_per_block(self): return self.block_n // self.unit
 
     def _coords(self, tid):
+        """(warp row, warp column, lane row, lane column) of thread `tid`."""
         warp, lane = tid // 32, tid % 32
-        return warp // self.warps_n, warp % self.warps_n, lane // self.lanes_n, lane % self.lanes_n
+        wm, wn = warp // self.warps_n, warp % self.warps_n
+        LN, LM = self.lanes_n, self.lanes_m
+        if LN < 2 or LM < 2:           # a warp one thread wide: no pairs to form
+            return wm, wn, lane // LN, lane % LN
+        rest = lane // 4
+        ln = (rest % (LN // 2)) * 2 + lane % 2
+        lm = (rest // (LN // 2)) * 2 + (lane // 2) % 2
+        return wm, wn, lm, ln
 
     def row(self, tid, r: int):
         """Block-local row of the thread's r-th accumulator row (0 <= r < thread_m)."""

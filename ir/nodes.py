@@ -122,13 +122,16 @@ class ZeroAcc:
 
 @dataclass(frozen=True)
 class SparseFMA:
-    """acc[r][c] += As[stage][idx(i, c)][row(r)] * Bs[stage][i][col(c)] for the `kept` rows i of a K tile,
-    idx(i, c) = Is[stage][i * units_per_block + unit(c)] (a shared A row)."""
+    """acc[r][c] += A(idx(i, c), row(r)) * Bs[stage][i][col(c)] for the `kept` rows i of a K tile,
+    idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K position in the shared A tile
+    (< a_rows), and A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk")."""
     stage: IntLike
     a: str
     b: str
     idx: str
     kept: int
+    a_rows: int
+    a_layout: str = "km"
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Kernel:
     N: int
     body: tuple
     zero_output: bool = False      # the launcher must zero C first (split-K accumulates atomically)
+    a_alignment: int = 4           # bytes A's base address must be aligned to (16-byte copies of A rows)
     min_blocks: int = 0
     notes: dict = field(default_factory=dict, compare=False, hash=False)
 

@@ -6,7 +6,10 @@ registers. Along K the block walks "K tiles" of `k_windows` pattern windows (k_w
 A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
 in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
 
-A is brought in one of two ways (NM-SpMM's two strategies):
+A sits in shared memory transposed, [k][m] ("km": a thread reads its rows of one K row as vectors;
+the copy transposes element by element), or as in global memory, [m][k] ("mk": 16-byte copies,
+a quarter of the L1 cost per byte, and one scalar read per row and kept row). A is brought in
+one of two ways (NM-SpMM's two strategies):
   "window": every K row of the tile's windows is copied and the kernel gathers by index from shared memory;
   "rows":   only the K rows some vector of this block-column keeps are copied (listed offline per
             block-column and K tile), and the indices are renumbered into that compacted list.
@@ -20,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import ScheduleError
 
 A_LOADS = ("window", "rows")
+A_SMEM = ("km", "mk")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Schedule:
     stages: int = 3           # shared-memory pipeline depth (cp.async groups in flight + 1)
     split_k: int = 1          # K tiles split over gridDim.z, reduced by atomic add into a zeroed C
     a_load: str = "window"    # "window" | "rows" (see module docstring)
+    a_smem: str = "km"        # "km" | "mk": shared A layout (see module docstring)
     b_copy_bytes: int = 16    # cp.async width for the B values / index tiles: 4, 8 or 16
     a_pad: int = 4            # floats of padding per shared A row (4 keeps the transposing copy conflict-free)
     raster: int = 8           # block rows walked together before the next block column (L2 reuse); 1 = plain order
@@ -42,9 +47,10 @@ class Schedule:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "a_load":
-                if v not in A_LOADS:
-                    raise ScheduleError(f"a_load={v!r} must be one of {', '.join(A_LOADS)}")
+            if f.name in ("a_load", "a_smem"):
+                allowed = A_LOADS if f.name == "a_load" else A_SMEM
+                if v not in allowed:
+                    raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
             elif v < (0 if f.name in ("a_pad", "min_blocks") else 1):
@@ -99,4 +105,5 @@ class Schedule:
     def short(self) -> str:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`."""
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
-                f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}")
+                f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
+                + ("" if self.a_smem == "km" else f" {self.a_smem}"))

@@ -18,7 +18,7 @@ def estimate_registers(s: Schedule) -> int:
 
 def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> int:
     g = geometry(problem, s, a_rows)
-    a = s.stages * g.a_rows * (s.block_m + s.a_pad) * 4
+    a = s.stages * (s.block_m * (g.a_rows + s.a_pad) if s.a_smem == "mk" else g.a_rows * (s.block_m + s.a_pad)) * 4
     b = s.stages * g.KR * s.block_n * 4
     i = s.stages * g.chunk_bytes
     return sum(-(-x // 16) * 16 for x in (a, b, i))
@@ -50,10 +50,13 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
     elif (s.block_n * 4) % s.b_copy_bytes:
         why.append(f"block_n={s.block_n} floats is not a whole number of {s.b_copy_bytes}-byte copies")
-    if (s.block_m + s.a_pad) % 4:
-        why.append(f"shared A rows of block_m + a_pad = {s.block_m + s.a_pad} floats are not 16-byte aligned; "
-                   f"make a_pad a multiple of 4")
     g = geometry(problem, s, a_rows)
+    pitch = (g.a_rows if s.a_smem == "mk" else s.block_m) + s.a_pad
+    if pitch % 4:
+        why.append(f"shared A rows of {pitch} floats (with a_pad={s.a_pad}) are not 16-byte aligned; "
+                   f"make a_pad a multiple of 4")
+    if s.a_smem == "mk" and s.a_load != "window":
+        why.append("a_smem='mk' copies whole A rows; the compacted 'rows' strategy needs a_smem='km'")
     if s.split_k > g.T:
         why.append(f"split_k={s.split_k} exceeds the {g.T} K tiles of this problem (K={problem.K}, "
                    f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}")

@@ -233,6 +233,11 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
     k = _kernel_for(M, B, schedule, kernel, dv.device)
+    a_ptr, a_tmp = dv.ptr, None
+    if a_ptr % k.ir.a_alignment:   # the kernel copies A in 16-byte vectors: use an aligned copy of it
+        a_tmp = DeviceBuffer(M * K * 4, dv.device)
+        check(driver().cuMemcpyDtoDAsync(a_tmp.ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
+        a_ptr = a_tmp.ptr
     if out is None:
         out = empty_like_owner(dv.owner, (M, B.N))
     ov = device_view(out)
@@ -243,11 +248,13 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     ops = device_operands(B, k.problem, k.schedule, dv.device)
     if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
         tmp = DeviceBuffer(M * B.N * 4, dv.device)
-        k.launch(dv.ptr, ops, tmp.ptr, stream, dv.device)
+        k.launch(a_ptr, ops, tmp.ptr, stream, dv.device)
         check(driver().cuMemcpyDtoDAsync(ov.ptr, tmp.ptr, M * B.N * 4, stream), "cuMemcpyDtoDAsync")
-        check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")  # tmp must outlive the copy
+        a_tmp = (a_tmp, tmp)
     else:
-        k.launch(dv.ptr, ops, ov.ptr, stream, dv.device)
+        k.launch(a_ptr, ops, ov.ptr, stream, dv.device)
+    if a_tmp is not None:   # temporaries must outlive the work queued on the stream
+        check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")
     return out
 
 

@@ -1,6 +1,6 @@
 """Exploration sweep (development tool): time schedule variants at 4096^3 for the four paper
 sparsities next to cuBLAS FP32, to learn what the search space and the model must cover.
-Usage: python scripts/explore.py OUT.json [time budget s] [plan: tiles | sparse]"""
+Usage: python scripts/explore.py OUT.json [time budget s] [plan: tiles | sparse | layout]"""
 import json
 import sys
 import time
@@ -40,6 +40,14 @@ def candidates(p):
             cands += [Schedule(k_windows=kw, a_load="rows"), Schedule(k_windows=kw, min_blocks=2),
                       Schedule(k_windows=kw, stages=2), Schedule(k_windows=kw, a_pad=0)]
         return cands
+    if plan == "layout":   # shared A layout km / mk on the tiles that led so far
+        cands = []
+        for t in (TILES["128x128/64x32/8x8"], W256, TILES["128x256/64x32/8x8"]):
+            for kw in kws:
+                for st in (2, 3):
+                    for sm in ("km", "mk"):
+                        cands.append(Schedule(**t, k_windows=kw, stages=st, a_smem=sm))
+        return cands
     # "sparse": the compacted-rows strategy with its prefetched lists, launch bounds, wide N tiles
     cands = []
     for kw in kws:
@@ -53,7 +61,7 @@ def candidates(p):
     return cands
 
 
-patterns = ["16:32", "8:32", "4:32", "12:32"] if plan == "tiles" else ["4:32", "8:32", "16:32"]
+patterns = ["16:32", "8:32", "4:32", "12:32"] if plan in ("tiles", "layout") else ["4:32", "8:32", "16:32"]
 for pat in patterns:
     p = problem_of((4096, 4096, 4096), pat, 32)
     B = NMMatrix.from_dense(rng.standard_normal((4096, 4096), dtype=np.float32), p.pattern, prune_first=True)

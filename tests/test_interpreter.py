@@ -24,6 +24,9 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
     (16, 200, 128, 16, 32, 32, Schedule(**SMALL, split_k=3)),           # split-K not dividing 4 tiles
     (9, 33, 96, 3, 6, 3, Schedule(**SMALL, k_windows=2, split_k=5)),    # V=3: look-ups per column
     (20, 96, 160, 12, 32, 32, Schedule(a_load="rows", raster=1, k_windows=2)),  # last K tile partial
+    (17, 100, 64, 8, 32, 32, Schedule(a_smem="mk")),                             # A kept [m][k] in shared
+    (33, 70, 100, 2, 4, 1, Schedule(**SMALL, a_smem="mk", k_windows=8)),         # ... with a partial K tile
+    (20, 96, 96, 3, 6, 3, Schedule(**SMALL, a_smem="mk", k_windows=2, split_k=3)),
 ]
 
 

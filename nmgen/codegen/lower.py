@@ -282,11 +282,21 @@ class Lowerer:
                 size = b.select(ok, ir.Constant(I32, 4), ir.Constant(I32, 0))
                 self._call("llvm.nvvm.cp.async.ca.shared.global.4.s", ir.VoidType(), [dst, src, size])
             return
-        assert cp.bound_rows is None and cp.bound_cols is None, "plain copies read padded operands"
         dst = self.sptr_expr(base, (r * buf.pitch + c) * esize)
         src = self.gptr(cp.src, cp.row0 + r, cp.col0 + c)
         kind = "cg" if plan.width == 16 else "ca"       # 16-byte copies may bypass L1
-        self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}", ir.VoidType(), [dst, src])
+        ok = None   # bounds are checked per vector: the builder makes vectors never straddle them
+        if cp.bound_rows is not None:
+            ok = b.icmp_unsigned("<", self.val(cp.row0 + r), ir.Constant(I32, cp.bound_rows))
+        if cp.bound_cols is not None:
+            okc = b.icmp_unsigned("<", self.val(cp.col0 + c), ir.Constant(I32, cp.bound_cols))
+            ok = okc if ok is None else b.and_(ok, okc)
+        if ok is None:
+            self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}", ir.VoidType(), [dst, src])
+        else:
+            src = b.select(ok, src, self.args[cp.src])
+            size = b.select(ok, ir.Constant(I32, plan.width), ir.Constant(I32, 0))
+            self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}.s", ir.VoidType(), [dst, src, size])
 
     def _SparseFMA(self, op: SparseFMA):
         k, lay, b = self.k, self.k.layout, self.b
@@ -298,16 +308,19 @@ class Lowerer:
         col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
         units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
         group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
-        a_pitch = ir.Constant(I32, a_buf.pitch * 4)
-        # The thread's row offset is added to the stage base once per tile; per kept row and
-        # look-up group only `idx * pitch` is added (one IMAD), the chunk offsets are immediates.
-        row_parts = [split_offset(o) for o in row_off]
+        mk = op.a_layout == "mk"
+        # "km": A(k, m) at k * pitch + m; the thread's row offset is added to the stage base once
+        #       per tile, per kept row and look-up group only idx * pitch (one IMAD), vector loads.
+        # "mk": A(k, m) at m * pitch + k; the thread's row offsets times the pitch are immediates,
+        #       per kept row and group only idx * 4 is added, then one scalar load per row.
+        scale = 4 if mk else a_buf.pitch * 4
+        row_parts = [split_offset(o * (a_buf.pitch if mk else 1)) for o in row_off]
         a_thread = {v: self.b.add(a_base, self._var_part(v), flags=NUW) for v, _ in row_parts}
         for i in range(op.kept):
             a = []                                   # a[g][r]: A values for look-up group g
             for g in range(len(lay.groups)):
                 ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
-                row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), a_pitch, flags=NUW)
+                row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), ir.Constant(I32, scale), flags=NUW)
                 a.append(self._vload_parts({v: b.add(a_thread[v], row, flags=NUW) for v in a_thread},
                                            row_parts, lay.a_vec))
             bvals = self._vload(b_base, [o + i * b_buf.pitch * 4 for o in col_off], lay.b_vec)

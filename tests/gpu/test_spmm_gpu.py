@@ -60,6 +60,8 @@ def test_split_k_even_and_uneven(rng, split_k):
     Schedule(a_load="rows", k_windows=2, split_k=3, stages=4),
     Schedule(block_m=64, warp_m=64, block_n=256, warp_n=32, stages=4, raster=1),
     Schedule(block_m=128, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4, stages=2, a_pad=0),
+    Schedule(a_smem="mk", k_windows=2),
+    Schedule(a_smem="mk", block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=16, thread_n=8, split_k=2),
 ], ids=lambda s: s.short().replace(" ", "_"))
 @pytest.mark.parametrize("pattern", [(4, 32, 32), (16, 32, 32)], ids=lambda p: "%d:%dx%d" % p)
 def test_other_schedules(rng, schedule, pattern):
@@ -86,3 +88,19 @@ def test_wrong_inputs_are_refused(rng):
         spmm(torch.ones((64, 16), device="cuda").t(), B)
     with pytest.raises(nmgen.ShapeError, match="out must be"):
         spmm(torch.ones((16, 64), device="cuda"), B, out=torch.empty((16, 63), device="cuda"))
+
+
+@pytest.mark.parametrize("a_smem", ["km", "mk"])
+def test_misaligned_a_view_and_odd_k(rng, a_smem):
+    """A torch view starting 4 bytes into its storage (16-byte copies need an aligned A: nmgen
+    copies it), with K=100 (a partial last K tile) and N, M off every tile."""
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, 37, 90, 100, 2, 4, 1)
+    flat = torch.empty(A.size + 1, device="cuda")
+    At = flat[1:].view(p.M, p.K)
+    At.copy_(torch.from_numpy(A))
+    s = Schedule(block_m=32, block_n=64, warp_m=32, warp_n=16, thread_m=4, thread_n=4, k_windows=8, a_smem=a_smem)
+    out = torch.full((p.M, p.N), float("nan"), device="cuda")
+    spmm(At, B, out=out, schedule=s)
+    torch.cuda.synchronize()
+    assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
