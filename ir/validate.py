@@ -1,8 +1,10 @@
 """Why a schedule cannot run: every reason, in words, with the numbers and what to change."""
 from __future__ import annotations
 
+from .build import a_copy_elems
 from .device import Device
 from .errors import ScheduleError
+from .layout import ComputeLayout
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -11,9 +13,11 @@ MAX_STAGES = 8
 MAX_ACCUMULATORS = 128   # thread_m * thread_n: beyond this the registers (255 per thread) spill
 
 
-def estimate_registers(s: Schedule) -> int:
-    """Registers per thread before ptxas says: accumulators, double-buffered fragments, addressing."""
-    return s.thread_m * s.thread_n + 2 * (s.thread_m + s.thread_n) + 28
+def estimate_registers(s: Schedule, vector: int = 32) -> int:
+    """Registers per thread before ptxas says: accumulators, double-buffered fragments (one A
+    fragment per index look-up group), addressing."""
+    groups = len(ComputeLayout.of(s, vector).groups)
+    return s.thread_m * s.thread_n + 2 * (s.thread_m * groups + s.thread_n) + 28
 
 
 def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> int:
@@ -41,7 +45,7 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if s.thread_m * s.thread_n > MAX_ACCUMULATORS:
         why.append(f"thread tile {s.thread_m}x{s.thread_n} holds {s.thread_m * s.thread_n} accumulators; "
                    f"more than {MAX_ACCUMULATORS} spill out of the 255 registers a thread has")
-    regs = estimate_registers(s)
+    regs = estimate_registers(s, problem.pattern.vector)
     if regs * s.threads > device.regs_per_sm:
         why.append(f"about {regs} registers x {s.threads} threads exceed the {device.regs_per_sm} registers of an SM")
     if not 2 <= s.stages <= MAX_STAGES:
@@ -51,10 +55,14 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     elif (s.block_n * 4) % s.b_copy_bytes:
         why.append(f"block_n={s.block_n} floats is not a whole number of {s.b_copy_bytes}-byte copies")
     g = geometry(problem, s, a_rows)
-    pitch = (g.a_rows if s.a_smem == "mk" else s.block_m) + s.a_pad
-    if pitch % 4:
-        why.append(f"shared A rows of {pitch} floats (with a_pad={s.a_pad}) are not 16-byte aligned; "
-                   f"make a_pad a multiple of 4")
+    # shared A rows must start aligned to the widest access into them: the fragment reads ("km")
+    # or the vector copies ("mk")
+    mk = s.a_smem == "mk"
+    pitch = (g.a_rows if mk else s.block_m) + s.a_pad
+    need = a_copy_elems(problem, s) if mk else ComputeLayout.of(s, problem.pattern.vector).a_vec
+    if pitch % need:
+        why.append(f"shared A rows of {pitch} floats (with a_pad={s.a_pad}) are not {4 * need}-byte aligned "
+                   f"for {need}-float accesses; make a_pad a multiple of 4")
     if s.a_smem == "mk" and s.a_load != "window":
         why.append("a_smem='mk' copies whole A rows; the compacted 'rows' strategy needs a_smem='km'")
     if s.split_k > g.T:

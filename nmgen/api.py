@@ -30,11 +30,16 @@ _operands: "weakref.WeakKeyDictionary[NMMatrix, dict]" = weakref.WeakKeyDictiona
 class Kernel:
     """A generated kernel for one (problem, schedule, arch): its IR, PTX, resources and launcher."""
 
-    def __init__(self, problem: Problem, schedule: Schedule, arch: str, a_rows: int | None = None):
+    def __init__(self, problem: Problem, schedule: Schedule, arch: str, a_rows: int | None = None,
+                 ptx: str | None = None, cubin: bytes | None = None, resources: codegen.Resources | None = None):
+        """`ptx`, `cubin` and `resources`, when given, were made elsewhere (the tuner's workers)."""
         self.problem, self.schedule, self.arch = problem, schedule, arch
         self.ir = build(problem, schedule, a_rows)
         self.name = self.ir.name
-        self.ptx = codegen.generate_ptx(self.ir, arch)
+        self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
+        self.cubin = cubin
+        if resources is not None:
+            self.__dict__["resources"] = resources
 
     @cached_property
     def resources(self) -> codegen.Resources:
@@ -56,7 +61,7 @@ class Kernel:
         if k.zero_output:
             memset32(C_ptr, k.M * k.N, stream)
         args = [A_ptr, operands.bv.ptr, operands.bi.ptr] + ([operands.arows.ptr] if operands.arows else []) + [C_ptr]
-        load(self.ptx, self.name, k.smem_bytes, device).launch(k.grid, k.threads, args, stream)
+        load(self.cubin or self.ptx, self.name, k.smem_bytes, device).launch(k.grid, k.threads, args, stream)
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
         return spmm(A, B, out=out, kernel=self, stream=stream)
@@ -84,8 +89,10 @@ def current_device(ordinal: int = 0) -> Device | None:
 
 
 def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None) -> Schedule:
-    """The schedule `spmm` runs when none is given."""
-    return default_schedule(problem, device)
+    """The schedule `spmm` runs when none is given: the tuning database's best for this problem,
+    device and toolchain (`nmgen search` fills it), else the performance model's best."""
+    from .search.choose import choose
+    return choose(problem, device, B)
 
 
 def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = None, arch: str | None = None,

@@ -17,6 +17,15 @@ for step in "$@"; do
     profile)   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
                    --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis_Tables \
                    -k regex:nmspmm python3 scripts/profile.py > $OUT/ncu.txt 2>&1; tail -5 $OUT/ncu.txt ;;
+    search3)   # issue 3: exhaustive searches on its three problems, then the model's quality
+               export NMGEN_DB=$OUT/tuning.db
+               [ -f .carry/tuning.db ] && cp .carry/tuning.db $NMGEN_DB     # resume a stopped search
+               for pr in "4096x4096x4096 16:32" "4096x4096x4096 4:32" "256x2048x2048 8:32"; do
+                 set -- $pr
+                 python3 -m nmgen.cli search --shape $1 --pattern $2 --vector 32 --strategy exhaustive --quiet \
+                   2>&1 | tee -a $OUT/search.log | tail -16
+               done
+               python3 -m nmgen.cli db quality --json $OUT/quality.json 2>&1 | tee $OUT/quality.txt ;;
     *)         python3 -m nmgen.cli $step 2>&1 | tee -a $OUT/commands.log | tail -40 ;;
   esac
 done

@@ -43,3 +43,34 @@ def test_check_interpret_passes():
 def test_help_lists_the_commands():
     r = nmgen("--help")
     assert r.returncode == 0 and "ptx" in r.stdout and "check" in r.stdout
+
+
+def test_search_dry_run_needs_no_gpu(tmp_path):
+    r = nmgen("search", "--shape", "256x2048x2048", "--pattern", "8:32", "--vector", "32", "--dry-run", "--topk", "3",
+              "--db", str(tmp_path / "t.db"))
+    assert r.returncode == 0, r.stderr
+    assert "model ranking, nothing measured" in r.stdout and r.stdout.count(" window") >= 3
+    assert not (tmp_path / "t.db").exists() or "0 problem" in nmgen("db", "list", "--db", str(tmp_path / "t.db")).stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["search", "--pattern", "8:32"], "give --shape and --pattern"),
+    (["search", "--shapes", "/nonexistent/shapes.txt"], "cannot read --shapes"),
+    (["search", "--shape", "64x64x60", "--pattern", "8:32", "--dry-run"], "K=60 is not a multiple"),
+    (["db", "best", "--shape", "64x64x64", "--pattern", "8:32", "--vector", "32"], "no records for"),
+    (["db", "import", "/nonexistent.jsonl"], "cannot read"),
+])
+def test_search_and_db_bad_input(tmp_path, args, match):
+    r = nmgen(*args, *(["--db", str(tmp_path / "t.db")] if args[0] == "db" else []))
+    assert r.returncode != 0 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_db_export_import_round_trip(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "a.db").record({"problem_key": "p", "schedule_hash": "h", "device_key": "d",
+                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0})
+    r = nmgen("db", "export", "--db", str(tmp_path / "a.db"), "-o", str(tmp_path / "x.jsonl"))
+    assert r.returncode == 0, r.stderr
+    r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
+    assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
+    assert "1 records" in nmgen("db", "list", "--db", str(tmp_path / "b.db")).stdout

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import NMGenError
 
-COMMANDS = ("ptx", "check")
+COMMANDS = ("ptx", "check", "search", "db")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..ir.nodes import Kernel
 from .emit import data_layout, llvm_version, to_ptx
 from .lower import lower
-from .ptxas import Resources, assemble, find_ptxas, ptxas_version
+from .ptxas import Resources, assemble, assemble_cubin, find_ptxas, ptxas_version
 from .targets import TARGETS, Target, arch_for_cc, target_for
 
 
@@ -19,5 +19,5 @@ def generate_ptx(kernel: Kernel, arch: str) -> str:
     return to_ptx(str(lower(kernel, t, data_layout(t))), t)
 
 
-__all__ = ["Resources", "TARGETS", "Target", "arch_for_cc", "assemble", "find_ptxas", "generate_ptx", "llvm_ir",
+__all__ = ["Resources", "TARGETS", "Target", "arch_for_cc", "assemble", "assemble_cubin", "find_ptxas", "generate_ptx", "llvm_ir",
            "llvm_version", "ptxas_version", "target_for"]

@@ -64,6 +64,11 @@ def ptxas_version() -> str:
 
 def assemble(ptx: str, arch: str, kernel: str | None = None) -> Resources:
     """Run `ptxas -v` on `ptx`; raise CompileError with its log on failure."""
+    return assemble_cubin(ptx, arch, kernel)[0]
+
+
+def assemble_cubin(ptx: str, arch: str, kernel: str | None = None) -> tuple[Resources, bytes]:
+    """ptxas's report and the cubin (loaded without a driver JIT); CompileError on failure."""
     exe = find_ptxas()
     if not exe:
         raise CompileError("ptxas was not found: install the test extra (pip install 'nmgen[test]'), "
@@ -72,12 +77,14 @@ def assemble(ptx: str, arch: str, kernel: str | None = None) -> Resources:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        r = subprocess.run([exe, f"-arch={arch}", "-v", "-O3", src, "-o", os.path.join(d, "k.cubin")],
-                           capture_output=True, text=True)
-    log = r.stdout + r.stderr
-    if r.returncode:
-        raise CompileError(f"ptxas rejected the PTX{' of ' + kernel if kernel else ''} for {arch}:\n{log.strip()}")
-    return parse_report(log)
+        out = os.path.join(d, "k.cubin")
+        r = subprocess.run([exe, f"-arch={arch}", "-v", "-O3", src, "-o", out], capture_output=True, text=True)
+        log = r.stdout + r.stderr
+        if r.returncode:
+            raise CompileError(f"ptxas rejected the PTX{' of ' + kernel if kernel else ''} for {arch}:\n{log.strip()}")
+        with open(out, "rb") as f:
+            cubin = f.read()
+    return parse_report(log), cubin
 
 
 def parse_report(log: str) -> Resources:

@@ -32,8 +32,10 @@ class LoadedKernel:
             raise CudaError(str(e), e.code) from None
 
 
-def load(ptx: str, name: str, smem: int, device: int = 0) -> LoadedKernel:
-    key = (device, hashlib.sha256(ptx.encode()).hexdigest())
+def load(image: str | bytes, name: str, smem: int, device: int = 0) -> LoadedKernel:
+    """Load PTX text (the driver JIT-compiles it) or a cubin (bytes, from ptxas) and get the kernel."""
+    data = image.encode() + b"\0" if isinstance(image, str) else bytes(image)
+    key = (device, hashlib.sha256(data).hexdigest())
     k = _cache.get(key)
     if k is not None:
         return k
@@ -43,7 +45,7 @@ def load(ptx: str, name: str, smem: int, device: int = 0) -> LoadedKernel:
             return k
         use_device(device)
         drv = driver()
-        mod = check(drv.cuModuleLoadData(ptx.encode() + b"\0"), f"loading the PTX of {name} (driver JIT)")
+        mod = check(drv.cuModuleLoadData(data), f"loading {name} ({'PTX, driver JIT' if isinstance(image, str) else 'cubin'})")
         fn = check(drv.cuModuleGetFunction(mod, name.encode()), f"cuModuleGetFunction({name})")
         FA = drv.CUfunction_attribute
         if smem > 48 * 1024:  # dynamic shared memory beyond 48 KB must be opted into

@@ -1,0 +1,94 @@
+"""nmgen db: look into, export and merge tuning databases."""
+from __future__ import annotations
+
+import sys
+
+from ..errors import NMGenError
+from ..ir.schedule import Schedule
+from .common import add_problem_args, problem_from
+
+
+def register(sub):
+    p = sub.add_parser("db", help="list, show, export and import tuning records",
+                       description="The tuning database that `nmgen search` fills and nmgen.spmm reads.")
+    ops = p.add_subparsers(dest="op", metavar="OP")
+    ops.required = True
+    for name, text in (("list", "problems recorded, with counts and best times"),
+                       ("best", "the best record of a problem, per device"),
+                       ("show", "every record of a problem"),
+                       ("export", "all records as JSON lines (stdout or -o FILE)"),
+                       ("import", "merge JSON lines from `nmgen db export` (keeps the better of two records)"),
+                       ("quality", "the performance model against the measurements: Spearman, model-topk gap")):
+        q = ops.add_parser(name, help=text, description=text)
+        q.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+        if name in ("best", "show"):
+            add_problem_args(q)
+        if name == "export":
+            q.add_argument("-o", "--output", metavar="FILE")
+        if name == "import":
+            q.add_argument("file", metavar="FILE")
+        if name == "quality":
+            q.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+        q.set_defaults(run=run)
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from ..search.choose import open_db
+    db = open_db(args.db)
+    if args.op == "list":
+        rows = db.summary()
+        print(f"{db.path}: {len(rows)} problem/device/toolchain group(s)")
+        for r in rows:
+            best = f"{r['best_us']:.1f} us" if r["best_us"] is not None else "-"
+            print(f"  {r['problem_key']:36s} {r['device_key']:40s} {r['records']:5d} records  {r['ok']:5d} ok  best {best}")
+        return 0
+    if args.op in ("best", "show"):
+        p = problem_from(args)
+        rows = db.rows(p.key(), status="ok" if args.op == "best" else None)
+        if not rows:
+            raise NMGenError(f"no records for {p} in {db.path}; run `nmgen search` first")
+        if args.op == "best":
+            seen = set()
+            rows = [r for r in rows if not (r["device_key"], r["toolchain_key"]) in seen
+                    and not seen.add((r["device_key"], r["toolchain_key"]))]
+        for r in rows:
+            t = f"{r['median_us']:10.1f} us" if r["median_us"] is not None else f"{r['status']:>13}"
+            print(f"{t}  {Schedule.from_json(r['schedule']).short():52s} {r['device_name']}  [{r['toolchain_key']}]")
+            if args.op == "best":
+                print(f"            {r['schedule']}")
+        return 0
+    if args.op == "quality":
+        import json
+        from ..search.quality import quality
+        out = []
+        for g in db.summary():
+            rows = [r for r in db.rows(g["problem_key"], g["device_key"]) if r["toolchain_key"] == g["toolchain_key"]]
+            q = dict(quality(rows), problem=g["problem_key"], device=g["device_key"])
+            out.append(q)
+            if q["n"] < 3:
+                print(f"{g['problem_key']:36s} {q['n']} measured: too few to judge")
+                continue
+            print(f"{g['problem_key']:36s} {q['n']:4d} measured  Spearman {q['spearman']:.3f}  best {q['best_us']:.1f} us  "
+                  f"model top {q['k']}: {q['topk_best_us']:.1f} us ({q['topk_gap'] * 100:+.1f}%)")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return 0
+    if args.op == "export":
+        f = open(args.output, "w") if args.output else sys.stdout
+        n = db.export(f)
+        if args.output:
+            f.close()
+            print(f"exported {n} records to {args.output}")
+        return 0
+    if args.op == "import":
+        try:
+            with open(args.file) as f:
+                n = db.import_(f)
+        except OSError as e:
+            raise NMGenError(f"cannot read {args.file}: {e.strerror}") from None
+        except ValueError as e:
+            raise NMGenError(f"{args.file}: {e}") from None
+        print(f"imported {n} records into {db.path}")
+        return 0

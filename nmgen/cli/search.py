@@ -1,0 +1,123 @@
+"""nmgen search: fill the tuning database for the shapes you care about."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import CudaUnavailable, NMGenError
+from ..ir.problem import Pattern, Problem, parse_shape
+from .common import add_problem_args, problem_from
+
+
+def register(sub):
+    p = sub.add_parser("search", help="tune schedules for problems and record them in the tuning database",
+                       description="Enumerate the schedule space, rank it with the performance model, measure "
+                                   "(exhaustively or the model's top k) and record every result in the tuning "
+                                   "database; nmgen.spmm then runs the best without measuring. A search that was "
+                                   "stopped resumes where it stopped.")
+    add_problem_args(p, required=False)
+    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line")
+    p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
+                   help="measure the whole space, or only the model's best k (default)")
+    p.add_argument("--topk", type=int, metavar="K", help="schedules measured by model-topk (default 10%% of the space)")
+    p.add_argument("--budget", type=int, metavar="N", help="measure at most N schedules in this run")
+    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+    p.add_argument("--reps", type=int, default=20, help="timed runs per schedule, median reported (default 20)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no GPU needed: rank by the model, check the top schedules' PTX with ptxas, record nothing")
+    p.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
+                   help="architecture for --dry-run without a GPU (default sm_90)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def problems_from(args) -> list[Problem]:
+    if args.shapes:
+        out = []
+        try:
+            lines = open(args.shapes).read().splitlines()
+        except OSError as e:
+            raise NMGenError(f"cannot read --shapes {args.shapes}: {e.strerror}") from None
+        for no, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) not in (2, 3):
+                raise NMGenError(f"{args.shapes}:{no}: expected `MxNxK n:m V`, got {line!r}")
+            M, N, K = parse_shape(parts[0])
+            out.append(Problem(M, N, K, Pattern.parse(parts[1], int(parts[2]) if len(parts) == 3 else 1)))
+        if not out:
+            raise NMGenError(f"{args.shapes} lists no problems")
+        return out
+    if not (args.shape and args.pattern):
+        raise NMGenError("give --shape and --pattern (and --vector), or --shapes FILE")
+    return [problem_from(args)]
+
+
+def run(args):
+    from ..search.choose import open_db
+    problems = problems_from(args)
+    if args.dry_run:
+        return dry_run(args, problems)
+    from ..api import current_device
+    dev = current_device()
+    if dev is None:
+        raise CudaUnavailable("no GPU here: measuring needs one; `nmgen search --dry-run` ranks schedules without")
+    from ..search.tuner import Tuner
+    db = open_db(args.db)
+    out = []
+    for p in problems:
+        tuner = Tuner(p, dev, db, reps=args.reps, progress=not args.quiet)
+        tuner.run(args.strategy, args.topk, args.budget)
+        rows = [r for r in db.rows(p.key(), dev.key(), status="ok") if r["toolchain_key"] == tuner.keys[2]]
+        out.append((p, rows, len(db.recorded(*tuner.keys))))
+    if args.json:
+        json.dump([{"problem": p.to_dict(), "recorded": n, "best": rows[:10]} for p, rows, n in out], sys.stdout, indent=1)
+        print()
+        return 0
+    for p, rows, n in out:
+        print_table(p, rows, n, dev.name, args)
+    return 0
+
+
+def print_table(p: Problem, rows, recorded: int, device: str, args):
+    from ..ir.schedule import Schedule
+    print(f"\n{p} on {device}: {recorded} schedules recorded, {len(rows)} ran correctly")
+    if not rows:
+        return
+    print(f"{'#':>3} {'measured us':>12} {'TF/s dense':>10} {'model us':>9}  schedule")
+    for i, r in enumerate(rows[:10], 1):
+        tf = p.flops_dense / (r["median_us"] * 1e-6) / 1e12
+        model = f"{r['model_us']:9.1f}" if r["model_us"] is not None else f"{'-':>9}"
+        print(f"{i:>3} {r['median_us']:12.1f} {tf:10.1f} {model}  {Schedule.from_json(r['schedule']).short()}")
+    best = rows[0]["schedule"]
+    print(f"reproduce the best: nmgen check --shape {p.M}x{p.N}x{p.K} --pattern {p.pattern.n}:{p.pattern.m} "
+          f"--vector {p.pattern.vector} --schedule '{best}'")
+
+
+def dry_run(args, problems):
+    from ..api import compile, current_device
+    from ..ir.device import for_arch
+    from ..search import model
+    from ..search.space import enumerate_space
+    dev = current_device() or for_arch(args.arch)
+    k = args.topk or 10
+    results = []
+    for p in problems:
+        ranked = model.rank(p, [s for s in enumerate_space(p, dev) if s.a_load != "rows"], dev)
+        print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space (model ranking, nothing measured)")
+        print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
+        for i, (s, pr) in enumerate(ranked[:k], 1):
+            kern = compile(p, schedule=s, arch=dev.arch)
+            r = kern.resources            # ptxas validates the PTX
+            if r.spill_stores:
+                raise NMGenError(f"{s.short()}: ptxas reports {r.spill_stores} bytes of spills")
+            print(f"{i:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d}  {s.short()}")
+            results.append({"problem": p.to_dict(), "schedule": s.to_dict(), "model_us": pr.time_us,
+                            "registers": r.registers})
+    if args.json:
+        json.dump(results, sys.stdout, indent=1)
+        print()
+    return 0

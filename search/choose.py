@@ -1,0 +1,74 @@
+"""Which schedule to run without measuring: the tuning database's best, else the model's best."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..ir.device import Device
+from ..ir.operands import prepare
+from ..ir.problem import Problem
+from ..ir.schedule import Schedule
+from . import model
+from .heuristic import default_schedule
+from .space import enumerate_space
+
+log = logging.getLogger("nmgen.search")
+_dbs: dict = {}
+_model_choice: dict = {}
+_lock = threading.Lock()
+
+
+def open_db(path=None):
+    """The tuning database at `path` (default: $NMGEN_DB or the user cache), opened once per process."""
+    from ..db import TuningDB, default_path
+    key = str(path or default_path())
+    with _lock:
+        db = _dbs.get(key)
+        if db is None:
+            db = _dbs[key] = TuningDB(key)
+        return db
+
+
+def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
+    from ..toolchain import toolchain_key
+    db = db or open_db()
+    rec = db.best(problem.key(), device.key(), toolchain_key(device.arch, device.driver))
+    return Schedule.from_json(rec["schedule"]) if rec else None
+
+
+def model_best(problem: Problem, device: Device, B=None) -> Schedule:
+    """The model's fastest schedule of the space (the "rows" strategy sized by B's real indices)."""
+    rows_len = {}
+
+    def a_rows(s):
+        if s.a_load != "rows" or B is None:
+            return None
+        key = (s.block_n, s.k_windows, s.warp_n)
+        if key not in rows_len:
+            rows_len[key] = prepare(problem, s, B.values, B.indices).geometry.a_rows
+        return rows_len[key]
+
+    best = None
+    for s in enumerate_space(problem, device):
+        if s.a_load == "rows" and B is None:
+            continue        # its lists need the weights; without them the bound is too pessimistic to rank
+        t = model.predict(problem, s, device, None, a_rows(s)).time_us
+        if best is None or t < best[0]:
+            best = (t, s)
+    return best[1] if best else default_schedule(problem, device)
+
+
+def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
+    try:
+        s = recorded_best(problem, device, db)
+    except Exception as e:  # noqa: BLE001 - an unreadable database must not stop a product from running
+        log.warning("tuning database unavailable (%s); using the model's choice", e)
+        s = None
+    if s is not None:
+        return s
+    key = (problem, device.key())
+    s = _model_choice.get(key)
+    if s is None:
+        s = _model_choice[key] = model_best(problem, device, B)
+        log.debug("no tuning record for %s on %s; using the model's best: %s", problem, device.name, s.short())
+    return s

@@ -1,0 +1,102 @@
+"""Every schedule worth measuring for a problem on a device.
+
+Dimensions (each a choice the H100 measurements showed to matter; see NOTES.md):
+  warp tile     128x32 (16x8 per thread), 64x32 (8x8), 32x32 (4x8), 16x32 (4x4), 16 columns wide
+                (8x4, 4x4, 2x4) for V < 32, and for M <= 16 tiles of 1-2 rows per thread (8x32,
+                4x32, 2x64, 1x128); with V >= 16 a thread does one index look-up per kept row
+  warps         2..8 per block (64..256 threads), the block no larger than the problem needs
+  K tile        the smallest number of windows giving >= 32 K rows and >= 8 kept rows, and twice it
+  stages        2, 3
+  A             window+km, window+mk, and rows+km when at most a quarter of the rows are kept
+  split-K       1, plus up to two values that bring a grid too small for the GPU to ~1 and ~2 waves
+Every schedule is checked by ir.validate (shared memory, registers, threads, split-K <= K tiles).
+"""
+from __future__ import annotations
+
+from math import gcd
+
+from ..ir.device import Device
+from ..ir.layout import ComputeLayout
+from ..ir.operands import geometry
+from ..ir.problem import Problem, ceil_div
+from ..ir.schedule import Schedule
+from ..ir.validate import problems
+
+# (warp_m, warp_n, thread_m, thread_n); lanes follow (warp / thread), 32 per warp. The last four
+# hold 1-2 rows per thread: for M <= 16 (decode) a taller tile multiplies mostly padding.
+WARP_TILES = ((128, 32, 16, 8), (64, 32, 8, 8), (32, 32, 4, 8), (16, 32, 4, 4),
+              (64, 16, 8, 4), (32, 16, 4, 4), (16, 16, 2, 4),
+              (8, 32, 2, 4), (4, 32, 1, 4), (2, 64, 1, 4), (1, 128, 1, 4))
+WARP_GRIDS = ((1, 2), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (1, 8))
+SPLITS = (2, 3, 4, 6, 8, 12, 16)
+STAGES = (2, 3)
+
+
+def _pow2_at_least(x: int) -> int:
+    p = 1
+    while p < x:
+        p *= 2
+    return p
+
+
+def tile_shapes(problem: Problem):
+    """(block_m, block_n, warp_m, warp_n, thread_m, thread_n) that fit the problem and the vector."""
+    V = problem.pattern.vector
+    max_bm = max(16, _pow2_at_least(problem.M))
+    max_bn = max(32, _pow2_at_least(problem.N))
+    for wm_, wn_, tm, tn in WARP_TILES:
+        lay = ComputeLayout(wm_, wn_, wm_, wn_, tm, tn, gcd(V, wn_))
+        if V >= 16 and len(lay.groups) > 1:             # one index look-up per kept row
+            continue
+        if tm * len(lay.groups) > 32:                   # an A fragment per look-up: registers
+            continue
+        if V >= 16 and wn_ == 16 and V % 32 == 0:       # 32-wide warps do the same with more reuse
+            continue
+        if tm <= 2 and problem.M > 16 or tm >= 4 and wm_ < 16:
+            continue
+        for gm, gn in WARP_GRIDS:
+            bm, bn = wm_ * gm, wn_ * gn
+            if bm <= min(max_bm, 256) and bn <= min(max_bn, 256):
+                yield bm, bn, wm_, wn_, tm, tn
+
+
+def split_choices(blocks: int, T: int, sms: int) -> list[int]:
+    """1, and for a grid under two waves of one block per SM, the splits nearest one and two waves."""
+    out = [1]
+    if blocks < 2 * sms:
+        for waves in (1, 2):
+            want = waves * sms / blocks
+            fits = [s for s in SPLITS if s <= T]
+            if fits:
+                out.append(min(fits, key=lambda s: abs(s - want)))
+    return sorted(set(out))
+
+
+def k_windows_choices(problem: Problem) -> list[int]:
+    p = problem.pattern
+    kw = max(1, ceil_div(32, p.m), ceil_div(8, p.n))
+    return sorted({min(kw, problem.windows), min(2 * kw, problem.windows)})
+
+
+def a_choices(problem: Problem) -> list[tuple[str, str]]:
+    out = [("window", "km"), ("window", "mk")]
+    if problem.pattern.n * 4 <= problem.pattern.m:
+        out.append(("rows", "km"))
+    return out
+
+
+def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
+    """All valid schedules of the space for `problem` on `device`, in a deterministic order."""
+    out = []
+    for bm, bn, wm_, wn_, tm, tn in tile_shapes(problem):
+        base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=tm, thread_n=tn)
+        g = geometry(problem, base)
+        for kw in k_windows_choices(problem):
+            T = ceil_div(problem.windows, kw)
+            for stages in STAGES:
+                for a_load, a_smem in a_choices(problem):
+                    for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
+                        s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
+                        if not problems(problem, s, device, a_rows if a_load == "rows" else None):
+                            out.append(s)
+    return out

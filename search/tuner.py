@@ -1,0 +1,244 @@
+"""Measure schedules and record them: the tuner.
+
+  candidates   the space (search.space), ranked by the model (search.model); "exhaustive" measures
+               all of it, "model-topk" the model's best k (default 10% of the space); `budget` caps
+               how many are measured in this run; anything already recorded for this problem,
+               device and toolchain is skipped (failures are never retried; a killed search resumes)
+  compile      in parallel worker processes: IR -> PTX -> ptxas -> cubin (no CUDA in the workers)
+  check        once per candidate: the output, poisoned with NaN first, against the float64
+               reference (every element finite; relative error < 1e-5 on up to 512 rows)
+  time         CUDA events, warm-up, median of `reps` runs, L2 flushed before each run
+  record       immediately, one row per candidate, with how it was measured; the final top few are
+               measured once more and the database keeps the better median
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.device import Device
+from ..ir.operands import prepare
+from ..ir.problem import Problem
+from ..ir.schedule import Schedule
+from . import model
+from .space import enumerate_space
+
+log = logging.getLogger("nmgen.search")
+CHECK_ROWS = 512
+TOLERANCE = 1e-5
+
+
+@dataclass
+class Result:
+    schedule: Schedule
+    status: str
+    median_us: float | None = None
+    model_us: float | None = None
+    registers: int | None = None
+    rel_err: float | None = None
+    error: str | None = None
+    record: dict = field(default_factory=dict)
+
+
+def compile_worker(problem_dict: dict, schedule_json: str, arch: str, a_rows: int | None):
+    """Runs in a worker process: (ptx, cubin, resources dict) or (None, None, error text)."""
+    from ..codegen import assemble_cubin, generate_ptx
+    from ..ir import build
+    try:
+        problem, s = Problem.from_dict(problem_dict), Schedule.from_json(schedule_json)
+        ptx = generate_ptx(build(problem, s, a_rows), arch)
+        try:
+            res, cubin = assemble_cubin(ptx, arch)
+            return ptx, cubin, res.to_dict()
+        except Exception as e:  # noqa: BLE001 - no ptxas here: the driver JIT-compiles the PTX
+            if "not found" in str(e):
+                return ptx, None, None
+            raise
+    except Exception as e:  # noqa: BLE001 - any failure is recorded as this candidate's compile_error
+        return None, None, f"{type(e).__name__}: {e}"
+
+
+class Tuner:
+    def __init__(self, problem: Problem, device: Device, db, B=None, *, reps: int = 20, warmup: int = 5,
+                 workers: int | None = None, progress: bool = True, rng=None, measure=None, compile_fn=None):
+        """`measure(schedule, prediction, compiled) -> Result` and `compile_fn` default to the GPU and
+        the worker-process compiler; `workers=0` compiles in this process."""
+        from ..format import NMMatrix
+        self.problem, self.device, self.db = problem, device, db
+        self.rng = rng or np.random.default_rng()
+        self.B = B if B is not None else NMMatrix.from_dense(
+            self.rng.standard_normal((problem.K, problem.N), dtype=np.float32), problem.pattern, prune_first=True)
+        self.reps, self.warmup, self.progress = reps, warmup, progress
+        self.workers = max(1, min(16, (os.cpu_count() or 2) - 1)) if workers is None else workers
+        self.measure = measure or self._measure_gpu
+        self.compile_fn = compile_fn or compile_worker
+        from ..toolchain import toolchain_fields
+        self.toolchain = toolchain_fields(device.arch, device.driver)
+        self.keys = (problem.key(), device.key(), self.toolchain["toolchain_key"])
+        self._a_rows = {}
+
+    # ---- which schedules ---------------------------------------------------------------------------
+    def a_rows(self, s: Schedule) -> int | None:
+        """The compacted list length of the "rows" strategy for these weights (None otherwise)."""
+        if s.a_load != "rows":
+            return None
+        key = (s.block_n, s.k_windows, s.warp_n)
+        if key not in self._a_rows:
+            self._a_rows[key] = prepare(self.problem, s, self.B.values, self.B.indices).geometry.a_rows
+        return self._a_rows[key]
+
+    def ranked(self) -> list[tuple[Schedule, model.Prediction]]:
+        space = enumerate_space(self.problem, self.device)
+        scored = [(s, model.predict(self.problem, s, self.device, None, self.a_rows(s))) for s in space]
+        scored.sort(key=lambda x: x[1].time_us)
+        return scored
+
+    def plan(self, strategy: str = "model-topk", topk: int | None = None, budget: int | None = None):
+        """(candidates to measure now, size of the space, number already recorded)."""
+        ranked = self.ranked()
+        if strategy == "exhaustive":
+            chosen = ranked
+        elif strategy == "model-topk":
+            chosen = ranked[:max(1, topk or max(8, len(ranked) // 10))]
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}; use exhaustive or model-topk")
+        done = self.db.recorded(*self.keys)
+        todo = [(s, p) for s, p in chosen if s.hash() not in done]
+        if budget is not None:
+            todo = todo[:budget]
+        return todo, len(ranked), len(chosen) - len([1 for s, _ in chosen if s.hash() not in done])
+
+    # ---- measuring ---------------------------------------------------------------------------------
+    def run(self, strategy: str = "model-topk", topk: int | None = None, budget: int | None = None,
+            remeasure: int = 3) -> list[Result]:
+        todo, space, skipped = self.plan(strategy, topk, budget)
+        log.info("%s: space %d, %d to measure, %d already recorded", self.problem, space, len(todo), skipped)
+        results = []
+        for s, pred, compiled in self._compiled(todo):
+            r = self.measure(s, pred, compiled)
+            self.db.record(r.record)          # now: a killed search loses nothing it measured
+            results.append(r)
+        self._remeasure(remeasure)
+        return results
+
+    def _compiled(self, todo):
+        """Yield (schedule, prediction, (ptx, cubin, resources|error)) in model order, compiling ahead."""
+        from tqdm import tqdm
+        args = [(self.problem.to_dict(), s.to_json(), self.device.arch, self.a_rows(s)) for s, _ in todo]
+        bar = tqdm(total=len(todo), desc=f"tuning {self.problem}", unit="schedule", disable=not self.progress,
+                   leave=True, dynamic_ncols=True)
+        try:
+            if self.workers == 0:
+                for (s, pred), a in zip(todo, args):
+                    yield s, pred, self.compile_fn(*a)
+                    bar.update(1)
+                return
+            with ProcessPoolExecutor(self.workers) as pool:
+                futures = [pool.submit(self.compile_fn, *a) for a in args]
+                try:
+                    for (s, pred), fut in zip(todo, futures):
+                        yield s, pred, fut.result()
+                        bar.update(1)
+                finally:
+                    for f in futures:
+                        f.cancel()
+        finally:
+            bar.close()
+
+    def _prepare_inputs(self):
+        from ..reference import spmm_reference
+        from ..runtime.memory import DeviceBuffer
+        from ..runtime.timing import L2Flush
+        p = self.problem
+        self.A = self.rng.standard_normal((p.M, p.K), dtype=np.float32)
+        rows = np.arange(p.M) if p.M <= CHECK_ROWS else np.unique(np.concatenate(
+            [[0, p.M - 1], self.rng.choice(p.M, CHECK_ROWS - 2, replace=False)]))
+        self.check_rows = rows
+        self.ref = spmm_reference(self.A[rows], self.B)
+        self.a_dev = DeviceBuffer.from_array(self.A)
+        self.c_dev = DeviceBuffer(p.M * p.N * 4)
+        self.flush = L2Flush(self.device.l2_bytes)
+
+    def base_record(self, s: Schedule, pred) -> dict:
+        p, d = self.problem, self.device
+        return {"problem_key": self.keys[0], "schedule_hash": s.hash(), "device_key": self.keys[1],
+                "M": p.M, "N": p.N, "K": p.K, "keep_n": p.pattern.n, "window_m": p.pattern.m,
+                "vector": p.pattern.vector, "schedule": s.to_json(), "device_name": d.name,
+                "cc": f"{d.cc[0]}.{d.cc[1]}", "sms": d.sms, "model_us": pred.time_us if pred else None,
+                **self.toolchain}
+
+    def _measure_gpu(self, s: Schedule, pred, compiled) -> Result:
+        from ..errors import CudaError
+        if not hasattr(self, "a_dev"):
+            self._prepare_inputs()
+        rec = self.base_record(s, pred)
+        ptx, cubin, res = compiled
+        if ptx is None:
+            rec.update(status="compile_error", error=str(res)[:2000])
+            return Result(s, "compile_error", model_us=rec["model_us"], error=rec["error"], record=rec)
+        from ..api import Kernel, device_operands
+        from ..codegen import Resources
+        import hashlib
+        resources = Resources(**res, log="") if isinstance(res, dict) else None
+        k = Kernel(self.problem, s, self.device.arch, self.a_rows(s), ptx=ptx, cubin=cubin, resources=resources)
+        rec.update(ptx_hash=hashlib.sha256(ptx.encode()).hexdigest()[:16], smem_bytes=k.smem_bytes)
+        if resources is not None:
+            rec.update(registers=resources.registers, spill_bytes=resources.spill_stores + resources.spill_loads)
+        try:
+            ops = device_operands(self.B, self.problem, s)
+            err = self._check(k, ops)
+            if not err < TOLERANCE:
+                rec.update(status="wrong_result", rel_err=None if err != err else err,
+                           error=f"relative error {err:.3e} (tolerance {TOLERANCE:g})")
+                return Result(s, "wrong_result", model_us=rec["model_us"], rel_err=err, error=rec["error"], record=rec)
+            from ..runtime.timing import time_gpu
+            t = time_gpu(lambda: k.launch(self.a_dev.ptr, ops, self.c_dev.ptr), 0, self.warmup, self.reps, self.flush)
+        except CudaError as e:
+            rec.update(status="launch_error", error=str(e)[:2000])
+            if e.code in ("CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED", "CUDA_ERROR_MISALIGNED_ADDRESS"):
+                self.db.record(rec)   # the context is lost: nothing more can run in this process
+                raise
+            return Result(s, "launch_error", model_us=rec["model_us"], error=rec["error"], record=rec)
+        rec.update(status="ok", rel_err=err, median_us=t.median_ms * 1e3, mean_us=t.mean_ms * 1e3,
+                   min_us=t.min_ms * 1e3, max_us=t.max_ms * 1e3, reps=t.reps, warmup=t.warmup, l2=t.l2)
+        return Result(s, "ok", median_us=rec["median_us"], model_us=rec["model_us"], rel_err=err,
+                      registers=rec.get("registers"), record=rec)
+
+    def _check(self, k, ops) -> float:
+        from ..runtime.memory import download, memset32, synchronize
+        p = self.problem
+        memset32(self.c_dev.ptr, p.M * p.N, 0, 0x7FC00000)      # NaN: an unwritten element fails
+        k.launch(self.a_dev.ptr, ops, self.c_dev.ptr)
+        synchronize(0, k.name)
+        C = download(np.empty((p.M, p.N), np.float32), self.c_dev.ptr)
+        if not np.isfinite(C).all():
+            return float("nan")
+        D = C[self.check_rows].astype(np.float64)
+        return float(np.linalg.norm(D - self.ref) / max(np.linalg.norm(self.ref), 1e-300))
+
+    def _remeasure(self, top: int):
+        """Measure the best few recorded schedules once more (the database keeps the better median)."""
+        if top <= 0:
+            return
+        rows = self.db.rows(self.keys[0], self.keys[1], status="ok")
+        rows = [r for r in rows if r["toolchain_key"] == self.keys[2]][:top]
+        if not rows:
+            return
+        if not hasattr(self, "a_dev"):
+            self._prepare_inputs()
+        from ..api import Kernel, device_operands
+        from ..runtime.timing import time_gpu
+        for r in rows:
+            s = Schedule.from_json(r["schedule"])
+            k = Kernel(self.problem, s, self.device.arch, self.a_rows(s))
+            ops = device_operands(self.B, self.problem, s)
+            t = time_gpu(lambda: k.launch(self.a_dev.ptr, ops, self.c_dev.ptr), 0, self.warmup, 2 * self.reps,
+                         self.flush)
+            self.db.record(dict(r, median_us=t.median_ms * 1e3, mean_us=t.mean_ms * 1e3, min_us=t.min_ms * 1e3,
+                                max_us=t.max_ms * 1e3, reps=t.reps, warmup=t.warmup, l2=t.l2,
+                                measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))

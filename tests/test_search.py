@@ -1,0 +1,157 @@
+"""Schedule space, performance model and tuner (with fake compile/measure: no GPU)."""
+import math
+
+import numpy as np
+import pytest
+
+from nmgen import NMMatrix, Pattern, Problem, Schedule
+from nmgen.db import TuningDB
+from nmgen.ir import for_arch, problems
+from nmgen.ir.validate import shared_bytes
+from nmgen.search import model
+from nmgen.search.space import enumerate_space
+from nmgen.search.tuner import Result, Tuner
+
+H100 = for_arch("sm_90")
+A100 = for_arch("sm_80")
+
+
+@pytest.mark.parametrize("shape,pattern", [((4096, 4096, 4096), (16, 32, 32)), ((256, 2048, 2048), (8, 32, 32)),
+                                           ((1, 4096, 4096), (4, 32, 32)), ((17, 100, 64), (2, 4, 1)),
+                                           ((1000, 3000, 4096), (2, 8, 4))])
+@pytest.mark.parametrize("device", [H100, A100], ids=["sm_90", "sm_80"])
+def test_space_respects_every_limit(shape, pattern, device):
+    p = Problem(*shape, Pattern(*pattern))
+    space = enumerate_space(p, device)
+    assert 20 <= len(space) <= 1200, len(space)
+    assert len({s.hash() for s in space}) == len(space)
+    for s in space:
+        assert problems(p, s, device) == []
+        assert shared_bytes(p, s) <= device.smem_per_block and s.threads <= device.max_threads_per_block
+        assert s.block_m <= max(16, 2 ** math.ceil(math.log2(p.M))) and s.a_pad == 4
+        if p.pattern.vector >= 16:
+            from nmgen.ir.layout import ComputeLayout
+            assert len(ComputeLayout.of(s, p.pattern.vector).groups) == 1   # one index look-up per kept row
+
+
+def test_split_k_only_where_the_grid_is_small():
+    big = enumerate_space(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), H100)
+    assert {s.split_k for s in big} == {1}
+    small = enumerate_space(Problem(1, 4096, 4096, Pattern(8, 32, 32)), H100)
+    assert max(s.split_k for s in small) >= 8
+
+
+def test_model_counts_by_hand():
+    """Schedule() on 4096^3 8:32 x32: 8 kept rows per K tile, 8x8 thread tile, one look-up per row."""
+    p = Problem(4096, 4096, 4096, Pattern(8, 32, 32))
+    pr = model.predict(p, Schedule(), H100, registers=124)
+    # issue per warp and tile: FFMA 8*64 + LDS 8*(2 A + 2 B + 1 index) + IMAD 8 + 1.5 * (16 A + 1 B + 1 index
+    # copies) + 30
+    assert pr.issue_cycles == 512 + 40 + 8 + 1.5 * 18 + 30
+    # L1: 8 * (8 A regs / 2 + 8 B regs / 2 + 1) + 4 * (16 + 1) + 1
+    assert pr.l1_cycles == 8 * 9 + 4 * 17 + 1
+    # 124 registers -> 128 allocated x 256 threads: 2 blocks per SM; 1024 blocks over 264 slots: 4 waves
+    assert pr.blocks_per_sm == 2 and pr.waves == 4
+    tile = 0.87 * pr.issue_cycles * 8 / 4 + 0.73 * pr.l1_cycles * 8 + 950 / 2
+    assert pr.sm_us == pytest.approx(4 * 2 * 128 * tile / 1.98e9 * 1e6)
+    # L2 bytes: per tile A 128x32 floats, B 8x128 floats, a 32-byte index chunk, 32x32 blocks x 128 tiles, + C
+    assert pr.l2_bytes == 32 * 32 * 128 * (128 * 32 * 4 + 8 * 128 * 4 + 32) + 4096 * 4096 * 4
+    assert pr.time_us == pytest.approx(max(pr.sm_us, pr.l2_us, pr.dram_us) + 3.0)
+
+
+def test_model_decode_is_memory_bound():
+    """M=1: reading the compressed weights dominates; DRAM bytes = A + B values + index + C."""
+    p = Problem(1, 28672, 8192, Pattern(4, 32, 32))
+    s = Schedule(block_m=1, block_n=256, warp_m=1, warp_n=128, thread_m=1, thread_n=4, k_windows=4, split_k=4)
+    pr = model.predict(p, s, H100)
+    b_values = 8192 // 8 * 28672 * 4
+    assert pr.bound == "DRAM"
+    assert b_values < pr.dram_bytes < 1.05 * b_values + 3 * 28672 * 4 + 8192 * 4 + 28672 * 4 * 3
+
+
+def test_model_prefers_occupancy_and_fewer_copies():
+    p = Problem(4096, 4096, 4096, Pattern(4, 32, 32))
+    two = model.predict(p, Schedule(k_windows=2, stages=2), H100, registers=121)
+    one = model.predict(p, Schedule(k_windows=2, stages=4), H100, registers=121)
+    assert two.blocks_per_sm == 2 and one.blocks_per_sm == 1 and two.time_us < one.time_us
+    mk = model.predict(p, Schedule(k_windows=2, a_smem="mk"), H100, registers=121)
+    km = model.predict(p, Schedule(k_windows=2), H100, registers=121)
+    assert mk.l1_cycles < km.l1_cycles
+
+
+# ---- the tuner, with fakes in place of the GPU --------------------------------------------------------
+SMALL = Problem(64, 256, 256, Pattern(8, 32, 32))
+
+
+def fake_compile(problem_dict, schedule_json, arch, a_rows):
+    return "// ptx", None, {"registers": 64, "spill_stores": 0, "spill_loads": 0, "stack_frame": 0,
+                            "shared_static": 0, "barriers": 1}
+
+
+class FakeGPU:
+    """Times from the model (x1.1), wrong results for schedules with 3 stages, a kill after `kill_after`."""
+
+    def __init__(self, tuner, kill_after=None):
+        self.tuner, self.kill_after, self.calls = tuner, kill_after, []
+
+    def __call__(self, s, pred, compiled):
+        if self.kill_after is not None and len(self.calls) == self.kill_after:
+            raise KeyboardInterrupt
+        self.calls.append(s.hash())
+        rec = self.tuner.base_record(s, pred)
+        if s.stages == 3:
+            rec.update(status="wrong_result", error="relative error 1e-2")
+            return Result(s, "wrong_result", record=rec)
+        rec.update(status="ok", median_us=pred.time_us * 1.1, reps=20, warmup=5, l2="flushed")
+        return Result(s, "ok", median_us=rec["median_us"], record=rec)
+
+
+def make_tuner(tmp_path, **kw):
+    db = TuningDB(tmp_path / "t.db")
+    B = NMMatrix.from_dense(np.random.default_rng(0).standard_normal((256, 256)), SMALL.pattern, prune_first=True)
+    t = Tuner(SMALL, H100.replace(driver=13000), db, B, workers=0, progress=False, compile_fn=fake_compile, **kw)
+    return t, db
+
+
+def test_model_topk_measures_the_models_best(tmp_path):
+    t, db = make_tuner(tmp_path)
+    gpu = t.measure = FakeGPU(t)
+    todo, space, _ = t.plan("model-topk", topk=5)
+    t.run("model-topk", topk=5, remeasure=0)
+    assert gpu.calls == [s.hash() for s, _ in todo] and len(gpu.calls) == 5
+    ranked = [s.hash() for s, _ in t.ranked()]
+    assert gpu.calls == ranked[:5]
+
+
+def test_killed_search_resumes_and_failures_are_not_retried(tmp_path):
+    t, db = make_tuner(tmp_path)
+    space = len(t.ranked())
+    t.measure = FakeGPU(t, kill_after=7)
+    with pytest.raises(KeyboardInterrupt):
+        t.run("exhaustive", remeasure=0)
+    assert len(db.recorded(*t.keys)) == 7           # everything measured before the kill is kept
+    gpu = t.measure = FakeGPU(t)
+    t.run("exhaustive", budget=10, remeasure=0)
+    assert len(gpu.calls) == 10 and not set(gpu.calls) & set(list(db.recorded(*t.keys))[:0])
+    t.run("exhaustive", remeasure=0)
+    rec = db.recorded(*t.keys)
+    assert len(rec) == space                         # every schedule measured exactly once overall
+    assert len(gpu.calls) == space - 7 and len(set(gpu.calls)) == len(gpu.calls)
+    assert "wrong_result" in rec.values()
+    again = t.measure = FakeGPU(t)
+    t.run("exhaustive", remeasure=0)
+    assert again.calls == []                          # nothing left: failures are not retried
+    best = db.best(*t.keys)
+    assert best["status"] == "ok" and best["median_us"] == min(
+        r["median_us"] for r in db.rows(t.keys[0], status="ok"))
+
+
+def test_quality_numbers():
+    from nmgen.search.quality import quality, spearman
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    rows = [{"status": "ok", "model_us": m, "median_us": t, "schedule": str(i)}
+            for i, (m, t) in enumerate([(1, 12), (2, 10), (3, 30), (4, 40), (5, 50), (6, 60), (7, 70), (8, 80),
+                                        (9, 90), (10, 100)])]
+    q = quality(rows)                      # top 10% = the model's first: 12 us against the best 10 us
+    assert q["k"] == 1 and q["topk_gap"] == pytest.approx(0.2) and q["best_schedule"] == "1"
