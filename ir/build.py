@@ -44,7 +44,9 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     rows_strategy = s.a_load == "rows"
     idx_dtype = "u8"  # the index blob is bytes; entries are idx_bits wide inside it
 
+    col = problem.a_major == "col"
     params = [
+        Param("A", "f32", K, M, doc="activations, column-major: (K, M) in memory") if col else
         Param("A", "f32", M, K, doc="activations (M, K), row-major"),
         Param("Bv", "f32", g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
         Param("Bi", idx_dtype, g.T * g.tiles_n, g.chunk_bytes,
@@ -65,9 +67,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
                    doc="(stages, chunk): index chunk")
 
     a_elems = a_copy_elems(problem, s)
-    a_plan = CopyPlan(BM, g.a_rows, 4, 4 * a_elems, not mk, threads)
-    b_plan = CopyPlan(g.KR, BN, 4, s.b_copy_bytes, False, threads)
-    i_plan = CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, threads)
+    a_plan, b_plan, i_plan = copy_plans(problem, s, g)
 
     bm, bn, t0, t1 = Var("bm"), Var("bn"), Var("t0"), Var("t1")
     bound_m = M if M % BM else None
@@ -77,10 +77,15 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
     def load(tile, stage):
         chunk = tile * g.tiles_n + bn
-        if rows_strategy:
+        bound_k = K if K % g.BK else None
+        if col and rows_strategy:
+            a = Copy("As", stage, "A", 0, bm * BM, a_plan, None, bound_m, "rows")
+        elif col:
+            a = Copy("As", stage, "A", tile * g.BK, bm * BM, a_plan, bound_k, bound_m)
+        elif rows_strategy:
             a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "rows")
         else:
-            a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, K if K % g.BK else None)
+            a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, bound_k)
         return (a,
                 Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan),
                 Copy("Is", stage, "Bi", chunk, 0, i_plan))
@@ -117,9 +122,23 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
 
 
+def copy_plans(problem: Problem, s: Schedule, g) -> tuple[CopyPlan, CopyPlan, CopyPlan]:
+    """How the block's threads copy one K tile of A, of the B values and of the index chunk."""
+    e = a_copy_elems(problem, s)
+    if problem.a_major == "col":   # A's K rows are contiguous runs of M: plain copies into [k][m]
+        a = CopyPlan(g.a_rows, s.block_m, 4, 4 * e, False, s.threads)
+    else:                          # [m][k] as in memory ("mk"), or transposed element by element
+        a = CopyPlan(s.block_m, g.a_rows, 4, 4 * e, s.a_smem != "mk", s.threads)
+    return (a, CopyPlan(g.KR, s.block_n, 4, s.b_copy_bytes, False, s.threads),
+            CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, s.threads))
+
+
 def a_copy_elems(problem: Problem, s: Schedule) -> int:
-    """Floats per A copy: 1 when the copy transposes ("km"); for "mk" the widest of 4/2/1 that
-    divides K (rows of A start aligned) and the K tile."""
+    """Floats per A copy. A row-major: 1 when the copy transposes ("km"); for "mk" the widest of
+    4/2/1 dividing K (A's rows start aligned) and the K tile. A column-major: the widest dividing
+    M (its K rows start aligned) and the block's M extent."""
+    if problem.a_major == "col":
+        return next(e for e in (4, 2, 1) if problem.M % e == 0 and s.block_m % e == 0)
     if s.a_smem != "mk":
         return 1
     BK = s.k_windows * problem.pattern.m

@@ -164,7 +164,7 @@ class Interpreter:
     def _load_list(self, st: LoadList, blk: _Block):
         r, c, it_idx, thr = self._plan_slots(st.plan)
         src = self.arrays[st.src].ravel()
-        idx = self._scalar(st.offset, blk) + c
+        idx = self._scalar(st.offset, blk) + st.plan.gathered(r, c)
         if (idx >= src.size).any():
             raise HazardError(f"LoadList reads past the end of {st.src}")
         regs = np.full((st.plan.iterations, st.plan.threads), -1, np.int64)   # -1: never loaded
@@ -186,13 +186,15 @@ class Interpreter:
         plan = cp.plan
         values = []
         for e in range(plan.elems):
-            rows = row0 + r
+            rows, cols = row0 + r, col0 + c + e
             if cp.row_list is not None:
                 if cp.row_list not in blk.regs:
                     raise HazardError(f"copy uses registers {cp.row_list} before any LoadList filled them")
-                cols = blk.regs[cp.row_list][it_idx, thr]
-            else:
-                cols = col0 + c + e
+                listed = blk.regs[cp.row_list][it_idx, thr]
+                if plan.transpose:
+                    cols = listed
+                else:
+                    rows = listed
             ok = np.ones(r.shape, bool)
             if cp.bound_rows is not None:
                 ok &= rows < cp.bound_rows

@@ -134,6 +134,11 @@ class CopyPlan:
         mf = 32 // kf
         return kf, mf, ceil_div(self.rows, mf), self.cols // kf
 
+    def gathered(self, r, c):
+        """The index a row list replaces: the source column of a transposing copy (A row-major:
+        K runs along its rows), the source row of a plain one (A column-major)."""
+        return c if self.transpose else r
+
     @property
     def iterations(self) -> int:
         if self.transpose:

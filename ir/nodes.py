@@ -72,9 +72,11 @@ class If:
 class Copy:
     """Asynchronous copy of a tile from global to shared (cp.async), into the open copy group.
 
-    Plain:      dst[stage][r][c] = src[row0 + r][col0 + c]
-    Transposed: dst[stage][c][r] = src[row0 + r][col(c)],   col(c) = col0 + c, or with `row_list`
-                                   the value a LoadList put in those registers for this copy slot
+    Plain:      dst[stage][r][c] = src[row(r)][col0 + c]
+    Transposed: dst[stage][c][r] = src[row0 + r][col(c)]
+    row(r) = row0 + r and col(c) = col0 + c, except that with `row_list` the gathered index
+    (plan.gathered: the column of a transposing copy, the row of a plain one) is the value a
+    LoadList put in those registers for this copy slot.
     Elements with row >= bound_rows or col >= bound_cols (when given) are zero-filled.
     """
     dst: str
@@ -91,7 +93,7 @@ class Copy:
 @dataclass(frozen=True)
 class LoadList:
     """Each thread loads into registers `dst` the list entries its slots of `plan` will copy:
-    dst[it] = src.flat[offset + column of the thread's slot it]. Issued an iteration ahead of the
+    dst[it] = src.flat[offset + plan.gathered(row, column) of the thread's slot it]. Issued an iteration ahead of the
     Copy that uses them, so the global-memory latency hides behind the FMAs in between."""
     dst: str
     src: str

@@ -73,16 +73,25 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return M, N, K
 
 
+A_MAJORS = ("row", "col")
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One SpMM instance. Sizes are compile-time constants of the generated kernel."""
+    """One SpMM instance. Sizes are compile-time constants of the generated kernel.
+
+    `a_major` is A's memory order: "row" (M x K row-major, the usual activations) or "col"
+    (column-major: K x M row-major in memory, e.g. a transposed view, as NM-SpMM stores A)."""
     M: int
     N: int
     K: int
     pattern: Pattern
     dtype: str = "f32"
+    a_major: str = "row"
 
     def __post_init__(self):
+        if self.a_major not in A_MAJORS:
+            raise ShapeError(f"a_major={self.a_major!r} must be 'row' (A row-major) or 'col' (column-major)")
         for name in ("M", "N", "K"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -117,19 +126,21 @@ class Problem:
     def key(self) -> str:
         """Stable text key (tuning database, caches)."""
         p = self.pattern
-        return f"{self.M}x{self.N}x{self.K}:{p.n}:{p.m}:{p.vector}:{self.dtype}"
+        return f"{self.M}x{self.N}x{self.K}:{p.n}:{p.m}:{p.vector}:{self.dtype}" + (
+            ":Acol" if self.a_major == "col" else "")
 
     def __str__(self):
-        return f"{self.M}x{self.N}x{self.K} {self.pattern}"
+        return f"{self.M}x{self.N}x{self.K} {self.pattern}" + (" (A column-major)" if self.a_major == "col" else "")
 
     def to_dict(self) -> dict:
         p = self.pattern
-        return {"M": self.M, "N": self.N, "K": self.K, "n": p.n, "m": p.m, "vector": p.vector, "dtype": self.dtype}
+        return {"M": self.M, "N": self.N, "K": self.K, "n": p.n, "m": p.m, "vector": p.vector, "dtype": self.dtype,
+                "a_major": self.a_major}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Problem":
         return cls(int(d["M"]), int(d["N"]), int(d["K"]), Pattern(int(d["n"]), int(d["m"]), int(d["vector"])),
-                   d.get("dtype", "f32"))
+                   d.get("dtype", "f32"), d.get("a_major", "row"))
 
 
 def index_dtype_bits(max_value: int) -> int:

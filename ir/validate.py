@@ -60,6 +60,10 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     mk = s.a_smem == "mk"
     pitch = (g.a_rows if mk else s.block_m) + s.a_pad
     need = a_copy_elems(problem, s) if mk else ComputeLayout.of(s, problem.pattern.vector).a_vec
+    if problem.a_major == "col":
+        need = max(need, a_copy_elems(problem, s))
+        if mk:
+            why.append("A is column-major: its K rows are copied as they are, into a_smem='km'")
     if pitch % need:
         why.append(f"shared A rows of {pitch} floats (with a_pad={s.a_pad}) are not {4 * need}-byte aligned "
                    f"for {need}-float accesses; make a_pad a multiple of 4")

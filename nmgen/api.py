@@ -70,14 +70,14 @@ class Kernel:
         return f"Kernel({self.name}, {self.problem}, {self.schedule.short()}, {self.arch})"
 
 
-def _problem(problem, pattern, vector) -> Problem:
+def _problem(problem, pattern, vector, a_major) -> Problem:
     if isinstance(problem, Problem):
         return problem
     M, N, K = parse_shape(problem) if isinstance(problem, str) else problem
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
     p = pattern if isinstance(pattern, Pattern) else Pattern.parse(pattern, vector or 1)
-    return Problem(int(M), int(N), int(K), p)
+    return Problem(int(M), int(N), int(K), p, a_major=a_major)
 
 
 def current_device(ordinal: int = 0) -> Device | None:
@@ -96,13 +96,14 @@ def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None)
 
 
 def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = None, arch: str | None = None,
-            B: NMMatrix | None = None, device: int = 0) -> Kernel:
-    """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem).
+            B: NMMatrix | None = None, device: int = 0, a_major: str = "row") -> Kernel:
+    """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem; `a_major`
+    "col" for an A stored column-major).
 
     Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
     tuning database's best or the heuristic default. `B` supplies the real indices, which the
     "rows" A-loading strategy needs for its compacted row lists."""
-    problem = _problem(problem, pattern, vector)
+    problem = _problem(problem, pattern, vector, a_major)
     dev = current_device(device) if arch is None else None
     if arch is None:
         arch = dev.arch if dev else "sm_90"
@@ -175,19 +176,23 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
 
     numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`).
     torch / cupy / __cuda_array_interface__ / DLPack CUDA A: used in place on its library's current
-    stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised."""
+    stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised.
+    A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels."""
     if not isinstance(B, NMMatrix):
         raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
                          f"got {type(B).__name__}")
     from .runtime.arrays import device_view
     dv = device_view(A)
     if dv is None:
-        return _spmm_host(host_matrix(A, "A"), B, out, schedule, kernel)
+        if isinstance(A, np.ndarray) and A.ndim == 2 and A.flags.f_contiguous and not A.flags.c_contiguous:
+            # column-major (e.g. x.T): keep that layout, its kernels copy A without transposing
+            return _spmm_host(host_matrix(A.T, "A (column-major)").T, B, out, schedule, kernel, "col")
+        return _spmm_host(host_matrix(A, "A"), B, out, schedule, kernel, "row")
     return _spmm_device(dv, B, out, schedule, kernel, stream)
 
 
-def _kernel_for(M, B, schedule, kernel, device) -> Kernel:
-    problem = Problem(M, B.N, B.K, B.pattern)
+def _kernel_for(M, B, schedule, kernel, device, a_major="row") -> Kernel:
+    problem = Problem(M, B.N, B.K, B.pattern, a_major=a_major)
     if kernel is not None:
         if kernel.problem != problem:
             raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}")
@@ -202,16 +207,17 @@ def _check_a(M, K, B):
         raise ShapeError(f"A is {M}x{K} but B has K={B.K} rows: A's columns must equal B's rows")
 
 
-def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel):
+def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     from .runtime import driver
     from .runtime.memory import DeviceBuffer, download, memset32, synchronize
     M, K = A.shape
     _check_a(M, K, B)
+    A = A.T if a_major == "col" else A      # what is uploaded: (K, M) C-contiguous for column-major
     if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != np.float32
                             or not out.flags.c_contiguous):
         raise ShapeError(f"out must be a C-contiguous float32 numpy array of shape ({M}, {B.N})")
     driver.init()
-    k = _kernel_for(M, B, schedule, kernel, 0)
+    k = _kernel_for(M, B, schedule, kernel, 0, a_major)
     ops = device_operands(B, k.problem, k.schedule, 0)
     a = DeviceBuffer.from_array(A, 0)
     c = DeviceBuffer(M * B.N * 4, 0)
@@ -233,13 +239,18 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     _check_a(M, K, B)
     if dv.dtype != np.float32:
         raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
-    if not dv.c_contiguous:
-        raise ShapeError("A must be row-major (C-contiguous); call .contiguous() (torch) or cupy.ascontiguousarray")
+    if dv.c_contiguous:
+        a_major = "row"
+    elif dv.f_contiguous:
+        a_major = "col"      # a transposed view: its K rows are contiguous, used as they are
+    else:
+        raise ShapeError("A must be row-major or column-major without gaps (strides "
+                         f"{dv.strides}); call .contiguous() (torch) or cupy.ascontiguousarray")
     if dv.ptr % 4:
         raise ShapeError("A's data pointer is not 4-byte aligned")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
-    k = _kernel_for(M, B, schedule, kernel, dv.device)
+    k = _kernel_for(M, B, schedule, kernel, dv.device, a_major)
     a_ptr, a_tmp = dv.ptr, None
     if a_ptr % k.ir.a_alignment:   # the kernel copies A in 16-byte vectors: use an aligned copy of it
         a_tmp = DeviceBuffer(M * K * 4, dv.device)

@@ -1,10 +1,13 @@
-"""Benchmarks: nmgen's kernel next to cuBLAS FP32 dense GEMM of the same shape, in the same run.
+"""Benchmarks: nmgen's best kernel next to cuBLAS FP32 dense GEMM of the same shape, in the same run.
 
-Times are CUDA-event medians after warm-up with L2 warm (the same buffers every run, as the
-NM-SpMM paper and ../shared/anchors measure). Each kernel's result is checked once against the
-float64 reference before it is timed.
+Times are CUDA-event medians of >= 20 runs after warm-up, with L2 warm (the same buffers every
+run, as the NM-SpMM paper and ../shared/anchors measure). Every kernel's result is checked once
+against the float64 reference (NaN-poisoned output, up to 512 sampled rows) before it is timed.
 """
 from __future__ import annotations
+
+import math
+import time
 
 import numpy as np
 
@@ -19,7 +22,9 @@ SUITES = {
     # shapes no tile divides, each followed by its nearest tile-aligned neighbour
     "odd": [(1000, 3000, 4096), (1024, 3072, 4096), (4095, 4100, 1024), (4096, 4096, 1024)],
 }
+ODD_PAIRS = {(1000, 3000, 4096): (1024, 3072, 4096), (4095, 4100, 1024): (4096, 4096, 1024)}
 PAPER_PATTERNS = ["16:32", "12:32", "8:32", "4:32"]
+CHECK_ROWS = 512
 
 
 def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
@@ -34,42 +39,42 @@ def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def measure_problem(problem: Problem, schedule=None, *, reps: int = 30, warmup: int = 10, rng=None,
-                    check: bool = True, kernel=None, B=None):
-    """Time nmgen's kernel for `problem` (given or default schedule); returns (row dict, kernel)."""
-    from .api import compile, device_operands
-    from .format import NMMatrix
+def problem_of(shape, pattern: str, vector: int, a_major: str = "row") -> Problem:
+    M, N, K = shape
+    return Problem(M, N, K, Pattern.parse(pattern, vector), a_major=a_major)
+
+
+def sampled_error(A: np.ndarray, B, C: np.ndarray, rng) -> float:
+    """Relative error of C against float64 on up to CHECK_ROWS rows (first, last, random); NaN if
+    any element of C is not finite (never written)."""
     from .reference import spmm_reference
-    from .runtime.memory import DeviceBuffer, download, synchronize
+    if not np.isfinite(C).all():
+        return float("nan")
+    M = A.shape[0]
+    rows = np.arange(M) if M <= CHECK_ROWS else np.unique(
+        np.concatenate([[0, M - 1], rng.choice(M, CHECK_ROWS - 2, replace=False)]))
+    ref = spmm_reference(A[rows], B)
+    return float(np.linalg.norm(C[rows].astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def measure_kernel(kernel, A: np.ndarray, B, *, reps: int = 30, warmup: int = 10, rng=None):
+    """(Timing with L2 warm, sampled relative error) of `kernel` on A @ B."""
+    from .api import device_operands
+    from .runtime.memory import DeviceBuffer, download, memset32, synchronize
     from .runtime.timing import time_gpu
-    rng = rng or np.random.default_rng()
-    if B is None:
-        B = NMMatrix.from_dense(rng.standard_normal((problem.K, problem.N), dtype=np.float32), problem.pattern,
-                                prune_first=True)
-    A = rng.standard_normal((problem.M, problem.K), dtype=np.float32)
-    k = kernel or compile(problem, schedule=schedule, B=B)
-    ops = device_operands(B, problem, k.schedule)
-    a, c = DeviceBuffer.from_array(A), DeviceBuffer(problem.M * problem.N * 4)
-    err = None
-    if check:
-        from .runtime.memory import memset32
-        memset32(c.ptr, problem.M * problem.N, 0, 0x7FC00000)   # NaN: unwritten elements fail
-        k.launch(a.ptr, ops, c.ptr)
-        synchronize(0, k.name)
-        C = download(np.empty((problem.M, problem.N), np.float32), c.ptr)
-        ref = spmm_reference(A, B)
-        err = float(np.linalg.norm(C - ref) / np.linalg.norm(ref)) if np.isfinite(C).all() else float("nan")
-    t = time_gpu(lambda: k.launch(a.ptr, ops, c.ptr), 0, warmup, reps)
-    row = {"M": problem.M, "N": problem.N, "K": problem.K, "pattern": f"{problem.pattern.n}:{problem.pattern.m}",
-           "vector": problem.pattern.vector, "sparsity": problem.pattern.sparsity, "ms": t.median_ms,
-           "tflops_dense": problem.flops_dense / (t.median_ms * 1e-3) / 1e12,
-           "tflops_eff": problem.flops_done / (t.median_ms * 1e-3) / 1e12,
-           "schedule": k.schedule.to_dict(), "rel_err": err, "timing": t.to_dict()}
-    return row, k
+    p = kernel.problem
+    ops = device_operands(B, p, kernel.schedule)
+    a = DeviceBuffer.from_array(np.ascontiguousarray(A.T) if p.a_major == "col" else A)
+    c = DeviceBuffer(p.M * p.N * 4)
+    memset32(c.ptr, p.M * p.N, 0, 0x7FC00000)             # NaN: unwritten elements fail the check
+    kernel.launch(a.ptr, ops, c.ptr)
+    synchronize(0, kernel.name)
+    err = sampled_error(A, B, download(np.empty((p.M, p.N), np.float32), c.ptr), rng or np.random.default_rng())
+    return time_gpu(lambda: kernel.launch(a.ptr, ops, c.ptr), 0, warmup, reps), err
 
 
 def measure_cublas(M: int, N: int, K: int, *, reps: int = 30, warmup: int = 10, rng=None):
-    """cuBLAS FP32 time (ms, library) for the dense M x N x K product, or (None, reason)."""
+    """(cuBLAS FP32 median ms, library) for the dense M x N x K product, or (None, reason)."""
     from .cublas import dense_gemm
     from .runtime.timing import time_gpu
     g = dense_gemm(M, N, K, rng or np.random.default_rng())
@@ -78,15 +83,49 @@ def measure_cublas(M: int, N: int, K: int, *, reps: int = 30, warmup: int = 10, 
     return time_gpu(g.run, g.stream, warmup, reps).median_ms, g.library
 
 
-def add_baseline(row: dict, cublas_ms: float | None) -> dict:
-    s = row["sparsity"]
-    row["cublas_ms"] = cublas_ms
-    row["speedup_vs_cublas"] = cublas_ms / row["ms"] if cublas_ms else None
-    row["ideal_speedup"] = 1.0 / (1.0 - s)
-    row["fraction_of_ideal"] = row["speedup_vs_cublas"] / row["ideal_speedup"] if cublas_ms else None
-    return row
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth, bytes/s counting read + write (the memory-bound ceiling)."""
+    from .runtime.driver import check, driver
+    from .runtime.memory import DeviceBuffer
+    from .runtime.timing import time_gpu
+    src, dst = DeviceBuffer(nbytes), DeviceBuffer(nbytes)
+    t = time_gpu(lambda: check(driver().cuMemcpyDtoDAsync(dst.ptr, src.ptr, nbytes, 0), "cuMemcpyDtoDAsync"),
+                 0, 3, 10)
+    return 2 * nbytes / (t.median_ms * 1e-3)
 
 
-def problem_of(shape, pattern: str, vector: int) -> Problem:
-    M, N, K = shape
-    return Problem(M, N, K, Pattern.parse(pattern, vector))
+def bytes_moved(p: Problem) -> int:
+    """The fewest bytes the product must move: compressed values and indices, A, C."""
+    W = p.kept_rows
+    idx = W * p.vectors * (1 if p.pattern.m <= 256 else 2)
+    return 4 * (W * p.N + p.M * p.K + p.M * p.N) + idx
+
+
+def row(p: Problem, kernel, timing, err, cublas_ms, suite: str) -> dict:
+    ms = timing.median_ms
+    r = {"suite": suite, "M": p.M, "N": p.N, "K": p.K, "pattern": f"{p.pattern.n}:{p.pattern.m}",
+         "vector": p.pattern.vector, "sparsity": p.pattern.sparsity, "ms": ms,
+         "tflops_dense": p.flops_dense / (ms * 1e-3) / 1e12, "tflops_eff": p.flops_done / (ms * 1e-3) / 1e12,
+         "cublas_ms": cublas_ms, "speedup_vs_cublas": cublas_ms / ms if cublas_ms else None,
+         "ideal_speedup": 1.0 / (1.0 - p.pattern.sparsity), "rel_err": err,
+         "schedule": kernel.schedule.to_dict(), "timing": timing.to_dict(), "bytes": bytes_moved(p)}
+    r["fraction_of_ideal"] = r["speedup_vs_cublas"] / r["ideal_speedup"] if cublas_ms else None
+    return r
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for pat in sorted({r["pattern"] for r in rows}, key=lambda s: -int(s.split(":")[0])):
+        sel = [r for r in rows if r["pattern"] == pat]
+        out[pat] = {"geomean_speedup": geomean([r["speedup_vs_cublas"] for r in sel]),
+                    "ideal": sel[0]["ideal_speedup"], "shapes": len(sel)}
+    return out
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")

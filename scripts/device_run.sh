@@ -1,7 +1,7 @@
 #!/bin/bash
 # One call on the device machine: install the carried wheels (.whl: llvmlite 0.50, sqlite-utils),
-# record the GPU's state, then run the steps named in $@ (gpu-tests, explore, bench ...).
-# Everything lands in $OUT.   Usage: scripts/device_run.sh gpu-tests explore
+# record the GPU's state, then run the steps named in $@ (gpu-tests, profile, search3, bench-*).
+# Everything lands in $OUT.   Usage: scripts/device_run.sh gpu-tests search3
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -12,8 +12,6 @@ for step in "$@"; do
   case $step in
     gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
-    explore*)  plan=${step#explore}; plan=${plan#-}
-               python3 scripts/explore.py $OUT/explore${plan:+-$plan}.json ${EXPLORE_BUDGET:-240} ${plan:-tiles} 2>&1 | tee $OUT/explore${plan:+-$plan}.log | tail -60 ;;
     profile)   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
                    --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis_Tables \
                    -k regex:nmspmm python3 scripts/profile.py > $OUT/ncu.txt 2>&1; tail -5 $OUT/ncu.txt ;;
@@ -26,6 +24,12 @@ for step in "$@"; do
                    2>&1 | tee -a $OUT/search.log | tail -16
                done
                python3 -m nmgen.cli db quality --json $OUT/quality.json 2>&1 | tee $OUT/quality.txt ;;
+    bench-*)   # bench-SUITE-ROWCOL: tune what the database lacks, then nmgen vs cuBLAS in one run
+               spec=${step#bench-}; suite=${spec%-*}; am=${spec##*-}
+               export NMGEN_DB=$OUT/tuning.db
+               [ -f .carry/tuning.db ] && [ ! -f $NMGEN_DB ] && cp .carry/tuning.db $NMGEN_DB
+               python3 -m nmgen.cli bench --suite $suite --a-major $am --quiet --json $OUT/bench_${suite}_${am}.json \
+                 --plot $OUT/bench_${suite}_${am}.png 2>&1 | tee $OUT/bench_${suite}_${am}.log | tail -32 ;;
     *)         python3 -m nmgen.cli $step 2>&1 | tee -a $OUT/commands.log | tail -40 ;;
   esac
 done

@@ -18,12 +18,13 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
      copy  = 4 per warp-wide cp.async of A or B (4 transposed 32-byte sectors, or 512 bytes), 1 for
              the index chunk
      l1_c = (frag + copy) * W cycles per block-tile.
-3. The SM: cycles per block-tile = 0.87 issue_c + 0.73 l1_c + 950 / bps_used. Issue and L1 add
-   rather than overlap (the loads feed the FFMAs that follow them), and each K tile starts with a
-   ramp (barrier, then the index -> address -> fragment chain) that a second resident block hides.
-   The constants are a least-squares fit to ~200 schedules measured on an H100 at 4096^3 (Spearman
-   0.98, median error 6%, see NOTES.md). The tile can go no faster than the memory latency (1200
-   cycles) spread over the S-1 tiles in flight.
+3. The SM: cycles per block-tile = 0.722 issue_c / eff(w) + 0.389 l1_c + 270 / bps_used, where
+   w = W * bps_used / 4 warps per scheduler and eff(w) = w / (w + 1.87) the fraction of issue slots
+   they keep busy. Issue and L1 add rather than overlap (the loads feed the FFMAs that follow), and
+   each K tile starts with a ramp (barrier, then the index -> address -> fragment chain) that other
+   resident blocks hide. The constants are a least-squares fit (in log time) to 1445 schedules of
+   three problems measured on an H100 (see NOTES.md); fitted on two problems and tested on the
+   third, the model keeps Spearman >= 0.80.
      time_SM = waves * bps_used * ceil(T / split) * cycles / clock,  waves = ceil(blocks / (SMs * bps)),
      bps = blocks per SM allowed by registers (allocated in 8s), shared memory, threads, 32;
      bps_used = min(bps, blocks / SMs).
@@ -32,23 +33,26 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
    atomic read-modify-write of C. time_L2 = bytes / L2 bandwidth.
 5. DRAM bytes: A once, B once per block-row group when B exceeds half of L2, C once (three times
    under split-K: memset, atomics). time_DRAM = bytes / memory bandwidth.
-6. time = max(time_SM, time_L2, time_DRAM) + 3 us launch (+ memset of C under split-K).
+6. time = max(time_SM, time_L2, time_DRAM) + 3 us launch; split-K adds 2.3 us (the memset of C)
+   and 7.5 us per million atomic adds (M * N * split), both fitted like item 3.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from ..ir.build import copy_plans
 from ..ir.device import Device
-from ..ir.layout import ComputeLayout, CopyPlan
+from ..ir.layout import ComputeLayout
 from ..ir.operands import geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import estimate_registers, shared_bytes
 
 LAUNCH_US = 3.0
-MEM_LATENCY_CYCLES = 1200
-ISSUE_WEIGHT, L1_WEIGHT, RAMP_CYCLES = 0.87, 0.73, 950.0   # fitted on the H100, see item 3
+# fitted on the H100 (items 3 and 6)
+ISSUE_WEIGHT, L1_WEIGHT, RAMP_CYCLES, ISSUE_HALF = 0.722, 0.389, 270.0, 1.866
+SPLIT_US, ATOMIC_US_PER_MILLION = 2.3, 7.53
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,7 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     regs = registers or estimate_registers(s, problem.pattern.vector)
     W, TM, TN, KR = s.threads // 32, s.thread_m, s.thread_n, g.KR
     G = len(lay.groups)
-    mk = s.a_smem == "mk"
-    a_elems = 1 if not mk else next(e for e in (4, 2, 1) if problem.K % e == 0 and g.BK % e == 0)
-    a_plan = CopyPlan(s.block_m, g.a_rows, 4, 4 * a_elems, not mk, s.threads)
-    b_plan = CopyPlan(g.KR, s.block_n, 4, s.b_copy_bytes, False, s.threads)
-    i_plan = CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, s.threads)
+    a_plan, b_plan, i_plan = copy_plans(problem, s, g)
     copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
 
     # 1. issue, per warp and K tile
@@ -104,7 +104,9 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     pairs = lay.lanes_m >= 2 and lay.lanes_n >= 2
     pa = 0.5 if pairs and lay.a_vec > 1 else 1.0
     pb = 0.5 if pairs and lay.b_vec > 1 else 1.0
-    l1 = KR * (G * TM * pa + TN * pb + G) + 4 * (a_plan.iterations + b_plan.iterations) + i_plan.iterations
+    # a transposing copy touches 4 sectors per warp instruction; a plain one moves 32 x its width
+    a_copy = 4 if a_plan.transpose else a_plan.elems
+    l1 = KR * (G * TM * pa + TN * pb + G) + a_copy * a_plan.iterations + 4 * b_plan.iterations + i_plan.iterations
 
     bps = blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows))
     if bps == 0:
@@ -112,20 +114,21 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     blocks = g.tiles_m * g.tiles_n * s.split_k
     waves = ceil_div(blocks, device.sms * bps)
     per_sm = min(bps, ceil_div(blocks, device.sms))            # blocks sharing an SM in practice
-    issue_c, l1_c = issue * W / 4, l1 * W
-    tile_c = ISSUE_WEIGHT * issue_c + L1_WEIGHT * l1_c + RAMP_CYCLES / per_sm
-    bound = "issue" if ISSUE_WEIGHT * issue_c >= L1_WEIGHT * l1_c else "L1"
-    floor = MEM_LATENCY_CYCLES / max(1, s.stages - 1) / per_sm
-    if floor > tile_c:
-        tile_c, bound = floor, "latency"
+    wps = W * per_sm / 4
+    issue_c = ISSUE_WEIGHT * issue * W / 4 / (wps / (wps + ISSUE_HALF))
+    l1_c = L1_WEIGHT * l1 * W
+    tile_c = issue_c + l1_c + RAMP_CYCLES / per_sm
+    bound = "issue" if issue_c >= l1_c else "L1"
     tiles = ceil_div(g.T, s.split_k)
     sm_us = waves * per_sm * tiles * tile_c / (device.clock_khz * 1e3) * 1e6
 
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)
     a_tile = rows_m * g.BK * 4
-    if s.a_load == "rows":
-        a_tile = rows_m * 32 * expected_sectors(g.a_rows, g.BK) * math.ceil(g.BK / 8) / max(1, g.BK // 8)
+    if s.a_load == "rows" and problem.a_major == "col":      # whole K rows of A are skipped
+        a_tile = rows_m * g.a_rows * 4
+    elif s.a_load == "rows":                                 # only the sectors without a listed column
+        a_tile = rows_m * 32 * expected_sectors(g.a_rows, g.BK)
     b_tile = g.KR * s.block_n * 4 + g.chunk_bytes
     l2_bytes = g.tiles_m * g.tiles_n * g.T * (a_tile + b_tile)
     c_bytes = problem.M * problem.N * 4
@@ -144,7 +147,9 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
         bound = "L2"
     elif t == dram_us:
         bound = "DRAM"
-    t += LAUNCH_US + (0 if s.split_k == 1 else 2.0 + c_bytes / device.mem_bandwidth * 1e6)
+    t += LAUNCH_US
+    if s.split_k > 1:
+        t += SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6
     return Prediction(t, sm_us, l2_us, dram_us, bound, bps, waves, issue, l1, l2_bytes, dram_bytes)
 
 

@@ -7,7 +7,8 @@ Dimensions (each a choice the H100 measurements showed to matter; see NOTES.md):
   warps         2..8 per block (64..256 threads), the block no larger than the problem needs
   K tile        the smallest number of windows giving >= 32 K rows and >= 8 kept rows, and twice it
   stages        2, 3
-  A             window+km, window+mk, and rows+km when at most a quarter of the rows are kept
+  A             window+km, window+mk, and rows+km when at most a quarter of the rows are kept;
+                with A column-major window+km, and rows+km when at most half are kept
   split-K       1, plus up to two values that bring a grid too small for the GPU to ~1 and ~2 waves
 Every schedule is checked by ir.validate (shared memory, registers, threads, split-K <= K tiles).
 """
@@ -79,6 +80,10 @@ def k_windows_choices(problem: Problem) -> list[int]:
 
 
 def a_choices(problem: Problem) -> list[tuple[str, str]]:
+    """(a_load, a_smem). A column-major copies K rows as they are (km); skipping unused ones then
+    saves real traffic, so "rows" is tried from half the rows kept down."""
+    if problem.a_major == "col":
+        return [("window", "km")] + ([("rows", "km")] if problem.pattern.n * 2 <= problem.pattern.m else [])
     out = [("window", "km"), ("window", "mk")]
     if problem.pattern.n * 4 <= problem.pattern.m:
         out.append(("rows", "km"))

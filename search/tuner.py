@@ -160,7 +160,7 @@ class Tuner:
             [[0, p.M - 1], self.rng.choice(p.M, CHECK_ROWS - 2, replace=False)]))
         self.check_rows = rows
         self.ref = spmm_reference(self.A[rows], self.B)
-        self.a_dev = DeviceBuffer.from_array(self.A)
+        self.a_dev = DeviceBuffer.from_array(np.ascontiguousarray(self.A.T) if p.a_major == "col" else self.A)
         self.c_dev = DeviceBuffer(p.M * p.N * 4)
         self.flush = L2Flush(self.device.l2_bytes)
 

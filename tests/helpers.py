@@ -7,8 +7,8 @@ from nmgen.ir import build, interpret, prepare
 TOL = 1e-5
 
 
-def random_problem(rng, M, N, K, n, m, v):
-    p = Problem(M, N, K, Pattern(n, m, v))
+def random_problem(rng, M, N, K, n, m, v, a_major="row"):
+    p = Problem(M, N, K, Pattern(n, m, v), a_major=a_major)
     A = rng.standard_normal((M, K), dtype=np.float32)
     B = NMMatrix.from_dense(rng.standard_normal((K, N), dtype=np.float32), p.pattern, prune_first=True)
     return p, A, B
@@ -23,7 +23,7 @@ def rel_err(C, ref) -> float:
 def run_interpreter(problem, schedule, A, B):
     ops = prepare(problem, schedule, B.values, B.indices)
     k = build(problem, schedule, ops.geometry.a_rows)
-    arrays = {"A": A, "Bv": ops.bv, "Bi": ops.bi}
+    arrays = {"A": np.ascontiguousarray(A.T) if problem.a_major == "col" else A, "Bv": ops.bv, "Bi": ops.bi}
     if ops.arows is not None:
         arrays["Arows"] = ops.arows
     return interpret(k, arrays)

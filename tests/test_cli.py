@@ -35,8 +35,10 @@ def test_ptx_with_resources(tmp_path, capsys):
     assert "registers" in capsys.readouterr().out
 
 
-def test_check_interpret_passes():
-    r = nmgen("check", "--shape", "17x100x64", "--pattern", "8:32", "--vector", "32", "--interpret")
+@pytest.mark.parametrize("a_major", ["row", "col"])
+def test_check_interpret_passes(a_major):
+    r = nmgen("check", "--shape", "17x100x64", "--pattern", "8:32", "--vector", "32", "--interpret",
+              "--a-major", a_major)
     assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
 
 

@@ -30,9 +30,18 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
 ]
 
 
-@pytest.mark.parametrize("M,N,K,n,m,v,schedule", CASES)
-def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule):
-    p, A, B = random_problem(rng, M, N, K, n, m, v)
+COL_CASES = [  # A column-major: K rows copied as they are (16/8/4-byte copies by M's divisibility)
+    (17, 100, 64, 8, 32, 32, None),
+    (16, 100, 128, 4, 32, 32, Schedule(a_load="rows", k_windows=2)),
+    (33, 70, 100, 2, 4, 1, Schedule(**SMALL, k_windows=8, split_k=2)),
+    (30, 96, 160, 12, 32, 32, Schedule(a_load="rows", k_windows=2, stages=4)),
+    (6, 50, 96, 2, 8, 4, Schedule(block_m=4, block_n=128, warp_m=4, warp_n=32, thread_m=1, thread_n=4)),
+]
+
+
+@pytest.mark.parametrize("M,N,K,n,m,v,schedule,a_major", [c + ("row",) for c in CASES] + [c + ("col",) for c in COL_CASES])
+def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule, a_major):
+    p, A, B = random_problem(rng, M, N, K, n, m, v, a_major)
     s = schedule or default_schedule(p, H100)
     validate(p, s, H100, prepare(p, s, B.values, B.indices).geometry.a_rows)
     C = run_interpreter(p, s, A, B)

@@ -52,7 +52,8 @@ def test_model_counts_by_hand():
     assert pr.l1_cycles == 8 * 9 + 4 * 17 + 1
     # 124 registers -> 128 allocated x 256 threads: 2 blocks per SM; 1024 blocks over 264 slots: 4 waves
     assert pr.blocks_per_sm == 2 and pr.waves == 4
-    tile = 0.87 * pr.issue_cycles * 8 / 4 + 0.73 * pr.l1_cycles * 8 + 950 / 2
+    w = 8 * 2 / 4                                   # warps per scheduler
+    tile = 0.722 * pr.issue_cycles * 8 / 4 / (w / (w + 1.866)) + 0.389 * pr.l1_cycles * 8 + 270 / 2
     assert pr.sm_us == pytest.approx(4 * 2 * 128 * tile / 1.98e9 * 1e6)
     # L2 bytes: per tile A 128x32 floats, B 8x128 floats, a 32-byte index chunk, 32x32 blocks x 128 tiles, + C
     assert pr.l2_bytes == 32 * 32 * 128 * (128 * 32 * 4 + 8 * 128 * 4 + 32) + 4096 * 4096 * 4

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import NMGenError
 
-COMMANDS = ("ptx", "check", "search", "db")
+COMMANDS = ("ptx", "check", "search", "db", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

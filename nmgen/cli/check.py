@@ -62,7 +62,7 @@ def run(args):
         ops = host_operands(B, problem, schedule)
         validate(problem, schedule, dev, ops.geometry.a_rows)
         kernel = build(problem, schedule, ops.geometry.a_rows)
-        arrays = {"A": A, "Bv": ops.bv, "Bi": ops.bi}
+        arrays = {"A": np.ascontiguousarray(A.T) if problem.a_major == "col" else A, "Bv": ops.bv, "Bi": ops.bi}
         if ops.arows is not None:
             arrays["Arows"] = ops.arows
         C = interpret(kernel, arrays)
@@ -71,7 +71,7 @@ def run(args):
         from ..api import compile, spmm
         k = compile(problem, schedule=schedule, B=B)
         schedule = k.schedule
-        C = spmm(A, B, kernel=k)
+        C = spmm(np.asfortranarray(A) if problem.a_major == "col" else A, B, kernel=k)
         where = dev.name
     err = relative_error(C, spmm_reference(A, B))
     ok = err < TOLERANCE

@@ -14,11 +14,13 @@ def add_problem_args(p, required=True):
     p.add_argument("--pattern", required=required, metavar="n:m", help="n of every m rows of B kept along K (e.g. 8:32)")
     p.add_argument("--vector", type=int, default=1, metavar="V",
                    help="consecutive columns sharing one choice of rows (default 1: element-wise n:m)")
+    p.add_argument("--a-major", choices=("row", "col"), default="row",
+                   help="A's memory order: row-major M x K (default) or column-major (K x M in memory)")
 
 
 def problem_from(args) -> Problem:
     M, N, K = parse_shape(args.shape)
-    return Problem(M, N, K, Pattern.parse(args.pattern, args.vector))
+    return Problem(M, N, K, Pattern.parse(args.pattern, args.vector), a_major=args.a_major)
 
 
 def add_schedule_arg(p):

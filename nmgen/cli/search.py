@@ -47,7 +47,8 @@ def problems_from(args) -> list[Problem]:
             if len(parts) not in (2, 3):
                 raise NMGenError(f"{args.shapes}:{no}: expected `MxNxK n:m V`, got {line!r}")
             M, N, K = parse_shape(parts[0])
-            out.append(Problem(M, N, K, Pattern.parse(parts[1], int(parts[2]) if len(parts) == 3 else 1)))
+            out.append(Problem(M, N, K, Pattern.parse(parts[1], int(parts[2]) if len(parts) == 3 else 1),
+                               a_major=args.a_major))
         if not out:
             raise NMGenError(f"{args.shapes} lists no problems")
         return out

@@ -143,19 +143,22 @@ class Lowerer:
         return self.b.icmp_unsigned("!=", self.val(e), ir.Constant(I32, 0))
 
     # ---- addresses --------------------------------------------------------------------------------
-    def gptr(self, param: str, row, col, col_value: ir.Value | None = None) -> ir.Value:
+    def gptr(self, param: str, row, col, col_value: ir.Value | None = None,
+             row_value: ir.Value | None = None) -> ir.Value:
         """Address of param[row][col]: 64-bit element offset, its constant part an immediate.
-        `col_value` replaces `col` when the column was loaded at run time (a row list)."""
+        `col_value` / `row_value` replace `col` / `row` when loaded at run time (a row list)."""
         p = self.k.param(param)
         b = self.b
         rv, rc = split_offset(row)
+        if row_value is not None:
+            rv, rc = None, 0
         if col_value is None:
             cv, cc = split_offset(col)
             cvar = self._var_part(cv)
         else:
             cvar, cc = col_value, 0
-        off = b.add(b.mul(b.zext(self._var_part(rv), I64), ir.Constant(I64, p.cols), flags=NUW),
-                    b.zext(cvar, I64), flags=NUW)
+        rvar = row_value if row_value is not None else self._var_part(rv)
+        off = b.add(b.mul(b.zext(rvar, I64), ir.Constant(I64, p.cols), flags=NUW), b.zext(cvar, I64), flags=NUW)
         ptr = b.gep(self.args[param], [off], inbounds=True, source_etype=ELEM[p.dtype])
         const = rc * p.cols + cc
         return b.gep(ptr, [ir.Constant(I64, const)], inbounds=True, source_etype=ELEM[p.dtype]) if const else ptr
@@ -243,18 +246,19 @@ class Lowerer:
         each column for every row group), loaded now and read by the Copy an iteration later."""
         b, plan = self.b, st.plan
         slots = [plan.slot(it, Var("tid")) for it in range(plan.iterations)]
+        index = [plan.gathered(r, c) for r, c, _ in slots]
         if st.dst not in self.regs:
-            by_col = {}
-            self.regs[st.dst] = [by_col.setdefault(c, self.eb.alloca(I32, name=f"{st.dst}{len(by_col)}"))
-                                 for _, c, _ in slots]
+            by_index = {}
+            self.regs[st.dst] = [by_index.setdefault(i, self.eb.alloca(I32, name=f"{st.dst}{len(by_index)}"))
+                                 for i in index]
         done = set()
-        for it, (_, c, guard) in enumerate(slots):
+        for it, (i, (_, _, guard)) in enumerate(zip(index, slots)):
             reg = self.regs[st.dst][it]
             if id(reg) in done:
                 continue
             done.add(id(reg))
-            ptr = self.gptr(st.src, 0, st.offset + c)
-            if isinstance(guard, Expr) and not plan.transpose:   # transposing plans' columns are always < cols
+            ptr = self.gptr(st.src, 0, st.offset + i)
+            if isinstance(guard, Expr):   # an idle slot may point past the list: read its first entry
                 ptr = b.select(self.cond(guard), ptr, self.args[st.src])
             b.store(b.load(ptr, typ=I32, align=4), reg)
 
@@ -283,10 +287,14 @@ class Lowerer:
                 self._call("llvm.nvvm.cp.async.ca.shared.global.4.s", ir.VoidType(), [dst, src, size])
             return
         dst = self.sptr_expr(base, (r * buf.pitch + c) * esize)
-        src = self.gptr(cp.src, cp.row0 + r, cp.col0 + c)
+        if cp.row_list is not None:   # compacted rows of a column-major A: the row a LoadList prefetched
+            src = self.gptr(cp.src, 0, cp.col0 + c, row_value=b.load(self.regs[cp.row_list][it], typ=I32))
+        else:
+            src = self.gptr(cp.src, cp.row0 + r, cp.col0 + c)
         kind = "cg" if plan.width == 16 else "ca"       # 16-byte copies may bypass L1
         ok = None   # bounds are checked per vector: the builder makes vectors never straddle them
         if cp.bound_rows is not None:
+            assert cp.row_list is None, "listed rows are always inside A"
             ok = b.icmp_unsigned("<", self.val(cp.row0 + r), ir.Constant(I32, cp.bound_rows))
         if cp.bound_cols is not None:
             okc = b.icmp_unsigned("<", self.val(cp.col0 + c), ir.Constant(I32, cp.bound_cols))

@@ -22,6 +22,14 @@ class DeviceArray:
     owner: object       # the original object (kept alive while we use its memory)
 
     @property
+    def f_contiguous(self) -> bool:
+        """Column-major 2-D (a transposed view of a row-major array)."""
+        if len(self.shape) != 2:
+            return False
+        M, K = self.shape
+        return self.strides[0] == self.dtype.itemsize and (self.strides[1] == M * self.dtype.itemsize or K == 1)
+
+    @property
     def c_contiguous(self) -> bool:
         expect, acc = [], self.dtype.itemsize
         for n in reversed(self.shape):

@@ -104,3 +104,20 @@ def test_misaligned_a_view_and_odd_k(rng, a_smem):
     spmm(At, B, out=out, schedule=s)
     torch.cuda.synchronize()
     assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
+
+
+@pytest.mark.parametrize("shape,pattern", [((17, 100, 64), (8, 32, 32)), ((1000, 3000, 4096), (4, 32, 32)),
+                                           ((64, 4096, 4096), (16, 32, 32)), ((33, 70, 100), (2, 4, 1))])
+def test_column_major_a_in_place(rng, shape, pattern):
+    """A transposed view (column-major A) runs its own kernels, on torch and on numpy (F order)."""
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, *shape, *pattern)
+    At = torch.from_numpy(np.ascontiguousarray(A.T)).cuda().t()          # (M, K) view, column-major
+    assert not At.is_contiguous()
+    out = torch.full((p.M, p.N), float("nan"), device="cuda")
+    spmm(At, B, out=out)
+    torch.cuda.synchronize()
+    assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
+    assert rel_err(spmm(np.asfortranarray(A), B), spmm_reference(A, B)) < TOL
+    for s in (Schedule(a_load="rows", k_windows=2), Schedule(k_windows=2, split_k=2)):
+        assert rel_err(spmm(np.asfortranarray(A), B, schedule=s), spmm_reference(A, B)) < TOL

@@ -1,0 +1,129 @@
+"""nmgen bench: nmgen's best kernels next to cuBLAS FP32, in the same run; table, JSON, plot."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import CudaUnavailable, NMGenError
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="benchmark the best kernels against cuBLAS FP32 (table, JSON, plot)",
+                       description="For each shape and pattern: the tuning database's best schedule (tuning "
+                                   "first, model-topk, where there is none), then nmgen and cuBLAS FP32 dense "
+                                   "GEMM of the same M, N, K in the same run. CUDA events, warm-up, median of "
+                                   "--reps runs, L2 warm (the NM-SpMM paper's method).")
+    p.add_argument("--suite", default="paper6", help="paper6 (default), decode, odd, or a FILE of MxNxK lines")
+    p.add_argument("--patterns", default="16:32,12:32,8:32,4:32", help="comma-separated n:m (default the paper's)")
+    p.add_argument("--vector", type=int, default=32, help="vector length V (default 32)")
+    p.add_argument("--a-major", choices=("row", "col"), default="row",
+                   help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
+    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+    p.add_argument("--tune-topk", type=int, default=16, metavar="K",
+                   help="schedules the model-topk search measures for a problem the database lacks (default 16)")
+    p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    import numpy as np
+    from ..api import compile, current_device
+    from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel, problem_of,
+                         read_suite, row, summarize, today)
+    from ..format import NMMatrix
+    from ..search.choose import open_db, recorded_best
+    from ..search.tuner import Tuner
+    if args.reps < 20:
+        raise NMGenError("--reps must be at least 20")
+    dev = current_device()
+    if dev is None:
+        raise CudaUnavailable("no GPU here: benchmarks need one")
+    try:
+        shapes = read_suite(args.suite)
+    except OSError as e:
+        raise NMGenError(f"--suite {args.suite!r} is neither paper6, decode, odd nor a readable file ({e.strerror})")
+    patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
+    db = open_db(args.db)
+    rng = np.random.default_rng(0)
+    bw = copy_bandwidth() if args.suite == "decode" else None
+    rows, lib = [], None
+    for shape in shapes:
+        cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng)
+        for pat in patterns:
+            p = problem_of(shape, pat, args.vector, args.a_major)
+            B = NMMatrix.from_dense(rng.standard_normal((p.K, p.N), dtype=np.float32), p.pattern, prune_first=True)
+            if recorded_best(p, dev, db) is None:
+                Tuner(p, dev, db, B, progress=not args.quiet, rng=rng).run("model-topk", topk=args.tune_topk)
+            s = recorded_best(p, dev, db)
+            k = compile(p, schedule=s, B=B)
+            A = rng.standard_normal((p.M, p.K), dtype=np.float32)
+            t, err = measure_kernel(k, A, B, reps=args.reps, rng=rng)
+            r_extra = {"a_major": p.a_major}
+            r = dict(row(p, k, t, err, cublas_ms, args.suite), **r_extra)
+            if bw:
+                r["copy_bandwidth"] = bw
+                r["bytes_ms"] = bytes_moved(p) / bw * 1e3
+                r["time_over_bytes"] = r["ms"] / r["bytes_ms"]
+            rows.append(r)
+            print(_line(r), flush=True)
+    for odd, aligned in ODD_PAIRS.items():
+        for r in rows:
+            if (r["M"], r["N"], r["K"]) == odd:
+                ref = [q for q in rows if (q["M"], q["N"], q["K"]) == aligned and q["pattern"] == r["pattern"]]
+                if ref:
+                    r["fraction_of_aligned_eff"] = r["tflops_eff"] / ref[0]["tflops_eff"]
+    summary = summarize(rows)
+    bad = [r for r in rows if not r["rel_err"] < 1e-5]
+    print(f"\n{dev.name}, {today()}, cuBLAS: {lib}; L2 warm, median of {args.reps} runs")
+    for pat, s in summary.items():
+        print(f"  {pat}: geomean speedup over cuBLAS FP32 {s['geomean_speedup']:.2f} (ideal {s['ideal']:.2f}, "
+              f"{s['shapes']} shapes)")
+    if bad:
+        print(f"  {len(bad)} kernel(s) FAILED the float64 check", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major,
+                       "cublas": lib, "l2": "warm",
+                       "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot, f"{args.suite} on {dev.name}, {today()}")
+    return 1 if bad else 0
+
+
+def _line(r) -> str:
+    sp = f"{r['speedup_vs_cublas']:5.2f}x" if r["speedup_vs_cublas"] else "   - "
+    extra = f"  {r['time_over_bytes']:.2f}x bytes-time" if "time_over_bytes" in r else ""
+    return (f"{r['M']:>5}x{r['N']:<5}x{r['K']:<5} {r['pattern']:>5}  {r['ms']:8.4f} ms  "
+            f"{r['tflops_dense']:6.1f} TF/s dense  {r['tflops_eff']:5.1f} eff  cuBLAS {r['cublas_ms'] or 0:8.4f} ms  "
+            f"{sp} (ideal {r['ideal_speedup']:.2f})  err {r['rel_err']:.1e}{extra}")
+
+
+def plot(rows, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NMGenError("--plot needs matplotlib (pip install 'nmgen[plot]')") from None
+    shapes = sorted({(r["M"], r["N"], r["K"]) for r in rows})
+    pats = sorted({r["pattern"] for r in rows}, key=lambda s: -int(s.split(":")[0]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4.2))
+    width = 0.8 / len(pats)
+    for i, pat in enumerate(pats):
+        ys = [next((r["speedup_vs_cublas"] or 0 for r in rows if (r["M"], r["N"], r["K"]) == s
+                    and r["pattern"] == pat), 0) for s in shapes]
+        xs = [j + (i - (len(pats) - 1) / 2) * width for j in range(len(shapes))]
+        n, m = (int(x) for x in pat.split(":"))
+        ideal = m / n
+        bars = ax.bar(xs, ys, width, label=f"{pat} (ideal {ideal:.2f}x)")
+        ax.hlines(ideal, -0.5, len(shapes) - 0.5, colors=bars.patches[0].get_facecolor(), linestyles="dashed", lw=1)
+    ax.set_xticks(range(len(shapes)))
+    ax.set_xticklabels(["x".join(map(str, s)) for s in shapes], rotation=20, fontsize=8)
+    ax.set_ylabel("speedup over cuBLAS FP32")
+    ax.set_title(title + " (dashed: ideal 1/(1-s))", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
