@@ -17,7 +17,7 @@ for step in "$@"; do
                    -k regex:nmspmm python3 scripts/profile.py > $OUT/ncu.txt 2>&1; tail -5 $OUT/ncu.txt ;;
     search3)   # issue 3: exhaustive searches on its three problems, then the model's quality
                export NMGEN_DB=$OUT/tuning.db
-               [ -f .carry/tuning.db ] && cp .carry/tuning.db $NMGEN_DB     # resume a stopped search
+               [ -f .carry/tuning.db ] && cp .carry/tuning.db $NMGEN_DB && chmod u+w $NMGEN_DB   # resume
                for pr in "4096x4096x4096 16:32" "4096x4096x4096 4:32" "256x2048x2048 8:32"; do
                  set -- $pr
                  python3 -m nmgen.cli search --shape $1 --pattern $2 --vector 32 --strategy exhaustive --quiet \
@@ -27,7 +27,7 @@ for step in "$@"; do
     bench-*)   # bench-SUITE-ROWCOL: tune what the database lacks, then nmgen vs cuBLAS in one run
                spec=${step#bench-}; suite=${spec%-*}; am=${spec##*-}
                export NMGEN_DB=$OUT/tuning.db
-               [ -f .carry/tuning.db ] && [ ! -f $NMGEN_DB ] && cp .carry/tuning.db $NMGEN_DB
+               [ -f .carry/tuning.db ] && [ ! -f $NMGEN_DB ] && cp .carry/tuning.db $NMGEN_DB && chmod u+w $NMGEN_DB
                python3 -m nmgen.cli bench --suite $suite --a-major $am --quiet --json $OUT/bench_${suite}_${am}.json \
                  --plot $OUT/bench_${suite}_${am}.png 2>&1 | tee $OUT/bench_${suite}_${am}.log | tail -32 ;;
     *)         python3 -m nmgen.cli $step 2>&1 | tee -a $OUT/commands.log | tail -40 ;;
