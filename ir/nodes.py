@@ -167,10 +167,11 @@ class Kernel:
 
     @property
     def c_alignment(self) -> int:
-        """Bytes C's base address must be aligned to: plain stores of a thread's b_vec consecutive
-        columns become one vector store when every row of C starts on such a boundary."""
+        """Bytes C's base address must be aligned to: a thread's b_vec consecutive columns are
+        stored (or atomically added, where the target has vector atomics) with one vector access
+        when every row of C starts on such a boundary."""
         vec = self.layout.b_vec
-        return 4 * vec if self.N % vec == 0 and not self.zero_output else 4
+        return 4 * vec if self.N % vec == 0 else 4
 
     @property
     def smem_bytes(self) -> int:

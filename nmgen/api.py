@@ -38,6 +38,7 @@ class Kernel:
         self.name = self.ir.name
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
+        self._loaded = {}           # device ordinal -> loaded module (runtime.module)
         if resources is not None:
             self.__dict__["resources"] = resources
 
@@ -56,12 +57,15 @@ class Kernel:
     def launch(self, A_ptr: int, operands: "DeviceOperands", C_ptr: int, stream: int = 0, device: int = 0) -> None:
         """Raw launch on device pointers (C is zeroed first under split-K). Prefer `spmm`."""
         from .runtime.memory import memset32
-        from .runtime.module import load
         k = self.ir
+        loaded = self._loaded.get(device)
+        if loaded is None:    # once per device: loading hashes the image, too slow for every launch
+            from .runtime.module import load
+            loaded = self._loaded[device] = load(self.cubin or self.ptx, self.name, k.smem_bytes, device)
         if k.zero_output:
             memset32(C_ptr, k.M * k.N, stream)
         args = [A_ptr, operands.bv.ptr, operands.bi.ptr] + ([operands.arows.ptr] if operands.arows else []) + [C_ptr]
-        load(self.cubin or self.ptx, self.name, k.smem_bytes, device).launch(k.grid, k.threads, args, stream)
+        loaded.launch(k.grid, k.threads, args, stream)
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
         return spmm(A, B, out=out, kernel=self, stream=stream)

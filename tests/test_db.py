@@ -90,3 +90,13 @@ def test_default_path_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("NMGEN_DB")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_path() == tmp_path / "nmgen" / "tuning.db"
+
+
+def test_toolchain_key_follows_the_generator(tmp_path):
+    from nmgen import toolchain
+    key = toolchain.toolchain_key("sm_90", 13000)
+    assert key.startswith("nmgen 0.") and "+g" in key and "|llvm 22." in key and key.endswith("|driver 13000")
+    (tmp_path / "lower.py").write_text("x = 1\n")
+    before = toolchain.fingerprint([tmp_path])
+    (tmp_path / "lower.py").write_text("x = 2\n")
+    assert toolchain.fingerprint([tmp_path]) != before

@@ -357,6 +357,8 @@ class Lowerer:
         k, lay, b = self.k, self.k.layout, self.b
         tid = Var("tid")
         vec = k.c_alignment // 4
+        if st.atomic and not (vec == 4 and self.target.cc >= 90):
+            vec = 1                        # vector atomics (red.global.add.v4.f32) are sm_90's
         for r in range(lay.thread_m):
             row = st.row0 + lay.row(tid, r)
             row_ok = None if k.M % lay.block_m == 0 else self.b.icmp_unsigned("<", self.val(row), ir.Constant(I32, k.M))
@@ -376,7 +378,12 @@ class Lowerer:
         b = self.b
         ptr = self.gptr(st.dst, row, col)
         vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
-        if st.atomic:
+        if st.atomic and vec == 4:
+            # one reduction of four floats (flushes denormal sums to zero, like all f32 vector red)
+            red = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1] + [F32] * 4),
+                               "red.global.add.v4.f32 [$0], {$1, $2, $3, $4};", "l,f,f,f,f", side_effect=True)
+            b.call(red, [ptr] + vals)
+        elif st.atomic:
             b.atomic_rmw("fadd", ptr, vals[0], "monotonic")
         elif vec == 1:
             b.store(vals[0], ptr, align=4)

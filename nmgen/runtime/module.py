@@ -10,6 +10,7 @@ from ..errors import CudaError
 from .driver import check, driver, use_device
 
 _cache: dict[tuple[int, str], "LoadedKernel"] = {}
+_VOID_P = {n: (ctypes.c_void_p,) * n for n in range(1, 9)}
 _lock = threading.Lock()
 
 
@@ -23,7 +24,7 @@ class LoadedKernel:
 
     def launch(self, grid, block: int, args: list[int], stream: int = 0) -> None:
         """Launch with pointer arguments `args` (device addresses) on `stream`."""
-        params = (tuple(int(a) for a in args), tuple(ctypes.c_void_p for _ in args))
+        params = (tuple(args), _VOID_P[len(args)])
         gx, gy, gz = grid
         try:
             check(driver().cuLaunchKernel(self.function, gx, gy, gz, block, 1, 1, self.smem, stream, params, 0),

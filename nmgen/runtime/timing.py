@@ -15,30 +15,44 @@ class Timing:
     max_ms: float
     reps: int
     warmup: int
-    l2: str            # "warm": the same buffers every run, as the NM-SpMM paper measures
+    l2: str            # "flushed" (cold, one run a sample) or "warm, batches of N" (the paper's method)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def time_gpu(run, stream: int = 0, warmup: int = 10, reps: int = 30, flush=None) -> Timing:
-    """Time `run()` (which enqueues work on `stream`) `reps` times after `warmup` untimed runs.
-    With `flush` (a callable enqueueing a write over more than the L2), it runs before every timed
-    run, outside the events: each run then starts with a cold L2 ("flushed"); else "warm"."""
+def time_gpu(run, stream: int = 0, warmup: int = 10, reps: int = 30, flush=None, batch: int | None = None) -> Timing:
+    """Median time of `run()` (which enqueues work on `stream`) over `reps` samples after `warmup`.
+
+    With `flush` (a callable enqueueing a write over more than the L2) it runs before every sample,
+    outside the events, and each sample is one run starting from a cold L2 ("flushed"). Without,
+    L2 stays warm and a sample is a batch of back-to-back runs between one pair of events, so the
+    GPU never waits for the host to enqueue the next one; the batch is sized from the warm-up to
+    last about 0.5 ms (or given)."""
     for _ in range(warmup):
         run()
     synchronize(stream, "warm-up")
+    if flush is None and batch is None:
+        start = Event().record(stream)
+        for _ in range(3):
+            run()
+        end = Event().record(stream)
+        end.synchronize()
+        per_run = max(end.elapsed_ms(start) / 3, 1e-4)
+        batch = max(1, min(200, int(0.5 / per_run)))
+    batch = 1 if flush is not None else batch
     events = [(Event(), Event()) for _ in range(reps)]
     for start, end in events:
         if flush is not None:
             flush()
         start.record(stream)
-        run()
+        for _ in range(batch):
+            run()
         end.record(stream)
     events[-1][1].synchronize()
-    ms = [end.elapsed_ms(start) for start, end in events]
+    ms = [end.elapsed_ms(start) / batch for start, end in events]
     return Timing(statistics.median(ms), statistics.fmean(ms), min(ms), max(ms), reps, warmup,
-                  "flushed" if flush is not None else "warm")
+                  "flushed" if flush is not None else f"warm, batches of {batch}")
 
 
 class L2Flush:

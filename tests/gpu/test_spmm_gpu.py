@@ -84,8 +84,8 @@ def test_wrong_inputs_are_refused(rng):
         spmm(np.ones((16, 32), np.float32), B)
     with pytest.raises(nmgen.ShapeError, match="float32"):
         spmm(torch.ones((16, 64), dtype=torch.float64, device="cuda"), B)
-    with pytest.raises(nmgen.ShapeError, match="row-major"):
-        spmm(torch.ones((64, 16), device="cuda").t(), B)
+    with pytest.raises(nmgen.ShapeError, match="without gaps"):
+        spmm(torch.ones((16, 128), device="cuda")[:, ::2], B)
     with pytest.raises(nmgen.ShapeError, match="out must be"):
         spmm(torch.ones((16, 64), device="cuda"), B, out=torch.empty((16, 63), device="cuda"))
 
@@ -119,5 +119,6 @@ def test_column_major_a_in_place(rng, shape, pattern):
     torch.cuda.synchronize()
     assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
     assert rel_err(spmm(np.asfortranarray(A), B), spmm_reference(A, B)) < TOL
-    for s in (Schedule(a_load="rows", k_windows=2), Schedule(k_windows=2, split_k=2)):
-        assert rel_err(spmm(np.asfortranarray(A), B, schedule=s), spmm_reference(A, B)) < TOL
+    if p.K >= 4 * p.pattern.m * 2:     # room for two K tiles of two windows
+        for s in (Schedule(a_load="rows", k_windows=2), Schedule(k_windows=2, split_k=2)):
+            assert rel_err(spmm(np.asfortranarray(A), B, schedule=s), spmm_reference(A, B)) < TOL
