@@ -19,8 +19,8 @@ def register(sub):
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
     p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
-    p.add_argument("--tune-topk", type=int, default=16, metavar="K",
-                   help="schedules the model-topk search measures for a problem the database lacks (default 16)")
+    p.add_argument("--tune-topk", type=int, default=24, metavar="K",
+                   help="schedules the model-topk search measures for a problem the database lacks (default 24)")
     p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
