@@ -24,6 +24,13 @@ for step in "$@"; do
                    2>&1 | tee -a $OUT/search.log | tail -16
                done
                python3 -m nmgen.cli db quality --json $OUT/quality.json 2>&1 | tee $OUT/quality.txt ;;
+    search-small-col)   # exhaustive on the smallest paper6 shape, A column-major
+               export NMGEN_DB=$OUT/tuning.db
+               [ -f .carry/tuning.db ] && [ ! -f $NMGEN_DB ] && cp .carry/tuning.db $NMGEN_DB && chmod u+w $NMGEN_DB
+               for pat in 16:32 12:32 8:32; do
+                 python3 -m nmgen.cli search --shape 256x2048x2048 --pattern $pat --vector 32 --a-major col \
+                   --strategy exhaustive --quiet 2>&1 | tee -a $OUT/search_small.log | tail -4
+               done ;;
     bench-*)   # bench-SUITE-ROWCOL: tune what the database lacks, then nmgen vs cuBLAS in one run
                spec=${step#bench-}; suite=${spec%-*}; am=${spec##*-}
                export NMGEN_DB=$OUT/tuning.db
