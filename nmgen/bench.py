@@ -44,6 +44,18 @@ def problem_of(shape, pattern: str, vector: int, a_major: str = "row") -> Proble
     return Problem(M, N, K, Pattern.parse(pattern, vector), a_major=a_major)
 
 
+def random_nm(p: Problem, rng):
+    """Random compressed weights for `p`: normal values, random sorted kept rows per window and
+    vector. What a benchmark needs, without pruning a dense K x N matrix first."""
+    from .format import NMMatrix
+    pat, W = p.pattern, p.kept_rows
+    keys = rng.random((p.windows, pat.m, p.vectors), dtype=np.float32)
+    idx = np.sort(np.argsort(keys, axis=1)[:, :pat.n, :], axis=1)            # (windows, n, vectors)
+    dt = np.uint8 if pat.m <= 256 else np.uint16
+    values = rng.standard_normal((W, p.N), dtype=np.float32)
+    return NMMatrix(values, idx.reshape(W, p.vectors).astype(dt), pat, (p.K, p.N))
+
+
 def sampled_error(A: np.ndarray, B, C: np.ndarray, rng) -> float:
     """Relative error of C against float64 on up to CHECK_ROWS rows (first, last, random); NaN if
     any element of C is not finite (never written)."""

@@ -100,3 +100,11 @@ def test_reference_is_the_dense_product(rng):
     np.testing.assert_allclose(nmgen.spmm_reference(A, nm), A.astype(np.float64) @ nm.to_dense(np.float64))
     with pytest.raises(ShapeError, match="A's columns must equal B's rows"):
         nmgen.spmm_reference(np.ones((5, 31), np.float32), nm)
+
+
+def test_random_compressed_weights_follow_the_pattern(rng):
+    from nmgen.bench import problem_of, random_nm
+    p = problem_of((4, 100, 128), "4:32", 32)
+    B = random_nm(p, rng)                       # validated by NMMatrix
+    kept = (B.to_dense() != 0).reshape(4, 32, 100).sum(axis=1)
+    assert (kept == 4).all()

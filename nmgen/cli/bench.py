@@ -32,8 +32,7 @@ def run(args):
     import numpy as np
     from ..api import compile, current_device
     from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel, problem_of,
-                         read_suite, row, summarize, today)
-    from ..format import NMMatrix
+                         random_nm, read_suite, row, summarize, today)
     from ..search.choose import open_db, recorded_best
     from ..search.tuner import Tuner
     if args.reps < 20:
@@ -54,7 +53,7 @@ def run(args):
         cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng)
         for pat in patterns:
             p = problem_of(shape, pat, args.vector, args.a_major)
-            B = NMMatrix.from_dense(rng.standard_normal((p.K, p.N), dtype=np.float32), p.pattern, prune_first=True)
+            B = random_nm(p, rng)
             if recorded_best(p, dev, db) is None:
                 Tuner(p, dev, db, B, progress=not args.quiet, rng=rng).run("model-topk", topk=args.tune_topk)
             s = recorded_best(p, dev, db)
