@@ -141,3 +141,30 @@ def summarize(rows: list[dict]) -> dict:
 
 def today() -> str:
     return time.strftime("%Y-%m-%d")
+
+
+def markdown(data: dict) -> str:
+    """A short markdown table of a benchmark's JSON (as `nmgen bench --json` writes it)."""
+    rows, am = data["rows"], data.get("a_major", "row")
+    out = [f"### {data['suite']}, A {am}-major: {data['device']}, {data['date']}",
+           f"cuBLAS: {data['cublas']}; L2 {data['l2']}, median of {data['reps']} runs; times in ms.", ""]
+    decode = any("time_over_bytes" in r for r in rows)
+    odd = any("fraction_of_aligned_eff" in r for r in rows)
+    head = "| shape | pattern | nmgen ms | cuBLAS ms | speedup (ideal) | eff TF/s |"
+    rule = "|---|---|---|---|---|---|"
+    if decode:
+        head, rule = head + " time / bytes-time |", rule + "---|"
+    if odd:
+        head, rule = head + " eff vs aligned |", rule + "---|"
+    out += [head, rule]
+    for r in rows:
+        line = (f"| {r['M']}x{r['N']}x{r['K']} | {r['pattern']} | {r['ms']:.4f} | {r['cublas_ms']:.4f} | "
+                f"{r['speedup_vs_cublas']:.2f} ({r['ideal_speedup']:.2f}) | {r['tflops_eff']:.1f} |")
+        if decode:
+            line += f" {r['time_over_bytes']:.2f} |"
+        if odd:
+            line += f" {r['fraction_of_aligned_eff'] * 100:.0f}% |" if "fraction_of_aligned_eff" in r else " |"
+        out.append(line)
+    out += ["", "| pattern | geomean speedup over cuBLAS FP32 | ideal |", "|---|---|---|"]
+    out += [f"| {pat} | {s['geomean_speedup']:.2f} | {s['ideal']:.2f} |" for pat, s in data["summary"].items()]
+    return "\n".join(out) + "\n"

@@ -24,6 +24,7 @@ def register(sub):
     p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
+    p.add_argument("--markdown", metavar="FILE.md", help="write a short markdown table of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -82,13 +83,17 @@ def run(args):
               f"{s['shapes']} shapes)")
     if bad:
         print(f"  {len(bad)} kernel(s) FAILED the float64 check", file=sys.stderr)
+    data = {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major, "cublas": lib,
+            "l2": "warm", "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major,
-                       "cublas": lib, "l2": "warm",
-                       "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows}, f, indent=1)
+            json.dump(data, f, indent=1)
+    if args.markdown:
+        from ..bench import markdown
+        with open(args.markdown, "w") as f:
+            f.write(markdown(data))
     if args.plot:
-        plot(rows, args.plot, f"{args.suite} on {dev.name}, {today()}")
+        plot(rows, args.plot, f"{args.suite}, A {args.a_major}-major, on {dev.name}, {today()}")
     return 1 if bad else 0
 
 

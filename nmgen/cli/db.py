@@ -29,6 +29,8 @@ def register(sub):
             q.add_argument("file", metavar="FILE")
         if name == "quality":
             q.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+            q.add_argument("--current-model", action="store_true",
+                           help="judge today's model: predict again from each record's schedule and registers")
         q.set_defaults(run=run)
     p.set_defaults(run=run)
 
@@ -64,6 +66,8 @@ def run(args):
         out = []
         for g in db.summary():
             rows = [r for r in db.rows(g["problem_key"], g["device_key"]) if r["toolchain_key"] == g["toolchain_key"]]
+            if args.current_model:
+                rows = [dict(r, model_us=_predict_again(r)) for r in rows]
             q = dict(quality(rows), problem=g["problem_key"], device=g["device_key"])
             out.append(q)
             if q["n"] < 3:
@@ -92,3 +96,17 @@ def run(args):
             raise NMGenError(f"{args.file}: {e}") from None
         print(f"imported {n} records into {db.path}")
         return 0
+
+
+def _predict_again(r: dict) -> float:
+    """The current model's prediction for a record (its device rebuilt from the record's facts)."""
+    from ..ir.device import for_arch
+    from ..ir.problem import Pattern, Problem
+    from ..search.model import predict
+    arch = "sm_" + r["cc"].replace(".", "") if r.get("cc") else "sm_90"
+    dev = for_arch(arch if arch in ("sm_80", "sm_86", "sm_89", "sm_90") else "sm_90").replace(
+        name=r["device_name"] or "", sms=r["sms"] or 132)
+    key = r["problem_key"].split(":")
+    p = Problem(r["M"], r["N"], r["K"], Pattern(r["keep_n"], r["window_m"], r["vector"]),
+                a_major="col" if key[-1] == "Acol" else "row")
+    return predict(p, Schedule.from_json(r["schedule"]), dev, r["registers"]).time_us
