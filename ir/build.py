@@ -22,7 +22,7 @@ from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
 
-TID, CTAID_X, CTAID_Z = Var("tid"), Var("ctaid_x"), Var("ctaid_z")
+CTAID_X, CTAID_Z = Var("ctaid_x"), Var("ctaid_z")
 
 
 def kernel_name(problem: Problem, s: Schedule) -> str:

@@ -33,11 +33,6 @@ class Device:
     def cc(self) -> tuple[int, int]:
         return int(self.arch[3]), int(self.arch[4])
 
-    @property
-    def fp32_flops(self) -> float:
-        """Peak FP32 FLOP/s on CUDA cores (an FFMA counts 2)."""
-        return 2.0 * self.fp32_lanes_per_sm * self.sms * self.clock_khz * 1e3
-
     def key(self) -> str:
         return f"{self.name}|{self.arch}|{self.sms}"
 

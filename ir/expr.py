@@ -104,11 +104,7 @@ def _const(x):
     """The integer value of a constant operand, or None for a variable / an array."""
     if isinstance(x, Const):
         return x.value
-    if isinstance(x, (int,)) and not isinstance(x, bool):
-        return x
-    if isinstance(x, bool):
-        return int(x)
-    return None
+    return int(x) if isinstance(x, int) else None
 
 
 def _eval_op(op: str, a, b):
@@ -166,13 +162,8 @@ def binop(op: str, a: IntLike, b: IntLike) -> IntLike:
 
 
 def lt(a, b): return binop("<", a, b)
-def le(a, b): return binop("<=", a, b)
-def eq(a, b): return binop("==", a, b)
-def ne(a, b): return binop("!=", a, b)
 def min_(a, b): return binop("min", a, b)
-def max_(a, b): return binop("max", a, b)
 def and_(a, b): return binop("and", a, b)
-def or_(a, b): return binop("or", a, b)
 
 
 def select(cond: IntLike, a: IntLike, b: IntLike) -> IntLike:
@@ -210,9 +201,6 @@ def free_vars(e: IntLike) -> set[str]:
         return free_vars(e.cond) | free_vars(e.a) | free_vars(e.b)
     return set()
 
-
-def show(e: IntLike) -> str:
-    return str(e)
 
 
 def split_offset(e: IntLike) -> tuple[IntLike, int]:

@@ -6,12 +6,6 @@ import numpy as np
 from .errors import ShapeError
 
 
-def is_device_array(x) -> bool:
-    """True for GPU arrays (torch CUDA tensors, cupy arrays, anything with __cuda_array_interface__)."""
-    return hasattr(x, "__cuda_array_interface__") or (
-        type(x).__module__.startswith("torch") and getattr(getattr(x, "device", None), "type", "") == "cuda")
-
-
 def host_matrix(x, name: str) -> np.ndarray:
     """A C-contiguous float32 (rows, cols) numpy copy or view of `x` (numpy, torch, cupy, lists)."""
     if type(x).__module__.startswith("torch"):

@@ -5,6 +5,8 @@ import json
 import sys
 
 from ..errors import CudaUnavailable, NMGenError
+from ..bench import PAPER_PATTERNS
+from .common import add_db_arg
 
 
 def register(sub):
@@ -14,11 +16,11 @@ def register(sub):
                                    "GEMM of the same M, N, K in the same run. CUDA events, warm-up, median of "
                                    "--reps runs, L2 warm (the NM-SpMM paper's method).")
     p.add_argument("--suite", default="paper6", help="paper6 (default), decode, odd, or a FILE of MxNxK lines")
-    p.add_argument("--patterns", default="16:32,12:32,8:32,4:32", help="comma-separated n:m (default the paper's)")
+    p.add_argument("--patterns", default=",".join(PAPER_PATTERNS), help="comma-separated n:m (default the paper's)")
     p.add_argument("--vector", type=int, default=32, help="vector length V (default 32)")
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
-    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+    add_db_arg(p)
     p.add_argument("--tune-topk", type=int, default=24, metavar="K",
                    help="schedules the model-topk search measures for a problem the database lacks (default 24)")
     p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")

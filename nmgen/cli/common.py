@@ -47,3 +47,7 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
     except ScheduleError:
         base = Schedule().to_dict()
     return Schedule.from_dict({**base, **given})
+
+
+def add_db_arg(p):
+    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")

@@ -5,7 +5,7 @@ import sys
 
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
-from .common import add_problem_args, problem_from
+from .common import add_db_arg, add_problem_args, problem_from
 
 
 def register(sub):
@@ -20,7 +20,7 @@ def register(sub):
                        ("import", "merge JSON lines from `nmgen db export` (keeps the better of two records)"),
                        ("quality", "the performance model against the measurements: Spearman, model-topk gap")):
         q = ops.add_parser(name, help=text, description=text)
-        q.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+        add_db_arg(q)
         if name in ("best", "show"):
             add_problem_args(q)
         if name == "export":

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..ir.problem import Pattern, Problem, parse_shape
-from .common import add_problem_args, problem_from
+from .common import add_db_arg, add_problem_args, problem_from
 
 
 def register(sub):
@@ -21,7 +21,7 @@ def register(sub):
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=int, metavar="K", help="schedules measured by model-topk (default 10%% of the space)")
     p.add_argument("--budget", type=int, metavar="N", help="measure at most N schedules in this run")
-    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+    add_db_arg(p)
     p.add_argument("--reps", type=int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU needed: rank by the model, check the top schedules' PTX with ptxas, record nothing")

@@ -25,7 +25,7 @@ from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let
                         StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
-I1, I8, I16, I32, I64, F32 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 P1, P3 = ir.PointerType(addrspace=1), ir.PointerType(addrspace=3)
 ELEM = {"f32": F32, "u8": I8, "u16": I16, "i32": I32}
 NUW = ("nuw", "nsw")

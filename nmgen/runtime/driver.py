@@ -30,8 +30,8 @@ def check(result, what: str):
     drv = driver()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != drv.CUresult.CUDA_SUCCESS:
-        ok, name = drv.cuGetErrorName(err)
-        ok2, desc = drv.cuGetErrorString(err)
+        _, name = drv.cuGetErrorName(err)
+        _, desc = drv.cuGetErrorString(err)
         name = name.decode() if isinstance(name, bytes) else str(err)
         desc = desc.decode() if isinstance(desc, bytes) else ""
         raise CudaError(f"{what} failed: {name} ({desc})", name)
@@ -69,11 +69,6 @@ def available() -> bool:
         return True
     except CudaUnavailable:
         return False
-
-
-def device_count() -> int:
-    init()
-    return check(driver().cuDeviceGetCount(), "cuDeviceGetCount")
 
 
 def use_device(ordinal: int = 0):

@@ -32,9 +32,6 @@ class DeviceBuffer:
         check(driver().cuMemcpyHtoDAsync(self.handle, a.ctypes.data, a.nbytes, stream), "cuMemcpyHtoDAsync")
         check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")  # `a` may be a temporary
 
-    def free(self) -> None:
-        self._finalizer()
-
 
 def _free(handle):
     try:
