@@ -105,14 +105,14 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = N
     "col" for an A stored column-major).
 
     Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
-    tuning database's best or the heuristic default. `B` supplies the real indices, which the
-    "rows" A-loading strategy needs for its compacted row lists."""
+    tuning database's best for this GPU, or the performance model's best. `B` supplies the real
+    indices, which the "rows" A-loading strategy needs for its compacted row lists."""
     problem = _problem(problem, pattern, vector, a_major)
-    dev = current_device(device) if arch is None else None
-    if arch is None:
-        arch = dev.arch if dev else "sm_90"
-    codegen.target_for(arch)
-    dev = dev or for_arch(arch)
+    if arch is not None:
+        codegen.target_for(arch)
+    gpu = current_device(device)
+    arch = arch or (gpu.arch if gpu else "sm_90")
+    dev = gpu if gpu is not None and gpu.arch == arch else for_arch(arch)   # a GPU of another arch: typical
     if B is not None:
         _check_b(problem, B)
     if schedule is None:
@@ -255,11 +255,11 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
     k = _kernel_for(M, B, schedule, kernel, dv.device, a_major)
-    a_ptr, a_tmp = dv.ptr, None
+    a_ptr, temporaries = dv.ptr, []
     if a_ptr % k.ir.a_alignment:   # the kernel copies A in 16-byte vectors: use an aligned copy of it
-        a_tmp = DeviceBuffer(M * K * 4, dv.device)
-        check(driver().cuMemcpyDtoDAsync(a_tmp.ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
-        a_ptr = a_tmp.ptr
+        temporaries.append(DeviceBuffer(M * K * 4, dv.device))
+        check(driver().cuMemcpyDtoDAsync(temporaries[-1].ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
+        a_ptr = temporaries[-1].ptr
     if out is None:
         out = empty_like_owner(dv.owner, (M, B.N))
     ov = device_view(out)
@@ -269,13 +269,12 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
         raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     ops = device_operands(B, k.problem, k.schedule, dv.device)
     if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
-        tmp = DeviceBuffer(M * B.N * 4, dv.device)
-        k.launch(a_ptr, ops, tmp.ptr, stream, dv.device)
-        check(driver().cuMemcpyDtoDAsync(ov.ptr, tmp.ptr, M * B.N * 4, stream), "cuMemcpyDtoDAsync")
-        a_tmp = (a_tmp, tmp)
+        temporaries.append(DeviceBuffer(M * B.N * 4, dv.device))
+        k.launch(a_ptr, ops, temporaries[-1].ptr, stream, dv.device)
+        check(driver().cuMemcpyDtoDAsync(ov.ptr, temporaries[-1].ptr, M * B.N * 4, stream), "cuMemcpyDtoDAsync")
     else:
         k.launch(a_ptr, ops, ov.ptr, stream, dv.device)
-    if a_tmp is not None:   # temporaries must outlive the work queued on the stream
+    if temporaries:   # they are freed on return: the work queued on the stream must finish first
         check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")
     return out
 

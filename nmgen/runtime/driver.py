@@ -13,6 +13,7 @@ from ..errors import CudaError, CudaUnavailable
 
 _lock = threading.Lock()
 _initialised = False
+_failure: str | None = None
 _contexts: dict[int, object] = {}
 
 
@@ -41,26 +42,37 @@ def check(result, what: str):
 
 
 def init() -> None:
-    global _initialised
+    """Initialise CUDA once per process; where that fails, every later call raises the same error
+    at once (a machine does not grow a driver while the process runs)."""
+    global _initialised, _failure
     if _initialised:
         return
+    if _failure is not None:
+        raise CudaUnavailable(_failure)
     with _lock:
         if _initialised:
             return
-        drv = driver()
         try:
-            r = drv.cuInit(0)
-        except Exception as e:  # noqa: BLE001 - no libcuda.so raises from the loader, not a CUresult
-            raise CudaUnavailable(f"no CUDA driver on this machine ({type(e).__name__}: {e}); nmgen needs an "
-                                  f"NVIDIA GPU to run kernels (generating PTX works without one)") from None
-        err = r[0] if isinstance(r, tuple) else r
-        if err != drv.CUresult.CUDA_SUCCESS:
-            raise CudaUnavailable(f"CUDA could not be initialised ({drv.cuGetErrorName(err)[1]!r}): "
-                                  f"no usable GPU or driver")
-        count = check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
-        if count < 1:
-            raise CudaUnavailable("the CUDA driver sees no GPU")
+            _init_locked()
+        except CudaUnavailable as e:
+            _failure = str(e)
+            raise
         _initialised = True
+
+
+def _init_locked() -> None:
+    drv = driver()
+    try:
+        r = drv.cuInit(0)
+    except Exception as e:  # noqa: BLE001 - no libcuda.so raises from the loader, not a CUresult
+        raise CudaUnavailable(f"no CUDA driver on this machine ({type(e).__name__}: {e}); nmgen needs an "
+                              f"NVIDIA GPU to run kernels (generating PTX works without one)") from None
+    err = r[0] if isinstance(r, tuple) else r
+    if err != drv.CUresult.CUDA_SUCCESS:
+        raise CudaUnavailable(f"CUDA could not be initialised ({drv.cuGetErrorName(err)[1]!r}): "
+                              f"no usable GPU or driver")
+    if check(drv.cuDeviceGetCount(), "cuDeviceGetCount") < 1:
+        raise CudaUnavailable("the CUDA driver sees no GPU")
 
 
 def available() -> bool:
