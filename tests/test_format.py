@@ -108,3 +108,13 @@ def test_random_compressed_weights_follow_the_pattern(rng):
     B = random_nm(p, rng)                       # validated by NMMatrix
     kept = (B.to_dense() != 0).reshape(4, 32, 100).sum(axis=1)
     assert (kept == 4).all()
+
+
+def test_check_rows_and_relative_error(rng):
+    from nmgen.reference import check_rows, relative_error
+    assert (check_rows(100, rng) == np.arange(100)).all()
+    rows = check_rows(10_000, rng)
+    assert len(rows) == 512 and rows[0] == 0 and rows[-1] == 9999 and (np.diff(rows) > 0).all()
+    ref = np.ones((2, 3))
+    assert relative_error(ref * (1 + 1e-7), ref) == pytest.approx(1e-7)
+    assert np.isnan(relative_error(np.array([[1.0, np.nan, 1.0], [1, 1, 1]]), ref))

@@ -22,13 +22,6 @@ def register(sub):
     p.set_defaults(run=run)
 
 
-def relative_error(C, ref) -> float:
-    C = np.asarray(C, np.float64)
-    if not np.isfinite(C).all():
-        return float("nan")
-    return float(np.linalg.norm(C - ref) / max(np.linalg.norm(ref), 1e-300))
-
-
 def random_inputs(problem, rng):
     from ..format import NMMatrix
     A = rng.standard_normal((problem.M, problem.K), dtype=np.float32)
@@ -37,7 +30,7 @@ def random_inputs(problem, rng):
 
 
 def run(args):
-    from ..reference import spmm_reference
+    from ..reference import relative_error, spmm_reference
     problem = problem_from(args)
     rng = np.random.default_rng(args.seed)
     if args.interpret:
