@@ -24,7 +24,8 @@ def check_rows(M: int, rng, limit: int = CHECK_ROWS) -> np.ndarray:
     random others (`limit` in all) - the float64 product of every row would dominate a search."""
     if M <= limit:
         return np.arange(M)
-    return np.unique(np.concatenate([[0, M - 1], rng.choice(M, limit - 2, replace=False)]))
+    inner = 1 + rng.choice(M - 2, limit - 2, replace=False)          # distinct from the first and last
+    return np.unique(np.concatenate([[0, M - 1], inner]))
 
 
 def relative_error(C, ref) -> float:
