@@ -112,7 +112,7 @@ def bytes_moved(p: Problem) -> int:
 def row(p: Problem, kernel, timing, err, cublas_ms, suite: str) -> dict:
     ms = timing.median_ms
     r = {"suite": suite, "M": p.M, "N": p.N, "K": p.K, "pattern": f"{p.pattern.n}:{p.pattern.m}",
-         "vector": p.pattern.vector, "sparsity": p.pattern.sparsity, "ms": ms,
+         "vector": p.pattern.vector, "a_major": p.a_major, "sparsity": p.pattern.sparsity, "ms": ms,
          "tflops_dense": p.flops_dense / (ms * 1e-3) / 1e12, "tflops_eff": p.flops_done / (ms * 1e-3) / 1e12,
          "cublas_ms": cublas_ms, "speedup_vs_cublas": cublas_ms / ms if cublas_ms else None,
          "ideal_speedup": 1.0 / (1.0 - p.pattern.sparsity), "rel_err": err,

@@ -105,7 +105,7 @@ class NMMatrix:
         return compress(prune(B, p) if prune_first else B, p)
 
     def to_dense(self, dtype=np.float32) -> np.ndarray:
-        p, (K, N) = self.pattern, self.shape
+        K, N = self.shape
         out = np.zeros((K, N), dtype)
         rows = self._rows()                                  # (W, N) absolute K row of each value
         out[rows, np.broadcast_to(np.arange(N), rows.shape)] = self.values

@@ -5,12 +5,11 @@ import logging
 import threading
 
 from ..ir.device import Device
-from ..ir.operands import prepare
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from . import model
 from .heuristic import default_schedule
-from .space import enumerate_space
+from .space import enumerate_space, rows_lengths
 
 log = logging.getLogger("nmgen.search")
 _dbs: dict = {}
@@ -38,16 +37,7 @@ def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
 
 def model_best(problem: Problem, device: Device, B=None) -> Schedule:
     """The model's fastest schedule of the space (the "rows" strategy sized by B's real indices)."""
-    rows_len = {}
-
-    def a_rows(s):
-        if s.a_load != "rows" or B is None:
-            return None
-        key = (s.block_n, s.k_windows, s.warp_n)
-        if key not in rows_len:
-            rows_len[key] = prepare(problem, s, B.values, B.indices).geometry.a_rows
-        return rows_len[key]
-
+    a_rows = rows_lengths(problem, B)
     best = None
     for s in enumerate_space(problem, device):
         if s.a_load == "rows" and B is None:

@@ -18,7 +18,7 @@ from math import gcd
 
 from ..ir.device import Device
 from ..ir.layout import ComputeLayout
-from ..ir.operands import geometry
+from ..ir.operands import geometry, prepare
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import problems
@@ -105,3 +105,19 @@ def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None)
                         if not problems(problem, s, device, a_rows if a_load == "rows" else None):
                             out.append(s)
     return out
+
+
+def rows_lengths(problem: Problem, B):
+    """A function schedule -> compacted A-list length of the "rows" strategy for the weights B
+    (None for other strategies, or without B), computed once per layout that decides it."""
+    cache = {}
+
+    def a_rows(s: Schedule) -> int | None:
+        if s.a_load != "rows" or B is None:
+            return None
+        key = (s.block_n, s.k_windows, s.warp_n)
+        if key not in cache:
+            cache[key] = prepare(problem, s, B.values, B.indices).geometry.a_rows
+        return cache[key]
+
+    return a_rows

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.device import Device
-from ..ir.operands import prepare
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from . import model
-from .space import enumerate_space
+from .space import enumerate_space, rows_lengths
 
 log = logging.getLogger("nmgen.search")
 TOLERANCE = 1e-5
@@ -79,18 +78,9 @@ class Tuner:
         from ..toolchain import toolchain_fields
         self.toolchain = toolchain_fields(device.arch, device.driver)
         self.keys = (problem.key(), device.key(), self.toolchain["toolchain_key"])
-        self._a_rows = {}
+        self.a_rows = rows_lengths(problem, self.B)   # schedule -> compacted list length ("rows")
 
     # ---- which schedules ---------------------------------------------------------------------------
-    def a_rows(self, s: Schedule) -> int | None:
-        """The compacted list length of the "rows" strategy for these weights (None otherwise)."""
-        if s.a_load != "rows":
-            return None
-        key = (s.block_n, s.k_windows, s.warp_n)
-        if key not in self._a_rows:
-            self._a_rows[key] = prepare(self.problem, s, self.B.values, self.B.indices).geometry.a_rows
-        return self._a_rows[key]
-
     def ranked(self) -> list[tuple[Schedule, model.Prediction]]:
         space = enumerate_space(self.problem, self.device)
         scored = [(s, model.predict(self.problem, s, self.device, None, self.a_rows(s))) for s in space]

@@ -1,5 +1,4 @@
 import io
-import json
 import multiprocessing as mp
 import sqlite3
 import time

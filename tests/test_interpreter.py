@@ -1,7 +1,6 @@
 """The kernel IR, run by the CPU interpreter, against the float64 reference on odd tiny problems."""
 import dataclasses
 
-import numpy as np
 import pytest
 
 from nmgen import spmm_reference

@@ -63,8 +63,7 @@ def run(args):
             k = compile(p, schedule=s, B=B)
             A = rng.standard_normal((p.M, p.K), dtype=np.float32)
             t, err = measure_kernel(k, A, B, reps=args.reps, rng=rng)
-            r_extra = {"a_major": p.a_major}
-            r = dict(row(p, k, t, err, cublas_ms, args.suite), **r_extra)
+            r = row(p, k, t, err, cublas_ms, args.suite)
             if bw:
                 r["copy_bandwidth"] = bw
                 r["bytes_ms"] = bytes_moved(p) / bw * 1e3

@@ -308,7 +308,7 @@ class Lowerer:
 
     def _SparseFMA(self, op: SparseFMA):
         k, lay, b = self.k, self.k.layout, self.b
-        a_buf, b_buf, i_buf = k.buffer(op.a), k.buffer(op.b), k.buffer(op.idx)
+        a_buf, b_buf = k.buffer(op.a), k.buffer(op.b)
         a_base, b_base, i_base = (self.stage_base(n, op.stage) for n in (op.a, op.b, op.idx))
         ity, isz = (I8, 1) if k.idx_bits == 8 else (I16, 2)
         tid = Var("tid")
