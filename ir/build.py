@@ -10,14 +10,16 @@ interpreter checks the very order the GPU will run:
                    commit                                      #   the barrier above freed it
                    ("rows": load the row list of tile t+S into registers, for the next iteration)
                    acc += tile t (from stage (t-t0) % S)
-    epilogue:  store acc to C (atomic add under split-K)
+    epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
+               through shared memory (over the pipeline's buffers)
+               store acc to C (atomic add under split-K)
 """
 from __future__ import annotations
 
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, Param, Shared, SparseFMA, StoreAcc,
-                    Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, Param, ReduceSlices, Shared, SparseFMA,
+                    StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -65,6 +67,9 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     b_buf = Shared("Bs", "f32", S, g.KR, BN, _align16(a_buf.nbytes), doc="(stages, KR, BN): kept values")
     i_buf = Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
                    doc="(stages, chunk): index chunk")
+    shared = (a_buf, b_buf, i_buf)
+    if s.warps_k > 1:   # partial sums of slices 1.., over the pipeline buffers once they are done
+        shared += (reduce_buffer(s),)
 
     a_elems = a_copy_elems(problem, s)
     a_plan, b_plan, i_plan = copy_plans(problem, s, g)
@@ -111,15 +116,24 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
         Commit(),
     ) + ((If(lt(t + S, t1), pre(t + S)),) if rows_strategy else ()) + (
-        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem),
+        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k),
     )))
+    if s.warps_k > 1:
+        body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
 
-    return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=(a_buf, b_buf, i_buf),
+    return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=shared,
                   threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
                   M=M, N=N, body=tuple(body), zero_output=s.split_k > 1, min_blocks=s.min_blocks,
                   a_alignment=4 * a_elems,
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
+
+
+def reduce_buffer(s: Schedule) -> Shared:
+    """Sliced K: (slices - 1, BM, BN + 4) floats at offset 0; the padding keeps rows 16-byte aligned
+    and moves each row 4 banks on."""
+    return Shared("Rs", "f32", s.warps_k - 1, s.block_m, s.block_n + 4, 0,
+                  doc="(slices-1, BM, BN+pad): partial sums of slices 1.., over the pipeline buffers")
 
 
 def copy_plans(problem: Problem, s: Schedule, g) -> tuple[CopyPlan, CopyPlan, CopyPlan]:

@@ -20,7 +20,8 @@ import numpy as np
 
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA, StoreAcc, Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, ReduceSlices, SparseFMA, StoreAcc, Wait,
+                    ZeroAcc)
 
 _NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
 _POISON = {"f32": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
@@ -50,6 +51,7 @@ class Interpreter:
         lay = kernel.layout
         self.rows = np.stack([lay.row(tid, r) for r in range(lay.thread_m)], 1)   # (threads, TM)
         self.cols = np.stack([lay.col(tid, c) for c in range(lay.thread_n)], 1)   # (threads, TN)
+        self.slice = np.broadcast_to(lay.slice(tid), tid.shape)                     # sliced K: share of the rows
         self.units = np.empty_like(self.cols)                                     # index unit per column
         for gi, group in enumerate(lay.groups):
             u = lay.group_unit(tid, gi)
@@ -61,11 +63,13 @@ class Interpreter:
 
     def _check_partition(self):
         lay = self.k.layout
-        cover = np.zeros((lay.block_m, lay.block_n), np.int64)
-        np.add.at(cover, (self.rows[:, :, None], self.cols[:, None, :]), 1)
-        if not (cover == 1).all():
-            raise HazardError(f"thread tiles do not partition the {lay.block_m}x{lay.block_n} block tile "
-                              f"(an element owned {cover.min()}..{cover.max()} times)")
+        for q in range(lay.warps_k):      # each slice's thread tiles cover the block tile once
+            mine = self.slice == q
+            cover = np.zeros((lay.block_m, lay.block_n), np.int64)
+            np.add.at(cover, (self.rows[mine][:, :, None], self.cols[mine][:, None, :]), 1)
+            if not (cover == 1).all():
+                raise HazardError(f"thread tiles (slice {q}) do not partition the {lay.block_m}x{lay.block_n} "
+                                  f"block tile (an element owned {cover.min()}..{cover.max()} times)")
         if (self.cols // lay.unit != self.units).any():
             raise HazardError("an index look-up group spans two index units")
 
@@ -129,6 +133,8 @@ class Interpreter:
                 blk.acc[:] = 0
             elif isinstance(st, SparseFMA):
                 self._fma(st, blk)
+            elif isinstance(st, ReduceSlices):
+                self._reduce(st, blk)
             elif isinstance(st, StoreAcc):
                 self._store(st, blk)
             else:
@@ -235,23 +241,42 @@ class Interpreter:
         upb = k.layout.units_per_block
         dt = np.uint8 if k.idx_bits == 8 else np.dtype("<u2")
         entries = raw[: op.kept * upb * dt(0).itemsize].view(dt).reshape(op.kept, upb).astype(np.int64)
-        idx = entries[:, self.units]                       # (KR, threads, TN): K position in the A tile
+        share = op.kept // op.slices                       # kept rows i of each thread: its slice's share
+        i = self.slice[:, None] * share + np.arange(share)[None, :]                    # (threads, KRs)
+        idx = entries[i[:, :, None], self.units[:, None, :]]   # (threads, KRs, TN): K position in the A tile
         if (idx >= op.a_rows).any():
             raise HazardError(f"index {idx.max()} points past the {op.a_rows} K positions of the shared A tile")
-        idx = idx.transpose(1, 0, 2)                       # (threads, KR, TN)
         rows = self.rows[:, None, :, None]
         if op.a_layout == "mk":                            # As[m][k]
-            a = As[rows, idx[:, :, None, :]]               # (threads, KR, TM, TN)
+            a = As[rows, idx[:, :, None, :]]               # (threads, KRs, TM, TN)
         else:                                              # As[k][m]
             a = As[idx[:, :, None, :], rows]
-        b = Bs[np.arange(op.kept)[None, :, None], self.cols[:, None, :]]  # (threads, KR, TN)
+        b = Bs[i[:, :, None], self.cols[:, None, :]]       # (threads, KRs, TN)
         blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
+
+    def _reduce(self, op: ReduceSlices, blk: _Block):
+        """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the
+        pipeline buffers: nothing may still be landing in them or be read without a barrier since."""
+        for (name, stage), st in blk.stages.items():
+            if st.state == "pending" or st.read:
+                raise HazardError(f"ReduceSlices writes over {name} stage {stage} while it is "
+                                  f"{'still being copied into' if st.state == 'pending' else 'being read'}: "
+                                  f"wait for every copy group and put a barrier first")
+        if blk.open_group:
+            raise HazardError("ReduceSlices with cp.async copies not yet committed and waited for")
+        lay = self.k.layout
+        share = np.zeros((lay.block_m, lay.block_n), np.float32)
+        for q in range(1, lay.warps_k):
+            mine = self.slice == q
+            np.add.at(share, (self.rows[mine][:, :, None], self.cols[mine][:, None, :]), blk.acc[mine])
+        first = self.slice == 0
+        blk.acc[first] += share[self.rows[first][:, :, None], self.cols[first][:, None, :]]
 
     def _store(self, op: StoreAcc, blk: _Block):
         C = self.arrays[op.dst]
         rows = self._scalar(op.row0, blk) + self.rows[:, :, None] + 0 * self.cols[:, None, :]
         cols = self._scalar(op.col0, blk) + self.cols[:, None, :] + 0 * self.rows[:, :, None]
-        ok = (rows < self.k.M) & (cols < self.k.N)
+        ok = (rows < self.k.M) & (cols < self.k.N) & (self.slice == 0)[:, None, None]   # sliced K: slice 0 stores
         rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]
         if op.atomic:
             np.add.at(C, (rows, cols), vals)

@@ -34,6 +34,9 @@ class ComputeLayout:
     contiguous ("km": A stored [k][m], vector reads), or, with row_vec = 1, a warp's scalar reads
     of one A column hit different banks ("mk": A stored [m][k]). Columns likewise with b_vec.
 
+    With warps_k > 1 the block has warps_k slices of warps_m x warps_n warps (slice = warp //
+    (warps_m * warps_n)); every slice covers the whole block tile, over its share of the kept rows.
+
     `unit` is the index granularity in columns: the prepared index holds one entry per `unit`
     consecutive columns (unit divides V, so a unit never straddles two vectors). When the warp tile
     lies inside one unit, a thread does a single index look-up per kept row for all its columns;
@@ -47,20 +50,23 @@ class ComputeLayout:
     thread_n: int
     unit: int
     row_vec: int = 0          # 0: the widest vector dividing thread_m
+    warps_k: int = 1
 
     @classmethod
     def of(cls, s: Schedule, vector: int) -> "ComputeLayout":
         return cls(s.block_m, s.block_n, s.warp_m, s.warp_n, s.thread_m, s.thread_n, gcd(vector, s.warp_n),
-                   1 if s.a_smem == "mk" else 0)
+                   1 if s.a_smem == "mk" else 0, s.warps_k)
 
     @property
     def lanes_m(self): return self.warp_m // self.thread_m
     @property
     def lanes_n(self): return self.warp_n // self.thread_n
     @property
+    def warps_m(self): return self.block_m // self.warp_m
+    @property
     def warps_n(self): return self.block_n // self.warp_n
     @property
-    def threads(self): return 32 * (self.block_m // self.warp_m) * self.warps_n
+    def threads(self): return 32 * self.warps_m * self.warps_n * self.warps_k
     @property
     def a_vec(self): return self.row_vec or vector_width(self.thread_m)
     @property
@@ -68,9 +74,15 @@ class ComputeLayout:
     @property
     def units_per_block(self): return self.block_n // self.unit
 
+    def slice(self, tid):
+        """Which share of the kept rows thread `tid` multiplies (0 <= slice < warps_k)."""
+        return tid // (32 * self.warps_m * self.warps_n)
+
     def _coords(self, tid):
         """(warp row, warp column, lane row, lane column) of thread `tid`."""
         warp, lane = tid // 32, tid % 32
+        if self.warps_k > 1:
+            warp = warp % (self.warps_m * self.warps_n)
         wm, wn = warp // self.warps_n, warp % self.warps_n
         LN, LM = self.lanes_n, self.lanes_m
         if LN < 2 or LM < 2:           # a warp one thread wide: no pairs to form

@@ -126,7 +126,9 @@ class ZeroAcc:
 class SparseFMA:
     """acc[r][c] += A(idx(i, c), row(r)) * Bs[stage][i][col(c)] for the `kept` rows i of a K tile,
     idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K position in the shared A tile
-    (< a_rows), and A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk")."""
+    (< a_rows), and A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk").
+    With `slices` > 1 a thread of slice q (layout.slice) takes only the kept rows
+    q * kept/slices <= i < (q + 1) * kept/slices."""
     stage: IntLike
     a: str
     b: str
@@ -134,18 +136,28 @@ class SparseFMA:
     kept: int
     a_rows: int
     a_layout: str = "km"
+    slices: int = 1
+
+
+@dataclass(frozen=True)
+class ReduceSlices:
+    """Sliced K: the threads of slices 1.. write their accumulators to `buf`[slice - 1][row][col],
+    a barrier, then slice 0 adds them to its own (the only slice StoreAcc stores). `buf` overlays
+    the pipeline's buffers: every copy must have landed and a barrier must follow the last read."""
+    buf: str
 
 
 @dataclass(frozen=True)
 class StoreAcc:
-    """C[row0 + row][col0 + col] = acc (or += with `atomic`), masked to the problem's M x N."""
+    """C[row0 + row][col0 + col] = acc (or += with `atomic`), masked to the problem's M x N; with
+    sliced K (layout.warps_k > 1) by the threads of slice 0 only."""
     dst: str
     row0: IntLike
     col0: IntLike
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, SparseFMA, StoreAcc]
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, SparseFMA, ReduceSlices, StoreAcc]
 
 
 @dataclass(frozen=True)

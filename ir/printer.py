@@ -1,7 +1,8 @@
 """Readable text for a kernel IR: what `nmgen ptx --ir` and error reports show."""
 from __future__ import annotations
 
-from .nodes import Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA, StoreAcc, Wait, ZeroAcc
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, ReduceSlices, SparseFMA, StoreAcc, Wait,
+                    ZeroAcc)
 
 
 def format_kernel(k: Kernel) -> str:
@@ -17,21 +18,21 @@ def format_kernel(k: Kernel) -> str:
     out.append(f"  regs acc: f32[{lay.thread_m}, {lay.thread_n}] per thread; warp {lay.warp_m}x{lay.warp_n}, "
                f"lanes {lay.lanes_m}x{lay.lanes_n}, index unit {lay.unit} col(s), "
                f"{len(lay.groups)} look-up(s) per kept row, {k.idx_bits}-bit indices")
-    _body(k.body, out, 1)
+    _body(k.body, out, 1, lay)
     return "\n".join(out)
 
 
-def _body(body, out, depth):
+def _body(body, out, depth, lay):
     pad = "  " * depth
     for st in body:
         if isinstance(st, Let):
             out.append(f"{pad}let {st.var} = {st.value}")
         elif isinstance(st, For):
             out.append(f"{pad}for {st.var} in [{st.start}, {st.stop}):")
-            _body(st.body, out, depth + 1)
+            _body(st.body, out, depth + 1, lay)
         elif isinstance(st, If):
             out.append(f"{pad}if {st.cond}:")
-            _body(st.body, out, depth + 1)
+            _body(st.body, out, depth + 1, lay)
         elif isinstance(st, Copy):
             p = st.plan
             cols = f"columns in registers {st.row_list}" if st.row_list else f"{st.col0} : +{p.cols}"
@@ -52,8 +53,11 @@ def _body(body, out, depth):
             out.append(f"{pad}acc = 0")
         elif isinstance(st, SparseFMA):
             out.append(f"{pad}acc += {st.a}[{st.stage}][{st.idx}[{st.stage}][i, unit]] * {st.b}[{st.stage}][i]"
-                       f"  for {st.kept} kept rows i")
+                       f"  for {st.kept} kept rows i" + (f", {st.kept // st.slices} per slice of warps" if st.slices > 1 else ""))
+        elif isinstance(st, ReduceSlices):
+            out.append(f"{pad}slices 1.. -> {st.buf}; barrier; slice 0: acc += {st.buf}[each]")
         elif isinstance(st, StoreAcc):
-            out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} +, {st.col0} +]")
+            out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} +, {st.col0} +]"
+                       + ("  (slice 0)" if lay.warps_k > 1 else ""))
         else:
             out.append(f"{pad}{st!r}")

@@ -5,6 +5,10 @@ warp tiles (warp_m x warp_n), each warp's 32 lanes into thread tiles (thread_m x
 registers. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
 A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
 in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
+`warps_k` splits each K tile's kept rows among that many warps of the block instead (sliced K): every
+warp tile of C is computed by warps_k warps, each over its share of the rows, and the partial sums
+are added through shared memory once at the end. It gives a grid too small to fill the GPU more
+warps per SM without split-K's zeroing and atomics.
 
 A sits in shared memory transposed, [k][m] ("km": a thread reads its rows of one K row as vectors;
 the copy transposes element by element), or as in global memory, [m][k] ("mk": 16-byte copies,
@@ -43,6 +47,7 @@ class Schedule:
     a_pad: int = 4            # floats of padding per shared A row (4 keeps the transposing copy conflict-free)
     raster: int = 8           # block rows walked together before the next block column (L2 reuse); 1 = plain order
     min_blocks: int = 1       # launch-bounds hint: blocks per SM the register allocation must allow (0 = none)
+    warps_k: int = 1          # warps sharing each warp tile, each taking 1/warps_k of a K tile's kept rows
 
     def __post_init__(self):
         for f in fields(self):
@@ -62,7 +67,7 @@ class Schedule:
     @property
     def warps_n(self) -> int: return self.block_n // self.warp_n
     @property
-    def warps(self) -> int: return self.warps_m * self.warps_n
+    def warps(self) -> int: return self.warps_m * self.warps_n * self.warps_k
     @property
     def threads(self) -> int: return 32 * self.warps
     @property
@@ -106,4 +111,5 @@ class Schedule:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`."""
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
+                + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
                 + ("" if self.a_smem == "km" else f" {self.a_smem}"))

@@ -1,7 +1,7 @@
 """Why a schedule cannot run: every reason, in words, with the numbers and what to change."""
 from __future__ import annotations
 
-from .build import a_copy_elems
+from .build import a_copy_elems, reduce_buffer
 from .device import Device
 from .errors import ScheduleError
 from .layout import ComputeLayout
@@ -25,7 +25,8 @@ def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> in
     a = s.stages * (s.block_m * (g.a_rows + s.a_pad) if s.a_smem == "mk" else g.a_rows * (s.block_m + s.a_pad)) * 4
     b = s.stages * g.KR * s.block_n * 4
     i = s.stages * g.chunk_bytes
-    return sum(-(-x // 16) * 16 for x in (a, b, i))
+    pipeline = sum(-(-x // 16) * 16 for x in (a, b, i))
+    return max(pipeline, reduce_buffer(s).nbytes) if s.warps_k > 1 else pipeline
 
 
 def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None = None) -> list[str]:
@@ -48,13 +49,16 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     regs = estimate_registers(s, problem.pattern.vector)
     if regs * s.threads > device.regs_per_sm:
         why.append(f"about {regs} registers x {s.threads} threads exceed the {device.regs_per_sm} registers of an SM")
+    g = geometry(problem, s, a_rows)
+    if g.KR % s.warps_k:
+        why.append(f"warps_k={s.warps_k} does not divide the {g.KR} kept rows of a K tile "
+                   f"({s.k_windows} window(s) x {problem.pattern.n}); choose a warps_k that does")
     if not 2 <= s.stages <= MAX_STAGES:
         why.append(f"stages={s.stages} must be between 2 and {MAX_STAGES}")
     if s.b_copy_bytes not in (4, 8, 16):
         why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
     elif (s.block_n * 4) % s.b_copy_bytes:
         why.append(f"block_n={s.block_n} floats is not a whole number of {s.b_copy_bytes}-byte copies")
-    g = geometry(problem, s, a_rows)
     # shared A rows must start aligned to the widest access into them: the fragment reads ("km")
     # or the vector copies ("mk")
     mk = s.a_smem == "mk"

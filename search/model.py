@@ -6,7 +6,7 @@ schedules; it never replaces measuring (its quality is reported: rank correlatio
 times). Symbols: BM x BN block tile, TM x TN thread tile, W warps per block, KR kept rows and BK
 K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
 
-1. Instruction issue (per warp and K tile):
+1. Instruction issue (per warp and K tile; with sliced K a warp multiplies KR / warps_k rows):
      FFMA  = TM * TN * KR
      LDS   = KR * (G * ceil(TM / a_vec) + ceil(TN / b_vec) + G)       fragment and index loads
      IMAD  = KR * G                                                    gathered-row addresses
@@ -20,7 +20,8 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
      l1_c = (frag + copy) * W cycles per block-tile.
 3. The SM: cycles per block-tile = 0.722 issue_c / eff(w) + 0.389 l1_c + 270 / bps_used, where
    w = W * bps_used / 4 warps per scheduler and eff(w) = w / (w + 1.87) the fraction of issue slots
-   they keep busy. Issue and L1 add rather than overlap (the loads feed the FFMAs that follow), and
+   they keep busy (sliced K's warps count once per warp tile: measured, splitting a tile's rows
+   among more warps hid no more latency). Issue and L1 add rather than overlap (the loads feed the FFMAs that follow), and
    each K tile starts with a ramp (barrier, then the index -> address -> fragment chain) that other
    resident blocks hide. The constants are a least-squares fit (in log time) to 1445 schedules of
    three problems measured on an H100 (see NOTES.md); fitted on two problems and tested on the
@@ -34,7 +35,9 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
 5. DRAM bytes: A once, B once per block-row group when B exceeds half of L2, C once (three times
    under split-K: memset, atomics). time_DRAM = bytes / memory bandwidth.
 6. time = max(time_SM, time_L2, time_DRAM) + 3 us launch; split-K adds 2.3 us (the memset of C)
-   and 7.5 us per million atomic adds (M * N * split), both fitted like item 3.
+   and 7.5 us per million atomic adds (M * N * split), both fitted like item 3. Sliced K adds, once
+   per block, the shared-memory reduction: 2 * TM * TN / b_vec accesses per warp and a barrier,
+   counted as one more K tile's ramp plus those accesses at the issue rate.
 """
 from __future__ import annotations
 
@@ -91,7 +94,7 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     g = geometry(problem, s, a_rows)
     lay = ComputeLayout.of(s, problem.pattern.vector)
     regs = registers or estimate_registers(s, problem.pattern.vector)
-    W, TM, TN, KR = s.threads // 32, s.thread_m, s.thread_n, g.KR
+    W, TM, TN, KR = s.threads // 32, s.thread_m, s.thread_n, g.KR // s.warps_k   # KR: a warp's rows
     G = len(lay.groups)
     a_plan, b_plan, i_plan = copy_plans(problem, s, g)
     copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
@@ -114,13 +117,18 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     blocks = g.tiles_m * g.tiles_n * s.split_k
     waves = ceil_div(blocks, device.sms * bps)
     per_sm = min(bps, ceil_div(blocks, device.sms))            # blocks sharing an SM in practice
-    wps = W * per_sm / 4
+    # warps per scheduler with a tile of their own: measured on the H100 (NOTES.md, run 10), the
+    # extra warps of sliced K hide about no more latency than the warps they split
+    wps = W // s.warps_k * per_sm / 4
     issue_c = ISSUE_WEIGHT * issue * W / 4 / (wps / (wps + ISSUE_HALF))
     l1_c = L1_WEIGHT * l1 * W
     tile_c = issue_c + l1_c + RAMP_CYCLES / per_sm
     bound = "issue" if issue_c >= l1_c else "L1"
     tiles = ceil_div(g.T, s.split_k)
-    sm_us = waves * per_sm * tiles * tile_c / (device.clock_khz * 1e3) * 1e6
+    block_c = tiles * tile_c
+    if s.warps_k > 1:   # the reduction through shared memory, once per block
+        block_c += ISSUE_WEIGHT * 2 * TM * TN / lay.b_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
+    sm_us = waves * per_sm * block_c / (device.clock_khz * 1e3) * 1e6
 
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)

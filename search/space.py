@@ -10,6 +10,8 @@ Dimensions (each a choice the H100 measurements showed to matter; see NOTES.md):
   A             window+km, window+mk, and rows+km when at most a quarter of the rows are kept;
                 with A column-major window+km, and rows+km when at most half are kept
   split-K       1, plus up to two values that bring a grid too small for the GPU to ~1 and ~2 waves
+  sliced K      for such a grid, without split-K, also 2 and 4 warps per warp tile (warps_k), up to
+                512 threads a block: the other way to give a small grid more warps
 Every schedule is checked by ir.validate (shared memory, registers, threads, split-K <= K tiles).
 """
 from __future__ import annotations
@@ -73,6 +75,14 @@ def split_choices(blocks: int, T: int, sms: int) -> list[int]:
     return sorted(set(out))
 
 
+def warps_k_choices(blocks: int, warps: int, sms: int) -> list[int]:
+    """1, and for a grid under two waves of one block per SM, 2 and 4 warps per warp tile: more
+    warps for each SM to switch between, without split-K's memset and atomics."""
+    if blocks >= 2 * sms:
+        return [1]
+    return [w for w in (1, 2, 4) if warps * w <= 16]
+
+
 def k_windows_choices(problem: Problem) -> list[int]:
     p = problem.pattern
     kw = max(1, ceil_div(32, p.m), ceil_div(8, p.n))
@@ -96,14 +106,17 @@ def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None)
     for bm, bn, wm_, wn_, tm, tn in tile_shapes(problem):
         base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=tm, thread_n=tn)
         g = geometry(problem, base)
+        blocks = g.tiles_m * g.tiles_n
         for kw in k_windows_choices(problem):
             T = ceil_div(problem.windows, kw)
             for stages in STAGES:
                 for a_load, a_smem in a_choices(problem):
-                    for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
-                        s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
-                        if not problems(problem, s, device, a_rows if a_load == "rows" else None):
-                            out.append(s)
+                    for split in split_choices(blocks, T, device.sms):
+                        for wk in warps_k_choices(blocks, base.warps, device.sms) if split == 1 else (1,):
+                            s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem,
+                                             split_k=split, warps_k=wk)
+                            if not problems(problem, s, device, a_rows if a_load == "rows" else None):
+                                out.append(s)
     return out
 
 

@@ -26,6 +26,11 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
     (17, 100, 64, 8, 32, 32, Schedule(a_smem="mk")),                             # A kept [m][k] in shared
     (33, 70, 100, 2, 4, 1, Schedule(**SMALL, a_smem="mk", k_windows=8)),         # ... with a partial K tile
     (20, 96, 96, 3, 6, 3, Schedule(**SMALL, a_smem="mk", k_windows=2, split_k=3)),
+    # sliced K: 2 or 4 warps share each warp tile, partial sums added through shared memory
+    (17, 100, 160, 8, 32, 32, Schedule(**SMALL, warps_k=2, k_windows=1)),
+    (33, 70, 100, 2, 4, 1, Schedule(**SMALL, warps_k=4, k_windows=8, a_smem="mk")),
+    (20, 96, 160, 12, 32, 32, Schedule(block_m=64, block_n=64, a_load="rows", k_windows=2, warps_k=4, stages=2)),
+    (9, 33, 96, 3, 6, 3, Schedule(**SMALL, k_windows=2, split_k=2, warps_k=2)),   # with split-K too
 ]
 
 
@@ -35,6 +40,8 @@ COL_CASES = [  # A column-major: K rows copied as they are (16/8/4-byte copies b
     (33, 70, 100, 2, 4, 1, Schedule(**SMALL, k_windows=8, split_k=2)),
     (30, 96, 160, 12, 32, 32, Schedule(a_load="rows", k_windows=2, stages=4)),
     (6, 50, 96, 2, 8, 4, Schedule(block_m=4, block_n=128, warp_m=4, warp_n=32, thread_m=1, thread_n=4)),
+    (30, 96, 160, 12, 32, 32, Schedule(block_m=64, block_n=32, a_load="rows", k_windows=2, warps_k=3)),
+    (17, 100, 64, 8, 32, 32, Schedule(**SMALL, warps_k=4)),
 ]
 
 
@@ -82,6 +89,25 @@ def test_interpreter_catches_pipeline_races(rng, mutate, match):
     broken = dataclasses.replace(k, body=mutate(k.body))
     with pytest.raises(HazardError, match=match):
         interpret(broken, {"A": A, "Bv": ops.bv, "Bi": ops.bi})
+
+
+def test_interpreter_catches_reduction_over_live_stages(rng):
+    """Sliced K's partial sums overlay the pipeline buffers: without the barrier after the last
+    tile a slow warp could still be reading them."""
+    p, A, B = random_problem(rng, 17, 64, 256, 8, 32, 32)
+    s = Schedule(**SMALL, warps_k=2, stages=2)
+    ops = prepare(p, s, B.values, B.indices)
+    k = build(p, s)
+    assert isinstance(k.body[-3], Barrier)
+    broken = dataclasses.replace(k, body=k.body[:-3] + k.body[-2:])
+    with pytest.raises(HazardError, match="ReduceSlices"):
+        interpret(broken, {"A": A, "Bv": ops.bv, "Bi": ops.bi})
+
+
+def test_sliced_k_needs_a_divisible_share(rng):
+    p = random_problem(rng, 17, 64, 256, 12, 32, 32)[0]
+    why = " ".join(__import__("nmgen.ir.validate", fromlist=["problems"]).problems(p, Schedule(warps_k=5), H100))
+    assert "warps_k=5 does not divide the 12 kept rows" in why
 
 
 def test_rows_strategy_compacts_the_copied_rows(rng):

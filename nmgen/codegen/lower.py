@@ -5,6 +5,8 @@ Mapping:
                 zero-fill (src-size 0, address clamped to the array base) outside the bounds
   Commit/Wait-> cp.async.commit_group / cp.async.wait_group N;  Barrier -> bar.sync 0
   SparseFMA  -> per kept row: index load (u8/u16) -> vector loads of A and B from shared -> fma.rn.f32
+                (sliced K: a thread's rows start at its slice's share, an offset in its base addresses)
+  ReduceSlices -> slices 1.. st.shared.v4 their sums, bar.sync, slice 0 ld.shared.v4 and adds
   StoreAcc   -> st.global.v4 where rows are 16-byte aligned, scalar stores or atomic adds otherwise
   For/If     -> branches;  index expressions -> i32 arithmetic (nuw/nsw: all indices are naturals)
 
@@ -21,8 +23,8 @@ os.environ.setdefault("LLVMLITE_ENABLE_IR_LAYER_TYPED_POINTERS", "0")
 from llvmlite import ir  # noqa: E402
 
 from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
-from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, SparseFMA,  # noqa: E402
-                        StoreAcc, Wait, ZeroAcc)
+from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadList,  # noqa: E402
+                        ReduceSlices, SparseFMA, StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -315,6 +317,8 @@ class Lowerer:
         row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
         col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
         units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
+        share = op.kept // op.slices
+        first = lay.slice(tid) * share if op.slices > 1 else 0    # sliced K: the thread's first kept row
         group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
         mk = op.a_layout == "mk"
         # "km": A(k, m) at k * pitch + m; the thread's row offset is added to the stage base once
@@ -324,7 +328,8 @@ class Lowerer:
         scale = 4 if mk else a_buf.pitch * 4
         row_parts = [split_offset(o * (a_buf.pitch if mk else 1)) for o in row_off]
         a_thread = {v: self.b.add(a_base, self._var_part(v), flags=NUW) for v, _ in row_parts}
-        for i in range(op.kept):
+        for j in range(share):
+            i = first + j
             a = []                                   # a[g][r]: A values for look-up group g
             for g in range(len(lay.groups)):
                 ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
@@ -353,7 +358,52 @@ class Lowerer:
             out += [x] if vec == 1 else [b.extract_element(x, ir.Constant(I32, e)) for e in range(vec)]
         return out
 
+    def _slice_is(self, cmp: str, q: int) -> ir.Value:
+        return self.b.icmp_unsigned(cmp, self.val(self.k.layout.slice(Var("tid"))), ir.Constant(I32, q))
+
+    def _ReduceSlices(self, st: ReduceSlices):
+        """Slice q >= 1 stores its sums to buf[q - 1]; after a barrier slice 0 adds every buf[q]."""
+        lay, b = self.k.layout, self.b
+        buf = self.k.buffer(st.buf)
+        tid = Var("tid")
+        vec = lay.b_vec
+        ty = F32 if vec == 1 else ir.VectorType(F32, vec)
+
+        def addr(q, r, c0):    # byte address of buf[q][row(r)][col(c0)]: thread part + immediate
+            return self.sptr_expr(ir.Constant(I32, buf.offset),
+                                  ((lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) + q * buf.rows * buf.pitch) * 4)
+
+        with b.if_then(self._slice_is("!=", 0)):
+            q = self.val(lay.slice(tid) - 1)
+            base = b.add(ir.Constant(I32, buf.offset), b.mul(q, ir.Constant(I32, buf.stage_bytes), flags=NUW), flags=NUW)
+            for r in range(lay.thread_m):
+                for c0 in range(0, lay.thread_n, vec):
+                    vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
+                    v = vals[0]
+                    if vec > 1:
+                        v = ir.Constant(ty, ir.Undefined)
+                        for e, x in enumerate(vals):
+                            v = b.insert_element(v, x, ir.Constant(I32, e))
+                    b.store(v, self.sptr_expr(base, (lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) * 4), align=4 * vec)
+        self._Barrier(None)
+        with b.if_then(self._slice_is("==", 0)):
+            for q in range(buf.stages):
+                for r in range(lay.thread_m):
+                    for c0 in range(0, lay.thread_n, vec):
+                        x = b.load(addr(q, r, c0), typ=ty, align=4 * vec)
+                        for e in range(vec):
+                            part = x if vec == 1 else b.extract_element(x, ir.Constant(I32, e))
+                            acc = self.acc[r][c0 + e]
+                            b.store(b.fadd(b.load(acc, typ=F32), part), acc)
+
     def _StoreAcc(self, st: StoreAcc):
+        if self.k.layout.warps_k > 1:          # sliced K: slice 0 holds the sums
+            with self.b.if_then(self._slice_is("==", 0)):
+                self._store_acc(st)
+        else:
+            self._store_acc(st)
+
+    def _store_acc(self, st: StoreAcc):
         k, lay, b = self.k, self.k.layout, self.b
         tid = Var("tid")
         vec = k.c_alignment // 4

@@ -70,6 +70,28 @@ def test_other_schedules(rng, schedule, pattern):
     assert rel_err(C, spmm_reference(A, B)) < TOL
 
 
+SLICED = dict(block_m=32, block_n=128, warp_m=32, warp_n=32, thread_m=4, thread_n=8)
+SLICED_SCHEDULES = [
+    Schedule(**SLICED, k_windows=2, warps_k=2),
+    Schedule(**SLICED, k_windows=2, warps_k=4, stages=3),
+    Schedule(**SLICED, k_windows=2, warps_k=4, split_k=3),
+    Schedule(block_m=64, block_n=32, warp_m=64, warp_n=32, k_windows=2, warps_k=8, a_load="rows", stages=2),
+    Schedule(block_m=64, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4, k_windows=2, warps_k=2, a_smem="mk"),
+]
+
+
+@pytest.mark.parametrize("schedule,a_major", [(s, a) for s in SLICED_SCHEDULES for a in ("row", "col")
+                                              if a == "row" or s.a_smem == "km"],   # column-major A: [k][m] only
+                         ids=lambda x: x.short().replace(" ", "_") if isinstance(x, Schedule) else x)
+@pytest.mark.parametrize("shape", [(256, 2048, 2048), (17, 100, 2048), (4095, 300, 1024)], ids=lambda s: "x".join(map(str, s)))
+def test_sliced_k(rng, schedule, a_major, shape):
+    """Warps sharing a warp tile over parts of each K tile, their sums added in shared memory:
+    tiles off the problem's edges, with split-K on top, column- and row-major A."""
+    p, A, B = random_problem(rng, *shape, 8, 32, 32, a_major)
+    X = np.asfortranarray(A) if a_major == "col" else A
+    assert rel_err(spmm(X, B, schedule=schedule), spmm_reference(A, B)) < TOL
+
+
 def test_compiled_kernel_object(rng):
     p, A, B = random_problem(rng, 64, 512, 512, 8, 32, 32)
     k = nmgen.compile(p)
