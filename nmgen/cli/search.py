@@ -99,19 +99,26 @@ def print_table(p: Problem, rows, recorded: int, device: str, args):
 
 
 def dry_run(args, problems):
+    import numpy as np
+
     from ..api import compile, current_device
+    from ..bench import random_nm
     from ..ir.device import for_arch
     from ..search import model
-    from ..search.space import enumerate_space
+    from ..search.space import enumerate_space, rows_lengths
     dev = current_device() or for_arch(args.arch)
     k = args.topk or 10
     results = []
+    rng = np.random.default_rng(0)
     for p in problems:
-        ranked = model.rank(p, [s for s in enumerate_space(p, dev) if s.a_load != "rows"], dev)
+        B = random_nm(p, rng)            # random weights size the "rows" strategy's lists, as the tuner's do
+        a_rows = rows_lengths(p, B)
+        ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
+                        key=lambda x: x[1].time_us)
         print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space (model ranking, nothing measured)")
         print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
         for i, (s, pr) in enumerate(ranked[:k], 1):
-            kern = compile(p, schedule=s, arch=dev.arch)
+            kern = compile(p, schedule=s, arch=dev.arch, B=B)
             r = kern.resources            # ptxas validates the PTX
             if r.spill_stores:
                 raise NMGenError(f"{s.short()}: ptxas reports {r.spill_stores} bytes of spills")
