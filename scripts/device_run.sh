@@ -7,14 +7,28 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,driver_version,temperature.gpu,power.draw --format=csv | tee $OUT/gpu.txt
 python3 -c "import llvmlite, numpy, torch; print('llvmlite', llvmlite.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+# ncu's warp-stall reasons: average warps stalled for each, per issued instruction
+STALLS=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' barrier branch_resolving dispatch_stall \
+  lg_throttle long_scoreboard math_pipe_throttle mio_throttle no_instruction not_selected selected short_scoreboard wait)
+STALLS=${STALLS%,}
 for step in "$@"; do
   echo "=== $step"
   case $step in
     gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
+    gpu-tests-*) # the GPU tests whose names match the rest of the step (pytest -k)
+               python3 -m pytest -q -p no:cacheprovider tests/gpu -k "${step#gpu-tests-}" 2>&1 \
+                 | tee $OUT/gpu_tests_${step#gpu-tests-}.log | tail -25 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
-    profile)   ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-                   --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis_Tables \
-                   -k regex:nmspmm python3 scripts/profile.py > $OUT/ncu.txt 2>&1; tail -5 $OUT/ncu.txt ;;
+    profile-*) # ncu on one launch of each case of scripts/cases/NAME.json: throughput, occupancy, stall reasons
+               name=${step#profile-}
+               ncu --clock-control none --section SpeedOfLight --section SchedulerStats --section Occupancy \
+                   --section LaunchStats --section MemoryWorkloadAnalysis_Tables \
+                   --metrics "$STALLS,smsp__inst_executed.sum,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sectors_srcunit_tex.sum" \
+                   -k regex:nmspmm python3 scripts/cases.py scripts/cases/$name.json launch > $OUT/ncu_$name.txt 2>&1
+               tail -5 $OUT/ncu_$name.txt ;;
+    time-*)    # warm timings of every case of scripts/cases/NAME.json
+               name=${step#time-}
+               python3 scripts/cases.py scripts/cases/$name.json time --json $OUT/time_$name.json 2>&1 | tee $OUT/time_$name.log ;;
     search3)   # issue 3: exhaustive searches on its three problems, then the model's quality
                export NMGEN_DB=$OUT/tuning.db
                [ -f .carry/tuning.db ] && cp .carry/tuning.db $NMGEN_DB && chmod u+w $NMGEN_DB   # resume
