@@ -116,7 +116,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
         Commit(),
     ) + ((If(lt(t + S, t1), pre(t + S)),) if rows_strategy else ()) + (
-        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k),
+        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0),
     )))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]

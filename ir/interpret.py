@@ -239,8 +239,15 @@ class Interpreter:
         As, Bs = blk.smem[op.a][stage], blk.smem[op.b][stage]
         raw = blk.smem[op.idx][stage, 0]
         upb = k.layout.units_per_block
-        dt = np.uint8 if k.idx_bits == 8 else np.dtype("<u2")
-        entries = raw[: op.kept * upb * dt(0).itemsize].view(dt).reshape(op.kept, upb).astype(np.int64)
+        dt = {8: np.uint8, 16: np.dtype("<u2"), 32: np.dtype("<u4")}[k.idx_bits]
+        entries = raw[: op.kept * upb * np.dtype(dt).itemsize].view(dt).astype(np.int64)
+        if op.offsets:                                     # unit-major byte offsets of shared A rows
+            entries = entries.reshape(upb, op.kept).T
+            if (entries % op.offsets).any():
+                raise HazardError(f"an index offset is not a multiple of the {op.offsets}-byte A row")
+            entries = entries // op.offsets
+        else:
+            entries = entries.reshape(op.kept, upb)
         share = op.kept // op.slices                       # kept rows i of each thread: its slice's share
         i = self.slice[:, None] * share + np.arange(share)[None, :]                    # (threads, KRs)
         idx = entries[i[:, :, None], self.units[:, None, :]]   # (threads, KRs, TN): K position in the A tile

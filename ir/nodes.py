@@ -128,7 +128,9 @@ class SparseFMA:
     idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K position in the shared A tile
     (< a_rows), and A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk").
     With `slices` > 1 a thread of slice q (layout.slice) takes only the kept rows
-    q * kept/slices <= i < (q + 1) * kept/slices."""
+    q * kept/slices <= i < (q + 1) * kept/slices.
+    With `offsets` > 0 the index chunk holds, unit-major (Is[stage][unit * kept + i], 32-bit), the
+    byte offset idx(i, c) * offsets of the A row inside the stage instead of idx itself."""
     stage: IntLike
     a: str
     b: str
@@ -137,6 +139,7 @@ class SparseFMA:
     a_rows: int
     a_layout: str = "km"
     slices: int = 1
+    offsets: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,12 @@ position inside its window) to what the kernel reads:
                                           the B copies need no bounds checks
   bi:    (T*tiles_n, chunk) uint8         per (K tile, block column) one contiguous chunk holding, for
                                           each kept row of the tile and each index unit of the block,
-                                          the *shared-memory A row* to gather (u8 or u16, little endian),
-                                          padded to 16 bytes so one cp.async stream copies it
+                                          the *shared-memory A row* to gather, padded to 16 bytes so one
+                                          cp.async stream copies it. Small chunks (<= 1 KB) hold it as the
+                                          32-bit byte offset of that row in an A stage, unit-major: a
+                                          thread loads four rows' offsets in one vector and adds them to
+                                          its base address (no byte extraction, no multiply per row);
+                                          larger ones row-major u8/u16 positions (little endian)
   arows: (T*tiles_n, L) int32             "rows" strategy only: the K columns of A that this block
                                           column uses in this K tile (the compacted list; As row j
                                           holds A[:, arows[.., j]]), padded by repeating entries
@@ -37,7 +41,8 @@ class Geometry:
     unit: int         # index granularity in columns
     upb: int          # index units per block column (block_n / unit)
     a_rows: int       # BK ("window") or the compacted list length L ("rows")
-    idx_bits: int     # 8 or 16
+    idx_bits: int     # 8 or 16: row-major K positions; 32: unit-major byte offsets
+    scale: int        # bytes per shared A row position (the offsets' unit)
 
     @property
     def chunk_entries(self) -> int:
@@ -48,21 +53,27 @@ class Geometry:
         return ceil_div(self.chunk_entries * self.idx_bits // 8, 16) * 16
 
 
+MAX_OFFSET_CHUNK = 1024   # bytes of 32-bit offsets per (K tile, block column) beyond which u8/u16 is kept
+
+
 def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geometry:
     """`a_rows` is the compacted list length for the "rows" strategy (from `prepare`); without it
     the bound that holds for any weights is used."""
     p = problem.pattern
     lay = ComputeLayout.of(s, p.vector)
     BK, KR = s.k_windows * p.m, s.k_windows * p.n
+    upb = s.block_n // lay.unit
     if s.a_load == "window":
         a_rows = BK
     elif a_rows is None:
         vectors_per_block = ceil_div(s.block_n, p.vector) + 1
         a_rows = min(ceil_div(BK, 8) * 8, ceil_div(KR * vectors_per_block, 8) * 8)
+    offsets = KR * upb * 4 <= MAX_OFFSET_CHUNK
     g = Geometry(T=ceil_div(problem.windows, s.k_windows), KR=KR, BK=BK,
                  tiles_m=ceil_div(problem.M, s.block_m), tiles_n=ceil_div(problem.N, s.block_n),
-                 unit=lay.unit, upb=s.block_n // lay.unit, a_rows=a_rows,
-                 idx_bits=index_dtype_bits(a_rows - 1))
+                 unit=lay.unit, upb=upb, a_rows=a_rows,
+                 idx_bits=32 if offsets else index_dtype_bits(a_rows - 1),
+                 scale=4 if s.a_smem == "mk" else (s.block_m + s.a_pad) * 4)
     return g
 
 
@@ -98,9 +109,11 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         chunks, arows = _compact_rows(chunks, BK, tn)
         a_rows = arows.shape[1]
     g = geometry(problem, s, a_rows)
-    dt = np.uint8 if g.idx_bits == 8 else np.dtype("<u2")
+    if g.idx_bits == 32:   # byte offsets, unit-major: (T*tn, KR, upb) -> (T*tn, upb, KR)
+        chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
+    dt = {8: np.uint8, 16: np.dtype("<u2"), 32: np.dtype("<u4")}[g.idx_bits]
     bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
-    bi[:, :chunks.shape[1] * dt(0).itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
+    bi[:, :chunks.shape[1] * np.dtype(dt).itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
     return Operands(g, bv, bi, arows)
 
 

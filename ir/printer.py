@@ -17,7 +17,8 @@ def format_kernel(k: Kernel) -> str:
                    + (f"  # {b.doc}" if b.doc else ""))
     out.append(f"  regs acc: f32[{lay.thread_m}, {lay.thread_n}] per thread; warp {lay.warp_m}x{lay.warp_n}, "
                f"lanes {lay.lanes_m}x{lay.lanes_n}, index unit {lay.unit} col(s), "
-               f"{len(lay.groups)} look-up(s) per kept row, {k.idx_bits}-bit indices")
+               f"{len(lay.groups)} look-up(s) per kept row, {k.idx_bits}-bit indices"
+               + (" (byte offsets)" if k.idx_bits == 32 else ""))
     _body(k.body, out, 1, lay)
     return "\n".join(out)
 
@@ -53,7 +54,8 @@ def _body(body, out, depth, lay):
             out.append(f"{pad}acc = 0")
         elif isinstance(st, SparseFMA):
             out.append(f"{pad}acc += {st.a}[{st.stage}][{st.idx}[{st.stage}][i, unit]] * {st.b}[{st.stage}][i]"
-                       f"  for {st.kept} kept rows i" + (f", {st.kept // st.slices} per slice of warps" if st.slices > 1 else ""))
+                       f"  for {st.kept} kept rows i" + (f", {st.kept // st.slices} per slice of warps" if st.slices > 1 else "")
+                       + (f"  (indices: byte offsets, {st.offsets} per A row)" if st.offsets else ""))
         elif isinstance(st, ReduceSlices):
             out.append(f"{pad}slices 1.. -> {st.buf}; barrier; slice 0: acc += {st.buf}[each]")
         elif isinstance(st, StoreAcc):

@@ -16,7 +16,7 @@ from .format import NMMatrix
 from .ir import build, format_kernel
 from .ir.device import Device, for_arch
 from .ir.layout import ComputeLayout
-from .ir.operands import Geometry, prepare
+from .ir.operands import Geometry, geometry, prepare
 from .ir.problem import Pattern, Problem, parse_shape
 from .ir.schedule import Schedule
 from .ir.validate import validate
@@ -133,8 +133,10 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = N
 
 # ---- the weights, laid out per schedule (cached on the NMMatrix) -----------------------------------
 def _layout_key(problem: Problem, s: Schedule) -> tuple:
-    """What the prepared weights depend on (not M, not the thread tiles beyond the index unit)."""
-    return (s.block_n, s.k_windows, ComputeLayout.of(s, problem.pattern.vector).unit, s.a_load)
+    """What the prepared weights depend on (not M, not the thread tiles beyond the index unit):
+    the index layout, and the shared A row size its byte offsets count in."""
+    g = geometry(problem, s)
+    return (s.block_n, s.k_windows, g.unit, s.a_load, g.idx_bits == 32 and g.scale)
 
 
 def host_operands(B: NMMatrix, problem: Problem, s: Schedule):

@@ -9,6 +9,7 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
 1. Instruction issue (per warp and K tile; with sliced K a warp multiplies KR / warps_k rows):
      FFMA  = TM * TN * KR
      LDS   = KR * (G * ceil(TM / a_vec) + ceil(TN / b_vec) + G)       fragment and index loads
+             (byte-offset indices: KR * G / 4 index loads, four rows per vector)
      IMAD  = KR * G                                                    gathered-row addresses
      COPY  = 1.5 * (A + B + index cp.async per thread)                 with their address arithmetic
      issue = FFMA + LDS + IMAD + COPY + 30                             (+ loop, wait, barrier)
@@ -101,7 +102,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
 
     # 1. issue, per warp and K tile
     fma = TM * TN * KR
-    lds = KR * (G * ceil_div(TM, lay.a_vec) + ceil_div(TN, lay.b_vec) + G)
+    idx_loads = KR * G / 4 if g.idx_bits == 32 else KR * G      # byte offsets: four rows per vector
+    lds = KR * (G * ceil_div(TM, lay.a_vec) + ceil_div(TN, lay.b_vec)) + idx_loads
     issue = fma + lds + KR * G + 1.5 * copies + 30
     # 2. L1: one cycle per register a warp gets back; lane pairs halve shared vector reads
     pairs = lay.lanes_m >= 2 and lay.lanes_n >= 2

@@ -36,7 +36,8 @@ def test_the_rows_strategy_and_split_k_assemble():
 def test_inner_loop_is_fma_with_16_byte_loads():
     ptx = compile(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), schedule=Schedule(), arch="sm_90").ptx
     assert ptx.count("fma.rn.f32") == 8 * 64           # 8 kept rows x 8x8 thread tile, unrolled
-    assert ptx.count("ld.shared.v4") == 8 * 4           # 2 A + 2 B float4 per kept row
+    # 2 A + 2 B float4 per kept row, and the A rows' byte offsets four kept rows per vector
+    assert ptx.count("ld.shared.v4") == ptx.count("ld.shared") == 8 * 4 + 8 // 4
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group" in ptx and "bar.sync" in ptx
 
 

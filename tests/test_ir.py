@@ -55,8 +55,9 @@ def test_validity_explains_every_reason():
 
 def test_shared_memory_accounting():
     p = Problem(4096, 4096, 4096, Pattern(8, 32, 32))
-    s = Schedule()  # 3 stages x (32 x 132 A + 8 x 128 B) floats + 3 x 32-byte index chunks
-    assert shared_bytes(p, s) == 3 * 32 * 132 * 4 + 3 * 8 * 128 * 4 + 3 * 32
+    # 3 stages x (32 x 132 A + 8 x 128 B) floats + 3 index chunks of 8 rows x 4 units x 4-byte offsets
+    s = Schedule()
+    assert shared_bytes(p, s) == 3 * 32 * 132 * 4 + 3 * 8 * 128 * 4 + 3 * 8 * 4 * 4
 
 
 def test_expressions_fold_and_split():

@@ -64,9 +64,9 @@ def test_model_counts_by_hand():
     """Schedule() on 4096^3 8:32 x32: 8 kept rows per K tile, 8x8 thread tile, one look-up per row."""
     p = Problem(4096, 4096, 4096, Pattern(8, 32, 32))
     pr = model.predict(p, Schedule(), H100, registers=124)
-    # issue per warp and tile: FFMA 8*64 + LDS 8*(2 A + 2 B + 1 index) + IMAD 8 + 1.5 * (16 A + 1 B + 1 index
-    # copies) + 30
-    assert pr.issue_cycles == 512 + 40 + 8 + 1.5 * 18 + 30
+    # issue per warp and tile: FFMA 8*64 + LDS 8*(2 A + 2 B) + 8/4 index vectors (byte offsets, four kept
+    # rows per load) + IADD 8 + 1.5 * (16 A + 1 B + 1 index copies) + 30
+    assert pr.issue_cycles == 512 + 32 + 2 + 8 + 1.5 * 18 + 30
     # L1: 8 * (8 A regs / 2 + 8 B regs / 2 + 1) + 4 * (16 + 1) + 1
     assert pr.l1_cycles == 8 * 9 + 4 * 17 + 1
     # 124 registers -> 128 allocated x 256 threads: 2 blocks per SM; 1024 blocks over 264 slots: 4 waves
@@ -74,8 +74,8 @@ def test_model_counts_by_hand():
     w = 8 * 2 / 4                                   # warps per scheduler
     tile = 0.722 * pr.issue_cycles * 8 / 4 / (w / (w + 1.866)) + 0.389 * pr.l1_cycles * 8 + 270 / 2
     assert pr.sm_us == pytest.approx(4 * 2 * 128 * tile / 1.98e9 * 1e6)
-    # L2 bytes: per tile A 128x32 floats, B 8x128 floats, a 32-byte index chunk, 32x32 blocks x 128 tiles, + C
-    assert pr.l2_bytes == 32 * 32 * 128 * (128 * 32 * 4 + 8 * 128 * 4 + 32) + 4096 * 4096 * 4
+    # L2 bytes: per tile A 128x32 floats, B 8x128 floats, a 128-byte index chunk, 32x32 blocks x 128 tiles, + C
+    assert pr.l2_bytes == 32 * 32 * 128 * (128 * 32 * 4 + 8 * 128 * 4 + 128) + 4096 * 4096 * 4
     assert pr.time_us == pytest.approx(max(pr.sm_us, pr.l2_us, pr.dram_us) + 3.0)
 
 

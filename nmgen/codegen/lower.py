@@ -312,11 +312,10 @@ class Lowerer:
         k, lay, b = self.k, self.k.layout, self.b
         a_buf, b_buf = k.buffer(op.a), k.buffer(op.b)
         a_base, b_base, i_base = (self.stage_base(n, op.stage) for n in (op.a, op.b, op.idx))
-        ity, isz = (I8, 1) if k.idx_bits == 8 else (I16, 2)
+        ity, isz = {8: (I8, 1), 16: (I16, 2), 32: (I32, 4)}[k.idx_bits]
         tid = Var("tid")
         row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
         col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
-        units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
         share = op.kept // op.slices
         first = lay.slice(tid) * share if op.slices > 1 else 0    # sliced K: the thread's first kept row
         group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
@@ -325,15 +324,35 @@ class Lowerer:
         #       per tile, per kept row and look-up group only idx * pitch (one IMAD), vector loads.
         # "mk": A(k, m) at m * pitch + k; the thread's row offsets times the pitch are immediates,
         #       per kept row and group only idx * 4 is added, then one scalar load per row.
+        # Byte offsets (op.offsets): the multiply was done offline; one vector load brings up to
+        # four kept rows' offsets, then one add per row and group.
         scale = 4 if mk else a_buf.pitch * 4
         row_parts = [split_offset(o * (a_buf.pitch if mk else 1)) for o in row_off]
         a_thread = {v: self.b.add(a_base, self._var_part(v), flags=NUW) for v, _ in row_parts}
+        if op.offsets:
+            assert op.offsets == scale, (op.offsets, scale)
+            units = [lay.group_unit(tid, g) * op.kept * 4 for g in range(len(lay.groups))]
+            ovec = next(v for v in (4, 2, 1) if op.kept % v == 0 and share % v == 0)
+            offs = {}       # (group, j) -> this tile's byte offset of kept row first + j
+        else:
+            units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
         for j in range(share):
             i = first + j
             a = []                                   # a[g][r]: A values for look-up group g
             for g in range(len(lay.groups)):
-                ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
-                row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), ir.Constant(I32, scale), flags=NUW)
+                if op.offsets:
+                    if j % ovec == 0:
+                        ip = self.sptr_expr(i_base, units[g] + i * 4)
+                        if ovec == 1:
+                            offs[g, j] = b.load(ip, typ=I32, align=4)
+                        else:
+                            x = b.load(ip, typ=ir.VectorType(I32, ovec), align=4 * ovec)
+                            for e in range(ovec):
+                                offs[g, j + e] = b.extract_element(x, ir.Constant(I32, e))
+                    row = offs.pop((g, j))
+                else:
+                    ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
+                    row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), ir.Constant(I32, scale), flags=NUW)
                 a.append(self._vload_parts({v: b.add(a_thread[v], row, flags=NUW) for v in a_thread},
                                            row_parts, lay.a_vec))
             bvals = self._vload(b_base, [o + i * b_buf.pitch * 4 for o in col_off], lay.b_vec)
