@@ -26,6 +26,8 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
     (17, 100, 64, 8, 32, 32, Schedule(a_smem="mk")),                             # A kept [m][k] in shared
     (33, 70, 100, 2, 4, 1, Schedule(**SMALL, a_smem="mk", k_windows=8)),         # ... with a partial K tile
     (20, 96, 96, 3, 6, 3, Schedule(**SMALL, a_smem="mk", k_windows=2, split_k=3)),
+    # windows of 512 rows: 16-bit K positions (an index chunk too wide for byte offsets)
+    (5, 128, 1024, 4, 512, 1, Schedule(block_m=32, block_n=128, warp_m=32, warp_n=16, thread_m=4, thread_n=4)),
     # sliced K: 2 or 4 warps share each warp tile, partial sums added through shared memory
     (17, 100, 160, 8, 32, 32, Schedule(**SMALL, warps_k=2, k_windows=1)),
     (33, 70, 100, 2, 4, 1, Schedule(**SMALL, warps_k=4, k_windows=8, a_smem="mk")),
