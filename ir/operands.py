@@ -8,11 +8,12 @@ position inside its window) to what the kernel reads:
   bi:    (T*tiles_n, chunk) uint8         per (K tile, block column) one contiguous chunk holding, for
                                           each kept row of the tile and each index unit of the block,
                                           the *shared-memory A row* to gather, padded to 16 bytes so one
-                                          cp.async stream copies it. Small chunks (<= 1 KB) hold it as the
-                                          32-bit byte offset of that row in an A stage, unit-major: a
-                                          thread loads four rows' offsets in one vector and adds them to
-                                          its base address (no byte extraction, no multiply per row);
-                                          larger ones row-major u8/u16 positions (little endian)
+                                          cp.async stream copies it. Small chunks (<= 1 KB) of the
+                                          "window" strategy hold the 32-bit byte offset of that row in
+                                          an A stage, unit-major: a thread loads four rows' offsets in
+                                          one vector and adds them to its base address (no byte
+                                          extraction, no multiply per row); the others row-major u8/u16
+                                          positions (little endian)
   arows: (T*tiles_n, L) int32             "rows" strategy only: the K columns of A that this block
                                           column uses in this K tile (the compacted list; As row j
                                           holds A[:, arows[.., j]]), padded by repeating entries
@@ -68,7 +69,9 @@ def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geomet
     elif a_rows is None:
         vectors_per_block = ceil_div(s.block_n, p.vector) + 1
         a_rows = min(ceil_div(BK, 8) * 8, ceil_div(KR * vectors_per_block, 8) * 8)
-    offsets = KR * upb * 4 <= MAX_OFFSET_CHUNK
+    # Byte offsets measured on the H100 (NOTES.md, run 11): +1.5..2% for "window" kernels, -2..3% for
+    # "rows" ones (whose compacted lists fit u8 and whose registers hold the prefetched row list too)
+    offsets = s.a_load == "window" and KR * upb * 4 <= MAX_OFFSET_CHUNK
     g = Geometry(T=ceil_div(problem.windows, s.k_windows), KR=KR, BK=BK,
                  tiles_m=ceil_div(problem.M, s.block_m), tiles_n=ceil_div(problem.N, s.block_n),
                  unit=lay.unit, upb=upb, a_rows=a_rows,
