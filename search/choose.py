@@ -35,6 +35,18 @@ def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
     return Schedule.from_json(rec["schedule"]) if rec else None
 
 
+def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[Schedule]:
+    """The database's n fastest distinct schedules for this problem, device and toolchain."""
+    from ..toolchain import toolchain_key
+    db = db or open_db()
+    key = toolchain_key(device.arch, device.driver)
+    out = []
+    for r in db.rows(problem.key(), device.key(), status="ok"):
+        if r["toolchain_key"] == key and r["schedule"] not in out:
+            out.append(r["schedule"])
+    return [Schedule.from_json(x) for x in out[:n]]
+
+
 def model_best(problem: Problem, device: Device, B=None) -> Schedule:
     """The model's fastest schedule of the space (the "rows" strategy sized by B's real indices)."""
     a_rows = rows_lengths(problem, B)

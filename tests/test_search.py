@@ -175,3 +175,18 @@ def test_quality_numbers():
                                         (9, 90), (10, 100)])]
     q = quality(rows)                      # top 10% = the model's first: 12 us against the best 10 us
     assert q["k"] == 1 and q["topk_gap"] == pytest.approx(0.2) and q["best_schedule"] == "1"
+
+
+def test_recorded_top_lists_the_fastest_distinct_schedules_of_this_toolchain(tmp_path):
+    from nmgen.search.choose import recorded_top
+    from nmgen.toolchain import toolchain_key
+    p = Problem(256, 2048, 2048, Pattern(8, 32, 32))
+    db = TuningDB(tmp_path / "t.db")
+    tc = toolchain_key(H100.arch, H100.driver)
+    scheds = [Schedule(stages=s, k_windows=k) for s in (2, 3) for k in (1, 2)]
+    for i, (s, us) in enumerate(zip(scheds, (30.0, 10.0, 20.0, 40.0))):
+        db.record({"problem_key": p.key(), "device_key": H100.key(), "toolchain_key": tc, "status": "ok",
+                   "schedule_hash": s.hash(), "schedule": s.to_json(), "median_us": us})
+    db.record({"problem_key": p.key(), "device_key": H100.key(), "toolchain_key": "older", "status": "ok",
+               "schedule_hash": "x", "schedule": Schedule(stages=4).to_json(), "median_us": 1.0})
+    assert recorded_top(p, H100, db, 3) == [scheds[1], scheds[2], scheds[0]]

@@ -23,6 +23,9 @@ def register(sub):
     add_db_arg(p)
     p.add_argument("--tune-topk", type=int, default=24, metavar="K",
                    help="schedules the model-topk search measures for a problem the database lacks (default 24)")
+    p.add_argument("--candidates", type=int, default=3, metavar="N",
+                   help="time the database's N best schedules (ranked with L2 flushed) under the benchmark's "
+                        "own conditions (L2 warm) and report the fastest; all N are in the JSON (default 3)")
     p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
@@ -36,10 +39,12 @@ def run(args):
     from ..api import compile, current_device
     from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel, problem_of,
                          random_nm, read_suite, row, summarize, today)
-    from ..search.choose import open_db, recorded_best
+    from ..search.choose import open_db, recorded_best, recorded_top
     from ..search.tuner import Tuner
     if args.reps < 20:
         raise NMGenError("--reps must be at least 20")
+    if args.candidates < 1:
+        raise NMGenError("--candidates must be at least 1")
     dev = current_device()
     if dev is None:
         raise CudaUnavailable("no GPU here: benchmarks need one")
@@ -59,11 +64,18 @@ def run(args):
             B = random_nm(p, rng)
             if recorded_best(p, dev, db) is None:
                 Tuner(p, dev, db, B, progress=not args.quiet, rng=rng).run("model-topk", topk=args.tune_topk)
-            s = recorded_best(p, dev, db)
-            k = compile(p, schedule=s, B=B)
             A = rng.standard_normal((p.M, p.K), dtype=np.float32)
-            t, err = measure_kernel(k, A, B, reps=args.reps, rng=rng)
+            # the tuner ranks with L2 flushed; this benchmark (like the anchors) runs L2 warm
+            timed = []
+            for s in recorded_top(p, dev, db, args.candidates):
+                k = compile(p, schedule=s, B=B)
+                timed.append((k, *measure_kernel(k, A, B, reps=args.reps, rng=rng)))
+            k, t, err = min(timed, key=lambda x: x[1].median_ms)
             r = row(p, k, t, err, cublas_ms, args.suite)
+            r["candidates"] = [{"schedule": c.schedule.to_dict(), "ms": ct.median_ms, "rel_err": ce}
+                               for c, ct, ce in timed]
+            if any(not ce < 1e-5 for _, _, ce in timed):
+                r["rel_err"] = max(ce for _, _, ce in timed)     # a failing candidate fails the row
             if bw:
                 r["copy_bandwidth"] = bw
                 r["bytes_ms"] = bytes_moved(p) / bw * 1e3
