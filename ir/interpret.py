@@ -22,6 +22,7 @@ from .errors import HazardError
 from .expr import evaluate
 from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, ReduceSlices, SparseFMA, StoreAcc, Wait,
                     ZeroAcc)
+from .operands import INDEX_DTYPES
 
 _NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
 _POISON = {"f32": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
@@ -239,8 +240,8 @@ class Interpreter:
         As, Bs = blk.smem[op.a][stage], blk.smem[op.b][stage]
         raw = blk.smem[op.idx][stage, 0]
         upb = k.layout.units_per_block
-        dt = {8: np.uint8, 16: np.dtype("<u2"), 32: np.dtype("<u4")}[k.idx_bits]
-        entries = raw[: op.kept * upb * np.dtype(dt).itemsize].view(dt).astype(np.int64)
+        dt = INDEX_DTYPES[k.idx_bits]
+        entries = raw[: op.kept * upb * dt.itemsize].view(dt).astype(np.int64)
         if op.offsets:                                     # unit-major byte offsets of shared A rows
             entries = entries.reshape(upb, op.kept).T
             if (entries % op.offsets).any():

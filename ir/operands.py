@@ -54,6 +54,7 @@ class Geometry:
         return ceil_div(self.chunk_entries * self.idx_bits // 8, 16) * 16
 
 
+INDEX_DTYPES = {8: np.dtype(np.uint8), 16: np.dtype("<u2"), 32: np.dtype("<u4")}   # by Geometry.idx_bits
 MAX_OFFSET_CHUNK = 1024   # bytes of 32-bit offsets per (K tile, block column) beyond which u8/u16 is kept
 
 
@@ -114,9 +115,9 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
     g = geometry(problem, s, a_rows)
     if g.idx_bits == 32:   # byte offsets, unit-major: (T*tn, KR, upb) -> (T*tn, upb, KR)
         chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
-    dt = {8: np.uint8, 16: np.dtype("<u2"), 32: np.dtype("<u4")}[g.idx_bits]
+    dt = INDEX_DTYPES[g.idx_bits]
     bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
-    bi[:, :chunks.shape[1] * np.dtype(dt).itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
+    bi[:, :chunks.shape[1] * dt.itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
     return Operands(g, bv, bi, arows)
 
 

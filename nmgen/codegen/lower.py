@@ -388,32 +388,36 @@ class Lowerer:
         vec = lay.b_vec
         ty = F32 if vec == 1 else ir.VectorType(F32, vec)
 
-        def addr(q, r, c0):    # byte address of buf[q][row(r)][col(c0)]: thread part + immediate
-            return self.sptr_expr(ir.Constant(I32, buf.offset),
-                                  ((lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) + q * buf.rows * buf.pitch) * 4)
+        def addr(base, r, c0):    # buf row(r), column col(c0) from a slice's base: thread part + immediate
+            return self.sptr_expr(base, (lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) * 4)
 
         with b.if_then(self._slice_is("!=", 0)):
             q = self.val(lay.slice(tid) - 1)
             base = b.add(ir.Constant(I32, buf.offset), b.mul(q, ir.Constant(I32, buf.stage_bytes), flags=NUW), flags=NUW)
             for r in range(lay.thread_m):
                 for c0 in range(0, lay.thread_n, vec):
-                    vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
-                    v = vals[0]
-                    if vec > 1:
-                        v = ir.Constant(ty, ir.Undefined)
-                        for e, x in enumerate(vals):
-                            v = b.insert_element(v, x, ir.Constant(I32, e))
-                    b.store(v, self.sptr_expr(base, (lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) * 4), align=4 * vec)
+                    b.store(self._acc_vector(r, c0, vec), addr(base, r, c0), align=4 * vec)
         self._Barrier(None)
         with b.if_then(self._slice_is("==", 0)):
             for q in range(buf.stages):
+                base = ir.Constant(I32, buf.offset + q * buf.stage_bytes)
                 for r in range(lay.thread_m):
                     for c0 in range(0, lay.thread_n, vec):
-                        x = b.load(addr(q, r, c0), typ=ty, align=4 * vec)
+                        x = b.load(addr(base, r, c0), typ=ty, align=4 * vec)
                         for e in range(vec):
                             part = x if vec == 1 else b.extract_element(x, ir.Constant(I32, e))
                             acc = self.acc[r][c0 + e]
                             b.store(b.fadd(b.load(acc, typ=F32), part), acc)
+
+    def _acc_vector(self, r, c0, vec) -> ir.Value:
+        """Accumulators acc[r][c0 .. c0+vec) as one float (vec 1) or a <vec x float>."""
+        vals = [self.b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
+        if vec == 1:
+            return vals[0]
+        v = ir.Constant(ir.VectorType(F32, vec), ir.Undefined)
+        for e, x in enumerate(vals):
+            v = self.b.insert_element(v, x, ir.Constant(I32, e))
+        return v
 
     def _StoreAcc(self, st: StoreAcc):
         if self.k.layout.warps_k > 1:          # sliced K: slice 0 holds the sums
@@ -446,21 +450,16 @@ class Lowerer:
     def _store(self, st, row, col, r, c0, vec):
         b = self.b
         ptr = self.gptr(st.dst, row, col)
-        vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
         if st.atomic and vec == 4:
             # one reduction of four floats (flushes denormal sums to zero, like all f32 vector red)
+            vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
             red = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1] + [F32] * 4),
                                "red.global.add.v4.f32 [$0], {$1, $2, $3, $4};", "l,f,f,f,f", side_effect=True)
             b.call(red, [ptr] + vals)
         elif st.atomic:
-            b.atomic_rmw("fadd", ptr, vals[0], "monotonic")
-        elif vec == 1:
-            b.store(vals[0], ptr, align=4)
+            b.atomic_rmw("fadd", ptr, b.load(self.acc[r][c0], typ=F32), "monotonic")
         else:
-            v = ir.Constant(ir.VectorType(F32, vec), ir.Undefined)
-            for e, x in enumerate(vals):
-                v = b.insert_element(v, x, ir.Constant(I32, e))
-            b.store(v, ptr, align=4 * vec)
+            b.store(self._acc_vector(r, c0, vec), ptr, align=4 * vec)
 
 
 def lower(kernel: Kernel, target: Target, data_layout: str) -> ir.Module:
