@@ -1,10 +1,15 @@
-"""Timing GPU work with CUDA events: warm-up first, then one event pair per run, median reported."""
+"""Timing GPU work with CUDA events: warm-up first, then one event pair per sample (one run L2
+flushed, or a batch of runs L2 warm), each sample behind a hold; the median reported."""
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 from .memory import Event, synchronize
+
+# beyond 1.5x the measured enqueue time: the event records and the flush's memset (host side)
+HOLD_MARGIN_NS = 50_000
 
 
 @dataclass(frozen=True)
@@ -26,13 +31,28 @@ def time_gpu(run, stream: int = 0, warmup: int = 10, reps: int = 30, flush=None,
 
     With `flush` (a callable enqueueing a write over more than the L2) it runs before every sample,
     outside the events, and each sample is one run starting from a cold L2 ("flushed"). Without,
-    L2 stays warm and a sample is a batch of back-to-back runs between one pair of events, so the
-    GPU never waits for the host to enqueue the next one; the batch is sized from the warm-up to
-    last about 0.5 ms (or given)."""
+    L2 stays warm and a sample is a batch of back-to-back runs between one pair of events (the
+    paper's method), the batch sized from the warm-up to last about 0.5 ms (or given).
+
+    Either way the GPU must never wait for the host inside a sample, or a ~10 us kernel is timed at
+    the speed of Python enqueuing it: each sample starts behind a hold (hold.py) longer than the
+    host took to enqueue that many runs during the warm-up."""
+    from .hold import hold
+    warmup = max(warmup, 3)
+    enqueue = []
     for _ in range(warmup):
+        t0 = time.perf_counter()
         run()
+        enqueue.append(time.perf_counter() - t0)
+    host_s = statistics.median(enqueue)     # enqueueing one run, seconds (not the first: loading)
     synchronize(stream, "warm-up")
+
+    def covered(runs: int):
+        """A hold covering the host's enqueueing of `runs` runs and the sample's events, with margin."""
+        hold(int(1.5 * runs * host_s * 1e9) + HOLD_MARGIN_NS, stream)
+
     if flush is None and batch is None:
+        covered(3)
         start = Event().record(stream)
         for _ in range(3):
             run()
@@ -45,6 +65,7 @@ def time_gpu(run, stream: int = 0, warmup: int = 10, reps: int = 30, flush=None,
     for start, end in events:
         if flush is not None:
             flush()
+        covered(batch)
         start.record(stream)
         for _ in range(batch):
             run()
