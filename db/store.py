@@ -115,6 +115,14 @@ class TuningDB:
             "SELECT schedule_hash, status FROM results WHERE problem_key = ? AND device_key = ? AND toolchain_key = ?",
             [problem_key, device_key, toolchain_key])}
 
+    def bests_by_problem(self, device_key: str, toolchain_key: str, per_problem: int = 2) -> list[dict]:
+        """The `per_problem` fastest successful records of every problem measured on this device
+        with this toolchain (the tuner seeds a new problem with its neighbours' bests)."""
+        return list(self.db.query(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY problem_key ORDER BY median_us) AS rank "
+            "FROM results WHERE device_key = ? AND toolchain_key = ? AND status = 'ok') WHERE rank <= ?",
+            [device_key, toolchain_key, per_problem]))
+
     def rows(self, problem_key: str | None = None, device_key: str | None = None, status: str | None = None,
              order: str = "median_us") -> list[dict]:
         where, args = [], []

@@ -20,7 +20,9 @@ SUITES = {
     # memory-bound decode: M = 1, 16, 64 on three weight shapes
     "decode": [(M, N, K) for M in (1, 16, 64) for N, K in ((4096, 4096), (28672, 8192), (8192, 28672))],
     # shapes no tile divides, each followed by its nearest tile-aligned neighbour
-    "odd": [(1000, 3000, 4096), (1024, 3072, 4096), (4095, 4100, 1024), (4096, 4096, 1024)],
+    # each tile-aligned shape before its odd neighbour, whose tuning then also tries the aligned
+    # shape's best schedules (search/neighbours.py)
+    "odd": [(1024, 3072, 4096), (1000, 3000, 4096), (4096, 4096, 1024), (4095, 4100, 1024)],
 }
 ODD_PAIRS = {(1000, 3000, 4096): (1024, 3072, 4096), (4095, 4100, 1024): (4096, 4096, 1024)}
 PAPER_PATTERNS = ["16:32", "12:32", "8:32", "4:32"]

@@ -1,7 +1,8 @@
 """Measure schedules and record them: the tuner.
 
   candidates   the space (search.space), ranked by the model (search.model); "exhaustive" measures
-               all of it, "model-topk" the model's best k (default 10% of the space); `budget` caps
+               all of it, "model-topk" the model's best k (default 10% of the space) plus the
+               recorded bests of nearby problems (search.neighbours); `budget` caps
                how many are measured in this run; anything already recorded for this problem,
                device and toolchain is skipped (failures are never retried; a killed search resumes)
   compile      in parallel worker processes: IR -> PTX -> ptxas -> cubin (no CUDA in the workers)
@@ -94,6 +95,7 @@ class Tuner:
             chosen = ranked
         elif strategy == "model-topk":
             chosen = ranked[:max(1, topk or max(8, len(ranked) // 10))]
+            chosen += self._neighbours(ranked, {s.hash() for s, _ in chosen})
         else:
             raise ValueError(f"unknown strategy {strategy!r}; use exhaustive or model-topk")
         done = self.db.recorded(*self.keys)
@@ -101,6 +103,14 @@ class Tuner:
         if budget is not None:
             todo = todo[:budget]
         return todo, len(ranked), len(chosen) - len([1 for s, _ in chosen if s.hash() not in done])
+
+    def _neighbours(self, ranked, chosen: set[str]):
+        """(schedule, prediction) of the space that won on nearby recorded problems, not yet chosen."""
+        from .neighbours import neighbour_schedules
+        by_hash = {s.hash(): (s, p) for s, p in ranked}
+        records = self.db.bests_by_problem(self.keys[1], self.keys[2])
+        picks = [s.hash() for s in neighbour_schedules(self.problem, records)]
+        return [by_hash[h] for h in dict.fromkeys(picks) if h in by_hash and h not in chosen]
 
     # ---- measuring ---------------------------------------------------------------------------------
     def run(self, strategy: str = "model-topk", topk: int | None = None, budget: int | None = None,

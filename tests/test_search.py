@@ -190,3 +190,31 @@ def test_recorded_top_lists_the_fastest_distinct_schedules_of_this_toolchain(tmp
     db.record({"problem_key": p.key(), "device_key": H100.key(), "toolchain_key": "older", "status": "ok",
                "schedule_hash": "x", "schedule": Schedule(stages=4).to_json(), "median_us": 1.0})
     assert recorded_top(p, H100, db, 3) == [scheds[1], scheds[2], scheds[0]]
+
+
+def test_model_topk_also_measures_the_bests_of_nearby_problems(tmp_path):
+    from nmgen.search.neighbours import distance
+    t, db = make_tuner(tmp_path)
+    ranked = [s for s, _ in t.ranked()]
+    low = ranked[-1]                                  # the model's last choice for SMALL
+    far = ranked[-2]
+
+    def rec(problem, s, us):
+        db.record({"problem_key": problem.key(), "device_key": t.keys[1], "toolchain_key": t.keys[2],
+                   "status": "ok", "schedule_hash": s.hash(), "schedule": s.to_json(), "median_us": us,
+                   "M": problem.M, "N": problem.N, "K": problem.K, "keep_n": problem.pattern.n,
+                   "window_m": problem.pattern.m, "vector": problem.pattern.vector})
+
+    near = Problem(64, 256, 512, SMALL.pattern)                       # K twice: a neighbour
+    other_pattern = Problem(64, 256, 256, Pattern(4, 32, 32))          # not comparable
+    too_far = Problem(64, 256, 2048, SMALL.pattern)                    # K eight times
+    col = Problem(64, 256, 256, SMALL.pattern, a_major="col")          # other A order
+    assert distance(SMALL, near) == 1.0 and distance(SMALL, too_far) is None
+    assert distance(SMALL, other_pattern) is None and distance(SMALL, col) is None
+    rec(near, low, 5.0)
+    for p in (other_pattern, too_far, col):
+        rec(p, far, 1.0)
+    todo, _, _ = t.plan("model-topk", topk=3)
+    hashes = [s.hash() for s, _ in todo]
+    assert hashes[:3] == [s.hash() for s in ranked[:3]]               # the model's best first
+    assert hashes[3:] == [low.hash()]                                  # then the neighbour's best only
