@@ -11,6 +11,8 @@ The kernel spins on %globaltimer (nanoseconds) and touches no memory, so it leav
 """
 from __future__ import annotations
 
+from ..errors import CudaError
+from .driver import check, driver
 from .module import load
 
 NAME = "nmgen_hold"
@@ -39,6 +41,17 @@ SPIN:
 """
 
 
-def hold(ns: int, stream: int = 0, device: int = 0) -> None:
-    """Enqueue on `stream` a kernel that runs for `ns` nanoseconds (one thread, no memory traffic)."""
+def hold(ns: int, stream: int = 0, device: int | None = None) -> None:
+    """Enqueue on `stream` a kernel that runs for `ns` nanoseconds (one thread, no memory traffic).
+    `device`: the stream's GPU; by default that of the current context (where the timed work runs)."""
+    if device is None:
+        device = _current_device()
     load(PTX, NAME, 0, device).launch((1, 1, 1), 1, [max(0, int(ns))], stream)
+
+
+def _current_device() -> int:
+    """The ordinal of the current context's device; 0 where no context is current yet."""
+    try:
+        return int(check(driver().cuCtxGetDevice(), "cuCtxGetDevice"))
+    except CudaError:
+        return 0
