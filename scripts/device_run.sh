@@ -56,5 +56,7 @@ for step in "$@"; do
 done
 nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv | tee -a $OUT/gpu.txt
 # the tool returns at most 8 files: fold the database's write-ahead log back into it (one file)
-[ -f $OUT/tuning.db ] && python3 -c "import sqlite3; sqlite3.connect('$OUT/tuning.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')" \
-  && rm -f $OUT/tuning.db-wal $OUT/tuning.db-shm
+if [ -f $OUT/tuning.db ]; then
+  python3 -c "import sqlite3; sqlite3.connect('$OUT/tuning.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')" \
+    && rm -f $OUT/tuning.db-wal $OUT/tuning.db-shm
+fi
