@@ -109,8 +109,8 @@ class Tuner:
         from .neighbours import neighbour_schedules
         by_hash = {s.hash(): (s, p) for s, p in ranked}
         records = self.db.bests_by_problem(self.keys[1], self.keys[2])
-        picks = [s.hash() for s in neighbour_schedules(self.problem, records)]
-        return [by_hash[h] for h in dict.fromkeys(picks) if h in by_hash and h not in chosen]
+        picks = [s.hash() for s in neighbour_schedules(self.problem, records)]   # distinct already
+        return [by_hash[h] for h in picks if h in by_hash and h not in chosen]
 
     # ---- measuring ---------------------------------------------------------------------------------
     def run(self, strategy: str = "model-topk", topk: int | None = None, budget: int | None = None,
