@@ -5,11 +5,20 @@ interpreter checks the very order the GPU will run:
 
     prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
     main loop: for t in [t0, t1):
-                   wait until tile t has landed (S-2 groups may stay in flight); barrier
-                   copy tile t+S-1 -> stage (t-t0+S-1) % S     # the stage read in iteration t-1:
-                   commit                                      #   the barrier above freed it
-                   ("rows": load the row list of tile t+S into registers, for the next iteration)
+                   ready(t):  wait until tile t has landed (S-2 groups may stay in flight); barrier
+                   refill(t): copy tile t+S-1 -> stage (t-t0+S-1) % S   # the stage read in iteration t-1:
+                              commit                                    #   the barrier above freed it
+                              ("rows": load the row list of tile t+S into registers, for the next iteration)
                    acc += tile t (from stage (t-t0) % S)
+    with prefetch the loop is rotated so that no FMA waits on a fresh barrier (ptxas then keeps both
+    rows' fragments live: more registers, which cost occupancy unless bounded by min_blocks):
+               ready(t0); head <- fragments of tile t0's first row; refill(t0)
+               for t in [t0, t1):
+                   acc += rows 0 .. last-1 of tile t (row 0 from `head`)
+                   last <- fragments of tile t's last row
+                   if t+1 < t1: ready(t+1); head <- fragments of tile t+1's first row
+                   acc += last
+                   if t+1 < t1: refill(t+1), into tile t's stage (every thread is past its last read)
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
                through shared memory (over the pipeline's buffers)
                store acc to C (atomic add under split-K)
@@ -18,8 +27,8 @@ from __future__ import annotations
 
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, Param, ReduceSlices, Shared, SparseFMA,
-                    StoreAcc, Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, Param, ReduceSlices, Shared,
+                    SparseFMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -107,17 +116,33 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         body += [If(lt(t0 + st, t1), pre(t0 + st) + load(t0 + st, st)), Commit()]
     if rows_strategy:
         body.append(If(lt(t0 + (S - 1), t1), pre(t0 + (S - 1))))
-    t = Var("t")
-    it = Var("it")
-    body.append(For("t", t0, t1, (
-        Let("it", t - t0),
-        Wait(S - 2),
-        Barrier(),
-        If(lt(t + (S - 1), t1), load(t + (S - 1), (it + (S - 1)) % S)),
-        Commit(),
-    ) + ((If(lt(t + S, t1), pre(t + S)),) if rows_strategy else ()) + (
-        SparseFMA(it % S, "As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0),
-    )))
+    ops = SparseOperands("As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0)
+    share = ops.share
+
+    def ready(u):           # tile u landed (S-2 younger groups may stay in flight) and visible to all
+        return (Wait(S - 2), Barrier())
+
+    def refill(u, free):    # copy tile u+S-1 into stage `free`, which no thread reads any more
+        out = (If(lt(u + (S - 1), t1), load(u + (S - 1), free)), Commit())
+        return out + ((If(lt(u + S, t1), pre(u + S)),) if rows_strategy else ())
+
+    t, it = Var("t"), Var("it")
+    if not s.prefetch:
+        loop = ready(t) + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops),)
+    else:
+        # The last row's fragments are in registers before the barrier, so the stage of tile t is
+        # free after it and takes tile t+S. The next tile's first fragments load before the last
+        # row's FMAs, which hide their latency; the copies follow those FMAs, so that their
+        # addresses are not live beside two rows of fragments.
+        def head(stage):
+            return (LoadFragments("head", stage, ops, 0),) if share > 1 else ()
+        body.append(If(lt(t0, t1), ready(t0) + head(0) + refill(t0, S - 1)))
+        loop = ((SparseFMA(it % S, ops, 0, share - 1, "head"),) if share > 1 else ()) + (
+            LoadFragments("last", it % S, ops, share - 1),
+            If(lt(t + 1, t1), ready(t + 1) + head((it + 1) % S)),
+            SparseFMA(it % S, ops, share - 1, share, "last"),
+            If(lt(t + 1, t1), refill(t + 1, it % S)))
+    body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))

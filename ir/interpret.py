@@ -20,8 +20,8 @@ import numpy as np
 
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, ReduceSlices, SparseFMA, StoreAcc, Wait,
-                    ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseFMA,
+                    SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import INDEX_DTYPES
 
 _NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
@@ -43,6 +43,7 @@ class _Block:
     open_group: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     regs: dict = field(default_factory=dict)     # per-thread register lists: name -> (iterations, threads)
+    frags: dict = field(default_factory=dict)    # fragment registers: name -> (A, B) of one row per thread
 
 
 class Interpreter:
@@ -132,6 +133,8 @@ class Interpreter:
                     s.read = False
             elif isinstance(st, ZeroAcc):
                 blk.acc[:] = 0
+            elif isinstance(st, LoadFragments):
+                self._load_fragments(st, blk)
             elif isinstance(st, SparseFMA):
                 self._fma(st, blk)
             elif isinstance(st, ReduceSlices):
@@ -232,35 +235,53 @@ class Interpreter:
                               f"was not waited for, or no barrier followed the wait")
         s.read = True
 
-    def _fma(self, op: SparseFMA, blk: _Block):
+    def _fragments(self, ops: SparseOperands, stage: int, rows, blk: _Block, what: str):
+        """Each thread's fragments of rows `rows` of its share of `stage`: A (threads, J, TM, TN)
+        (one A value per row and column: the look-up depends on the column's unit) and B (threads, J, TN)."""
         k = self.k
-        stage = self._scalar(op.stage, blk)
-        for name in (op.a, op.b, op.idx):
-            self._visible(blk, name, stage, "SparseFMA")
-        As, Bs = blk.smem[op.a][stage], blk.smem[op.b][stage]
-        raw = blk.smem[op.idx][stage, 0]
+        for name in (ops.a, ops.b, ops.idx):
+            self._visible(blk, name, stage, what)
+        As, Bs = blk.smem[ops.a][stage], blk.smem[ops.b][stage]
+        raw = blk.smem[ops.idx][stage, 0]
         upb = k.layout.units_per_block
         dt = INDEX_DTYPES[k.idx_bits]
-        entries = raw[: op.kept * upb * dt.itemsize].view(dt).astype(np.int64)
-        if op.offsets:                                     # unit-major byte offsets of shared A rows
-            entries = entries.reshape(upb, op.kept).T
-            if (entries % op.offsets).any():
-                raise HazardError(f"an index offset is not a multiple of the {op.offsets}-byte A row")
-            entries = entries // op.offsets
+        entries = raw[: ops.kept * upb * dt.itemsize].view(dt).astype(np.int64)
+        if ops.offsets:                                    # unit-major byte offsets of shared A rows
+            entries = entries.reshape(upb, ops.kept).T
+            if (entries % ops.offsets).any():
+                raise HazardError(f"an index offset is not a multiple of the {ops.offsets}-byte A row")
+            entries = entries // ops.offsets
         else:
-            entries = entries.reshape(op.kept, upb)
-        share = op.kept // op.slices                       # kept rows i of each thread: its slice's share
-        i = self.slice[:, None] * share + np.arange(share)[None, :]                    # (threads, KRs)
-        idx = entries[i[:, :, None], self.units[:, None, :]]   # (threads, KRs, TN): K position in the A tile
-        if (idx >= op.a_rows).any():
-            raise HazardError(f"index {idx.max()} points past the {op.a_rows} K positions of the shared A tile")
-        rows = self.rows[:, None, :, None]
-        if op.a_layout == "mk":                            # As[m][k]
-            a = As[rows, idx[:, :, None, :]]               # (threads, KRs, TM, TN)
-        else:                                              # As[k][m]
-            a = As[idx[:, :, None, :], rows]
-        b = Bs[i[:, :, None], self.cols[:, None, :]]       # (threads, KRs, TN)
-        blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
+            entries = entries.reshape(ops.kept, upb)
+        i = self.slice[:, None] * ops.share + np.asarray(rows, np.int64)[None, :]          # (threads, J)
+        idx = entries[i[:, :, None], self.units[:, None, :]]   # (threads, J, TN): K position in the A tile
+        if (idx >= ops.a_rows).any():
+            raise HazardError(f"index {idx.max()} points past the {ops.a_rows} K positions of the shared A tile")
+        r = self.rows[:, None, :, None]
+        a = As[r, idx[:, :, None, :]] if ops.a_layout == "mk" else As[idx[:, :, None, :], r]   # As[m][k] / As[k][m]
+        return a, Bs[i[:, :, None], self.cols[:, None, :]]
+
+    def _load_fragments(self, st: LoadFragments, blk: _Block):
+        if not 0 <= st.row < st.ops.share:
+            raise HazardError(f"LoadFragments row {st.row} is outside a thread's {st.ops.share} kept rows")
+        blk.frags[st.dst] = self._fragments(st.ops, self._scalar(st.stage, blk), [st.row], blk, "LoadFragments")
+
+    def _fma(self, op: SparseFMA, blk: _Block):
+        rows = op.rows
+        if not (0 <= rows.start and rows.stop <= op.ops.share):
+            raise HazardError(f"SparseFMA rows [{rows.start}, {rows.stop}) are outside a thread's "
+                              f"{op.ops.share} kept rows")
+        parts = []
+        if op.head and len(rows):      # row `first` from registers, used up
+            if op.head not in blk.frags:
+                raise HazardError(f"SparseFMA uses fragment registers {op.head!r} that no LoadFragments filled "
+                                  f"since they were last used")
+            parts.append(blk.frags.pop(op.head))
+            rows = rows[1:]
+        if len(rows):
+            parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), rows, blk, "SparseFMA"))
+        for a, b in parts:
+            blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
 
     def _reduce(self, op: ReduceSlices, blk: _Block):
         """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the

@@ -123,15 +123,16 @@ class ZeroAcc:
 
 
 @dataclass(frozen=True)
-class SparseFMA:
-    """acc[r][c] += A(idx(i, c), row(r)) * Bs[stage][i][col(c)] for the `kept` rows i of a K tile,
-    idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K position in the shared A tile
-    (< a_rows), and A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk").
+class SparseOperands:
+    """Where a K tile's sparse product reads its operands: A(idx(i, c), row(r)) * Bs[stage][i][col(c)]
+    for the `kept` rows i of a K tile, idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K
+    position in the shared A tile (< a_rows), and A(k, m) = As[stage][k][m] ("km") or
+    As[stage][m][k] ("mk").
     With `slices` > 1 a thread of slice q (layout.slice) takes only the kept rows
-    q * kept/slices <= i < (q + 1) * kept/slices.
+    q * share <= i < (q + 1) * share, share = kept / slices; "row j" of a thread is row
+    q * share + j of the tile.
     With `offsets` > 0 the index chunk holds, unit-major (Is[stage][unit * kept + i], 32-bit), the
     byte offset idx(i, c) * offsets of the A row inside the stage instead of idx itself."""
-    stage: IntLike
     a: str
     b: str
     idx: str
@@ -140,6 +141,38 @@ class SparseFMA:
     a_layout: str = "km"
     slices: int = 1
     offsets: int = 0
+
+    @property
+    def share(self) -> int:
+        return self.kept // self.slices
+
+
+@dataclass(frozen=True)
+class LoadFragments:
+    """Each thread loads into registers `dst` its fragments of row `row` of its share of `stage`:
+    the index look-up, then A at that K position for its rows and B for its columns. A later
+    SparseFMA(head=dst) multiplies them; in between the stage may be overwritten. This is how a
+    K tile's first fragments are loaded before the previous tile's last products are issued."""
+    dst: str
+    stage: IntLike
+    ops: SparseOperands
+    row: int
+
+
+@dataclass(frozen=True)
+class SparseFMA:
+    """acc[r][c] += A * B (see SparseOperands) over rows first <= j < stop of each thread's share
+    of `stage` (stop None: the end of the share). With `head`, row `first` is not read from
+    shared memory: its fragments are the registers a LoadFragments filled (and are used up)."""
+    stage: IntLike
+    ops: SparseOperands
+    first: int = 0
+    stop: Optional[int] = None
+    head: str = ""
+
+    @property
+    def rows(self) -> range:
+        return range(self.first, self.ops.share if self.stop is None else self.stop)
 
 
 @dataclass(frozen=True)
@@ -160,7 +193,8 @@ class StoreAcc:
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, SparseFMA, ReduceSlices, StoreAcc]
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, LoadFragments, SparseFMA, ReduceSlices,
+             StoreAcc]
 
 
 @dataclass(frozen=True)

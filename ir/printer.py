@@ -1,8 +1,8 @@
 """Readable text for a kernel IR: what `nmgen ptx --ir` and error reports show."""
 from __future__ import annotations
 
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadList, ReduceSlices, SparseFMA, StoreAcc, Wait,
-                    ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseFMA,
+                    StoreAcc, Wait, ZeroAcc)
 
 
 def format_kernel(k: Kernel) -> str:
@@ -21,6 +21,11 @@ def format_kernel(k: Kernel) -> str:
                + (" (byte offsets)" if k.idx_bits == 32 else ""))
     _body(k.body, out, 1, lay)
     return "\n".join(out)
+
+
+def _rows_note(o) -> str:
+    return ((f" of {o.share} per slice of warps" if o.slices > 1 else f" of {o.kept}")
+            + (f"  (indices: byte offsets, {o.offsets} per A row)" if o.offsets else ""))
 
 
 def _body(body, out, depth, lay):
@@ -52,10 +57,14 @@ def _body(body, out, depth, lay):
             out.append(f"{pad}barrier")
         elif isinstance(st, ZeroAcc):
             out.append(f"{pad}acc = 0")
+        elif isinstance(st, LoadFragments):
+            out.append(f"{pad}{st.dst} <- fragments of kept row {st.row} of {st.ops.a}/{st.ops.b}[{st.stage}]"
+                       + _rows_note(st.ops))
         elif isinstance(st, SparseFMA):
-            out.append(f"{pad}acc += {st.a}[{st.stage}][{st.idx}[{st.stage}][i, unit]] * {st.b}[{st.stage}][i]"
-                       f"  for {st.kept} kept rows i" + (f", {st.kept // st.slices} per slice of warps" if st.slices > 1 else "")
-                       + (f"  (indices: byte offsets, {st.offsets} per A row)" if st.offsets else ""))
+            o, rows = st.ops, st.rows
+            span = f"kept rows {rows.start}..{rows.stop - 1}" if len(rows) > 1 else f"kept row {rows.start}"
+            out.append(f"{pad}acc += {o.a}[{st.stage}][{o.idx}[{st.stage}][i, unit]] * {o.b}[{st.stage}][i]  for {span}"
+                       + (f" (row {rows.start} from {st.head})" if st.head else "") + _rows_note(o))
         elif isinstance(st, ReduceSlices):
             out.append(f"{pad}slices 1.. -> {st.buf}; barrier; slice 0: acc += {st.buf}[each]")
         elif isinstance(st, StoreAcc):

@@ -48,6 +48,7 @@ class Schedule:
     raster: int = 8           # block rows walked together before the next block column (L2 reuse); 1 = plain order
     min_blocks: int = 1       # launch-bounds hint: blocks per SM the register allocation must allow (0 = none)
     warps_k: int = 1          # warps sharing each warp tile, each taking 1/warps_k of a K tile's kept rows
+    prefetch: int = 0         # 1: a K tile's first fragments load before the previous tile's last FMAs (0: after its barrier)
 
     def __post_init__(self):
         for f in fields(self):
@@ -58,7 +59,7 @@ class Schedule:
                     raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
-            elif v < (0 if f.name in ("a_pad", "min_blocks") else 1):
+            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch") else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range")
 
     # ---- derived shape of the thread hierarchy --------------------------------------------------
@@ -112,4 +113,5 @@ class Schedule:
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
-                + ("" if self.a_smem == "km" else f" {self.a_smem}"))
+                + ("" if self.a_smem == "km" else f" {self.a_smem}")
+                + (" pf" if self.prefetch else ""))

@@ -55,6 +55,8 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                    f"({s.k_windows} window(s) x {problem.pattern.n}); choose a warps_k that does")
     if not 2 <= s.stages <= MAX_STAGES:
         why.append(f"stages={s.stages} must be between 2 and {MAX_STAGES}")
+    if s.prefetch not in (0, 1):
+        why.append(f"prefetch={s.prefetch} must be 0 (fragments load after each tile's barrier) or 1 (before it)")
     if s.b_copy_bytes not in (4, 8, 16):
         why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
     elif (s.block_n * 4) % s.b_copy_bytes:

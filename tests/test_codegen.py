@@ -28,16 +28,22 @@ def test_default_schedules_assemble_without_spills(arch, shape):
 
 def test_the_rows_strategy_and_split_k_assemble():
     p = Problem(4096, 4096, 4096, Pattern(4, 32, 32))
-    for s in (Schedule(a_load="rows", k_windows=2), Schedule(split_k=5, stages=4), Schedule(raster=1, min_blocks=2)):
+    for s in (Schedule(a_load="rows", k_windows=2), Schedule(split_k=5, stages=4), Schedule(raster=1, min_blocks=2),
+              Schedule(prefetch=1, min_blocks=2)):   # prefetch held to two blocks of 256 threads: 128 registers
         r = compile(p, schedule=s, arch="sm_90").resources
         assert r.spill_stores == 0 and r.stack_frame == 0, (s.short(), r.summary())
 
 
-def test_inner_loop_is_fma_with_16_byte_loads():
-    ptx = compile(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), schedule=Schedule(), arch="sm_90").ptx
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_inner_loop_is_fma_with_16_byte_loads(prefetch):
+    ptx = compile(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), schedule=Schedule(prefetch=prefetch), arch="sm_90").ptx
     assert ptx.count("fma.rn.f32") == 8 * 64           # 8 kept rows x 8x8 thread tile, unrolled
-    # 2 A + 2 B float4 per kept row, and the A rows' byte offsets four kept rows per vector
-    assert ptx.count("ld.shared.v4") == ptx.count("ld.shared") == 8 * 4 + 8 // 4
+    loads = ptx.count("ld.shared")
+    if not prefetch:   # 2 A + 2 B float4 per kept row, and the A rows' byte offsets four kept rows per vector
+        assert ptx.count("ld.shared.v4") == loads == 8 * 4 + 8 // 4
+    else:              # the first row's fragments also in the prologue; the byte offsets of the rows loaded
+        # ahead (first and last) narrower: at most the three such look-ups and one shortened vector
+        assert ptx.count("ld.shared.v4") >= (8 + 1) * 4 + 1 and loads - ptx.count("ld.shared.v4") <= 4
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group" in ptx and "bar.sync" in ptx
 
 

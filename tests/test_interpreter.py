@@ -5,7 +5,7 @@ import pytest
 
 from nmgen import spmm_reference
 from nmgen.ir import HazardError, Schedule, build, for_arch, interpret, prepare, validate
-from nmgen.ir.nodes import Barrier, For, Wait
+from nmgen.ir.nodes import Barrier, For, If, LoadFragments, Wait
 from nmgen.search.heuristic import default_schedule
 from helpers import TOL, random_problem, rel_err, run_interpreter
 
@@ -33,6 +33,7 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
     (33, 70, 100, 2, 4, 1, Schedule(**SMALL, warps_k=4, k_windows=8, a_smem="mk")),
     (20, 96, 160, 12, 32, 32, Schedule(block_m=64, block_n=64, a_load="rows", k_windows=2, warps_k=4, stages=2)),
     (9, 33, 96, 3, 6, 3, Schedule(**SMALL, k_windows=2, split_k=2, warps_k=2)),   # with split-K too
+    (17, 100, 128, 4, 32, 32, Schedule(**SMALL, warps_k=4)),   # one kept row a thread: no head to prefetch
 ]
 
 
@@ -47,22 +48,23 @@ COL_CASES = [  # A column-major: K rows copied as they are (16/8/4-byte copies b
 ]
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])   # fragments loaded after each tile's barrier, or across it
 @pytest.mark.parametrize("M,N,K,n,m,v,schedule,a_major", [c + ("row",) for c in CASES] + [c + ("col",) for c in COL_CASES])
-def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule, a_major):
+def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule, a_major, prefetch):
     p, A, B = random_problem(rng, M, N, K, n, m, v, a_major)
-    s = schedule or default_schedule(p, H100)
+    s = (schedule or default_schedule(p, H100)).replace(prefetch=prefetch)
     validate(p, s, H100, prepare(p, s, B.values, B.indices).geometry.a_rows)
     C = run_interpreter(p, s, A, B)
     assert rel_err(C, spmm_reference(A, B)) < TOL
 
 
-def _without(body, kind, first_only=True):
-    """The kernel body with statements of `kind` removed (recursively, inside loops)."""
+def _without(body, kind):
+    """The kernel body with statements of `kind` removed (recursively, inside loops and ifs)."""
     out = []
     for st in body:
         if isinstance(st, kind):
             continue
-        if isinstance(st, For):
+        if isinstance(st, (For, If)):
             st = dataclasses.replace(st, body=_without(st.body, kind))
         out.append(st)
     return tuple(out)
@@ -73,19 +75,22 @@ def _with_wait(body, pending):
     for st in body:
         if isinstance(st, Wait):
             st = Wait(pending)
-        if isinstance(st, For):
+        if isinstance(st, (For, If)):
             st = dataclasses.replace(st, body=_with_wait(st.body, pending))
         out.append(st)
     return tuple(out)
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda body: _without(body, Barrier), "no barrier|not waited"),
-    (lambda body: _with_wait(body, 2), "pending"),
+@pytest.mark.parametrize("mutate,match,prefetch", [
+    (lambda body: _without(body, Barrier), "no barrier|not waited", 0),
+    (lambda body: _with_wait(body, 2), "pending", 0),
+    (lambda body: _without(body, Barrier), "no barrier|not waited|while threads may still be reading", 1),
+    (lambda body: _with_wait(body, 2), "pending", 1),
+    (lambda body: _without(body, LoadFragments), "no LoadFragments filled", 1),
 ])
-def test_interpreter_catches_pipeline_races(rng, mutate, match):
+def test_interpreter_catches_pipeline_races(rng, mutate, match, prefetch):
     p, A, B = random_problem(rng, 17, 64, 256, 8, 32, 32)
-    s = Schedule(stages=3)
+    s = Schedule(stages=3, prefetch=prefetch)
     ops = prepare(p, s, B.values, B.indices)
     k = build(p, s)
     broken = dataclasses.replace(k, body=mutate(k.body))

@@ -5,7 +5,8 @@ Mapping:
                 zero-fill (src-size 0, address clamped to the array base) outside the bounds
   Commit/Wait-> cp.async.commit_group / cp.async.wait_group N;  Barrier -> bar.sync 0
   SparseFMA  -> per kept row: index load (u8/u16) -> vector loads of A and B from shared -> fma.rn.f32
-                (sliced K: a thread's rows start at its slice's share, an offset in its base addresses)
+                (sliced K: a thread's rows start at its slice's share, an offset in its base addresses);
+                a `head` row's fragments come from the f32 allocas a LoadFragments stored
   ReduceSlices -> slices 1.. st.shared.v4 their sums, bar.sync, slice 0 ld.shared.v4 and adds
   StoreAcc   -> st.global.v4 where rows are 16-byte aligned, scalar stores or atomic adds otherwise
   For/If     -> branches;  index expressions -> i32 arithmetic (nuw/nsw: all indices are naturals)
@@ -23,8 +24,8 @@ os.environ.setdefault("LLVMLITE_ENABLE_IR_LAYER_TYPED_POINTERS", "0")
 from llvmlite import ir  # noqa: E402
 
 from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
-from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadList,  # noqa: E402
-                        ReduceSlices, SparseFMA, StoreAcc, Wait, ZeroAcc)
+from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments,  # noqa: E402
+                        LoadList, ReduceSlices, SparseFMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -72,6 +73,7 @@ class Lowerer:
         self.acc = [[self.eb.alloca(F32, name=f"acc{r}_{c}") for c in range(lay.thread_n)]
                     for r in range(lay.thread_m)]
         self.regs = {}     # register lists (LoadList): name -> one i32 alloca per copy slot
+        self.frags = {}    # fragment registers (LoadFragments): name -> (A values per group, f32 allocas)
 
     # ---- module -----------------------------------------------------------------------------------
     def lower(self) -> ir.Module:
@@ -308,59 +310,40 @@ class Lowerer:
             size = b.select(ok, ir.Constant(I32, plan.width), ir.Constant(I32, 0))
             self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}.s", ir.VoidType(), [dst, src, size])
 
+    def _LoadFragments(self, st: LoadFragments):
+        """The row's fragments into allocas (SROA makes them registers, carried around the loop)."""
+        a, bvals = self._reader(st.ops, st.stage).row(st.row)
+        flat = [x for g in a for x in g] + bvals
+        regs = self.frags.get(st.dst)
+        if regs is None:
+            regs = self.frags[st.dst] = ([len(g) for g in a], [self.eb.alloca(F32, name=f"{st.dst}{i}")
+                                                               for i in range(len(flat))])
+        for x, r in zip(flat, regs[1]):
+            self.b.store(x, r)
+
     def _SparseFMA(self, op: SparseFMA):
-        k, lay, b = self.k, self.k.layout, self.b
-        a_buf, b_buf = k.buffer(op.a), k.buffer(op.b)
-        a_base, b_base, i_base = (self.stage_base(n, op.stage) for n in (op.a, op.b, op.idx))
-        ity, isz = {8: (I8, 1), 16: (I16, 2), 32: (I32, 4)}[k.idx_bits]
-        tid = Var("tid")
-        row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
-        col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
-        share = op.kept // op.slices
-        first = lay.slice(tid) * share if op.slices > 1 else 0    # sliced K: the thread's first kept row
+        lay = self.k.layout
         group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
-        mk = op.a_layout == "mk"
-        # "km": A(k, m) at k * pitch + m; the thread's row offset is added to the stage base once
-        #       per tile, per kept row and look-up group only idx * pitch (one IMAD), vector loads.
-        # "mk": A(k, m) at m * pitch + k; the thread's row offsets times the pitch are immediates,
-        #       per kept row and group only idx * 4 is added, then one scalar load per row.
-        # Byte offsets (op.offsets): the multiply was done offline; one vector load brings up to
-        # four kept rows' offsets, then one add per row and group.
-        scale = 4 if mk else a_buf.pitch * 4
-        row_parts = [split_offset(o * (a_buf.pitch if mk else 1)) for o in row_off]
-        a_thread = {v: self.b.add(a_base, self._var_part(v), flags=NUW) for v, _ in row_parts}
-        if op.offsets:
-            assert op.offsets == scale, (op.offsets, scale)
-            units = [lay.group_unit(tid, g) * op.kept * 4 for g in range(len(lay.groups))]
-            ovec = next(v for v in (4, 2, 1) if op.kept % v == 0 and share % v == 0)
-            offs = {}       # (group, j) -> this tile's byte offset of kept row first + j
-        else:
-            units = [lay.group_unit(tid, g) * isz for g in range(len(lay.groups))]
-        for j in range(share):
-            i = first + j
-            a = []                                   # a[g][r]: A values for look-up group g
-            for g in range(len(lay.groups)):
-                if op.offsets:
-                    if j % ovec == 0:
-                        ip = self.sptr_expr(i_base, units[g] + i * 4)
-                        if ovec == 1:
-                            offs[g, j] = b.load(ip, typ=I32, align=4)
-                        else:
-                            x = b.load(ip, typ=ir.VectorType(I32, ovec), align=4 * ovec)
-                            for e in range(ovec):
-                                offs[g, j + e] = b.extract_element(x, ir.Constant(I32, e))
-                    row = offs.pop((g, j))
-                else:
-                    ip = self.sptr_expr(i_base, units[g] + i * lay.units_per_block * isz)
-                    row = b.mul(b.zext(b.load(ip, typ=ity, align=isz), I32), ir.Constant(I32, scale), flags=NUW)
-                a.append(self._vload_parts({v: b.add(a_thread[v], row, flags=NUW) for v in a_thread},
-                                           row_parts, lay.a_vec))
-            bvals = self._vload(b_base, [o + i * b_buf.pitch * 4 for o in col_off], lay.b_vec)
+        rows = op.rows
+        reader = self._reader(op.ops, op.stage) if len(rows) > (1 if op.head else 0) else None
+        for j in rows:
+            if op.head and j == rows.start:
+                sizes, regs = self.frags[op.head]
+                vals = [self.b.load(r, typ=F32) for r in regs]
+                a, at = [], 0
+                for n in sizes:
+                    a.append(vals[at:at + n])
+                    at += n
+                bvals = vals[at:]
+            else:
+                a, bvals = reader.row(j)
             for r in range(lay.thread_m):
                 for c in range(lay.thread_n):
-                    acc = b.load(self.acc[r][c], typ=F32)
-                    s = self._call("llvm.fma.f32", F32, [a[group_of[c]][r], bvals[c], acc])
-                    b.store(s, self.acc[r][c])
+                    acc = self.b.load(self.acc[r][c], typ=F32)
+                    self.b.store(self._call("llvm.fma.f32", F32, [a[group_of[c]][r], bvals[c], acc]), self.acc[r][c])
+
+    def _reader(self, ops: SparseOperands, stage) -> "_TileReader":
+        return _TileReader(self, ops, stage)
 
     def _vload(self, base, offsets, vec):
         """Scalars from shared memory at base + each offset (byte expressions), `vec` floats per load."""
@@ -460,6 +443,72 @@ class Lowerer:
             b.atomic_rmw("fadd", ptr, b.load(self.acc[r][c0], typ=F32), "monotonic")
         else:
             b.store(self._acc_vector(r, c0, vec), ptr, align=4 * vec)
+
+
+class _TileReader:
+    """Loads a thread's fragments of one K tile stage, row by row: the index look-up, then A at
+    that K position for the thread's rows (per look-up group) and B for its columns.
+
+    "km": A(k, m) at k * pitch + m; the thread's row offset is added to the stage base once per
+          tile, per kept row and look-up group only idx * pitch (one IMAD), vector loads.
+    "mk": A(k, m) at m * pitch + k; the thread's row offsets times the pitch are immediates,
+          per kept row and group only idx * 4 is added, then one scalar load per row.
+    Byte offsets (ops.offsets): the multiply was done offline; one vector load brings up to four
+    kept rows' offsets (kept for the rows after it), then one add per row and group."""
+
+    def __init__(self, lw: Lowerer, ops: SparseOperands, stage):
+        k, lay, b = lw.k, lw.k.layout, lw.b
+        self.lw, self.ops = lw, ops
+        a_buf, b_buf = k.buffer(ops.a), k.buffer(ops.b)
+        a_base, self.b_base, self.i_base = (lw.stage_base(n, stage) for n in (ops.a, ops.b, ops.idx))
+        self.ity, self.isz = {8: (I8, 1), 16: (I16, 2), 32: (I32, 4)}[k.idx_bits]
+        tid = Var("tid")
+        row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
+        self.col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
+        self.first = lay.slice(tid) * ops.share if ops.slices > 1 else 0   # sliced K: the thread's first kept row
+        mk = ops.a_layout == "mk"
+        self.scale = 4 if mk else a_buf.pitch * 4
+        self.b_pitch = b_buf.pitch * 4
+        self.row_parts = [split_offset(o * (a_buf.pitch if mk else 1)) for o in row_off]
+        self.a_thread = {v: b.add(a_base, lw._var_part(v), flags=NUW) for v, _ in self.row_parts}
+        groups = range(len(lay.groups))
+        if ops.offsets:
+            assert ops.offsets == self.scale, (ops.offsets, self.scale)
+            self.units = [lay.group_unit(tid, g) * ops.kept * 4 for g in groups]
+            self.ovec = next(v for v in (4, 2, 1) if ops.kept % v == 0 and ops.share % v == 0)
+            self.offs = {}    # (group, j) -> byte offset of the thread's kept row j
+        else:
+            self.units = [lay.group_unit(tid, g) * self.isz for g in groups]
+
+    def _a_row(self, g: int, j: int) -> ir.Value:
+        """Byte offset of the A row that look-up group g multiplies with kept row j."""
+        lw, b, ops = self.lw, self.lw.b, self.ops
+        i = self.first + j
+        if not ops.offsets:
+            ip = lw.sptr_expr(self.i_base, self.units[g] + i * lw.k.layout.units_per_block * self.isz)
+            return b.mul(b.zext(b.load(ip, typ=self.ity, align=self.isz), I32), ir.Constant(I32, self.scale), flags=NUW)
+        if (g, j) not in self.offs:
+            j0, v = j - j % self.ovec, self.ovec
+            ip = lw.sptr_expr(self.i_base, self.units[g] + (self.first + j0) * 4)
+            if v == 1:
+                self.offs[g, j0] = b.load(ip, typ=I32, align=4)
+            else:
+                x = b.load(ip, typ=ir.VectorType(I32, v), align=4 * v)
+                for e in range(v):
+                    self.offs[g, j0 + e] = b.extract_element(x, ir.Constant(I32, e))
+        return self.offs[g, j]
+
+    def row(self, j: int):
+        """(a[g][r], b[c]): the thread's A values per look-up group and row, B values per column."""
+        lw, b, lay = self.lw, self.lw.b, self.lw.k.layout
+        a = []
+        for g in range(len(lay.groups)):
+            off = self._a_row(g, j)
+            a.append(lw._vload_parts({v: b.add(self.a_thread[v], off, flags=NUW) for v in self.a_thread},
+                                     self.row_parts, lay.a_vec))
+        i = self.first + j
+        bvals = lw._vload(self.b_base, [o + i * self.b_pitch for o in self.col_off], lay.b_vec)
+        return a, bvals
 
 
 def lower(kernel: Kernel, target: Target, data_layout: str) -> ir.Module:

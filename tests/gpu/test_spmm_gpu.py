@@ -62,6 +62,10 @@ def test_split_k_even_and_uneven(rng, split_k):
     Schedule(block_m=128, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4, stages=2, a_pad=0),
     Schedule(a_smem="mk", k_windows=2),
     Schedule(a_smem="mk", block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=16, thread_n=8, split_k=2),
+    # fragments of each tile's first row loaded before the previous tile's barrier
+    Schedule(a_load="rows", k_windows=2, prefetch=1),
+    Schedule(k_windows=1, split_k=3, prefetch=1, min_blocks=2),
+    Schedule(block_m=32, block_n=128, warp_m=32, warp_n=32, thread_m=4, thread_n=8, warps_k=4, prefetch=1),  # 4:32: 1 row a slice
 ], ids=lambda s: s.short().replace(" ", "_"))
 @pytest.mark.parametrize("pattern", [(4, 32, 32), (16, 32, 32)], ids=lambda p: "%d:%dx%d" % p)
 def test_other_schedules(rng, schedule, pattern):
