@@ -9,6 +9,8 @@
   check        once per candidate: the output, poisoned with NaN first, against the float64
                reference (every element finite; relative error < 1e-5 on reference.check_rows)
   time         CUDA events, warm-up, median of `reps` runs, L2 flushed before each run
+  refine       then one step from the best two measured (search.refine: the other loop form, a
+               register bound, bigger blocks), again while a round finds something faster
   record       immediately, one row per candidate, with how it was measured; the final top few are
                measured once more and the database keeps the better median
 """
@@ -114,16 +116,48 @@ class Tuner:
 
     # ---- measuring ---------------------------------------------------------------------------------
     def run(self, strategy: str = "model-topk", topk: int | None = None, budget: int | None = None,
-            remeasure: int = 3) -> list[Result]:
+            remeasure: int = 3, refine: int = 2) -> list[Result]:
         todo, space, skipped = self.plan(strategy, topk, budget)
         log.info("%s: space %d, %d to measure, %d already recorded", self.problem, space, len(todo), skipped)
+        results = self._measure_all(todo)
+        for _ in range(refine):
+            left = None if budget is None else budget - len(results)
+            if left is not None and left <= 0:
+                break
+            before = self._best_rows(1)
+            more = self._measure_all(self._refinements(top=2)[:left])
+            results += more
+            after = self._best_rows(1)
+            if not more or before and after[0]["median_us"] >= before[0]["median_us"]:
+                break                          # a round that found nothing faster ends the local search
+        self._remeasure(remeasure)
+        return results
+
+    def _measure_all(self, todo) -> list[Result]:
         results = []
         for s, pred, compiled in self._compiled(todo):
             r = self.measure(s, pred, compiled)
             self.db.record(r.record)          # now: a killed search loses nothing it measured
             results.append(r)
-        self._remeasure(remeasure)
         return results
+
+    def _refinements(self, top: int):
+        """(schedule, prediction) one step from each of the `top` best recorded, not yet recorded."""
+        from .refine import refinements
+        seen = set(self.db.recorded(*self.keys))
+        out = []
+        for r in self._best_rows(top):
+            for c in refinements(self.problem, Schedule.from_json(r["schedule"]), self.device, r.get("registers"),
+                                 self.a_rows):
+                if c.hash() not in seen:
+                    seen.add(c.hash())
+                    out.append((c, model.predict(self.problem, c, self.device, None, self.a_rows(c))))
+        return out
+
+    def _best_rows(self, top: int) -> list[dict]:
+        """The `top` fastest successful records of this problem on this device and toolchain."""
+        rows = self.db.rows(self.keys[0], self.keys[1], status="ok")
+        return [r for r in rows if r["toolchain_key"] == self.keys[2]][:top]
 
     def _compiled(self, todo):
         """Yield (schedule, prediction, (ptx, cubin, resources|error)) in model order, compiling ahead."""
@@ -223,8 +257,7 @@ class Tuner:
         """Measure the best few recorded schedules once more (the database keeps the better median)."""
         if top <= 0:
             return
-        rows = self.db.rows(self.keys[0], self.keys[1], status="ok")
-        rows = [r for r in rows if r["toolchain_key"] == self.keys[2]][:top]
+        rows = self._best_rows(top)
         if not rows:
             return
         if not hasattr(self, "a_dev"):

@@ -137,7 +137,7 @@ def test_model_topk_measures_the_models_best(tmp_path):
     t, db = make_tuner(tmp_path)
     gpu = t.measure = FakeGPU(t)
     todo, space, _ = t.plan("model-topk", topk=5)
-    t.run("model-topk", topk=5, remeasure=0)
+    t.run("model-topk", topk=5, remeasure=0, refine=0)
     assert gpu.calls == [s.hash() for s, _ in todo] and len(gpu.calls) == 5
     ranked = [s.hash() for s, _ in t.ranked()]
     assert gpu.calls == ranked[:5]
@@ -148,18 +148,18 @@ def test_killed_search_resumes_and_failures_are_not_retried(tmp_path):
     space = len(t.ranked())
     t.measure = FakeGPU(t, kill_after=7)
     with pytest.raises(KeyboardInterrupt):
-        t.run("exhaustive", remeasure=0)
+        t.run("exhaustive", remeasure=0, refine=0)
     assert len(db.recorded(*t.keys)) == 7           # everything measured before the kill is kept
     gpu = t.measure = FakeGPU(t)
-    t.run("exhaustive", budget=10, remeasure=0)
+    t.run("exhaustive", budget=10, remeasure=0, refine=0)
     assert len(gpu.calls) == 10 and not set(gpu.calls) & set(list(db.recorded(*t.keys))[:0])
-    t.run("exhaustive", remeasure=0)
+    t.run("exhaustive", remeasure=0, refine=0)
     rec = db.recorded(*t.keys)
     assert len(rec) == space                         # every schedule measured exactly once overall
     assert len(gpu.calls) == space - 7 and len(set(gpu.calls)) == len(gpu.calls)
     assert "wrong_result" in rec.values()
     again = t.measure = FakeGPU(t)
-    t.run("exhaustive", remeasure=0)
+    t.run("exhaustive", remeasure=0, refine=0)
     assert again.calls == []                          # nothing left: failures are not retried
     best = db.best(*t.keys)
     assert best["status"] == "ok" and best["median_us"] == min(
@@ -218,3 +218,44 @@ def test_model_topk_also_measures_the_bests_of_nearby_problems(tmp_path):
     hashes = [s.hash() for s, _ in todo]
     assert hashes[:3] == [s.hash() for s in ranked[:3]]               # the model's best first
     assert hashes[3:] == [low.hash()]                                  # then the neighbour's best only
+
+
+def test_refinements_are_one_step_from_a_measured_schedule():
+    from nmgen.search.refine import refinements
+    p = Problem(4096, 4096, 4096, Pattern(12, 32, 32), a_major="col")
+    s = Schedule(block_m=64, block_n=256, warp_m=64, warp_n=32, k_windows=2, stages=2)
+    got = refinements(p, s, H100, registers=127)
+    assert s.replace(prefetch=1) in got                     # the other loop form, unbounded
+    assert s.replace(prefetch=1, min_blocks=2) in got       # ... and held to the 2 blocks/SM of 127 registers
+    assert s.replace(block_m=128) in got                    # 16 warps; 512 columns would pass the 256 limit
+    assert len(got) == 3 and all(problems(p, c, H100) == [] for c in got)
+    # from a prefetching schedule: back to the plain loop; no bound without a register count
+    assert refinements(p, s.replace(prefetch=1, min_blocks=2), H100, registers=None)[0] == s
+
+
+class FasterWithPrefetch(FakeGPU):
+    """The fake GPU, with prefetching schedules 20% faster than the model says (registers recorded)."""
+
+    def __call__(self, s, pred, compiled):
+        r = super().__call__(s, pred, compiled)
+        if r.status == "ok":
+            r.record.update(registers=64, median_us=r.record["median_us"] * (0.8 if s.prefetch else 1.0))
+            r.median_us = r.record["median_us"]
+        return r
+
+
+def test_tuner_refines_its_best_schedules(tmp_path):
+    t, db = make_tuner(tmp_path)
+    gpu = t.measure = FasterWithPrefetch(t)
+    t.run("model-topk", topk=5, remeasure=0, refine=2)
+    ranked = {s.hash() for s, _ in t.ranked()}
+    extra = gpu.calls[5:]
+    assert gpu.calls[:5] == [s.hash() for s, _ in t.ranked()[:5]] and len(extra) > 2   # the ranked, then refinements
+    assert len(set(gpu.calls)) == len(gpu.calls)                                 # nothing measured twice
+    best = Schedule.from_json(db.best(*t.keys)["schedule"])
+    assert best.prefetch == 1 and best.hash() not in ranked                     # found outside the ranked space
+    (tmp_path / "b").mkdir()
+    t2, _ = make_tuner(tmp_path / "b")
+    again = t2.measure = FasterWithPrefetch(t2)
+    t2.run("model-topk", topk=5, remeasure=0, refine=2, budget=7)
+    assert again.calls == gpu.calls[:7]                                         # the budget holds for refinements

@@ -21,6 +21,9 @@ def register(sub):
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=int, metavar="K", help="schedules measured by model-topk (default 10%% of the space)")
     p.add_argument("--budget", type=int, metavar="N", help="measure at most N schedules in this run")
+    p.add_argument("--refine", type=int, default=2, metavar="R",
+                   help="rounds of local search after the ranked schedules: one step from the best two "
+                        "(the other loop form, a register bound, bigger blocks); 0 for none (default 2)")
     add_db_arg(p)
     p.add_argument("--reps", type=int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",
@@ -71,7 +74,7 @@ def run(args):
     out = []
     for p in problems:
         tuner = Tuner(p, dev, db, reps=args.reps, progress=not args.quiet)
-        tuner.run(args.strategy, args.topk, args.budget)
+        tuner.run(args.strategy, args.topk, args.budget, refine=args.refine)
         rows = [r for r in db.rows(p.key(), dev.key(), status="ok") if r["toolchain_key"] == tuner.keys[2]]
         out.append((p, rows, len(db.recorded(*tuner.keys))))
     if args.json:

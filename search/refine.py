@@ -1,0 +1,42 @@
+"""One step from a measured schedule, along choices the model cannot rank: the tuner's local search.
+
+The space (search.space) is what the model ranks; some choices depend on what ptxas makes of the
+code, which the model does not know, so they are decided by measuring them next to the winners:
+
+  prefetch     the other loop form (H100, NOTES.md run 18: the rotated loop wins by 1-3% where its
+               extra registers cost no occupancy, and loses up to 15% elsewhere)
+  min_blocks   with prefetch, ptxas takes ~30 more registers; the bound that keeps the blocks per SM
+               of the measured kernel (from its recorded registers) asks it to fit them
+  block tile   twice the warps along M or along N, the warp tile kept (512x4096x11008 at 12:32:
+               128x256 blocks took 399 us where the space's best 64x256 took 427, run 14)
+"""
+from __future__ import annotations
+
+from ..ir.device import Device
+from ..ir.problem import Problem
+from ..ir.schedule import Schedule
+from ..ir.validate import problems, shared_bytes
+from .model import blocks_per_sm
+
+MAX_REFINE_THREADS = 512   # beyond 16 warps a block the FFMA tiles hold too few blocks per SM
+
+
+def refinements(problem: Problem, s: Schedule, device: Device, registers: int | None,
+                a_rows=lambda s: None) -> list[Schedule]:
+    """Valid schedules one step from `s` (measured with `registers` per thread), distinct, `s` excluded.
+    `a_rows(schedule)` gives the compacted A list length of a "rows" schedule."""
+    out = [s.replace(prefetch=1 - s.prefetch, min_blocks=1)]
+    if not s.prefetch and registers:
+        held = blocks_per_sm(s, device, registers, shared_bytes(problem, s, a_rows(s)))
+        if held > 1:
+            out.append(s.replace(prefetch=1, min_blocks=held))
+    for field in ("block_m", "block_n"):
+        bigger = s.replace(**{field: 2 * getattr(s, field)})
+        if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:
+            out.append(bigger)
+    seen, keep = {s.hash()}, []
+    for c in out:
+        if c.hash() not in seen and not problems(problem, c, device, a_rows(c)):
+            seen.add(c.hash())
+            keep.append(c)
+    return keep
