@@ -45,6 +45,15 @@ for step in "$@"; do
                  python3 -m nmgen.cli search --shape 256x2048x2048 --pattern $pat --vector 32 --a-major col \
                    --strategy exhaustive --quiet 2>&1 | tee -a $OUT/search_small.log | tail -4
                done ;;
+    refine-*)  # refine-SUITE-ROWCOL: the tuner's local search (and re-timing) on the suite's recorded problems
+               spec=${step#refine-}; suite=${spec%-*}; am=${spec##*-}
+               export NMGEN_DB=$OUT/tuning.db
+               [ -f .carry/tuning.db ] && [ ! -f $NMGEN_DB ] && cp .carry/tuning.db $NMGEN_DB && chmod u+w $NMGEN_DB
+               python3 -c "from nmgen.bench import SUITES, PAPER_PATTERNS as P
+for M, N, K in SUITES['$suite']:
+    for p in P: print(f'{M}x{N}x{K} {p} 32')" > /tmp/shapes_$suite.txt
+               python3 -m nmgen.cli search --shapes /tmp/shapes_$suite.txt --a-major $am --topk 24 --quiet \
+                 2>&1 | tee $OUT/refine_${suite}_${am}.log | tail -8 ;;
     bench-*)   # bench-SUITE-ROWCOL: tune what the database lacks, then nmgen vs cuBLAS in one run
                spec=${step#bench-}; suite=${spec%-*}; am=${spec##*-}
                export NMGEN_DB=$OUT/tuning.db

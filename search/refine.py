@@ -6,7 +6,9 @@ code, which the model does not know, so they are decided by measuring them next 
   prefetch     the other loop form (H100, NOTES.md run 18: the rotated loop wins by 1-3% where its
                extra registers cost no occupancy, and loses up to 15% elsewhere)
   min_blocks   with prefetch, ptxas takes ~30 more registers; the bound that keeps the blocks per SM
-               of the measured kernel (from its recorded registers) asks it to fit them
+               of the measured kernel (from its recorded registers) asks it to fit them. And where
+               registers alone keep out another block (64x256 at 130 registers: one block of 8
+               warps per SM), the bound that lets it in
   block tile   twice the warps along M or along N, the warp tile kept (512x4096x11008 at 12:32:
                128x256 blocks took 399 us where the space's best 64x256 took 427, run 14)
 """
@@ -26,10 +28,13 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
     """Valid schedules one step from `s` (measured with `registers` per thread), distinct, `s` excluded.
     `a_rows(schedule)` gives the compacted A list length of a "rows" schedule."""
     out = [s.replace(prefetch=1 - s.prefetch, min_blocks=1)]
-    if not s.prefetch and registers:
-        held = blocks_per_sm(s, device, registers, shared_bytes(problem, s, a_rows(s)))
-        if held > 1:
+    if registers:
+        smem = shared_bytes(problem, s, a_rows(s))
+        held = blocks_per_sm(s, device, registers, smem)
+        if not s.prefetch and held > 1:
             out.append(s.replace(prefetch=1, min_blocks=held))
+        if 0 < held < blocks_per_sm(s, device, 1, smem):      # registers are what keeps the next block out
+            out.append(s.replace(min_blocks=held + 1))
     for field in ("block_m", "block_n"):
         bigger = s.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:

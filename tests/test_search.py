@@ -229,6 +229,8 @@ def test_refinements_are_one_step_from_a_measured_schedule():
     assert s.replace(prefetch=1, min_blocks=2) in got       # ... and held to the 2 blocks/SM of 127 registers
     assert s.replace(block_m=128) in got                    # 16 warps; 512 columns would pass the 256 limit
     assert len(got) == 3 and all(problems(p, c, H100) == [] for c in got)
+    # 130 registers: one block of 256 threads a SM, though shared memory would take two
+    assert s.replace(min_blocks=2) in refinements(p, s, H100, registers=130)
     # from a prefetching schedule: back to the plain loop; no bound without a register count
     assert refinements(p, s.replace(prefetch=1, min_blocks=2), H100, registers=None)[0] == s
 
