@@ -109,9 +109,11 @@ class Schedule:
         return replace(self, **kw)
 
     def short(self) -> str:
-        """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`."""
+        """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`; fields off their defaults
+        follow (wk2, mk, pf, mb2)."""
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
                 + ("" if self.a_smem == "km" else f" {self.a_smem}")
-                + (" pf" if self.prefetch else ""))
+                + (" pf" if self.prefetch else "")
+                + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}"))
