@@ -119,8 +119,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     ops = SparseOperands("As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0)
     share = ops.share
 
-    def ready(u):           # tile u landed (S-2 younger groups may stay in flight) and visible to all
-        return (Wait(S - 2), Barrier())
+    ready = (Wait(S - 2), Barrier())   # the oldest tile in flight landed (S-2 younger groups may stay) and visible
 
     def refill(u, free):    # copy tile u+S-1 into stage `free`, which no thread reads any more
         out = (If(lt(u + (S - 1), t1), load(u + (S - 1), free)), Commit())
@@ -128,7 +127,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
     t, it = Var("t"), Var("it")
     if not s.prefetch:
-        loop = ready(t) + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops),)
+        loop = ready + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops),)
     else:
         # The last row's fragments are in registers before the barrier, so the stage of tile t is
         # free after it and takes tile t+S. The next tile's first fragments load before the last
@@ -136,10 +135,10 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         # addresses are not live beside two rows of fragments.
         def head(stage):
             return (LoadFragments("head", stage, ops, 0),) if share > 1 else ()
-        body.append(If(lt(t0, t1), ready(t0) + head(0) + refill(t0, S - 1)))
+        body.append(If(lt(t0, t1), ready + head(0) + refill(t0, S - 1)))
         loop = ((SparseFMA(it % S, ops, 0, share - 1, "head"),) if share > 1 else ()) + (
             LoadFragments("last", it % S, ops, share - 1),
-            If(lt(t + 1, t1), ready(t + 1) + head((it + 1) % S)),
+            If(lt(t + 1, t1), ready + head((it + 1) % S)),
             SparseFMA(it % S, ops, share - 1, share, "last"),
             If(lt(t + 1, t1), refill(t + 1, it % S)))
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))

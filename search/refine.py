@@ -10,7 +10,8 @@ code, which the model does not know, so they are decided by measuring them next 
                registers alone keep out another block (64x256 at 130 registers: one block of 8
                warps per SM), the bound that lets it in
   block tile   twice the warps along M or along N, the warp tile kept (512x4096x11008 at 12:32:
-               128x256 blocks took 399 us where the space's best 64x256 took 427, run 14)
+               128x256 blocks took 399 us warm where the space's best 64x256 took 427, run 14; 418.8
+               against 416.5 us flushed in run 19: close enough that only measuring decides)
 """
 from __future__ import annotations
 
