@@ -124,9 +124,10 @@ class TuningDB:
             [device_key, toolchain_key, per_problem]))
 
     def rows(self, problem_key: str | None = None, device_key: str | None = None, status: str | None = None,
-             order: str = "median_us") -> list[dict]:
+             order: str = "median_us", toolchain_key: str | None = None) -> list[dict]:
         where, args = [], []
-        for col, val in (("problem_key", problem_key), ("device_key", device_key), ("status", status)):
+        for col, val in (("problem_key", problem_key), ("device_key", device_key), ("status", status),
+                         ("toolchain_key", toolchain_key)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)

@@ -41,8 +41,8 @@ def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[
     db = db or open_db()
     key = toolchain_key(device.arch, device.driver)
     out = []
-    for r in db.rows(problem.key(), device.key(), status="ok"):
-        if r["toolchain_key"] == key and r["schedule"] not in out:
+    for r in db.rows(problem.key(), device.key(), status="ok", toolchain_key=key):
+        if r["schedule"] not in out:
             out.append(r["schedule"])
     return [Schedule.from_json(x) for x in out[:n]]
 

@@ -156,8 +156,7 @@ class Tuner:
 
     def _best_rows(self, top: int) -> list[dict]:
         """The `top` fastest successful records of this problem on this device and toolchain."""
-        rows = self.db.rows(self.keys[0], self.keys[1], status="ok")
-        return [r for r in rows if r["toolchain_key"] == self.keys[2]][:top]
+        return self.db.rows(self.keys[0], self.keys[1], status="ok", toolchain_key=self.keys[2])[:top]
 
     def _compiled(self, todo):
         """Yield (schedule, prediction, (ptx, cubin, resources|error)) in model order, compiling ahead."""

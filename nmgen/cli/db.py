@@ -65,7 +65,7 @@ def run(args):
         from ..search.quality import quality
         out = []
         for g in db.summary():
-            rows = [r for r in db.rows(g["problem_key"], g["device_key"]) if r["toolchain_key"] == g["toolchain_key"]]
+            rows = db.rows(g["problem_key"], g["device_key"], toolchain_key=g["toolchain_key"])
             if args.current_model:
                 rows = [dict(r, model_us=_predict_again(r)) for r in rows]
             q = dict(quality(rows), problem=g["problem_key"], device=g["device_key"])

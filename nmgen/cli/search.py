@@ -75,7 +75,7 @@ def run(args):
     for p in problems:
         tuner = Tuner(p, dev, db, reps=args.reps, progress=not args.quiet)
         tuner.run(args.strategy, args.topk, args.budget, refine=args.refine)
-        rows = [r for r in db.rows(p.key(), dev.key(), status="ok") if r["toolchain_key"] == tuner.keys[2]]
+        rows = db.rows(*tuner.keys[:2], status="ok", toolchain_key=tuner.keys[2])
         out.append((p, rows, len(db.recorded(*tuner.keys))))
     if args.json:
         json.dump([{"problem": p.to_dict(), "recorded": n, "best": rows[:10]} for p, rows, n in out], sys.stdout, indent=1)
