@@ -27,9 +27,10 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
    resident blocks hide. The constants are a least-squares fit (in log time) to 1445 schedules of
    three problems measured on an H100 (see NOTES.md); fitted on two problems and tested on the
    third, the model keeps Spearman >= 0.80.
-     time_SM = waves * bps_used * ceil(T / split) * cycles / clock,  waves = ceil(blocks / (SMs * bps)),
-     bps = blocks per SM allowed by registers (allocated in 8s), shared memory, threads, 32;
-     bps_used = min(bps, blocks / SMs).
+     time_SM = ceil(blocks / SMs) * ceil(T / split) * cycles / clock   (the busiest SM's blocks, run
+     bps_used at a time; an SM takes the next block when one ends, so a partial last wave costs its
+     own blocks, not a whole wave), bps = blocks per SM allowed by registers (allocated in 8s),
+     shared memory, threads, 32; bps_used = min(bps, blocks / SMs).
 4. L2 -> SM bytes per tile: A = rows(M) * BK * 4 (whole sectors; the "rows" strategy touches the
    32-byte sectors holding its listed columns), B = KR * BN * 4, index chunk; split-K adds the
    atomic read-modify-write of C. time_L2 = bytes / L2 bandwidth.
@@ -130,7 +131,10 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     block_c = tiles * tile_c
     if s.warps_k > 1:   # the reduction through shared memory, once per block
         block_c += ISSUE_WEIGHT * 2 * TM * TN / lay.b_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
-    sm_us = waves * per_sm * block_c / (device.clock_khz * 1e3) * 1e6
+    # An SM starts a block as soon as one of its slots frees, not in lockstep waves: the busiest SM
+    # runs ceil(blocks / SMs) blocks, per_sm at a time (H100: 1280 blocks at 8 per SM took 1.06x
+    # the time of 1056, not the 2x that whole waves predict; NOTES.md, run 21)
+    sm_us = ceil_div(blocks, device.sms) * block_c / (device.clock_khz * 1e3) * 1e6
 
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)

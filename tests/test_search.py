@@ -79,6 +79,20 @@ def test_model_counts_by_hand():
     assert pr.time_us == pytest.approx(max(pr.sm_us, pr.l2_us, pr.dram_us) + 3.0)
 
 
+def test_model_charges_a_partial_last_wave_its_own_blocks():
+    """An SM takes the next block when one ends: 1280 blocks on 132 SMs x 8 slots cost the busiest
+    SM's 10 blocks, 10/8 of one full wave, not two whole waves (16)."""
+    s = Schedule(block_m=128, block_n=32, warp_m=64, warp_n=32, thread_m=8, thread_n=8, k_windows=2, stages=2,
+                 a_load="rows")                                             # 16 listed A rows: 8 blocks per SM
+    p = Problem(1024, 5120, 5120, Pattern(8, 32, 32), a_major="col")        # 8 x 160 = 1280 blocks
+    pr = model.predict(p, s, H100, registers=120, a_rows=16)
+    assert pr.blocks_per_sm == 8 and pr.waves == 2
+    full = Problem(1024, 132 * 32, 5120, Pattern(8, 32, 32), a_major="col")      # 8 x 132 = 1056 blocks: 8 per SM
+    pf = model.predict(full, s, H100, registers=120, a_rows=16)
+    assert pf.waves == 1
+    assert pr.sm_us == pytest.approx(pf.sm_us * 10 / 8)
+
+
 def test_model_decode_is_memory_bound():
     """M=1: reading the compressed weights dominates; DRAM bytes = A + B values + index + C."""
     p = Problem(1, 28672, 8192, Pattern(4, 32, 32))
