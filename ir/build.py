@@ -6,10 +6,11 @@ interpreter checks the very order the GPU will run:
     prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
     main loop: for t in [t0, t1):
                    ready(t):  wait until tile t has landed (S-2 groups may stay in flight); barrier
+                   acc += rows [0, refill_row) of tile t (from stage (t-t0) % S)
                    refill(t): copy tile t+S-1 -> stage (t-t0+S-1) % S   # the stage read in iteration t-1:
                               commit                                    #   the barrier above freed it
                               ("rows": load the row list of tile t+S into registers, for the next iteration)
-                   acc += tile t (from stage (t-t0) % S)
+                   acc += the other rows of tile t
     with prefetch the loop is rotated so that no FMA waits on a fresh barrier (ptxas then keeps both
     rows' fragments live: more registers, which cost occupancy unless bounded by min_blocks):
                ready(t0); head <- fragments of tile t0's first row; refill(t0)
@@ -127,7 +128,11 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
     t, it = Var("t"), Var("it")
     if not s.prefetch:
-        loop = ready + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops),)
+        # with refill_row, the first rows' fragment loads go out before the copies' address
+        # arithmetic and cp.async issue, which then hide their latency instead of delaying them
+        r = s.refill_row
+        head = (SparseFMA(it % S, ops, 0, r),) if r else ()
+        loop = ready + head + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops, r),)
     else:
         # The last row's fragments are in registers before the barrier, so the stage of tile t is
         # free after it and takes tile t+S. The next tile's first fragments load before the last

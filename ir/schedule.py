@@ -49,6 +49,7 @@ class Schedule:
     min_blocks: int = 1       # launch-bounds hint: blocks per SM the register allocation must allow (0 = none)
     warps_k: int = 1          # warps sharing each warp tile, each taking 1/warps_k of a K tile's kept rows
     prefetch: int = 0         # 1: a K tile's first fragments load before the previous tile's last FMAs (0: after its barrier)
+    refill_row: int = 0       # plain loop: kept rows multiplied after the barrier before the next copies are issued
 
     def __post_init__(self):
         for f in fields(self):
@@ -59,7 +60,7 @@ class Schedule:
                     raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
-            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch") else 1):
+            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row") else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range")
 
     # ---- derived shape of the thread hierarchy --------------------------------------------------
@@ -110,10 +111,11 @@ class Schedule:
 
     def short(self) -> str:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`; fields off their defaults
-        follow (wk2, mk, pf, mb2)."""
+        follow (wk2, mk, pf, rf1, mb2)."""
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
                 + ("" if self.a_smem == "km" else f" {self.a_smem}")
                 + (" pf" if self.prefetch else "")
+                + (f" rf{self.refill_row}" if self.refill_row else "")
                 + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}"))

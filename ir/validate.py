@@ -57,6 +57,12 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append(f"stages={s.stages} must be between 2 and {MAX_STAGES}")
     if s.prefetch not in (0, 1):
         why.append(f"prefetch={s.prefetch} must be 0 (fragments load after each tile's barrier) or 1 (before it)")
+    share = g.KR // s.warps_k
+    if s.refill_row and s.prefetch:
+        why.append(f"refill_row={s.refill_row} needs prefetch=0: the rotated loop already issues its copies "
+                   f"after the tile's FMAs")
+    elif s.refill_row >= share:
+        why.append(f"refill_row={s.refill_row} must be below the {share} kept rows a warp multiplies per K tile")
     if s.b_copy_bytes not in (4, 8, 16):
         why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
     elif (s.block_n * 4) % s.b_copy_bytes:

@@ -9,6 +9,10 @@ code, which the model does not know, so they are decided by measuring them next 
                of the measured kernel (from its recorded registers) asks it to fit them. And where
                registers alone keep out another block (64x256 at 130 registers: one block of 8
                warps per SM), the bound that lets it in
+  refill_row   the copies issued after the first one or two kept rows of a tile instead of right
+               after its barrier, held to the measured blocks per SM (NOTES.md run 22: -3..-8% at
+               12:32, where the first row's loads otherwise wait behind ~35 copy instructions;
+               ptxas then takes 0-20 more registers)
   block tile   twice the warps along M or along N, the warp tile kept (512x4096x11008 at 12:32:
                128x256 blocks took 399 us warm where the space's best 64x256 took 427, run 14; 418.8
                against 416.5 us flushed in run 19: close enough that only measuring decides)
@@ -28,14 +32,18 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
                 a_rows=lambda s: None) -> list[Schedule]:
     """Valid schedules one step from `s` (measured with `registers` per thread), distinct, `s` excluded.
     `a_rows(schedule)` gives the compacted A list length of a "rows" schedule."""
-    out = [s.replace(prefetch=1 - s.prefetch, min_blocks=1)]
+    out = [s.replace(prefetch=1 - s.prefetch, refill_row=0, min_blocks=1)]
+    held = 0
     if registers:
         smem = shared_bytes(problem, s, a_rows(s))
         held = blocks_per_sm(s, device, registers, smem)
         if not s.prefetch and held > 1:
-            out.append(s.replace(prefetch=1, min_blocks=held))
+            out.append(s.replace(prefetch=1, refill_row=0, min_blocks=held))
         if 0 < held < blocks_per_sm(s, device, 1, smem):      # registers are what keeps the next block out
             out.append(s.replace(min_blocks=held + 1))
+    for r in (1, 2):
+        if r != s.refill_row:
+            out.append(s.replace(prefetch=0, refill_row=r, min_blocks=max(held, 1)))
     for field in ("block_m", "block_n"):
         bigger = s.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:

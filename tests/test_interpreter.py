@@ -6,6 +6,8 @@ import pytest
 from nmgen import spmm_reference
 from nmgen.ir import HazardError, Schedule, build, for_arch, interpret, prepare, validate
 from nmgen.ir.nodes import Barrier, For, If, LoadFragments, Wait
+from nmgen.ir.operands import geometry
+from nmgen.ir.validate import problems
 from nmgen.search.heuristic import default_schedule
 from helpers import TOL, random_problem, rel_err, run_interpreter
 
@@ -48,12 +50,21 @@ COL_CASES = [  # A column-major: K rows copied as they are (16/8/4-byte copies b
 ]
 
 
-@pytest.mark.parametrize("prefetch", [0, 1])   # fragments loaded after each tile's barrier, or across it
+# the loop forms: fragments loaded after each tile's barrier, across it (rotated), or the copies
+# issued after the tile's first kept row
+LOOPS = {"plain": {}, "rotated": {"prefetch": 1}, "refill-after-row-1": {"refill_row": 1}}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("M,N,K,n,m,v,schedule,a_major", [c + ("row",) for c in CASES] + [c + ("col",) for c in COL_CASES])
-def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule, a_major, prefetch):
+def test_interpreter_matches_reference(rng, M, N, K, n, m, v, schedule, a_major, loop):
     p, A, B = random_problem(rng, M, N, K, n, m, v, a_major)
-    s = (schedule or default_schedule(p, H100)).replace(prefetch=prefetch)
-    validate(p, s, H100, prepare(p, s, B.values, B.indices).geometry.a_rows)
+    s = (schedule or default_schedule(p, H100)).replace(**LOOPS[loop])
+    a_rows = prepare(p, s, B.values, B.indices).geometry.a_rows
+    if s.refill_row and s.refill_row >= geometry(p, s, a_rows).KR // s.warps_k:   # one kept row a warp
+        assert any("refill_row=1 must be below" in w for w in problems(p, s, H100, a_rows))
+        return
+    validate(p, s, H100, a_rows)
     C = run_interpreter(p, s, A, B)
     assert rel_err(C, spmm_reference(A, B)) < TOL
 
@@ -81,16 +92,18 @@ def _with_wait(body, pending):
     return tuple(out)
 
 
-@pytest.mark.parametrize("mutate,match,prefetch", [
-    (lambda body: _without(body, Barrier), "no barrier|not waited", 0),
-    (lambda body: _with_wait(body, 2), "pending", 0),
-    (lambda body: _without(body, Barrier), "no barrier|not waited|while threads may still be reading", 1),
-    (lambda body: _with_wait(body, 2), "pending", 1),
-    (lambda body: _without(body, LoadFragments), "no LoadFragments filled", 1),
+@pytest.mark.parametrize("mutate,match,loop", [
+    (lambda body: _without(body, Barrier), "no barrier|not waited", "plain"),
+    (lambda body: _with_wait(body, 2), "pending", "plain"),
+    (lambda body: _without(body, Barrier), "no barrier|not waited|while threads may still be reading", "rotated"),
+    (lambda body: _with_wait(body, 2), "pending", "rotated"),
+    (lambda body: _without(body, LoadFragments), "no LoadFragments filled", "rotated"),
+    (lambda body: _without(body, Barrier), "no barrier|not waited", "refill-after-row-1"),
+    (lambda body: _with_wait(body, 2), "pending", "refill-after-row-1"),
 ])
-def test_interpreter_catches_pipeline_races(rng, mutate, match, prefetch):
+def test_interpreter_catches_pipeline_races(rng, mutate, match, loop):
     p, A, B = random_problem(rng, 17, 64, 256, 8, 32, 32)
-    s = Schedule(stages=3, prefetch=prefetch)
+    s = Schedule(stages=3, **LOOPS[loop])
     ops = prepare(p, s, B.values, B.indices)
     k = build(p, s)
     broken = dataclasses.replace(k, body=mutate(k.body))

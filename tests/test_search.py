@@ -241,12 +241,18 @@ def test_refinements_are_one_step_from_a_measured_schedule():
     got = refinements(p, s, H100, registers=127)
     assert s.replace(prefetch=1) in got                     # the other loop form, unbounded
     assert s.replace(prefetch=1, min_blocks=2) in got       # ... and held to the 2 blocks/SM of 127 registers
+    # copies after the first one or two kept rows, held to the same 2 blocks/SM
+    assert s.replace(refill_row=1, min_blocks=2) in got and s.replace(refill_row=2, min_blocks=2) in got
     assert s.replace(block_m=128) in got                    # 16 warps; 512 columns would pass the 256 limit
-    assert len(got) == 3 and all(problems(p, c, H100) == [] for c in got)
+    assert len(got) == 5 and all(problems(p, c, H100) == [] for c in got)
     # 130 registers: one block of 256 threads a SM, though shared memory would take two
     assert s.replace(min_blocks=2) in refinements(p, s, H100, registers=130)
     # from a prefetching schedule: back to the plain loop; no bound without a register count
-    assert refinements(p, s.replace(prefetch=1, min_blocks=2), H100, registers=None)[0] == s
+    pf = refinements(p, s.replace(prefetch=1, min_blocks=2), H100, registers=None)
+    assert pf[0] == s and s.replace(refill_row=1) in pf
+    # from a refill_row schedule: the rotated loop has no refill_row; the other row count is tried
+    rf = refinements(p, s.replace(refill_row=1), H100, registers=None)
+    assert s.replace(prefetch=1) in rf and s.replace(refill_row=2) in rf and s.replace(refill_row=1) not in rf
 
 
 class FasterWithPrefetch(FakeGPU):

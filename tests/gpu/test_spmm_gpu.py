@@ -66,6 +66,9 @@ def test_split_k_even_and_uneven(rng, split_k):
     Schedule(a_load="rows", k_windows=2, prefetch=1),
     Schedule(k_windows=1, split_k=3, prefetch=1, min_blocks=2),
     Schedule(block_m=32, block_n=128, warp_m=32, warp_n=32, thread_m=4, thread_n=8, warps_k=4, prefetch=1),  # 4:32: 1 row a slice
+    # the next tile's copies issued after the first kept rows of each tile
+    Schedule(a_load="rows", k_windows=2, refill_row=1),
+    Schedule(k_windows=1, split_k=3, refill_row=2, min_blocks=2),
 ], ids=lambda s: s.short().replace(" ", "_"))
 @pytest.mark.parametrize("pattern", [(4, 32, 32), (16, 32, 32)], ids=lambda p: "%d:%dx%d" % p)
 def test_other_schedules(rng, schedule, pattern):
@@ -79,6 +82,7 @@ SLICED_SCHEDULES = [
     Schedule(**SLICED, k_windows=2, warps_k=2),
     Schedule(**SLICED, k_windows=2, warps_k=4, stages=3),
     Schedule(**SLICED, k_windows=2, warps_k=4, split_k=3),
+    Schedule(**SLICED, k_windows=2, warps_k=4, refill_row=1),                 # copies after a slice's first row
     Schedule(block_m=64, block_n=32, warp_m=64, warp_n=32, k_windows=2, warps_k=8, a_load="rows", stages=2),
     Schedule(block_m=64, block_n=64, warp_m=64, warp_n=16, thread_m=8, thread_n=4, k_windows=2, warps_k=2, a_smem="mk"),
 ]
