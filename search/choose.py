@@ -36,15 +36,12 @@ def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
 
 
 def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[Schedule]:
-    """The database's n fastest distinct schedules for this problem, device and toolchain."""
+    """The database's n fastest schedules for this problem, device and toolchain (distinct: a
+    schedule has one record per problem, device and toolchain)."""
     from ..toolchain import toolchain_key
     db = db or open_db()
-    key = toolchain_key(device.arch, device.driver)
-    out = []
-    for r in db.rows(problem.key(), device.key(), status="ok", toolchain_key=key):
-        if r["schedule"] not in out:
-            out.append(r["schedule"])
-    return [Schedule.from_json(x) for x in out[:n]]
+    rows = db.rows(problem.key(), device.key(), status="ok", toolchain_key=toolchain_key(device.arch, device.driver))
+    return [Schedule.from_json(r["schedule"]) for r in rows[:n]]
 
 
 def model_best(problem: Problem, device: Device, B=None) -> Schedule:

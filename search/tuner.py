@@ -9,8 +9,9 @@
   check        once per candidate: the output, poisoned with NaN first, against the float64
                reference (every element finite; relative error < 1e-5 on reference.check_rows)
   time         CUDA events, warm-up, median of `reps` runs, L2 flushed before each run
-  refine       then one step from the best two measured (search.refine: the other loop form, a
-               register bound, bigger blocks), again while a round finds something faster
+  refine       then one step from the best two measured (search.refine: the other loop form, the
+               copies after a tile's first rows, a register bound, bigger blocks), again while a
+               round finds something faster
   record       immediately, one row per candidate, with how it was measured; the final top few are
                measured once more and the database keeps the better median
 """

@@ -461,7 +461,7 @@ class _TileReader:
         self.lw, self.ops = lw, ops
         a_buf, b_buf = k.buffer(ops.a), k.buffer(ops.b)
         a_base, self.b_base, self.i_base = (lw.stage_base(n, stage) for n in (ops.a, ops.b, ops.idx))
-        self.ity, self.isz = {8: (I8, 1), 16: (I16, 2), 32: (I32, 4)}[k.idx_bits]
+        self.ity, self.isz = ir.IntType(k.idx_bits), k.idx_bits // 8
         tid = Var("tid")
         row_off = [lay.row(tid, q * lay.a_vec) * 4 for q in range(lay.thread_m // lay.a_vec)]
         self.col_off = [lay.col(tid, q * lay.b_vec) * 4 for q in range(lay.thread_n // lay.b_vec)]
