@@ -318,3 +318,31 @@ class Interpreter:
 
 def interpret(kernel: Kernel, arrays: dict[str, np.ndarray]) -> np.ndarray:
     return Interpreter(kernel).run(arrays)
+
+
+# Measured on the CI machine (one core of a 2-core x86 VM, numpy 2.4): about 0.8-3 ms per K tile of a
+# block (the statements' numpy calls) and 12-60 s per 10^9 multiply-adds of the padded tiles; the
+# estimate takes the top of both ranges.
+SECONDS_PER_TILE = 3e-3
+SECONDS_PER_MAC = 60e-9
+
+
+def estimate_cost(problem, s=None) -> tuple[float, int]:
+    """(seconds, bytes) an interpreter run of `problem` under schedule `s` takes, roughly (an upper
+    estimate): the host operands (prepared B padded to whole tiles, A, C, the float64 reference's
+    dense B) and the per-tile work of every block. Without `s`, the least any schedule needs (one
+    block tile of 16 x 32, one window a K tile)."""
+    from .operands import geometry
+    from .schedule import Schedule
+    if s is None:
+        s = Schedule(block_m=16, block_n=32, warp_m=16, warp_n=32, thread_m=4, thread_n=4, k_windows=1)
+    g = geometry(problem, s)
+    steps = g.tiles_m * g.tiles_n * g.T
+    macs = g.tiles_m * s.block_m * g.tiles_n * s.block_n * g.T * g.KR
+    seconds = steps * SECONDS_PER_TILE + macs * SECONDS_PER_MAC
+    M, N, K = problem.M, problem.N, problem.K
+    nbytes = (4 * g.T * g.KR * g.tiles_n * s.block_n          # bv, padded
+              + g.T * g.tiles_n * (g.chunk_bytes + 8 * g.chunk_entries)   # bi and its int64 staging
+              + 4 * M * K + 12 * M * N                        # A, C, its bookkeeping
+              + 8 * 2 * K * N)                                # dense float64 B of the reference and its |B|
+    return seconds, nbytes

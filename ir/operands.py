@@ -117,7 +117,7 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
     dt = INDEX_DTYPES[g.idx_bits]
     bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
-    bi[:, :chunks.shape[1] * dt.itemsize] = chunks.astype(dt).view(np.uint8).reshape(T * tn, -1)
+    bi[:, :chunks.shape[1] * dt.itemsize] = np.ascontiguousarray(chunks, dt).view(np.uint8).reshape(T * tn, -1)
     return Operands(g, bv, bi, arows)
 
 

@@ -57,18 +57,17 @@ def random_nm(p: Problem, rng):
     return NMMatrix(values, idx.reshape(W, p.vectors).astype(dt), pat, (p.K, p.N))
 
 
-def sampled_error(A: np.ndarray, B, C: np.ndarray, rng) -> float:
-    """Relative error of C against float64 on reference.check_rows; NaN if any element of C was
-    never written."""
-    from .reference import check_rows, relative_error, spmm_reference
+def sampled_check(A: np.ndarray, B, C: np.ndarray, rng):
+    """Verdict (nmgen.reference) of C against float64 on reference.check_rows, every element within
+    the error bound of its sum; any element of C never written (NaN) fails it."""
+    from .reference import check_rows, compare
     if not np.isfinite(C).all():
-        return float("nan")
-    rows = check_rows(A.shape[0], rng)
-    return relative_error(C[rows], spmm_reference(A[rows], B))
+        C = np.full_like(C, np.nan)
+    return compare(C, A, B, check_rows(A.shape[0], rng))
 
 
 def measure_kernel(kernel, A: np.ndarray, B, *, reps: int = 30, warmup: int = 10, rng=None):
-    """(Timing with L2 warm, sampled relative error) of `kernel` on A @ B."""
+    """(Timing with L2 warm, Verdict of the sampled check) of `kernel` on A @ B."""
     from .api import device_operands
     from .runtime.memory import DeviceBuffer, download, memset32, synchronize
     from .runtime.timing import time_gpu
@@ -79,8 +78,8 @@ def measure_kernel(kernel, A: np.ndarray, B, *, reps: int = 30, warmup: int = 10
     memset32(c.ptr, p.M * p.N, 0, 0x7FC00000)             # NaN: unwritten elements fail the check
     kernel.launch(a.ptr, ops, c.ptr)
     synchronize(0, kernel.name)
-    err = sampled_error(A, B, download(np.empty((p.M, p.N), np.float32), c.ptr), rng or np.random.default_rng())
-    return time_gpu(lambda: kernel.launch(a.ptr, ops, c.ptr), 0, warmup, reps), err
+    v = sampled_check(A, B, download(np.empty((p.M, p.N), np.float32), c.ptr), rng or np.random.default_rng())
+    return time_gpu(lambda: kernel.launch(a.ptr, ops, c.ptr), 0, warmup, reps), v
 
 
 def measure_cublas(M: int, N: int, K: int, *, reps: int = 30, warmup: int = 10, rng=None):
@@ -111,13 +110,15 @@ def bytes_moved(p: Problem) -> int:
     return 4 * (W * p.N + p.M * p.K + p.M * p.N) + idx
 
 
-def row(p: Problem, kernel, timing, err, cublas_ms, suite: str) -> dict:
+def row(p: Problem, kernel, timing, verdict, cublas_ms, suite: str) -> dict:
+    """One benchmark row; `verdict` (nmgen.reference.Verdict) of the kernel's sampled check."""
     ms = timing.median_ms
     r = {"suite": suite, "M": p.M, "N": p.N, "K": p.K, "pattern": f"{p.pattern.n}:{p.pattern.m}",
          "vector": p.pattern.vector, "a_major": p.a_major, "sparsity": p.pattern.sparsity, "ms": ms,
          "tflops_dense": p.flops_dense / (ms * 1e-3) / 1e12, "tflops_eff": p.flops_done / (ms * 1e-3) / 1e12,
          "cublas_ms": cublas_ms, "speedup_vs_cublas": cublas_ms / ms if cublas_ms else None,
-         "ideal_speedup": 1.0 / (1.0 - p.pattern.sparsity), "rel_err": err,
+         "ideal_speedup": 1.0 / (1.0 - p.pattern.sparsity), "rel_err": verdict.rel_err,
+         "check": "pass" if verdict.ok else "FAIL", "error_over_bound": verdict.worst,
          "schedule": kernel.schedule.to_dict(), "timing": timing.to_dict(), "bytes": bytes_moved(p)}
     r["fraction_of_ideal"] = r["speedup_vs_cublas"] / r["ideal_speedup"] if cublas_ms else None
     return r

@@ -45,13 +45,14 @@ def main():
             synchronize(0, k.name)
             continue
         A = rng.standard_normal((p.M, p.K), dtype=np.float32)
-        t, err = measure_kernel(k, A, B, rng=rng)
+        t, v = measure_kernel(k, A, B, rng=rng)
+        err = v.rel_err
         eff = p.flops_done / (t.median_ms * 1e-3) / 1e12
         r = k.resources
         print(f"{str(p):44s} {k.schedule.short():44s} {label:14s} {t.median_ms * 1e3:9.1f} us "
-              f"{eff:5.1f} TF/s  regs {r.registers:3d}  err {err:.1e}", flush=True)
+              f"{eff:5.1f} TF/s  regs {r.registers:3d}  err {err:.1e} {'pass' if v.ok else 'FAIL'}", flush=True)
         out.append({**case, "schedule": k.schedule.to_dict(), "median_us": t.median_ms * 1e3, "tflops_eff": eff,
-                    "rel_err": err, "registers": r.registers})
+                    "rel_err": err, "check": "pass" if v.ok else "FAIL", "registers": r.registers})
     if args.json:
         json.dump(out, open(args.json, "w"), indent=1)
 

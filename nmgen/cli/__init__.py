@@ -6,7 +6,7 @@ import sys
 
 from ..errors import NMGenError
 
-COMMANDS = ("ptx", "check", "search", "db", "bench")
+COMMANDS = ("ptx", "check", "search", "db", "bench", "fuzz")
 
 
 class _Parser(argparse.ArgumentParser):

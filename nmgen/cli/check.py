@@ -1,73 +1,85 @@
-"""nmgen check: run a kernel on fresh random data and compare with the float64 reference."""
+"""nmgen check: run the kernel that would run on fresh random inputs and compare with float64."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import NMGenError
-from .common import add_problem_args, add_schedule_arg, problem_from, schedule_from
+from .common import add_problem_args, add_schedule_arg, non_negative_int, problem_from, schedule_from
 
-TOLERANCE = 1e-5
-INTERPRETER_LIMIT = 1 << 26    # multiply-adds of the dense product the interpreter accepts
+# The CPU interpreter runs every block in numpy: it checks small problems. Refused beyond these.
+INTERPRETER_SECONDS = 120
+INTERPRETER_BYTES = 2 << 30
 
 
 def register(sub):
     p = sub.add_parser("check", help="run a kernel on random data and compare with float64",
-                       description="Build random inputs (A normal, B pruned to the pattern), run the kernel on the "
-                                   "GPU (or the CPU interpreter) and compare with a float64 reference. Exits 1 "
-                                   f"on FAIL (relative error above {TOLERANCE:g}, or any unwritten element).")
+                       description="Build random inputs (A normal; B of the pattern, normal values at random kept "
+                                   "rows), run the kernel that nmgen.spmm would run (the tuning database's best or "
+                                   "the model's choice; or --schedule) on the GPU or in the CPU interpreter, and "
+                                   "compare every checked element of C with a float64 reference, within the error "
+                                   "bound of its K-long fp32 sum (nmgen.reference). Exits 1 on FAIL (an element "
+                                   "over its bound, or never written).")
     add_problem_args(p)
     add_schedule_arg(p)
     p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter (no GPU)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
+                   help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
+    p.add_argument("--seed", type=non_negative_int, default=None,
+                   help="random seed of the inputs (default: fresh; the seed used is printed)")
     p.set_defaults(run=run)
 
 
-def random_inputs(problem, rng):
-    from ..format import NMMatrix
-    A = rng.standard_normal((problem.M, problem.K), dtype=np.float32)
-    dense = rng.standard_normal((problem.K, problem.N), dtype=np.float32)
-    return A, NMMatrix.from_dense(dense, problem.pattern, prune_first=True)
-
-
 def run(args):
-    from ..reference import relative_error, spmm_reference
+    from ..api import choose_schedule, current_device
+    from ..checking import command, random_inputs, run_gpu, run_interpreter, verdict
+    from ..ir.device import for_arch
     problem = problem_from(args)
-    rng = np.random.default_rng(args.seed)
-    if args.interpret:
-        from ..ir.device import for_arch
-        if problem.M * problem.N * problem.K > INTERPRETER_LIMIT:
-            raise NMGenError(f"{problem} is too large for the CPU interpreter (M*N*K > {INTERPRETER_LIMIT}); "
-                             f"it checks tiny problems: use a smaller shape, or run on the GPU without --interpret")
-        dev = for_arch("sm_90")
-    else:
-        from ..api import current_device
+    gpu = current_device()
+    if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
-        dev = current_device()
-        if dev is None:
-            raise CudaUnavailable("no GPU here: run `nmgen check --interpret` to check the kernel on the CPU")
+        small = smaller(problem)
+        raise CudaUnavailable(f"no GPU here: `{command(small, None, 0, interpret=True)}` checks the same pattern "
+                              f"on the CPU (the interpreter runs small shapes)")
+    dev = gpu or for_arch("sm_90")
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    rng = np.random.default_rng(seed)
+    if args.interpret:   # before any input exists: the operands alone can exceed the memory bound
+        from ..ir.interpret import estimate_cost
+        within_interpreter_limits(problem, *estimate_cost(problem), seed)
     A, B = random_inputs(problem, rng)
-    schedule = schedule_from(args, problem, dev)
+    schedule = schedule_from(args, problem, dev) or choose_schedule(problem, dev, B)
     if args.interpret:
-        from ..api import host_operands
-        from ..ir import build, interpret, validate
-        from ..search.heuristic import default_schedule
-        schedule = schedule or default_schedule(problem, dev)
-        ops = host_operands(B, problem, schedule)
-        validate(problem, schedule, dev, ops.geometry.a_rows)
-        kernel = build(problem, schedule, ops.geometry.a_rows)
-        arrays = {"A": np.ascontiguousarray(A.T) if problem.a_major == "col" else A, "Bv": ops.bv, "Bi": ops.bi}
-        if ops.arows is not None:
-            arrays["Arows"] = ops.arows
-        C = interpret(kernel, arrays)
-        where = "CPU interpreter"
+        from ..ir import validate
+        from ..ir.operands import prepare
+        a_rows = prepare(problem, schedule, B.values, B.indices).geometry.a_rows if schedule.a_load == "rows" else None
+        validate(problem, schedule, dev, a_rows)
+        seconds, nbytes = estimate_cost(problem, schedule)
+        within_interpreter_limits(problem, seconds, nbytes, seed)
+        print(f"CPU interpreter: about {seconds:.1f} s and {nbytes / 2**20:.0f} MB at most", flush=True)
+        C, where = run_interpreter(problem, schedule, A, B), "CPU interpreter"
     else:
-        from ..api import compile, spmm
-        k = compile(problem, schedule=schedule, B=B)
-        schedule = k.schedule
-        C = spmm(np.asfortranarray(A) if problem.a_major == "col" else A, B, kernel=k)
-        where = dev.name
-    err = relative_error(C, spmm_reference(A, B))
-    ok = err < TOLERANCE
-    print(f"{problem}  schedule {schedule.short()}  on {where}")
-    print(f"relative error {err:.3e} (tolerance {TOLERANCE:g}): {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+        from ..api import compile
+        C = run_gpu(compile(problem, schedule=schedule, B=B), A, B, args.array)
+        where = f"{dev.name} ({args.array})"
+    v = verdict(problem, C, A, B, rng)
+    print(f"{problem}  schedule {schedule.short()}  on {where}  seed {seed}")
+    print(f"{v.summary()}: {'PASS' if v.ok else 'FAIL'}")
+    return 0 if v.ok else 1
+
+
+def within_interpreter_limits(problem, seconds: float, nbytes: int, seed: int) -> None:
+    """Refuse, before starting, a run the CPU interpreter cannot finish in its time and memory bounds."""
+    from ..checking import command
+    if seconds > INTERPRETER_SECONDS or nbytes > INTERPRETER_BYTES:
+        raise NMGenError(f"{problem} would take the CPU interpreter about {seconds:.0f} s and {nbytes / 2**20:.0f} MB "
+                         f"(limits {INTERPRETER_SECONDS} s, {INTERPRETER_BYTES >> 20} MB); check a smaller shape, "
+                         f"e.g. `{command(smaller(problem), None, seed, interpret=True)}`, or run on a GPU")
+
+
+def smaller(problem):
+    """A problem of the same pattern, vector and A order small enough for the CPU interpreter."""
+    from ..ir.problem import Problem
+    p = problem.pattern
+    windows = min(problem.windows, max(1, -(-128 // p.m)))
+    return Problem(min(problem.M, 33), min(problem.N, max(96, 2 * p.vector + 3)), windows * p.m, p,
+                   a_major=problem.a_major)

@@ -1,0 +1,79 @@
+"""nmgen fuzz: many random problems under random schedules, each checked against float64."""
+from __future__ import annotations
+
+import sys
+
+from .common import non_negative_int
+
+
+def positive_int(text: str) -> int:
+    v = non_negative_int(text)
+    if v == 0:
+        import argparse
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def register(sub):
+    p = sub.add_parser("fuzz", help="check many random problems and schedules against float64",
+                       description="Draw random problems (M from 0 to thousands, N off every tile, K an odd number "
+                                   "of windows, n:m with m up to 64, V from 1 to 128, both A layouts) under random "
+                                   "schedules of the search space (split-K, sliced K, rows/window, the rotated loop, "
+                                   "refill_row, stages), run each on the GPU (or the CPU interpreter) with C poisoned "
+                                   "with NaN, and compare with float64 within the error bound of the sum. Every "
+                                   "failure is printed with the `nmgen check` line that replays it. Exits 1 if any "
+                                   "case fails.")
+    p.add_argument("--cases", type=positive_int, default=100, help="cases to draw (default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the case generator (default 0)")
+    p.add_argument("--interpret", action="store_true", help="run the cases in the CPU interpreter (small sizes, no GPU)")
+    p.add_argument("--arrays", default="numpy,torch",
+                   help="array libraries to pass the inputs as on the GPU, comma-separated (default numpy,torch; "
+                        "torch where installed)")
+    p.add_argument("--max-macs", type=float, default=None, metavar="X",
+                   help="largest dense product M*N*K a case draws (default 4e9 on the GPU, 2e6 interpreted)")
+    p.add_argument("--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from dataclasses import replace
+
+    from .. import fuzz as fz
+    from ..api import current_device
+    from ..errors import CudaUnavailable, NMGenError
+    from ..ir.device import for_arch
+    arrays = tuple(a.strip() for a in args.arrays.split(",") if a.strip())
+    unknown = [a for a in arrays if a not in ("numpy", "torch")]
+    if unknown or not arrays:
+        raise NMGenError(f"--arrays {args.arrays!r}: choose from numpy, torch")
+    if args.max_macs is not None and not args.max_macs >= 1:
+        raise NMGenError(f"--max-macs {args.max_macs} must be at least 1")
+    gpu = None if args.interpret else current_device()
+    if not args.interpret and gpu is None:
+        raise CudaUnavailable("no GPU here: `nmgen fuzz --interpret` checks small cases in the CPU interpreter")
+    if "torch" in arrays and not args.interpret:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            arrays = tuple(a for a in arrays if a != "torch") or ("numpy",)
+            print("torch is not installed: numpy arrays only", file=sys.stderr)
+    if args.interpret:
+        arrays = ("numpy",)
+    dev = gpu or for_arch("sm_90")
+    limits = fz.CPU_LIMITS if args.interpret else fz.GPU_LIMITS
+    if args.max_macs is not None:
+        limits = replace(limits, macs=args.max_macs)
+
+    def report(o):
+        print(f"FAIL {o.detail}\n  reproduce: {o.case.command(args.interpret)}", file=sys.stderr, flush=True)
+
+    outcomes = fz.fuzz(args.cases, args.seed, dev, interpret=args.interpret, limits=limits, arrays=arrays,
+                       progress=not args.quiet, on_failure=report)
+    s = fz.summary(outcomes, args.seed, dev, args.interpret)
+    print(f"{s['cases']} cases on {s['where']} (seed {args.seed}): {s['failures']} failed")
+    for key, c in s["counts"].items():
+        print(f"  {key:12s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    if args.json:
+        fz.write_json(args.json, s)
+    return 1 if s["failures"] else 0

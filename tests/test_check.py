@@ -1,0 +1,120 @@
+"""`nmgen check` and the float64 check it (and the tuner, bench, fuzzer, tests) rely on."""
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nmgen import NMMatrix, Pattern, Problem
+from nmgen.checking import command, random_inputs, random_weights, run_interpreter
+from nmgen.reference import Expected, compare, error_bound, gamma
+
+
+def nmgen(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nmgen.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_gamma_is_highams():
+    u = 2.0 ** -24
+    assert gamma(10, u) == pytest.approx(10 * u / (1 - 10 * u))
+    assert gamma(2**25, u) == float("inf")
+
+
+def test_bound_passes_float32_sums_and_catches_one_missing_product(rng):
+    """A float32 product passes; the same product missing one kept row's term in one element fails."""
+    p = Problem(17, 40, 256, Pattern(8, 32, 32))
+    A, B = random_inputs(p, rng)
+    C = (A @ B.to_dense()).astype(np.float32)            # float32 accumulation (BLAS order)
+    v = compare(C, A, B)
+    assert v.ok and v.worst < 1 and v.checked == 17 * 40
+    rows = B._rows()                                      # (W, N): the K row of each kept value
+    bad = C.copy()
+    k = rows[3, 5]
+    bad[2, 5] -= A[2, k] * B.values[3, 5]                 # drop one product from C[2, 5]
+    v = compare(bad, A, B)
+    assert not v.ok and v.where == (2, 5) and v.bad == 1, v.summary()
+
+
+def test_nan_fails_and_empty_passes(rng):
+    p = Problem(3, 8, 32, Pattern(2, 4, 1))
+    A, B = random_inputs(p, rng)
+    C = A @ B.to_dense()
+    C[1, 1] = np.nan
+    v = compare(C, A, B)
+    assert not v.ok and "not finite" in v.summary()
+    assert compare(np.zeros((0, 8)), A[:0], B).ok
+
+
+def test_bound_is_per_element_and_grows_with_k(rng):
+    """Each element's bound is gamma_k times its own sum of |a||b|, k the kept rows (+1)."""
+    p = Problem(2, 3, 64, Pattern(4, 32, 1))
+    A, B = random_inputs(p, rng)
+    e = Expected(A, B)
+    absprod = np.abs(A.astype(np.float64)) @ np.abs(B.to_dense(np.float64))
+    k = 64 // 32 * 4 + 1
+    np.testing.assert_allclose(e.bound, gamma(k, 2.0 ** -24) * absprod + k * 2.0 ** -126 + 2.0 ** -50 * absprod)
+    bf16 = error_bound(A.astype(np.float64), B.to_dense(np.float64), e.ref, k, "mma", "bf16")
+    assert (bf16 > e.bound).all()                       # output rounding to bf16 widens it
+
+
+def test_inputs_replay_from_the_seed():
+    p = Problem(5, 70, 96, Pattern(3, 32, 8))
+    A1, B1 = random_inputs(p, np.random.default_rng(42))
+    A2, B2 = random_inputs(p, np.random.default_rng(42))
+    np.testing.assert_array_equal(A1, A2)
+    np.testing.assert_array_equal(B1.to_dense(), B2.to_dense())
+    np.testing.assert_array_equal(random_weights(p, 42).to_dense(), B1.to_dense())
+
+
+def test_check_runs_the_schedule_spmm_would_run(tmp_path):
+    """Without --schedule, check runs nmgen's own choice (the model's here: no database), which
+    for this problem differs from the heuristic default schedule."""
+    from nmgen.api import choose_schedule
+    from nmgen.ir.device import for_arch
+    from nmgen.search.heuristic import default_schedule
+    p = Problem(17, 100, 64, Pattern(8, 32, 32))
+    B = random_inputs(p, np.random.default_rng(3))[1]
+    chosen = choose_schedule(p, for_arch("sm_90"), B)
+    assert chosen != default_schedule(p, for_arch("sm_90"))
+    r = nmgen("check", "--shape", "17x100x64", "--pattern", "8:32", "--vector", "32", "--interpret", "--seed", "3")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    assert f"schedule {chosen.short()} " in r.stdout
+
+
+@pytest.mark.parametrize("seed", [36, 1, 2])
+def test_check_of_a_one_element_product_passes(seed):
+    """1x1x1024 at 2:4: a 512-term sum; the fixed 1e-5 tolerance failed 1-4% of seeds."""
+    r = nmgen("check", "--shape", "1x1x1024", "--pattern", "2:4", "--interpret", "--seed", str(seed))
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("shape,pattern", [("1x1x67108864", "2:4"), ("1x67108864x1", "1:1")])
+def test_interpreter_refuses_what_it_cannot_finish_before_starting(shape, pattern):
+    r = nmgen("check", "--shape", shape, "--pattern", pattern, "--interpret")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert re.search(r"would take the CPU interpreter about \d+ s and \d+ MB \(limits 120 s, 2048 MB\)", r.stderr)
+    suggested = re.search(r"`(nmgen check [^`]+)`", r.stderr).group(1)
+    again = nmgen(*shlex.split(suggested)[1:])
+    assert again.returncode == 0 and "PASS" in again.stdout, again.stdout + again.stderr
+
+
+def test_without_a_gpu_the_readme_command_suggests_one_that_works():
+    r = nmgen("check", "--shape", "4096x4096x4096", "--pattern", "8:32", "--vector", "32")
+    assert r.returncode == 2 and "no GPU here" in r.stderr and "Traceback" not in r.stderr
+    suggested = re.search(r"`(nmgen check [^`]+)`", r.stderr).group(1)
+    again = nmgen(*shlex.split(suggested)[1:])
+    assert again.returncode == 0 and "PASS" in again.stdout, again.stdout + again.stderr
+
+
+def test_command_replays_a_case(tmp_path):
+    p = Problem(9, 33, 96, Pattern(3, 6, 3), a_major="col")
+    from nmgen import Schedule
+    s = Schedule(block_m=32, block_n=64, warp_m=32, warp_n=16, thread_m=4, thread_n=4, k_windows=2, split_k=3)
+    line = command(p, s, 5, interpret=True)
+    r = nmgen(*shlex.split(line)[1:])
+    assert r.returncode == 0 and f"schedule {s.short()} " in r.stdout and "seed 5" in r.stdout, r.stdout + r.stderr
+    A, B = random_inputs(p, np.random.default_rng(5))
+    assert compare(run_interpreter(p, s, A, B), A, B).ok
