@@ -26,10 +26,11 @@ interpreter checks the very order the GPU will run:
 """
 from __future__ import annotations
 
+from .dtypes import dtype as dtype_of
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
 from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, Param, ReduceSlices, Shared,
-                    SparseFMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+                    SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -39,7 +40,26 @@ CTAID_X, CTAID_Z = Var("ctaid_x"), Var("ctaid_z")
 
 def kernel_name(problem: Problem, s: Schedule) -> str:
     p = problem.pattern
-    return f"nmspmm_{problem.M}x{problem.N}x{problem.K}_{p.n}_{p.m}_{p.vector}_{s.hash()[:10]}"
+    dt = "" if problem.dtype == "f32" and problem.c_dtype == "f32" else f"{problem.dtype}_{problem.c_dtype}_"
+    return f"nmspmm_{problem.M}x{problem.N}x{problem.K}_{p.n}_{p.m}_{p.vector}_{dt}{s.hash()[:10]}"
+
+
+def storage(problem: Problem) -> str:
+    """The element type A and B are stored as in global and shared memory: f32, bf16 or f16."""
+    return "f32" if problem.dtype == "tf32" else problem.dtype
+
+
+def c_param_dtype(problem: Problem, s: Schedule) -> str:
+    """C's element type as the kernel writes it: split-K adds fp32 partial sums atomically, so a
+    16-bit C is then accumulated in an fp32 workspace that the launcher converts afterwards."""
+    return "f32" if s.split_k > 1 else problem.c_dtype
+
+
+def b_pad(problem: Problem) -> int:
+    """Elements of padding per shared B row: the mma path reads B rows 8 at a time (ldmatrix, or
+    4 rows x 8 columns for tf32), so each row starts 16 bytes (4 banks) on (conflict-free); FFMA
+    reads B as vectors along a row and needs none."""
+    return 8 if dtype_of(problem.dtype).compute == "mma" else 0
 
 
 def _align16(x: int) -> int:
@@ -50,31 +70,34 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     """Kernel IR for `problem` under schedule `s` (assumed valid: see `ir.validate`).
     `a_rows` is the compacted A list length of the "rows" strategy (from the prepared weights)."""
     g = geometry(problem, s, a_rows)
-    lay = ComputeLayout.of(s, problem.pattern.vector)
+    lay = ComputeLayout.for_problem(problem, s)
     M, N, K = problem.M, problem.N, problem.K
     S, BM, BN, threads = s.stages, s.block_m, s.block_n, s.threads
     rows_strategy = s.a_load == "rows"
     idx_dtype = "u8"  # the index blob is bytes; entries are idx_bits wide inside it
+    el = storage(problem)
 
     col = problem.a_major == "col"
     params = [
-        Param("A", "f32", K, M, doc="activations, column-major: (K, M) in memory") if col else
-        Param("A", "f32", M, K, doc="activations (M, K), row-major"),
-        Param("Bv", "f32", g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
+        Param("A", el, K, a_leading_dim(problem), doc="activations, column-major: (K, M) in memory") if col else
+        Param("A", el, M, a_leading_dim(problem), doc="activations (M, K), row-major"),
+        Param("Bv", el, g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
         Param("Bi", idx_dtype, g.T * g.tiles_n, g.chunk_bytes,
               doc=f"shared-A-row indices, one {g.chunk_bytes}-byte chunk per (K tile, block column)"),
     ]
     if rows_strategy:
         params.append(Param("Arows", "i32", g.T * g.tiles_n, g.a_rows,
                             doc="K columns of A each (K tile, block column) uses"))
-    params.append(Param("C", "f32", M, N, readonly=False, doc="output (M, N), row-major"))
+    c_dt = c_param_dtype(problem, s)
+    params.append(Param("C", c_dt, M, N, readonly=False, doc="output (M, N), row-major" if c_dt == problem.c_dtype
+                        else "fp32 workspace (M, N), row-major, converted to C's dtype after the kernel"))
 
     mk = s.a_smem == "mk"
-    if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-float vectors
-        a_buf = Shared("As", "f32", S, BM, g.a_rows + s.a_pad, 0, doc="(stages, BM, BK+pad): A as in global")
+    if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-element vectors
+        a_buf = Shared("As", el, S, BM, g.a_rows + s.a_pad, 0, doc="(stages, BM, BK+pad): A as in global")
     else:
-        a_buf = Shared("As", "f32", S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A transposed")
-    b_buf = Shared("Bs", "f32", S, g.KR, BN, _align16(a_buf.nbytes), doc="(stages, KR, BN): kept values")
+        a_buf = Shared("As", el, S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A with K rows")
+    b_buf = Shared("Bs", el, S, g.KR, BN + b_pad(problem), _align16(a_buf.nbytes), doc="(stages, KR, BN+pad): kept values")
     i_buf = Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
                    doc="(stages, chunk): index chunk")
     shared = (a_buf, b_buf, i_buf)
@@ -117,8 +140,9 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         body += [If(lt(t0 + st, t1), pre(t0 + st) + load(t0 + st, st)), Commit()]
     if rows_strategy:
         body.append(If(lt(t0 + (S - 1), t1), pre(t0 + (S - 1))))
-    ops = SparseOperands("As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0)
-    share = ops.share
+    ops = SparseOperands("As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0,
+                         lay.instr.k)
+    share = ops.steps       # instruction steps a warp multiplies per K tile
 
     ready = (Wait(S - 2), Barrier())   # the oldest tile in flight landed (S-2 younger groups may stay) and visible
 
@@ -131,8 +155,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         # with refill_row, the first rows' fragment loads go out before the copies' address
         # arithmetic and cp.async issue, which then hide their latency instead of delaying them
         r = s.refill_row
-        head = (SparseFMA(it % S, ops, 0, r),) if r else ()
-        loop = ready + head + refill(t, (it + (S - 1)) % S) + (SparseFMA(it % S, ops, r),)
+        head = (SparseMMA(it % S, ops, 0, r),) if r else ()
+        loop = ready + head + refill(t, (it + (S - 1)) % S) + (SparseMMA(it % S, ops, r),)
     else:
         # The last row's fragments are in registers before the barrier, so the stage of tile t is
         # free after it and takes tile t+S. The next tile's first fragments load before the last
@@ -141,10 +165,10 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         def head(stage):
             return (LoadFragments("head", stage, ops, 0),) if share > 1 else ()
         body.append(If(lt(t0, t1), ready + head(0) + refill(t0, S - 1)))
-        loop = ((SparseFMA(it % S, ops, 0, share - 1, "head"),) if share > 1 else ()) + (
+        loop = ((SparseMMA(it % S, ops, 0, share - 1, "head"),) if share > 1 else ()) + (
             LoadFragments("last", it % S, ops, share - 1),
             If(lt(t + 1, t1), ready + head((it + 1) % S)),
-            SparseFMA(it % S, ops, share - 1, share, "last"),
+            SparseMMA(it % S, ops, share - 1, share, "last"),
             If(lt(t + 1, t1), refill(t + 1, it % S)))
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
     if s.warps_k > 1:
@@ -154,7 +178,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=shared,
                   threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
                   M=M, N=N, body=tuple(body), zero_output=s.split_k > 1, min_blocks=s.min_blocks,
-                  a_alignment=4 * a_elems,
+                  a_alignment=g.esize * a_elems, convert_output=problem.c_dtype if c_dt != problem.c_dtype else None,
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
 
 
@@ -167,25 +191,40 @@ def reduce_buffer(s: Schedule) -> Shared:
 
 def copy_plans(problem: Problem, s: Schedule, g) -> tuple[CopyPlan, CopyPlan, CopyPlan]:
     """How the block's threads copy one K tile of A, of the B values and of the index chunk."""
-    e = a_copy_elems(problem, s)
+    e, es = a_copy_elems(problem, s), g.esize
     if problem.a_major == "col":   # A's K rows are contiguous runs of M: plain copies into [k][m]
-        a = CopyPlan(g.a_rows, s.block_m, 4, 4 * e, False, s.threads)
+        a = CopyPlan(g.a_rows, s.block_m, es, es * e, False, s.threads)
     else:                          # [m][k] as in memory ("mk"), or transposed element by element
-        a = CopyPlan(s.block_m, g.a_rows, 4, 4 * e, s.a_smem != "mk", s.threads)
-    return (a, CopyPlan(g.KR, s.block_n, 4, s.b_copy_bytes, False, s.threads),
+        a = CopyPlan(s.block_m, g.a_rows, es, es * e, s.a_smem != "mk", s.threads)
+    return (a, CopyPlan(g.KR, s.block_n, es, s.b_copy_bytes, False, s.threads),
             CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, s.threads))
 
 
+def a_leading_dim(problem: Problem) -> int:
+    """Elements from one row of A to the next as the kernel reads A: its contiguous extent (K for
+    a row-major A, M for a column-major one), rounded up to even for 16-bit elements so that every
+    row starts on the 4-byte boundary cp.async copies from. The caller passes an A of another
+    leading dimension as a copy with this one (nmgen.api does)."""
+    extent = problem.M if problem.a_major == "col" else problem.K
+    return extent + extent % 2 if dtype_of(problem.dtype).itemsize == 2 else extent
+
+
 def a_copy_elems(problem: Problem, s: Schedule) -> int:
-    """Floats per A copy. A row-major: 1 when the copy transposes ("km"); for "mk" the widest of
-    4/2/1 dividing K (A's rows start aligned) and the K tile. A column-major: the widest dividing
-    M (its K rows start aligned) and the block's M extent."""
+    """Elements per A copy (cp.async moves 4, 8 or 16 bytes). A row-major: 1 when the copy
+    transposes ("km", 4-byte elements only); for "mk" the widest dividing K (A's rows start
+    aligned) and the K tile. A column-major: the widest dividing its leading dimension (its K rows
+    start aligned) and the block's M extent. None when no width fits (a 16-bit K tile of an odd
+    number of rows: see ir.validate)."""
+    es = dtype_of(problem.dtype).itemsize
+    widths = [w // es for w in (16, 8, 4) if w >= es]
+    extent = a_leading_dim(problem)
     if problem.a_major == "col":
-        return next(e for e in (4, 2, 1) if problem.M % e == 0 and s.block_m % e == 0)
-    if s.a_smem != "mk":
+        tile = s.block_m
+    elif s.a_smem != "mk":
         return 1
-    BK = s.k_windows * problem.pattern.m
-    return next(e for e in (4, 2, 1) if problem.K % e == 0 and BK % e == 0)
+    else:
+        tile = s.k_windows * problem.pattern.m
+    return next((e for e in widths if extent % e == 0 and tile % e == 0), None)
 
 
 def _raster(tiles_m: int, tiles_n: int, group: int):

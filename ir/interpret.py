@@ -1,7 +1,12 @@
 """Run the kernel IR on the CPU with numpy, one thread block at a time.
 
 It executes what the GPU would: the copy plans and the compute layout thread by thread (vectorised
-over the block's threads), the pipeline's copy groups, waits and barriers. On top of the values it
+over the block's threads), the pipeline's copy groups, waits and barriers. Tensor-core steps are
+executed as the hardware defines them, not as the builder intends: each lane's ldmatrix row
+address comes from the layout (as codegen computes it), the matrix rows are handed out to the
+lanes by the PTX ISA's ldmatrix rule, and the mma multiplies the matrices its fragments hold by
+the instruction's fragment table, with the inputs rounded to their dtype and fp32 sums: a layout
+mistake gives a wrong C here, on the CPU. On top of the values it
 tracks each shared-memory stage's state, so an ordering bug fails here instead of racing on a GPU:
 
   a copy is issued        -> stage "pending"   (its data is not in shared memory yet)
@@ -16,16 +21,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
+from .dtypes import round_tf32
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseFMA,
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseMMA,
                     SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import INDEX_DTYPES
 
-_NP = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "i32": np.int32}
-_POISON = {"f32": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
+_NP = {"f32": np.float32, "bf16": ml_dtypes.bfloat16, "f16": np.float16, "u8": np.uint8, "u16": np.uint16,
+       "i32": np.int32}
+_POISON = {"f32": np.nan, "bf16": np.nan, "f16": np.nan, "u8": 0xEE, "u16": 0xEEEE, "i32": -0x11111112}
 
 
 @dataclass
@@ -43,7 +51,11 @@ class _Block:
     open_group: list = field(default_factory=list)
     groups: list = field(default_factory=list)
     regs: dict = field(default_factory=dict)     # per-thread register lists: name -> (iterations, threads)
-    frags: dict = field(default_factory=dict)    # fragment registers: name -> (A, B) of one row per thread
+    frags: dict = field(default_factory=dict)    # fragment registers: name -> fragments of one step per thread
+
+
+def _bcast(x, n):
+    return np.broadcast_to(np.asarray(x), (n,))
 
 
 class Interpreter:
@@ -51,29 +63,60 @@ class Interpreter:
         self.k = kernel
         tid = np.arange(kernel.threads)
         lay = kernel.layout
-        self.rows = np.stack([lay.row(tid, r) for r in range(lay.thread_m)], 1)   # (threads, TM)
-        self.cols = np.stack([lay.col(tid, c) for c in range(lay.thread_n)], 1)   # (threads, TN)
+        T = kernel.threads
+        # every accumulator's block-local row and column: (threads, acc_count)
+        self.rows = np.stack([_bcast(lay.acc_row(tid, e), T) for e in range(lay.acc_count)], 1)
+        self.cols = np.stack([_bcast(lay.acc_col(tid, e), T) for e in range(lay.acc_count)], 1)
         self.slice = np.broadcast_to(lay.slice(tid), tid.shape)                     # sliced K: share of the rows
-        self.units = np.empty_like(self.cols)                                     # index unit per column
-        for gi, group in enumerate(lay.groups):
-            u = lay.group_unit(tid, gi)
-            for c in group:
-                self.units[:, c] = u
+        self.group_units = np.stack([_bcast(lay.group_unit(tid, g), T) for g in range(len(lay.groups))], 1)  # (T, G)
+        if lay.instr.is_mma:
+            self._init_mma(tid)
+        else:                            # FFMA thread tiles: rows (T, TM), columns and their index units (T, TN)
+            self.frow = np.stack([_bcast(lay.row(tid, r), T) for r in range(lay.thread_m)], 1)
+            self.fcol = np.stack([_bcast(lay.col(tid, c), T) for c in range(lay.thread_n)], 1)
+            self.funits = np.empty_like(self.fcol)
+            for gi, group in enumerate(lay.groups):
+                for c in group:
+                    self.funits[:, c] = self.group_units[:, gi]
         self._check_partition()
         self._slots = {}
         self.written = None
 
     def _check_partition(self):
         lay = self.k.layout
-        for q in range(lay.warps_k):      # each slice's thread tiles cover the block tile once
+        for q in range(lay.warps_k):      # each slice's accumulators cover the block tile once
             mine = self.slice == q
             cover = np.zeros((lay.block_m, lay.block_n), np.int64)
-            np.add.at(cover, (self.rows[mine][:, :, None], self.cols[mine][:, None, :]), 1)
+            np.add.at(cover, (self.rows[mine], self.cols[mine]), 1)
             if not (cover == 1).all():
-                raise HazardError(f"thread tiles (slice {q}) do not partition the {lay.block_m}x{lay.block_n} "
+                raise HazardError(f"accumulators (slice {q}) do not partition the {lay.block_m}x{lay.block_n} "
                                   f"block tile (an element owned {cover.min()}..{cover.max()} times)")
-        if (self.cols // lay.unit != self.units).any():
+        units = self.funits if not lay.instr.is_mma else self.group_units[:, self.acc_group]
+        cols = self.fcol if not lay.instr.is_mma else self.cols
+        if (cols // lay.unit != units).any():
             raise HazardError("an index look-up group spans two index units")
+
+    def _init_mma(self, tid):
+        """The instruction's fragment tables as index arrays, each checked to be a bijection onto
+        its matrix (a table with a hole or a double entry would go unnoticed otherwise)."""
+        lay, ins = self.k.layout, self.k.layout.instr
+        lanes = np.arange(32)
+        self.lane, self.warp = tid % 32, tid // 32
+        self.wm, self.wn = (np.asarray(x) for x in lay.warp_coords(tid))
+        tables = {}
+        for name, count, coord, shape in (("A", ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)),
+                                          ("B", ins.b_regs * ins.per_reg, ins.b_coord, (ins.k, ins.n)),
+                                          ("C", ins.c_regs, ins.c_coord, (ins.m, ins.n))):
+            rc = np.array([[coord(int(t), e) for e in range(count)] for t in lanes])       # (32, count, 2)
+            cover = np.zeros(shape, np.int64)
+            np.add.at(cover, (rc[..., 0], rc[..., 1]), 1)
+            if not (cover == 1).all():
+                raise HazardError(f"{ins.name}: the {name} fragment table does not cover the {shape} matrix once")
+            tables[name] = rc
+        self.frag_table = tables
+        group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
+        per_tile = ins.c_regs
+        self.acc_group = np.array([group_of[(e // per_tile) % lay.tiles_n] for e in range(lay.acc_count)])
 
     # ---- launch ---------------------------------------------------------------------------------
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -85,13 +128,16 @@ class Interpreter:
             a = arrays[p.name]
             if a.shape != (p.rows, p.cols) or a.dtype != _NP[p.dtype]:
                 raise ValueError(f"param {p.name}: expected {p.dtype} ({p.rows}, {p.cols}), got {a.dtype} {a.shape}")
-        C = np.zeros((k.M, k.N), np.float32) if k.zero_output else np.full((k.M, k.N), np.nan, np.float32)
+        c_np = _NP[k.param("C").dtype]
+        C = np.zeros((k.M, k.N), c_np) if k.zero_output else np.full((k.M, k.N), np.nan, c_np)
         self.arrays = dict(arrays, C=C)
         self.written = np.zeros((k.M, k.N), bool)
         gx, gy, gz = k.grid
         for z in range(gz):
             for x in range(gx):
                 self._run_block({"ctaid_x": x, "ctaid_z": z})
+        if k.convert_output:          # what the launcher does after a split-K kernel with a 16-bit C
+            return C.astype(_NP[k.convert_output])
         return C
 
     def _run_block(self, env):
@@ -99,8 +145,7 @@ class Interpreter:
         smem = {b.name: np.full((b.stages, b.rows, b.pitch), _POISON[b.dtype], _NP[b.dtype]) for b in k.shared}
         stages = {(b.name, s): _Stage() for b in k.shared for s in range(b.stages)}
         lay = k.layout
-        blk = _Block(env=dict(env), smem=smem, stages=stages,
-                     acc=np.full((k.threads, lay.thread_m, lay.thread_n), np.nan, np.float32))
+        blk = _Block(env=dict(env), smem=smem, stages=stages, acc=np.full((k.threads, lay.acc_count), np.nan, np.float32))
         self._exec(k.body, blk)
 
     def _exec(self, body, blk: _Block):
@@ -135,8 +180,8 @@ class Interpreter:
                 blk.acc[:] = 0
             elif isinstance(st, LoadFragments):
                 self._load_fragments(st, blk)
-            elif isinstance(st, SparseFMA):
-                self._fma(st, blk)
+            elif isinstance(st, SparseMMA):
+                self._multiply(st, blk)
             elif isinstance(st, ReduceSlices):
                 self._reduce(st, blk)
             elif isinstance(st, StoreAcc):
@@ -208,8 +253,8 @@ class Interpreter:
             ok = np.ones(r.shape, bool)
             if cp.bound_rows is not None:
                 ok &= rows < cp.bound_rows
-            if cp.bound_cols is not None:
-                ok &= cols < cp.bound_cols
+            if cp.bound_cols is not None:         # checked on a vector's first element, as the GPU does
+                ok &= cols - e < cp.bound_cols
             if ((rows[ok] >= src.shape[0]) | (cols[ok] >= src.shape[1])).any():
                 raise HazardError(f"copy {cp.src} -> {cp.dst} reads outside {cp.src} {src.shape}")
             v = np.zeros(r.shape, src.dtype)
@@ -235,13 +280,9 @@ class Interpreter:
                               f"was not waited for, or no barrier followed the wait")
         s.read = True
 
-    def _fragments(self, ops: SparseOperands, stage: int, rows, blk: _Block, what: str):
-        """Each thread's fragments of rows `rows` of its share of `stage`: A (threads, J, TM, TN)
-        (one A value per row and column: the look-up depends on the column's unit) and B (threads, J, TN)."""
+    def _index_entries(self, ops: SparseOperands, stage: int, blk: _Block) -> np.ndarray:
+        """The stage's index chunk as K positions in the shared A tile: (kept, units_per_block)."""
         k = self.k
-        for name in (ops.a, ops.b, ops.idx):
-            self._visible(blk, name, stage, what)
-        As, Bs = blk.smem[ops.a][stage], blk.smem[ops.b][stage]
         raw = blk.smem[ops.idx][stage, 0]
         upb = k.layout.units_per_block
         dt = INDEX_DTYPES[k.idx_bits]
@@ -253,35 +294,139 @@ class Interpreter:
             entries = entries // ops.offsets
         else:
             entries = entries.reshape(ops.kept, upb)
-        i = self.slice[:, None] * ops.share + np.asarray(rows, np.int64)[None, :]          # (threads, J)
-        idx = entries[i[:, :, None], self.units[:, None, :]]   # (threads, J, TN): K position in the A tile
-        if (idx >= ops.a_rows).any():
-            raise HazardError(f"index {idx.max()} points past the {ops.a_rows} K positions of the shared A tile")
-        r = self.rows[:, None, :, None]
+        if (entries >= ops.a_rows).any():
+            raise HazardError(f"index {entries.max()} points past the {ops.a_rows} K positions of the shared A tile")
+        return entries
+
+    def _operands(self, ops: SparseOperands, stage: int, blk: _Block, what: str):
+        for name in (ops.a, ops.b, ops.idx):
+            self._visible(blk, name, stage, what)
+        return blk.smem[ops.a][stage], blk.smem[ops.b][stage], self._index_entries(ops, stage, blk)
+
+    def _fragments(self, ops: SparseOperands, stage: int, steps, blk: _Block, what: str):
+        """The fragments of steps `steps` of each thread's share of `stage`: FFMA (A (threads, J, TM,
+        TN): one A value per row and column, the look-up depending on the column's unit; B (threads,
+        J, TN)), or mma (see _mma_fragments)."""
+        As, Bs, entries = self._operands(ops, stage, blk, what)
+        if self.k.layout.instr.is_mma:
+            return [self._mma_fragments(ops, As, Bs, entries, j) for j in steps]
+        i = self.slice[:, None] * ops.share + np.asarray(steps, np.int64)[None, :]          # (threads, J)
+        idx = entries[i[:, :, None], self.funits[:, None, :]]   # (threads, J, TN): K position in the A tile
+        r = self.frow[:, None, :, None]
         a = As[r, idx[:, :, None, :]] if ops.a_layout == "mk" else As[idx[:, :, None, :], r]   # As[m][k] / As[k][m]
-        return a, Bs[i[:, :, None], self.cols[:, None, :]]
+        return a, Bs[i[:, :, None], self.fcol[:, None, :]]
+
+    # ---- mma: fragments as ldmatrix (or scalar loads) hand them out, and the instruction --------
+    def _mma_fragments(self, ops: SparseOperands, As, Bs, entries, step: int):
+        """(A, B) registers of one instruction step, as float32 values of the rounded operands:
+        A (threads, G, tiles_m, a elements), B (threads, tiles_n, b elements)."""
+        lay = self.k.layout
+        ins = lay.instr
+        first = self.slice * ops.share + step * ins.k                   # (threads,) the step's first kept row
+        ldmatrix = ins.per_reg == 2
+        a = np.stack([np.stack([self._a_fragment(ops, As, entries, first, g, i, ldmatrix and ops.a_layout == "km")
+                                for i in range(lay.tiles_m)], 1) for g in range(len(lay.groups))], 1)
+        b = np.stack([self._b_fragment(Bs, first, j, ldmatrix) for j in range(lay.tiles_n)], 1)
+        if ins.dtype == "tf32":            # the kernel rounds A to TF32 as it loads it (cvt.rna); B was rounded offline
+            a = round_tf32(a)
+        return a, b
+
+    def _a_fragment(self, ops, As, entries, first, g: int, i: int, ldmatrix: bool) -> np.ndarray:
+        """Each thread's A fragment of m-tile i, look-up group g: (threads, a elements)."""
+        lay = self.k.layout
+        ins = lay.instr
+        unit = self.group_units[:, g]
+        m0 = self.wm * lay.warp_m + i * ins.m                          # (threads,) the tile's first row
+        if ldmatrix:     # x4.trans: lane L hands row (k_L, m_L); lane t gets rows 2(t%4)+h of matrix q, column t//4
+            k_in, m_off = (np.asarray(x) for x in lay.ldmatrix_a(self.lane))
+            pos = entries[first + k_in, unit]                           # the K position each lane addresses
+            rows = As[pos[:, None], (m0 + m_off)[:, None] + np.arange(8)[None, :]]   # (threads, 8): its 16 bytes
+            return self._ldmatrix_trans(rows, ins.a_regs)
+        e = np.arange(ins.a_regs * ins.per_reg)
+        rc = self.frag_table["A"][self.lane]                            # (threads, elements, 2): (row, k)
+        pos = entries[first[:, None] + rc[..., 1], unit[:, None]]
+        m = m0[:, None] + rc[..., 0]
+        vals = As[m, pos] if ops.a_layout == "mk" else As[pos, m]
+        return vals.astype(np.float32).reshape(len(first), e.size)
+
+    def _b_fragment(self, Bs, first, j: int, ldmatrix: bool) -> np.ndarray:
+        """Each thread's B fragment of n-tile j: (threads, b elements)."""
+        lay = self.k.layout
+        ins = lay.instr
+        n0 = self.wn * lay.warp_n + j * ins.n
+        if ldmatrix:     # tiles (2p, 2p+1) come from one x4 load: lane L hands row k_L of column block n_L
+            k_in, n_off = (np.asarray(x) for x in lay.ldmatrix_b(self.lane))
+            pair0 = self.wn * lay.warp_n + (j - j % 2) * ins.n
+            rows = Bs[(first + k_in)[:, None], (pair0 + n_off)[:, None] + np.arange(8)[None, :]]
+            pair = j - j % 2 + 1 < lay.tiles_n                          # a last tile alone: .x2, lanes 0-15
+            regs = self._ldmatrix_trans(rows, 4 if pair else 2)         # b0, b1 of tile 2p, then of 2p+1
+            return regs[:, 4 * (j % 2): 4 * (j % 2) + 4]
+        rc = self.frag_table["B"][self.lane]                            # (threads, elements, 2): (k, col)
+        return Bs[first[:, None] + rc[..., 0], n0[:, None] + rc[..., 1]].astype(np.float32)
+
+    def _ldmatrix_trans(self, rows: np.ndarray, matrices: int) -> np.ndarray:
+        """ldmatrix.sync.aligned.m8n8.x{matrices}.trans.b16 (PTX ISA): `rows` (threads, 8) is the
+        16-byte row each lane addresses (lane 8q + r: row r of matrix q). Lane t receives in its
+        register q the elements [2(t%4)][t//4] and [2(t%4)+1][t//4] of matrix q. Returns (threads,
+        2 * matrices) float32, register q's elements at 2q, 2q+1."""
+        t = self.lane
+        base = self.warp * 32
+        out = np.empty((len(t), 2 * matrices), np.float32)
+        for q in range(matrices):
+            for h in range(2):
+                out[:, 2 * q + h] = rows[base + 8 * q + 2 * (t % 4) + h, t // 4]
+        return out
+
+    def _mma(self, blk: _Block, a: np.ndarray, b: np.ndarray):
+        """acc += A B for every (m-tile, n-tile) of every warp: the fragments placed into the
+        instruction's matrices by its tables, multiplied with fp32 sums, the sum put back by C's."""
+        lay = self.k.layout
+        ins = lay.instr
+        T = len(self.lane)
+        W = T // 32
+        group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
+        ta, tb, tc = self.frag_table["A"], self.frag_table["B"], self.frag_table["C"]
+        lanes = np.arange(32)[:, None]
+        for i in range(lay.tiles_m):
+            for j in range(lay.tiles_n):
+                A = np.zeros((W, ins.m, ins.k), np.float32)
+                B = np.zeros((W, ins.k, ins.n), np.float32)
+                A[:, ta[..., 0], ta[..., 1]] = a[:, group_of[j], i].reshape(W, 32, -1)
+                B[:, tb[..., 0], tb[..., 1]] = b[:, j].reshape(W, 32, -1)
+                e = (i * lay.tiles_n + j) * ins.c_regs + np.arange(ins.c_regs)
+                acc = blk.acc.reshape(W, 32, -1)
+                C = np.zeros((W, ins.m, ins.n), np.float32)
+                C[:, tc[..., 0], tc[..., 1]] = acc[:, :, e]
+                D = np.matmul(A, B, dtype=np.float32) + C
+                acc[:, lanes, e[None, :]] = D[:, tc[..., 0], tc[..., 1]]
 
     def _load_fragments(self, st: LoadFragments, blk: _Block):
-        if not 0 <= st.row < st.ops.share:
-            raise HazardError(f"LoadFragments row {st.row} is outside a thread's {st.ops.share} kept rows")
-        blk.frags[st.dst] = self._fragments(st.ops, self._scalar(st.stage, blk), [st.row], blk, "LoadFragments")
+        if not 0 <= st.step < st.ops.steps:
+            raise HazardError(f"LoadFragments step {st.step} is outside a thread's {st.ops.steps} steps")
+        blk.frags[st.dst] = self._fragments(st.ops, self._scalar(st.stage, blk), [st.step], blk, "LoadFragments")
 
-    def _fma(self, op: SparseFMA, blk: _Block):
-        rows = op.rows
-        if not (0 <= rows.start and rows.stop <= op.ops.share):
-            raise HazardError(f"SparseFMA rows [{rows.start}, {rows.stop}) are outside a thread's "
-                              f"{op.ops.share} kept rows")
+    def _multiply(self, op: SparseMMA, blk: _Block):
+        steps = op.steps
+        if not (0 <= steps.start and steps.stop <= op.ops.steps):
+            raise HazardError(f"SparseMMA steps [{steps.start}, {steps.stop}) are outside a thread's "
+                              f"{op.ops.steps} steps")
         parts = []
-        if op.head and len(rows):      # row `first` from registers, used up
+        if op.head and len(steps):      # step `first` from registers, used up
             if op.head not in blk.frags:
-                raise HazardError(f"SparseFMA uses fragment registers {op.head!r} that no LoadFragments filled "
+                raise HazardError(f"SparseMMA uses fragment registers {op.head!r} that no LoadFragments filled "
                                   f"since they were last used")
             parts.append(blk.frags.pop(op.head))
-            rows = rows[1:]
-        if len(rows):
-            parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), rows, blk, "SparseFMA"))
-        for a, b in parts:
-            blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32)
+            steps = steps[1:]
+        if len(steps):
+            parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), steps, blk, "SparseMMA"))
+        lay = self.k.layout
+        for part in parts:
+            if lay.instr.is_mma:
+                for a, b in part:
+                    self._mma(blk, a, b)
+            else:
+                a, b = part
+                blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32).reshape(blk.acc.shape)
 
     def _reduce(self, op: ReduceSlices, blk: _Block):
         """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the
@@ -297,23 +442,25 @@ class Interpreter:
         share = np.zeros((lay.block_m, lay.block_n), np.float32)
         for q in range(1, lay.warps_k):
             mine = self.slice == q
-            np.add.at(share, (self.rows[mine][:, :, None], self.cols[mine][:, None, :]), blk.acc[mine])
+            np.add.at(share, (self.rows[mine], self.cols[mine]), blk.acc[mine])
         first = self.slice == 0
-        blk.acc[first] += share[self.rows[first][:, :, None], self.cols[first][:, None, :]]
+        blk.acc[first] += share[self.rows[first], self.cols[first]]
 
     def _store(self, op: StoreAcc, blk: _Block):
         C = self.arrays[op.dst]
-        rows = self._scalar(op.row0, blk) + self.rows[:, :, None] + 0 * self.cols[:, None, :]
-        cols = self._scalar(op.col0, blk) + self.cols[:, None, :] + 0 * self.rows[:, :, None]
-        ok = (rows < self.k.M) & (cols < self.k.N) & (self.slice == 0)[:, None, None]   # sliced K: slice 0 stores
+        rows = self._scalar(op.row0, blk) + self.rows
+        cols = self._scalar(op.col0, blk) + self.cols
+        ok = (rows < self.k.M) & (cols < self.k.N) & (self.slice == 0)[:, None]   # sliced K: slice 0 stores
         rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]
         if op.atomic:
+            if C.dtype != np.float32:
+                raise HazardError("atomic adds go into an fp32 C (a 16-bit C is accumulated in a workspace)")
             np.add.at(C, (rows, cols), vals)
         else:
             if self.written[rows, cols].any():
                 raise HazardError("two threads store the same element of C without atomics")
             self.written[rows, cols] = True
-            C[rows, cols] = vals
+            C[rows, cols] = vals.astype(C.dtype)     # rounded to nearest, as cvt.rn does
 
 
 def interpret(kernel: Kernel, arrays: dict[str, np.ndarray]) -> np.ndarray:

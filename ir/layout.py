@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from math import gcd
 
 from .expr import and_, lt
+from .instructions import FFMA, MathInstr, for_dtype
 from .problem import ceil_div
 from .schedule import Schedule
 
@@ -21,7 +22,14 @@ def vector_width(extent: int) -> int:
 
 @dataclass(frozen=True)
 class ComputeLayout:
-    """Thread tiles inside a block tile.
+    """Which thread holds which accumulator of a block tile, for the layout's instruction.
+
+    Warp tiles, warps_m x warps_n of them (and warps_k slices, below), cover the block tile; how a
+    warp tile is split among its lanes depends on the multiply-accumulate instruction (`instr`,
+    ir.instructions):
+
+    FFMA (CUDA cores): each lane holds a thread tile of thread_m x thread_n accumulators, laid out
+    as follows.
 
     Warps are laid out row-major over (warps_m, warps_n). Inside a warp, lane bit 0 picks the
     column lane and bit 1 the row lane (the other bits split the same way): lanes L and L^1 then
@@ -37,10 +45,20 @@ class ComputeLayout:
     With warps_k > 1 the block has warps_k slices of warps_m x warps_n warps (slice = warp //
     (warps_m * warps_n)); every slice covers the whole block tile, over its share of the kept rows.
 
+    mma (tensor cores): the warp tile is a grid of tiles_m x tiles_n instruction tiles (16 x 8),
+    each spread over the 32 lanes by the instruction's C fragment; a lane holds c_regs accumulators
+    of each. An 8-column instruction tile lies inside one index unit, so all its columns gather the
+    same kept rows of A.
+
+    Accumulators are numbered e = 0 .. acc_count-1 per thread: FFMA e = r * thread_n + c, mma
+    e = (i * tiles_n + j) * c_regs + q (tile i, j, fragment element q); acc_row / acc_col give each
+    one's block-local row and column, and `runs` the groups of consecutive columns a single vector
+    store writes. The epilogues (store, split-K atomics, sliced-K reduction) go through these only.
+
     `unit` is the index granularity in columns: the prepared index holds one entry per `unit`
     consecutive columns (unit divides V, so a unit never straddles two vectors). When the warp tile
     lies inside one unit, a thread does a single index look-up per kept row for all its columns;
-    otherwise one per group of columns that share a unit.
+    otherwise one per group of columns (FFMA) or instruction tiles (mma) that share a unit.
     """
     block_m: int
     block_n: int
@@ -51,11 +69,17 @@ class ComputeLayout:
     unit: int
     row_vec: int = 0          # 0: the widest vector dividing thread_m
     warps_k: int = 1
+    instr: MathInstr = FFMA
 
     @classmethod
-    def of(cls, s: Schedule, vector: int) -> "ComputeLayout":
+    def of(cls, s: Schedule, vector: int, instr: MathInstr = FFMA) -> "ComputeLayout":
         return cls(s.block_m, s.block_n, s.warp_m, s.warp_n, s.thread_m, s.thread_n, gcd(vector, s.warp_n),
-                   1 if s.a_smem == "mk" else 0, s.warps_k)
+                   1 if s.a_smem == "mk" else 0, s.warps_k, instr)
+
+    @classmethod
+    def for_problem(cls, problem, s: Schedule) -> "ComputeLayout":
+        """The layout of schedule `s` for `problem` (its vector length and its dtype's instruction)."""
+        return cls.of(s, problem.pattern.vector, for_dtype(problem.dtype))
 
     @property
     def lanes_m(self): return self.warp_m // self.thread_m
@@ -78,12 +102,17 @@ class ComputeLayout:
         """Which share of the kept rows thread `tid` multiplies (0 <= slice < warps_k)."""
         return tid // (32 * self.warps_m * self.warps_n)
 
-    def _coords(self, tid):
-        """(warp row, warp column, lane row, lane column) of thread `tid`."""
-        warp, lane = tid // 32, tid % 32
+    def warp_coords(self, tid):
+        """(warp row, warp column) of thread `tid`'s warp tile."""
+        warp = tid // 32
         if self.warps_k > 1:
             warp = warp % (self.warps_m * self.warps_n)
-        wm, wn = warp // self.warps_n, warp % self.warps_n
+        return warp // self.warps_n, warp % self.warps_n
+
+    def _coords(self, tid):
+        """FFMA: (warp row, warp column, lane row, lane column) of thread `tid`."""
+        wm, wn = self.warp_coords(tid)
+        lane = tid % 32
         LN, LM = self.lanes_n, self.lanes_m
         if LN < 2 or LM < 2:           # a warp one thread wide: no pairs to form
             return wm, wn, lane // LN, lane % LN
@@ -106,7 +135,11 @@ class ComputeLayout:
 
     @property
     def groups(self) -> tuple[tuple[int, ...], ...]:
-        """Thread-tile columns that share one index look-up, as tuples of column numbers c."""
+        """Columns that share one index look-up: FFMA thread-tile column numbers c, mma instruction
+        tile columns j."""
+        if self.instr.is_mma:
+            per = max(1, self.unit // self.instr.n)
+            return tuple(tuple(range(s, min(s + per, self.tiles_n))) for s in range(0, self.tiles_n, per))
         if self.unit % self.warp_n == 0:
             return (tuple(range(self.thread_n)),)
         g = min(self.unit, self.b_vec)
@@ -114,7 +147,80 @@ class ComputeLayout:
 
     def group_unit(self, tid, g: int):
         """Block-local index unit of look-up group g."""
+        if self.instr.is_mma:
+            _, wn = self.warp_coords(tid)
+            return (wn * self.warp_n + self.groups[g][0] * self.instr.n) // self.unit
         return self.col(tid, self.groups[g][0]) // self.unit
+
+    # ---- mma: the warp tile as a grid of instruction tiles --------------------------------------
+    @property
+    def tiles_m(self) -> int:
+        return self.warp_m // self.instr.m
+
+    @property
+    def tiles_n(self) -> int:
+        return self.warp_n // self.instr.n
+
+    # ---- accumulators, whatever the instruction -------------------------------------------------
+    @property
+    def acc_count(self) -> int:
+        """Accumulators per thread."""
+        if self.instr.is_mma:
+            return self.tiles_m * self.tiles_n * self.instr.c_regs
+        return self.thread_m * self.thread_n
+
+    def acc_row(self, tid, e: int):
+        """Block-local row of thread `tid`'s accumulator e."""
+        if self.instr.is_mma:
+            q, t = e % self.instr.c_regs, e // self.instr.c_regs
+            wm, _ = self.warp_coords(tid)
+            return wm * self.warp_m + (t // self.tiles_n) * self.instr.m + self.instr.c_coord(tid % 32, q)[0]
+        return self.row(tid, e // self.thread_n)
+
+    def acc_col(self, tid, e: int):
+        """Block-local column of thread `tid`'s accumulator e."""
+        if self.instr.is_mma:
+            q, t = e % self.instr.c_regs, e // self.instr.c_regs
+            _, wn = self.warp_coords(tid)
+            return wn * self.warp_n + (t % self.tiles_n) * self.instr.n + self.instr.c_coord(tid % 32, q)[1]
+        return self.col(tid, e % self.thread_n)
+
+    @property
+    def runs(self) -> tuple[tuple[int, ...], ...]:
+        """Accumulators in runs of consecutive columns of one row (for every thread alike): what
+        one vector store writes. FFMA: b_vec columns of a thread-tile row; mma: the column pairs of
+        the C fragment (elements 2h and 2h+1 of each instruction tile)."""
+        if self.instr.is_mma:
+            return tuple((e, e + 1) for e in range(0, self.acc_count, 2))
+        v = self.b_vec
+        return tuple(tuple(r * self.thread_n + c0 + i for i in range(v))
+                     for r in range(self.thread_m) for c0 in range(0, self.thread_n, v))
+
+    @property
+    def c_vec(self) -> int:
+        """Columns in each run (the widest C store a thread makes)."""
+        return len(self.runs[0])
+
+    # ---- mma: which shared-memory row each lane hands ldmatrix ---------------------------------
+    # ldmatrix.x4 loads four 8x8 matrices of 16-bit elements: lane L gives the address of row L % 8
+    # of matrix L // 8 (PTX ISA, ldmatrix). With .trans, a stored row of 8 elements becomes a column
+    # of the fragment, so a [k][m] shared A tile yields row-major A fragments and a [k][n] B tile
+    # "col" B fragments.
+    @staticmethod
+    def ldmatrix_a(lane):
+        """(k within the instruction step, m offset) of the A row lane `lane` addresses for the x4
+        load of one 16 x 16 A fragment: matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7),
+        (k 8-15, m 8-15), i.e. fragment registers a0..a3."""
+        q, r = lane // 8, lane % 8
+        return 8 * (q // 2) + r, 8 * (q % 2)
+
+    @staticmethod
+    def ldmatrix_b(lane):
+        """(k within the step, n offset) of the B row lane `lane` addresses for the x4 load of two
+        16 x 8 B fragments (instruction tiles j, j+1): matrices (k 0-7, tile j), (k 8-15, tile j),
+        (k 0-7, tile j+1), (k 8-15, tile j+1), i.e. b0, b1 of tile j then of tile j+1."""
+        q, r = lane // 8, lane % 8
+        return 8 * (q % 2) + r, 8 * (q // 2)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Optional, Union
 from .expr import IntLike
 from .layout import ComputeLayout, CopyPlan
 
-DTYPE_BYTES = {"f32": 4, "u8": 1, "u16": 2, "i32": 4}
+DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "u8": 1, "u16": 2, "i32": 4}
 
 
 @dataclass(frozen=True)
@@ -119,18 +119,19 @@ class Barrier:
 
 @dataclass(frozen=True)
 class ZeroAcc:
-    """Set the register accumulators (thread_m x thread_n per thread) to zero."""
+    """Set the register accumulators (layout.acc_count per thread) to zero."""
 
 
 @dataclass(frozen=True)
 class SparseOperands:
-    """Where a K tile's sparse product reads its operands: A(idx(i, c), row(r)) * Bs[stage][i][col(c)]
-    for the `kept` rows i of a K tile, idx(i, c) = Is[stage][i * units_per_block + unit(c)], a K
-    position in the shared A tile (< a_rows), and A(k, m) = As[stage][k][m] ("km") or
-    As[stage][m][k] ("mk").
+    """Where a K tile's sparse product reads its operands: A(idx(i, c), row) * Bs[stage][i][c]
+    for the `kept` rows i of a K tile and the block's columns c, idx(i, c) =
+    Is[stage][i * units_per_block + unit(c)], a K position in the shared A tile (< a_rows), and
+    A(k, m) = As[stage][k][m] ("km") or As[stage][m][k] ("mk").
+    The rows are multiplied in steps of `step` (the instruction's k: 1 for FFMA, 16 or 8 for mma).
     With `slices` > 1 a thread of slice q (layout.slice) takes only the kept rows
-    q * share <= i < (q + 1) * share, share = kept / slices; "row j" of a thread is row
-    q * share + j of the tile.
+    q * share <= i < (q + 1) * share, share = kept / slices; "step j" of a thread is rows
+    q * share + j * step ... + step - 1 of the tile.
     With `offsets` > 0 the index chunk holds, unit-major (Is[stage][unit * kept + i], 32-bit), the
     byte offset idx(i, c) * offsets of the A row inside the stage instead of idx itself."""
     a: str
@@ -141,29 +142,37 @@ class SparseOperands:
     a_layout: str = "km"
     slices: int = 1
     offsets: int = 0
+    step: int = 1
 
     @property
     def share(self) -> int:
+        """Kept rows of a K tile one slice multiplies."""
         return self.kept // self.slices
+
+    @property
+    def steps(self) -> int:
+        """Instruction steps of a slice's share."""
+        return self.share // self.step
 
 
 @dataclass(frozen=True)
 class LoadFragments:
-    """Each thread loads into registers `dst` its fragments of row `row` of its share of `stage`:
-    the index look-up, then A at that K position for its rows and B for its columns. A later
-    SparseFMA(head=dst) multiplies them; in between the stage may be overwritten. This is how a
-    K tile's first fragments are loaded before the previous tile's last products are issued."""
+    """Each thread loads into registers `dst` its fragments of step `step` of its share of `stage`:
+    the index look-ups, then A at those K positions and B. A later SparseMMA(head=dst) multiplies
+    them; in between the stage may be overwritten. This is how a K tile's first fragments are
+    loaded before the previous tile's last products are issued."""
     dst: str
     stage: IntLike
     ops: SparseOperands
-    row: int
+    step: int
 
 
 @dataclass(frozen=True)
-class SparseFMA:
-    """acc[r][c] += A * B (see SparseOperands) over rows first <= j < stop of each thread's share
-    of `stage` (stop None: the end of the share). With `head`, row `first` is not read from
-    shared memory: its fragments are the registers a LoadFragments filled (and are used up)."""
+class SparseMMA:
+    """acc += A * B (see SparseOperands) over steps first <= j < stop of each thread's share of
+    `stage` (stop None: the end of the share), with the layout's multiply-accumulate instruction
+    (FFMA on a thread tile, or mma on a warp's fragments). With `head`, step `first` is not read
+    from shared memory: its fragments are the registers a LoadFragments filled (and are used up)."""
     stage: IntLike
     ops: SparseOperands
     first: int = 0
@@ -171,8 +180,8 @@ class SparseFMA:
     head: str = ""
 
     @property
-    def rows(self) -> range:
-        return range(self.first, self.ops.share if self.stop is None else self.stop)
+    def steps(self) -> range:
+        return range(self.first, self.ops.steps if self.stop is None else self.stop)
 
 
 @dataclass(frozen=True)
@@ -185,15 +194,16 @@ class ReduceSlices:
 
 @dataclass(frozen=True)
 class StoreAcc:
-    """C[row0 + row][col0 + col] = acc (or += with `atomic`), masked to the problem's M x N; with
-    sliced K (layout.warps_k > 1) by the threads of slice 0 only."""
+    """C[row0 + row][col0 + col] = acc (or += with `atomic`) for each accumulator's (row, col)
+    (layout.acc_row / acc_col), converted to C's dtype, masked to the problem's M x N; with sliced
+    K (layout.warps_k > 1) by the threads of slice 0 only."""
     dst: str
     row0: IntLike
     col0: IntLike
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, LoadFragments, SparseFMA, ReduceSlices,
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, LoadFragments, SparseMMA, ReduceSlices,
              StoreAcc]
 
 
@@ -212,15 +222,17 @@ class Kernel:
     zero_output: bool = False      # the launcher must zero C first (split-K accumulates atomically)
     a_alignment: int = 4           # bytes A's base address must be aligned to (16-byte copies of A rows)
     min_blocks: int = 0
+    convert_output: str | None = None   # C is an fp32 workspace; the launcher converts it to this dtype
     notes: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def c_alignment(self) -> int:
-        """Bytes C's base address must be aligned to: a thread's b_vec consecutive columns are
-        stored (or atomically added, where the target has vector atomics) with one vector access
-        when every row of C starts on such a boundary."""
-        vec = self.layout.b_vec
-        return 4 * vec if self.N % vec == 0 else 4
+        """Bytes C's base address must be aligned to: a thread's run of consecutive columns
+        (layout.runs) is stored (or atomically added, where the target has vector atomics) with
+        one vector access when every row of C starts on such a boundary."""
+        esize = DTYPE_BYTES[self.param("C").dtype]
+        vec = self.layout.c_vec
+        return esize * vec if self.N % vec == 0 else esize
 
     @property
     def smem_bytes(self) -> int:

@@ -1,10 +1,14 @@
 """The weights laid out for one schedule (done once per weight matrix and layout, offline).
 
-From the compressed format (values: W x N float32, indices: W x ceil(N/V), each the kept row's
-position inside its window) to what the kernel reads:
+From the compressed format (values: W x N, indices: W x ceil(N/V), each the kept row's position
+inside its window) to what the kernel reads:
 
-  bv:    (T*KR, tiles_n*block_n) float32  values, zero-padded to whole K tiles and block columns so
-                                          the B copies need no bounds checks
+  bv:    (T*KR, tiles_n*block_n)          values in the problem's storage dtype (tf32: rounded to
+                                          TF32 here, once), zero-padded to whole K tiles and block
+                                          columns so the B copies need no bounds checks. A K tile's
+                                          k_windows * n kept rows are followed by zero rows up to KR,
+                                          a whole number of the instruction's k (16 for bf16/f16
+                                          mma, 8 for tf32, 1 for FFMA); their index is 0
   bi:    (T*tiles_n, chunk) uint8         per (K tile, block column) one contiguous chunk holding, for
                                           each kept row of the tile and each index unit of the block,
                                           the *shared-memory A row* to gather, padded to 16 bytes so one
@@ -18,7 +22,7 @@ position inside its window) to what the kernel reads:
                                           column uses in this K tile (the compacted list; As row j
                                           holds A[:, arows[.., j]]), padded by repeating entries
 
-T = K tiles, KR = k_windows*n kept rows per tile, BK = k_windows*m K rows per tile.
+T = K tiles, KR = k_windows*n kept rows per tile (padded as above), BK = k_windows*m K rows per tile.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dtypes import as_computed, dtype as dtype_of
+from .instructions import for_dtype
 from .layout import ComputeLayout
 from .problem import Problem, ceil_div, index_dtype_bits
 from .schedule import Schedule
@@ -35,7 +41,8 @@ from .schedule import Schedule
 class Geometry:
     """Sizes every layer derives from (Problem, Schedule); `a_rows` is the shared A rows per stage."""
     T: int            # K tiles
-    KR: int           # kept rows per K tile
+    KR: int           # kept rows per K tile, padded to a whole number of instruction steps
+    kept: int         # of which real (k_windows * n)
     BK: int           # K rows per K tile
     tiles_m: int
     tiles_n: int
@@ -44,6 +51,7 @@ class Geometry:
     a_rows: int       # BK ("window") or the compacted list length L ("rows")
     idx_bits: int     # 8 or 16: row-major K positions; 32: unit-major byte offsets
     scale: int        # bytes per shared A row position (the offsets' unit)
+    esize: int        # bytes per A and B element
 
     @property
     def chunk_entries(self) -> int:
@@ -62,22 +70,25 @@ def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geomet
     """`a_rows` is the compacted list length for the "rows" strategy (from `prepare`); without it
     the bound that holds for any weights is used."""
     p = problem.pattern
-    lay = ComputeLayout.of(s, p.vector)
-    BK, KR = s.k_windows * p.m, s.k_windows * p.n
+    lay = ComputeLayout.for_problem(problem, s)
+    step = for_dtype(problem.dtype).k
+    BK, kept = s.k_windows * p.m, s.k_windows * p.n
+    KR = ceil_div(kept, step) * step
+    esize = dtype_of(problem.dtype).itemsize
     upb = s.block_n // lay.unit
     if s.a_load == "window":
         a_rows = BK
     elif a_rows is None:
         vectors_per_block = ceil_div(s.block_n, p.vector) + 1
-        a_rows = min(ceil_div(BK, 8) * 8, ceil_div(KR * vectors_per_block, 8) * 8)
+        a_rows = min(ceil_div(BK, 8) * 8, ceil_div(kept * vectors_per_block, 8) * 8)
     # Byte offsets measured on the H100 (NOTES.md, run 11): +1.5..2% for "window" kernels, -2..3% for
     # "rows" ones (whose compacted lists fit u8 and whose registers hold the prefetched row list too)
     offsets = s.a_load == "window" and KR * upb * 4 <= MAX_OFFSET_CHUNK
-    g = Geometry(T=ceil_div(problem.windows, s.k_windows), KR=KR, BK=BK,
+    g = Geometry(T=ceil_div(problem.windows, s.k_windows), KR=KR, kept=kept, BK=BK,
                  tiles_m=ceil_div(problem.M, s.block_m), tiles_n=ceil_div(problem.N, s.block_n),
                  unit=lay.unit, upb=upb, a_rows=a_rows,
                  idx_bits=32 if offsets else index_dtype_bits(a_rows - 1),
-                 scale=4 if s.a_smem == "mk" else (s.block_m + s.a_pad) * 4)
+                 scale=esize if s.a_smem == "mk" else (s.block_m + s.a_pad) * esize, esize=esize)
     return g
 
 
@@ -95,15 +106,17 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
     g0 = geometry(problem, s)
     T, KR, BK, tn = g0.T, g0.KR, g0.BK, g0.tiles_n
     Np, Wp, upb = tn * s.block_n, T * KR, g0.upb
+    # kept row w sits at row `at[w]` of its tile's KR (the tile's last KR - kept rows stay zero)
+    at = np.arange(W) // g0.kept * KR + np.arange(W) % g0.kept
 
-    bv = np.zeros((Wp, Np), np.float32)
-    bv[:W, :N] = values
+    bv = np.zeros((Wp, Np), dtype_of(problem.dtype).storage)
+    bv[at, :N] = as_computed(values, problem.dtype)
 
     # Shared A row of each kept row for each index unit: window offset inside the tile + position.
     unit_vec = np.minimum(np.arange(Np // g0.unit) * g0.unit // p.vector, problem.vectors - 1)
     window_in_tile = (np.arange(W) // p.n) % s.k_windows
     asrow = np.zeros((Wp, Np // g0.unit), np.int64)
-    asrow[:W] = window_in_tile[:, None] * p.m + indices[:, unit_vec].astype(np.int64)
+    asrow[at] = window_in_tile[:, None] * p.m + indices[:, unit_vec].astype(np.int64)
     # (T, KR, tn, upb) -> one chunk per (tile, block column): (T*tn, KR*upb)
     chunks = asrow.reshape(T, KR, tn, upb).transpose(0, 2, 1, 3).reshape(T * tn, KR * upb)
 

@@ -1,7 +1,7 @@
 """Readable text for a kernel IR: what `nmgen ptx --ir` and error reports show."""
 from __future__ import annotations
 
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseFMA,
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseMMA,
                     StoreAcc, Wait, ZeroAcc)
 
 
@@ -15,10 +15,14 @@ def format_kernel(k: Kernel) -> str:
     for b in k.shared:
         out.append(f"  shared {b.name}: {b.dtype}[{b.stages}, {b.rows}, {b.pitch}] @ {b.offset}"
                    + (f"  # {b.doc}" if b.doc else ""))
-    out.append(f"  regs acc: f32[{lay.thread_m}, {lay.thread_n}] per thread; warp {lay.warp_m}x{lay.warp_n}, "
-               f"lanes {lay.lanes_m}x{lay.lanes_n}, index unit {lay.unit} col(s), "
-               f"{len(lay.groups)} look-up(s) per kept row, {k.idx_bits}-bit indices"
-               + (" (byte offsets)" if k.idx_bits == 32 else ""))
+    if lay.instr.is_mma:
+        tiles = (f"{lay.acc_count} f32 per thread; warp {lay.warp_m}x{lay.warp_n} = {lay.tiles_m}x{lay.tiles_n} "
+                 f"{lay.instr.ptx} tiles")
+    else:
+        tiles = (f"f32[{lay.thread_m}, {lay.thread_n}] per thread; warp {lay.warp_m}x{lay.warp_n}, "
+                 f"lanes {lay.lanes_m}x{lay.lanes_n}")
+    out.append(f"  regs acc: {tiles}, index unit {lay.unit} col(s), {len(lay.groups)} look-up(s) per kept row, "
+               f"{k.idx_bits}-bit indices" + (" (byte offsets)" if k.idx_bits == 32 else ""))
     _body(k.body, out, 1, lay)
     return "\n".join(out)
 
@@ -26,6 +30,10 @@ def format_kernel(k: Kernel) -> str:
 def _rows_note(o) -> str:
     return ((f" of {o.share} per slice of warps" if o.slices > 1 else f" of {o.kept}")
             + (f"  (indices: byte offsets, {o.offsets} per A row)" if o.offsets else ""))
+
+
+def _step_name(o) -> str:
+    return "kept row" if o.step == 1 else f"step (of {o.step} kept rows)"
 
 
 def _body(body, out, depth, lay):
@@ -58,11 +66,12 @@ def _body(body, out, depth, lay):
         elif isinstance(st, ZeroAcc):
             out.append(f"{pad}acc = 0")
         elif isinstance(st, LoadFragments):
-            out.append(f"{pad}{st.dst} <- fragments of kept row {st.row} of {st.ops.a}/{st.ops.b}[{st.stage}]"
+            out.append(f"{pad}{st.dst} <- fragments of {_step_name(st.ops)} {st.step} of {st.ops.a}/{st.ops.b}[{st.stage}]"
                        + _rows_note(st.ops))
-        elif isinstance(st, SparseFMA):
-            o, rows = st.ops, st.rows
-            span = f"kept rows {rows.start}..{rows.stop - 1}" if len(rows) > 1 else f"kept row {rows.start}"
+        elif isinstance(st, SparseMMA):
+            o, rows = st.ops, st.steps
+            name = _step_name(o)
+            span = f"{name}s {rows.start}..{rows.stop - 1}" if len(rows) > 1 else f"{name} {rows.start}"
             out.append(f"{pad}acc += {o.a}[{st.stage}][{o.idx}[{st.stage}][i, unit]] * {o.b}[{st.stage}][i]  for {span}"
                        + (f" (row {rows.start} from {st.head})" if st.head else "") + _rows_note(o))
         elif isinstance(st, ReduceSlices):

@@ -81,13 +81,16 @@ class Problem:
     """One SpMM instance. Sizes are compile-time constants of the generated kernel.
 
     `a_major` is A's memory order: "row" (M x K row-major, the usual activations) or "col"
-    (column-major: K x M row-major in memory, e.g. a transposed view, as NM-SpMM stores A)."""
+    (column-major: K x M row-major in memory, e.g. a transposed view, as NM-SpMM stores A).
+    `dtype` is what A and B hold and how they are multiplied (ir.dtypes: f32, tf32, bf16, f16);
+    `c_dtype` what C holds (f32, bf16, f16; by default A's storage type)."""
     M: int
     N: int
     K: int
     pattern: Pattern
     dtype: str = "f32"
     a_major: str = "row"
+    c_dtype: str | None = None
 
     def __post_init__(self):
         if self.a_major not in A_MAJORS:
@@ -96,8 +99,13 @@ class Problem:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ShapeError(f"{name}={v!r} must be a positive integer")
-        if self.dtype != "f32":
-            raise ShapeError(f"dtype {self.dtype!r} is not supported yet; nmgen computes in float32 ('f32')")
+        from .dtypes import DTYPES, OUTPUT_DTYPES
+        if self.dtype not in DTYPES:
+            raise ShapeError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.c_dtype is None:
+            object.__setattr__(self, "c_dtype", "f32" if self.dtype == "tf32" else self.dtype)
+        if self.c_dtype not in OUTPUT_DTYPES:
+            raise ShapeError(f"output dtype {self.c_dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
         self.pattern.check_k(self.K)
         if self.M * max(self.K, self.N) >= 2**40 or self.K * self.N >= 2**40:
             raise ShapeError(f"{self.M}x{self.N}x{self.K} is too large for 40-bit element offsets")
@@ -127,20 +135,26 @@ class Problem:
         """Stable text key (tuning database, caches)."""
         p = self.pattern
         return f"{self.M}x{self.N}x{self.K}:{p.n}:{p.m}:{p.vector}:{self.dtype}" + (
-            ":Acol" if self.a_major == "col" else "")
+            ":Acol" if self.a_major == "col" else "") + ("" if self.c_dtype == self.default_c_dtype else f":C{self.c_dtype}")
+
+    @property
+    def default_c_dtype(self) -> str:
+        return "f32" if self.dtype == "tf32" else self.dtype
 
     def __str__(self):
-        return f"{self.M}x{self.N}x{self.K} {self.pattern}" + (" (A column-major)" if self.a_major == "col" else "")
+        return (f"{self.M}x{self.N}x{self.K} {self.pattern}" + ("" if self.dtype == "f32" else f" {self.dtype}")
+                + ("" if self.c_dtype == self.default_c_dtype else f" -> {self.c_dtype}")
+                + (" (A column-major)" if self.a_major == "col" else ""))
 
     def to_dict(self) -> dict:
         p = self.pattern
         return {"M": self.M, "N": self.N, "K": self.K, "n": p.n, "m": p.m, "vector": p.vector, "dtype": self.dtype,
-                "a_major": self.a_major}
+                "a_major": self.a_major, "c_dtype": self.c_dtype}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Problem":
         return cls(int(d["M"]), int(d["N"]), int(d["K"]), Pattern(int(d["n"]), int(d["m"]), int(d["vector"])),
-                   d.get("dtype", "f32"), d.get("a_major", "row"))
+                   d.get("dtype", "f32"), d.get("a_major", "row"), d.get("c_dtype"))
 
 
 def index_dtype_bits(max_value: int) -> int:

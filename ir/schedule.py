@@ -2,7 +2,10 @@
 
 Blocking is hierarchical. A thread block computes a block_m x block_n tile of C; it is split into
 warp tiles (warp_m x warp_n), each warp's 32 lanes into thread tiles (thread_m x thread_n) held in
-registers. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
+registers - on the CUDA cores (FFMA, float32). On the tensor cores (bf16, f16, tf32) the warp tile
+is a grid of the mma instruction's 16 x 8 tiles, whose fragments fix which lane holds what:
+thread_m = thread_n = 0 there ("tiled by the instruction"), and every "kept row" count below is
+in instruction steps of k kept rows (16, or 8 for tf32) instead of single rows. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
 A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
 in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
 `warps_k` splits each K tile's kept rows among that many warps of the block instead (sliced K): every
@@ -36,7 +39,7 @@ class Schedule:
     block_n: int = 128
     warp_m: int = 64
     warp_n: int = 32
-    thread_m: int = 8
+    thread_m: int = 8         # 0 with thread_n = 0: the warp tile is tiled by the mma instruction
     thread_n: int = 8
     k_windows: int = 1        # pattern windows per K tile
     stages: int = 3           # shared-memory pipeline depth (cp.async groups in flight + 1)
@@ -60,7 +63,7 @@ class Schedule:
                     raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
-            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row") else 1):
+            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n") else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range")
 
     # ---- derived shape of the thread hierarchy --------------------------------------------------
@@ -73,9 +76,13 @@ class Schedule:
     @property
     def threads(self) -> int: return 32 * self.warps
     @property
-    def lanes_m(self) -> int: return self.warp_m // self.thread_m
+    def mma(self) -> bool:
+        """Tiled by a tensor-core instruction (no thread tile)."""
+        return self.thread_m == 0 and self.thread_n == 0
     @property
-    def lanes_n(self) -> int: return self.warp_n // self.thread_n
+    def lanes_m(self) -> int: return self.warp_m // self.thread_m if self.thread_m else 0
+    @property
+    def lanes_n(self) -> int: return self.warp_n // self.thread_n if self.thread_n else 0
 
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -112,7 +119,8 @@ class Schedule:
     def short(self) -> str:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`; fields off their defaults
         follow (wk2, mk, pf, rf1, mb2)."""
-        return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} t{self.thread_m}x{self.thread_n} "
+        tile = "mma" if self.mma else f"t{self.thread_m}x{self.thread_n}"
+        return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} {tile} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
                 + ("" if self.a_smem == "km" else f" {self.a_smem}")

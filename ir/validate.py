@@ -1,9 +1,11 @@
 """Why a schedule cannot run: every reason, in words, with the numbers and what to change."""
 from __future__ import annotations
 
-from .build import a_copy_elems, reduce_buffer
+from .build import a_copy_elems, b_pad, reduce_buffer
 from .device import Device
+from .dtypes import dtype as dtype_of
 from .errors import ScheduleError
+from .instructions import for_dtype
 from .layout import ComputeLayout
 from .operands import geometry
 from .problem import Problem
@@ -13,17 +15,23 @@ MAX_STAGES = 8
 MAX_ACCUMULATORS = 128   # thread_m * thread_n: beyond this the registers (255 per thread) spill
 
 
-def estimate_registers(s: Schedule, vector: int = 32) -> int:
+def estimate_registers(s: Schedule, vector: int = 32, instr=None) -> int:
     """Registers per thread before ptxas says: accumulators, double-buffered fragments (one A
     fragment per index look-up group), addressing."""
-    groups = len(ComputeLayout.of(s, vector).groups)
+    lay = ComputeLayout.of(s, vector, instr or for_dtype("f32"))
+    groups = len(lay.groups)
+    if lay.instr.is_mma:
+        a = lay.tiles_m * lay.instr.a_regs * groups
+        b = lay.tiles_n * lay.instr.b_regs
+        return lay.acc_count + 2 * (a + b) + groups + 32
     return s.thread_m * s.thread_n + 2 * (s.thread_m * groups + s.thread_n) + 28
 
 
 def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> int:
     g = geometry(problem, s, a_rows)
-    a = s.stages * (s.block_m * (g.a_rows + s.a_pad) if s.a_smem == "mk" else g.a_rows * (s.block_m + s.a_pad)) * 4
-    b = s.stages * g.KR * s.block_n * 4
+    es = g.esize
+    a = s.stages * (s.block_m * (g.a_rows + s.a_pad) if s.a_smem == "mk" else g.a_rows * (s.block_m + s.a_pad)) * es
+    b = s.stages * g.KR * (s.block_n + b_pad(problem)) * es
     i = s.stages * g.chunk_bytes
     pipeline = sum(-(-x // 16) * 16 for x in (a, b, i))
     return max(pipeline, reduce_buffer(s).nbytes) if s.warps_k > 1 else pipeline
@@ -35,50 +43,70 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if s.block_m % s.warp_m or s.block_n % s.warp_n:
         why.append(f"warp tile {s.warp_m}x{s.warp_n} does not divide block tile {s.block_m}x{s.block_n}")
         return why
-    if s.warp_m % s.thread_m or s.warp_n % s.thread_n:
+    instr = for_dtype(problem.dtype)
+    if instr.is_mma:
+        why += _mma_problems(problem, s, instr)
+        if why:
+            return why
+    elif s.mma or not (s.thread_m and s.thread_n):
+        why.append(f"float32 problems run on the CUDA cores (FFMA): give a thread tile (thread_m, thread_n >= 1), "
+                   f"not {s.thread_m}x{s.thread_n}")
+        return why
+    elif s.warp_m % s.thread_m or s.warp_n % s.thread_n:
         why.append(f"thread tile {s.thread_m}x{s.thread_n} does not divide warp tile {s.warp_m}x{s.warp_n}")
         return why
-    if s.lanes_m * s.lanes_n != 32:
+    elif s.lanes_m * s.lanes_n != 32:
         why.append(f"warp tile {s.warp_m}x{s.warp_n} / thread tile {s.thread_m}x{s.thread_n} gives "
                    f"{s.lanes_m}x{s.lanes_n}={s.lanes_m * s.lanes_n} threads per warp, not 32")
     if s.threads > device.max_threads_per_block:
         why.append(f"{s.threads} threads per block exceed the device's {device.max_threads_per_block}")
-    if s.thread_m * s.thread_n > MAX_ACCUMULATORS:
-        why.append(f"thread tile {s.thread_m}x{s.thread_n} holds {s.thread_m * s.thread_n} accumulators; "
-                   f"more than {MAX_ACCUMULATORS} spill out of the 255 registers a thread has")
-    regs = estimate_registers(s, problem.pattern.vector)
+    accs = ComputeLayout.of(s, problem.pattern.vector, instr).acc_count
+    if accs > MAX_ACCUMULATORS:
+        tile = f"warp tile {s.warp_m}x{s.warp_n}" if instr.is_mma else f"thread tile {s.thread_m}x{s.thread_n}"
+        why.append(f"{tile} holds {accs} accumulators per thread; more than {MAX_ACCUMULATORS} spill out of the "
+                   f"255 registers a thread has")
+    regs = estimate_registers(s, problem.pattern.vector, instr)
     if regs * s.threads > device.regs_per_sm:
         why.append(f"about {regs} registers x {s.threads} threads exceed the {device.regs_per_sm} registers of an SM")
     g = geometry(problem, s, a_rows)
-    if g.KR % s.warps_k:
-        why.append(f"warps_k={s.warps_k} does not divide the {g.KR} kept rows of a K tile "
-                   f"({s.k_windows} window(s) x {problem.pattern.n}); choose a warps_k that does")
     if not 2 <= s.stages <= MAX_STAGES:
         why.append(f"stages={s.stages} must be between 2 and {MAX_STAGES}")
     if s.prefetch not in (0, 1):
         why.append(f"prefetch={s.prefetch} must be 0 (fragments load after each tile's barrier) or 1 (before it)")
-    share = g.KR // s.warps_k
+    unit = "kept rows" if instr.k == 1 else f"mma steps of {instr.k} kept rows"
+    if (g.KR // instr.k) % s.warps_k:
+        why.append(f"warps_k={s.warps_k} does not divide the {g.KR // instr.k} {unit} of a K tile "
+                   f"({s.k_windows} window(s) x {problem.pattern.n}); choose a warps_k that does")
+    share = g.KR // s.warps_k // instr.k
     if s.refill_row and s.prefetch:
         why.append(f"refill_row={s.refill_row} needs prefetch=0: the rotated loop already issues its copies "
                    f"after the tile's FMAs")
-    elif s.refill_row >= share:
-        why.append(f"refill_row={s.refill_row} must be below the {share} kept rows a warp multiplies per K tile")
+    elif share and s.refill_row >= share:
+        why.append(f"refill_row={s.refill_row} must be below the {share} {unit} a warp multiplies per K tile")
     if s.b_copy_bytes not in (4, 8, 16):
         why.append(f"b_copy_bytes={s.b_copy_bytes} must be 4, 8 or 16 (cp.async sizes)")
-    elif (s.block_n * 4) % s.b_copy_bytes:
-        why.append(f"block_n={s.block_n} floats is not a whole number of {s.b_copy_bytes}-byte copies")
+    elif (s.block_n * g.esize) % s.b_copy_bytes:
+        why.append(f"block_n={s.block_n} elements of {g.esize} bytes is not a whole number of {s.b_copy_bytes}-byte copies")
     # shared A rows must start aligned to the widest access into them: the fragment reads ("km")
     # or the vector copies ("mk")
     mk = s.a_smem == "mk"
     pitch = (g.a_rows if mk else s.block_m) + s.a_pad
-    need = a_copy_elems(problem, s) if mk else ComputeLayout.of(s, problem.pattern.vector).a_vec
+    copy = a_copy_elems(problem, s)
+    if copy is None:
+        why.append(f"a K tile of {s.k_windows} window(s) of {problem.pattern.m} is an odd number of 16-bit elements: "
+                   f"cp.async copies at least 4 bytes; use an even k_windows")
+        return why
+    if instr.is_mma:          # ldmatrix reads 16-byte rows of [k][m]; scalar reads need the copies' alignment
+        need = 16 // g.esize if not mk and g.esize == 2 else copy
+    else:
+        need = copy if mk else ComputeLayout.of(s, problem.pattern.vector).a_vec
     if problem.a_major == "col":
-        need = max(need, a_copy_elems(problem, s))
+        need = max(need, copy)
         if mk:
             why.append("A is column-major: its K rows are copied as they are, into a_smem='km'")
     if pitch % need:
-        why.append(f"shared A rows of {pitch} floats (with a_pad={s.a_pad}) are not {4 * need}-byte aligned "
-                   f"for {need}-float accesses; make a_pad a multiple of 4")
+        why.append(f"shared A rows of {pitch} elements (with a_pad={s.a_pad}) are not {g.esize * need}-byte aligned "
+                   f"for {need}-element accesses; make a_pad a multiple of {need}")
     if s.a_smem == "mk" and s.a_load != "window":
         why.append("a_smem='mk' copies whole A rows; the compacted 'rows' strategy needs a_smem='km'")
     if s.split_k > g.T:
@@ -95,6 +123,28 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                    f"windows per K tile or a smaller block tile")
     if g.a_rows > 65536:
         why.append(f"{g.a_rows} shared A rows per stage do not fit 16-bit indices")
+    return why
+
+
+def _mma_problems(problem: Problem, s: Schedule, instr) -> list[str]:
+    """What keeps `s` off the tensor cores for `problem` (an empty list when nothing does)."""
+    why = []
+    V = problem.pattern.vector
+    if not s.mma:
+        why.append(f"{problem.dtype} problems run on the tensor cores, whose warp tiles are tiled by the "
+                   f"{instr.m}x{instr.n} mma instruction: set thread_m = thread_n = 0 (got {s.thread_m}x{s.thread_n})")
+        return why
+    if s.warp_m % instr.m or s.warp_n % instr.n:
+        why.append(f"warp tile {s.warp_m}x{s.warp_n} is not a whole number of {instr.m}x{instr.n} mma tiles")
+        return why
+    unit = ComputeLayout.of(s, V, instr).unit
+    if unit % instr.n:
+        why.append(f"V={V}: every {instr.n}-column mma tile must lie inside one vector of columns that share kept "
+                   f"rows, so V (and warp_n) must be multiples of {instr.n} on the tensor cores; for V={V} use "
+                   f"float32 (dtype f32, the FFMA path)")
+    if problem.a_major == "row" and s.a_smem == "km" and dtype_of(problem.dtype).itemsize == 2:
+        why.append("a row-major 16-bit A is copied as it is (cp.async moves at least 4 bytes, two elements of "
+                   "a row): use a_smem='mk'")
     return why
 
 

@@ -20,17 +20,37 @@ ARRAYS = ("numpy", "torch")
 
 
 def random_inputs(problem: Problem, rng) -> tuple[np.ndarray, NMMatrix]:
-    """A (M x K, float32, standard normal) and a B of the problem's pattern with standard normal
-    values at random kept rows (drawn directly in compressed form: no dense K x N matrix). B is
-    drawn first, so that `random_inputs(p, default_rng(seed))[1] == random_weights(p, seed)`."""
+    """A (M x K) and a B of the problem's pattern, standard normal values (B's at random kept rows,
+    drawn directly in compressed form: no dense K x N matrix), both holding values of the problem's
+    dtype (float32 arrays of bf16/f16/tf32-rounded values for the tensor-core dtypes: exactly what
+    the kernel multiplies). B is drawn first, so that random_inputs(p, default_rng(seed))[1] equals
+    random_weights(p, seed)."""
+    from .ir.dtypes import as_computed
     B = random_weights(problem, rng)
-    return rng.standard_normal((problem.M, problem.K), dtype=np.float32), B
+    A = rng.standard_normal((problem.M, problem.K), dtype=np.float32)
+    return as_computed(A, problem.dtype).astype(np.float32), B
 
 
 def random_weights(problem: Problem, rng) -> NMMatrix:
     """The B of `random_inputs` alone (rng: a numpy Generator or a seed)."""
     from .bench import random_nm
-    return random_nm(problem, np.random.default_rng(rng))
+    from .ir.dtypes import as_computed
+    B = random_nm(problem, np.random.default_rng(rng))
+    if problem.dtype == "f32":
+        return B
+    return NMMatrix(as_computed(B.values, problem.dtype).astype(np.float32), B.indices, B.pattern, B.shape)
+
+
+def kernel_a(problem: Problem, A: np.ndarray) -> np.ndarray:
+    """A (M x K) as the kernel reads it: in its storage dtype, (K, M) for a column-major A, each row
+    of its leading dimension (ir.build.a_leading_dim: 16-bit rows padded to an even length)."""
+    from .ir.build import a_leading_dim, storage
+    from .ir.dtypes import DTYPES
+    X = np.asarray(A).astype(DTYPES[storage(problem)].storage)
+    X = X.T if problem.a_major == "col" else X
+    out = np.zeros((X.shape[0], a_leading_dim(problem)), X.dtype)
+    out[:, :X.shape[1]] = X
+    return out
 
 
 def run_interpreter(problem: Problem, schedule: Schedule, A: np.ndarray, B: NMMatrix) -> np.ndarray:
@@ -38,7 +58,7 @@ def run_interpreter(problem: Problem, schedule: Schedule, A: np.ndarray, B: NMMa
     from .ir import build, interpret, prepare
     ops = prepare(problem, schedule, B.values, B.indices)
     kernel = build(problem, schedule, ops.geometry.a_rows)
-    arrays = {"A": np.ascontiguousarray(A.T) if problem.a_major == "col" else A, "Bv": ops.bv, "Bi": ops.bi}
+    arrays = {"A": kernel_a(problem, A), "Bv": ops.bv, "Bi": ops.bi}
     if ops.arows is not None:
         arrays["Arows"] = ops.arows
     return interpret(kernel, arrays)
@@ -63,9 +83,10 @@ def run_gpu(kernel, A: np.ndarray, B: NMMatrix, array: str = "numpy") -> np.ndar
 
 def verdict(problem: Problem, C: np.ndarray, A: np.ndarray, B: NMMatrix, rng) -> Verdict:
     """C against float64 on up to 512 rows (all of them for M <= 512), element by element within
-    the error bound of its K-long sum (nmgen.reference)."""
+    the error bound of its K-long sum (nmgen.reference) for the problem's instruction and C dtype."""
+    from .ir.dtypes import dtype
     rows = check_rows(problem.M, rng)
-    return compare(C, A, B, rows)
+    return compare(C, A, B, rows, compute=dtype(problem.dtype).compute, out_dtype=problem.c_dtype)
 
 
 def command(problem: Problem, schedule: Schedule | None, seed: int, array: str = "numpy",

@@ -9,7 +9,10 @@ database has nothing for the problem.
 """
 from __future__ import annotations
 
+from math import gcd
+
 from ..ir.device import Device
+from ..ir.instructions import for_dtype
 from ..ir.operands import geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
@@ -30,11 +33,29 @@ _TILES_NARROW = (
 )
 
 
+# the tensor cores (bf16, f16, tf32): warp tiles of 16 x 8 mma tiles, 16 to 64 rows, 32 columns
+# (one index look-up per step for V >= 32), A padded 16 bytes a row (ldmatrix without conflicts)
+_TILES_MMA = (
+    (16, dict(block_m=16, block_n=128, warp_m=16, warp_n=32)),
+    (32, dict(block_m=32, block_n=128, warp_m=32, warp_n=32)),
+    (64, dict(block_m=64, block_n=128, warp_m=64, warp_n=32)),
+    (None, dict(block_m=128, block_n=128, warp_m=64, warp_n=32)),
+)
+
+
 def default_schedule(problem: Problem, device: Device) -> Schedule:
     p = problem.pattern
-    table = _TILES if p.vector >= 8 else _TILES_NARROW
-    tiles = next(t for limit, t in table if limit is None or problem.M <= limit)
-    kw = max(1, min(problem.windows, max(ceil_div(32, p.m), ceil_div(8, p.n))))
+    ins = for_dtype(problem.dtype)
+    if ins.is_mma:
+        tiles = next(t for limit, t in _TILES_MMA if limit is None or problem.M <= limit)
+        wn = min(32, max(8, gcd(p.vector, 32)))       # 8-column mma tiles inside one vector
+        tiles = dict(tiles, warp_n=wn, block_n=4 * wn, thread_m=0, thread_n=0, a_pad=8,
+                     a_smem="mk" if problem.a_major == "row" and ins.per_reg == 2 else "km")
+        kw = max(1, min(problem.windows, ins.k // gcd(ins.k, p.n) if p.n * p.m <= 256 else ceil_div(ins.k, p.n)))
+    else:
+        table = _TILES if p.vector >= 8 else _TILES_NARROW
+        tiles = next(t for limit, t in table if limit is None or problem.M <= limit)
+        kw = max(1, min(problem.windows, max(ceil_div(32, p.m), ceil_div(8, p.n))))
     s = Schedule(**tiles, k_windows=kw, stages=3)
     g = geometry(problem, s)
     blocks = g.tiles_m * g.tiles_n

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from ..ir.build import copy_plans
 from ..ir.device import Device
 from ..ir.layout import ComputeLayout
+from ..ir.nodes import DTYPE_BYTES
 from ..ir.operands import geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
@@ -91,28 +92,68 @@ def expected_sectors(listed: int, BK: int) -> float:
     return sectors * (1.0 - (1.0 - 1.0 / sectors) ** listed)
 
 
-def predict(problem: Problem, s: Schedule, device: Device, registers: int | None = None,
-            a_rows: int | None = None) -> Prediction:
-    g = geometry(problem, s, a_rows)
-    lay = ComputeLayout.of(s, problem.pattern.vector)
-    regs = registers or estimate_registers(s, problem.pattern.vector)
-    W, TM, TN, KR = s.threads // 32, s.thread_m, s.thread_n, g.KR // s.warps_k   # KR: a warp's rows
+def _ffma_costs(s: Schedule, g, lay) -> tuple[float, float, float]:
+    """(issue, L1, tensor) per warp and K tile of the FFMA thread tile (items 1 and 2)."""
+    TM, TN, KR = s.thread_m, s.thread_n, g.KR // s.warps_k   # KR: a warp's rows
     G = len(lay.groups)
-    a_plan, b_plan, i_plan = copy_plans(problem, s, g)
-    copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
-
-    # 1. issue, per warp and K tile
     fma = TM * TN * KR
     idx_loads = KR * G / 4 if g.idx_bits == 32 else KR * G      # byte offsets: four rows per vector
     lds = KR * (G * ceil_div(TM, lay.a_vec) + ceil_div(TN, lay.b_vec)) + idx_loads
-    issue = fma + lds + KR * G + 1.5 * copies + 30
-    # 2. L1: one cycle per register a warp gets back; lane pairs halve shared vector reads
+    issue = fma + lds + KR * G
+    # L1: one cycle per register a warp gets back; lane pairs halve shared vector reads
     pairs = lay.lanes_m >= 2 and lay.lanes_n >= 2
     pa = 0.5 if pairs and lay.a_vec > 1 else 1.0
     pb = 0.5 if pairs and lay.b_vec > 1 else 1.0
+    return issue, KR * (G * TM * pa + TN * pb + G), 0.0
+
+
+# mma: rows a gathered ldmatrix phase (8 arbitrary K rows) hits on average in one bank group (not
+# measured yet: the birthday bound for 8 rows in 8 groups of 16 bytes is 2.0 at worst, 1.5 typical)
+GATHER_CONFLICTS = 1.5
+
+
+def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[float, float, float]:
+    """(issue, L1 wavefronts, tensor cycles) per warp and K tile of the mma warp tile: per step
+    (instr.k kept rows) the index loads, A fragments (ldmatrix.x4 per m-tile and look-up group, or
+    scalar loads by the fragment table), B fragments (ldmatrix.x4 per n-tile pair, or scalar), and
+    tiles_m x tiles_n mma.sync; the tensor pipes take instr MACs / tensor_macs_per_sm cycles each
+    (tf32 at half the 16-bit rate)."""
+    ins = lay.instr
+    steps = g.KR // s.warps_k // ins.k
+    G, tm, tn = len(lay.groups), lay.tiles_m, lay.tiles_n
+    mma = tm * tn
+    if ins.per_reg == 2 and ops_layout == "km":
+        a_lds, a_wave, idx = G * tm, G * tm * 4 * GATHER_CONFLICTS, G
+        pack = 0
+    else:
+        n = ins.a_regs * ins.per_reg
+        a_lds, a_wave, idx = G * tm * n, G * tm * n * GATHER_CONFLICTS, G * (4 if ins.k == 16 else 2)
+        pack = G * tm * ins.a_regs * (3 if ins.per_reg == 2 else 1)       # pack halves, or cvt.rna
+    if ins.per_reg == 2:
+        b_lds, b_wave = ceil_div(tn, 2), ceil_div(tn, 2) * 4
+    else:
+        b_lds = b_wave = tn * ins.b_regs
+    issue = steps * (mma + a_lds + b_lds + idx + pack + 2 * G)
+    l1 = steps * (a_wave + b_wave + idx)
+    rate = device.tensor_macs_per_sm * (0.5 if ins.dtype == "tf32" else 1.0)
+    return issue, l1, steps * mma * ins.macs / rate
+
+
+def predict(problem: Problem, s: Schedule, device: Device, registers: int | None = None,
+            a_rows: int | None = None) -> Prediction:
+    g = geometry(problem, s, a_rows)
+    lay = ComputeLayout.for_problem(problem, s)
+    regs = registers or estimate_registers(s, problem.pattern.vector, lay.instr)
+    W, es = s.threads // 32, g.esize
+    a_plan, b_plan, i_plan = copy_plans(problem, s, g)
+    copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
+
+    # 1-2. issue and L1 per warp and K tile, and (mma) the tensor pipes' cycles
+    issue, l1, tensor = (_mma_costs(s, g, lay, s.a_smem, device) if lay.instr.is_mma else _ffma_costs(s, g, lay))
+    issue += 1.5 * copies + 30
     # a transposing copy touches 4 sectors per warp instruction; a plain one moves 32 x its width
-    a_copy = 4 if a_plan.transpose else a_plan.elems
-    l1 = KR * (G * TM * pa + TN * pb + G) + a_copy * a_plan.iterations + 4 * b_plan.iterations + i_plan.iterations
+    a_copy = 4 if a_plan.transpose else a_plan.width // 4
+    l1 += a_copy * a_plan.iterations + 4 * b_plan.iterations + i_plan.iterations
 
     bps = blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows))
     if bps == 0:
@@ -125,12 +166,14 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     wps = W // s.warps_k * per_sm / 4
     issue_c = ISSUE_WEIGHT * issue * W / 4 / (wps / (wps + ISSUE_HALF))
     l1_c = L1_WEIGHT * l1 * W
-    tile_c = issue_c + l1_c + RAMP_CYCLES / per_sm
-    bound = "issue" if issue_c >= l1_c else "L1"
+    tensor_c = tensor * W
+    # the tensor pipes run beside the loads that feed the next step (FFMA has no such pipe: 0)
+    tile_c = max(tensor_c, issue_c + l1_c) + RAMP_CYCLES / per_sm
+    bound = "tensor" if tensor_c > issue_c + l1_c else "issue" if issue_c >= l1_c else "L1"
     tiles = ceil_div(g.T, s.split_k)
     block_c = tiles * tile_c
     if s.warps_k > 1:   # the reduction through shared memory, once per block
-        block_c += ISSUE_WEIGHT * 2 * TM * TN / lay.b_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
+        block_c += ISSUE_WEIGHT * 2 * lay.acc_count / lay.c_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
     # An SM starts a block as soon as one of its slots frees, not in lockstep waves: the busiest SM
     # runs ceil(blocks / SMs) blocks, per_sm at a time (H100: 1280 blocks at 8 per SM took 1.06x
     # the time of 1056, not the 2x that whole waves predict; NOTES.md, run 21)
@@ -138,20 +181,20 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
 
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)
-    a_tile = rows_m * g.BK * 4
+    a_tile = rows_m * g.BK * es
     if s.a_load == "rows" and problem.a_major == "col":      # whole K rows of A are skipped
-        a_tile = rows_m * g.a_rows * 4
+        a_tile = rows_m * g.a_rows * es
     elif s.a_load == "rows":                                 # only the sectors without a listed column
-        a_tile = rows_m * 32 * expected_sectors(g.a_rows, g.BK)
-    b_tile = g.KR * s.block_n * 4 + g.chunk_bytes
+        a_tile = rows_m * 32 * expected_sectors(g.a_rows * es // 4, g.BK * es // 4)
+    b_tile = g.KR * s.block_n * es + g.chunk_bytes
     l2_bytes = g.tiles_m * g.tiles_n * g.T * (a_tile + b_tile)
-    c_bytes = problem.M * problem.N * 4
+    c_bytes = problem.M * problem.N * (4 if s.split_k > 1 else DTYPE_BYTES[problem.c_dtype])
     l2_bytes += c_bytes * (1 if s.split_k == 1 else 2 * s.split_k)
     l2_us = l2_bytes / device.l2_bandwidth * 1e6
 
     # 4. DRAM traffic
-    a_bytes = problem.M * problem.K * 4
-    b_bytes = g.T * g.KR * g.tiles_n * s.block_n * 4 + g.T * g.tiles_n * g.chunk_bytes
+    a_bytes = problem.M * problem.K * es
+    b_bytes = g.T * g.KR * g.tiles_n * s.block_n * es + g.T * g.tiles_n * g.chunk_bytes
     re_b = ceil_div(g.tiles_m, max(1, s.raster)) if b_bytes > device.l2_bytes / 2 else 1
     dram_bytes = a_bytes + b_bytes * re_b + c_bytes * (1 if s.split_k == 1 else 3)
     dram_us = dram_bytes / device.mem_bandwidth * 1e6

@@ -12,6 +12,11 @@ Dimensions (each a choice the H100 measurements showed to matter; see NOTES.md):
   split-K       1, plus up to two values that bring a grid too small for the GPU to ~1 and ~2 waves
   sliced K      for such a grid, without split-K, also 2 and 4 warps per warp tile (warps_k), up to
                 512 threads a block: the other way to give a small grid more warps
+On the tensor cores (bf16, f16, tf32) the warp tile is a grid of 16 x 8 mma tiles instead
+(MMA_WARP_TILES, no thread tile, up to 128 accumulators a thread), every 8-column tile inside one
+vector (V a multiple of 8); the K tile holds whole mma steps where few windows allow it; stages
+2-4; a 16-bit row-major A is copied as it is ("mk"), a column-major one by K rows ("km", read
+with ldmatrix).
 Every schedule is checked by ir.validate (shared memory, registers, threads, split-K <= K tiles).
 """
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 from math import gcd
 
 from ..ir.device import Device
+from ..ir.dtypes import dtype as dtype_of
+from ..ir.instructions import for_dtype
 from ..ir.layout import ComputeLayout
 from ..ir.operands import geometry, prepare
 from ..ir.problem import Problem, ceil_div
@@ -33,6 +40,11 @@ WARP_TILES = ((128, 32, 16, 8), (64, 32, 8, 8), (32, 32, 4, 8), (16, 32, 4, 4),
 WARP_GRIDS = ((1, 2), (2, 1), (2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (1, 8))
 SPLITS = (2, 3, 4, 6, 8, 12, 16)
 STAGES = (2, 3)
+# (warp_m, warp_n) of the mma path
+MMA_WARP_TILES = ((64, 32), (32, 32), (128, 32), (64, 64), (32, 64), (16, 32), (16, 64), (64, 16), (32, 16),
+                  (16, 16), (16, 8), (32, 8), (64, 8))
+MMA_STAGES = (2, 3, 4)
+MMA_PAD = 8          # elements a shared A row is padded by: 16 bytes, ldmatrix rows on distinct banks
 
 
 def _pow2_at_least(x: int) -> int:
@@ -42,11 +54,27 @@ def _pow2_at_least(x: int) -> int:
     return p
 
 
+def _mma_warp_tiles(problem: Problem):
+    ins = for_dtype(problem.dtype)
+    for wm_, wn_ in MMA_WARP_TILES:
+        lay = ComputeLayout(wm_, wn_, wm_, wn_, 0, 0, gcd(problem.pattern.vector, wn_), instr=ins)
+        if lay.unit % ins.n or lay.acc_count > 128 or wm_ > max(16, _pow2_at_least(problem.M)):
+            continue
+        yield wm_, wn_, 0, 0
+
+
 def tile_shapes(problem: Problem):
     """(block_m, block_n, warp_m, warp_n, thread_m, thread_n) that fit the problem and the vector."""
     V = problem.pattern.vector
     max_bm = max(16, _pow2_at_least(problem.M))
     max_bn = max(32, _pow2_at_least(problem.N))
+    if for_dtype(problem.dtype).is_mma:
+        for wm_, wn_, tm, tn in _mma_warp_tiles(problem):
+            for gm, gn in WARP_GRIDS:
+                bm, bn = wm_ * gm, wn_ * gn
+                if bm <= min(max_bm, 256) and bn <= min(max_bn, 256):
+                    yield bm, bn, wm_, wn_, tm, tn
+        return
     for wm_, wn_, tm, tn in WARP_TILES:
         lay = ComputeLayout(wm_, wn_, wm_, wn_, tm, tn, gcd(V, wn_))
         if V >= 16 and len(lay.groups) > 1:             # one index look-up per kept row
@@ -84,16 +112,27 @@ def warps_k_choices(blocks: int, warps: int, sms: int) -> list[int]:
 
 
 def k_windows_choices(problem: Problem) -> list[int]:
+    """FFMA: the fewest windows giving >= 32 K rows and >= 8 kept rows a tile, and twice that. mma:
+    the fewest giving one step of k kept rows, the fewest giving whole steps (no padding), and twice
+    the first, while a stage of 128 rows of A stays within 64 KB."""
     p = problem.pattern
+    ins = for_dtype(problem.dtype)
+    if ins.is_mma:
+        first, exact = ceil_div(ins.k, p.n), ins.k // gcd(ins.k, p.n)
+        fits = [kw for kw in (first, exact, 2 * first) if kw * p.m * 128 * dtype_of(problem.dtype).itemsize <= 65536]
+        return sorted({min(kw, problem.windows) for kw in fits or [first]})
     kw = max(1, ceil_div(32, p.m), ceil_div(8, p.n))
     return sorted({min(kw, problem.windows), min(2 * kw, problem.windows)})
 
 
 def a_choices(problem: Problem) -> list[tuple[str, str]]:
     """(a_load, a_smem). A column-major copies K rows as they are (km); skipping unused ones then
-    saves real traffic, so "rows" is tried from half the rows kept down."""
+    saves real traffic, so "rows" is tried from half the rows kept down. A 16-bit row-major A can
+    only be copied as it is ("mk", whole windows)."""
     if problem.a_major == "col":
         return [("window", "km")] + ([("rows", "km")] if problem.pattern.n * 2 <= problem.pattern.m else [])
+    if dtype_of(problem.dtype).itemsize == 2:
+        return [("window", "mk")]
     out = [("window", "km"), ("window", "mk")]
     if problem.pattern.n * 4 <= problem.pattern.m:
         out.append(("rows", "km"))
@@ -103,13 +142,15 @@ def a_choices(problem: Problem) -> list[tuple[str, str]]:
 def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
     """All valid schedules of the space for `problem` on `device`, in a deterministic order."""
     out = []
+    mma = for_dtype(problem.dtype).is_mma
     for bm, bn, wm_, wn_, tm, tn in tile_shapes(problem):
-        base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=tm, thread_n=tn)
+        base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=tm, thread_n=tn,
+                        **({"a_pad": MMA_PAD} if mma else {}))
         g = geometry(problem, base)
         blocks = g.tiles_m * g.tiles_n
         for kw in k_windows_choices(problem):
             T = ceil_div(problem.windows, kw)
-            for stages in STAGES:
+            for stages in MMA_STAGES if mma else STAGES:
                 for a_load, a_smem in a_choices(problem):
                     for split in split_choices(blocks, T, device.sms):
                         for wk in warps_k_choices(blocks, base.warps, device.sms) if split == 1 else (1,):

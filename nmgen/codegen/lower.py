@@ -4,11 +4,17 @@ Mapping:
   Copy       -> cp.async.{ca,cg}.shared.global.{4,8,16}[.s], one per plan slot (unrolled), with
                 zero-fill (src-size 0, address clamped to the array base) outside the bounds
   Commit/Wait-> cp.async.commit_group / cp.async.wait_group N;  Barrier -> bar.sync 0
-  SparseFMA  -> per kept row: index load (u8/u16) -> vector loads of A and B from shared -> fma.rn.f32
+  SparseMMA  -> FFMA: per kept row: index load (u8/u16/byte offsets) -> vector loads of A and B from
+                shared -> fma.rn.f32 on the thread tile;
+                mma: per instruction step: each lane's index load -> ldmatrix.x4.trans of A (its lane
+                hands the gathered K row) and of B, or scalar loads by the fragment tables (tf32, a
+                row-major 16-bit A) -> mma.sync per instruction tile of the warp tile
                 (sliced K: a thread's rows start at its slice's share, an offset in its base addresses);
-                a `head` row's fragments come from the f32 allocas a LoadFragments stored
-  ReduceSlices -> slices 1.. st.shared.v4 their sums, bar.sync, slice 0 ld.shared.v4 and adds
-  StoreAcc   -> st.global.v4 where rows are 16-byte aligned, scalar stores or atomic adds otherwise
+                a `head` step's fragments come from the allocas a LoadFragments stored
+  ReduceSlices -> slices 1.. st.shared.v{run} their sums, bar.sync, slice 0 ld.shared and adds
+  StoreAcc   -> each run of consecutive accumulator columns (layout.runs): st.global.v2/v4 where C's rows
+                are aligned for it (16-bit C: converted with cvt.rn first), scalar stores or (vector)
+                atomic adds otherwise
   For/If     -> branches;  index expressions -> i32 arithmetic (nuw/nsw: all indices are naturals)
 
 Expressions that depend only on the thread index are computed once, in the entry block; the
@@ -25,12 +31,16 @@ from llvmlite import ir  # noqa: E402
 
 from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
 from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments,  # noqa: E402
-                        LoadList, ReduceSlices, SparseFMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+                        LoadList, ReduceSlices, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 P1, P3 = ir.PointerType(addrspace=1), ir.PointerType(addrspace=3)
-ELEM = {"f32": F32, "u8": I8, "u16": I16, "i32": I32}
+ELEM = {"f32": F32, "bf16": I16, "f16": I16, "u8": I8, "u16": I16, "i32": I32}   # 16-bit floats move as bits
+# fp32 -> 16-bit float, rounded to nearest: one value (to an i16), or two packed (the first operand
+# into the upper half: PTX ISA, cvt)
+CVT1 = {"bf16": "cvt.rn.bf16.f32 $0, $1;", "f16": "cvt.rn.f16.f32 $0, $1;"}
+CVT2 = {"bf16": "cvt.rn.bf16x2.f32 $0, $1, $2;", "f16": "cvt.rn.f16x2.f32 $0, $1, $2;"}
 NUW = ("nuw", "nsw")
 
 
@@ -70,10 +80,9 @@ class Lowerer:
             "ctaid_z": self._call("llvm.nvvm.read.ptx.sreg.ctaid.z", I32, [], b=self.eb),
         }
         lay = kernel.layout
-        self.acc = [[self.eb.alloca(F32, name=f"acc{r}_{c}") for c in range(lay.thread_n)]
-                    for r in range(lay.thread_m)]
+        self.acc = [self.eb.alloca(F32, name=f"acc{e}") for e in range(lay.acc_count)]   # layout.acc_row/col
         self.regs = {}     # register lists (LoadList): name -> one i32 alloca per copy slot
-        self.frags = {}    # fragment registers (LoadFragments): name -> (A values per group, f32 allocas)
+        self.frags = {}    # fragment registers (LoadFragments): name -> (nesting of the values, allocas)
 
     # ---- module -----------------------------------------------------------------------------------
     def lower(self) -> ir.Module:
@@ -229,9 +238,8 @@ class Lowerer:
         self._call("llvm.nvvm.barrier.cta.sync.aligned.all", ir.VoidType(), [ir.Constant(I32, 0)])
 
     def _ZeroAcc(self, st: ZeroAcc):
-        for row in self.acc:
-            for a in row:
-                self.b.store(ir.Constant(F32, 0.0), a)
+        for a in self.acc:
+            self.b.store(ir.Constant(F32, 0.0), a)
 
     def _Copy(self, cp: Copy):
         plan, buf = cp.plan, self.k.buffer(cp.dst)
@@ -311,39 +319,62 @@ class Lowerer:
             self._call(f"llvm.nvvm.cp.async.{kind}.shared.global.{plan.width}.s", ir.VoidType(), [dst, src, size])
 
     def _LoadFragments(self, st: LoadFragments):
-        """The row's fragments into allocas (SROA makes them registers, carried around the loop)."""
-        a, bvals = self._reader(st.ops, st.stage).row(st.row)
-        flat = [x for g in a for x in g] + bvals
-        regs = self.frags.get(st.dst)
-        if regs is None:
-            regs = self.frags[st.dst] = ([len(g) for g in a], [self.eb.alloca(F32, name=f"{st.dst}{i}")
-                                                               for i in range(len(flat))])
-        for x, r in zip(flat, regs[1]):
+        """The step's fragments into allocas (SROA makes them registers, carried around the loop)."""
+        frags = self._reader(st.ops, st.stage).step(st.step)
+        flat = _flatten(frags)
+        saved = self.frags.get(st.dst)
+        if saved is None:
+            saved = self.frags[st.dst] = (frags, [self.eb.alloca(x.type, name=f"{st.dst}{i}") for i, x in enumerate(flat)])
+        for x, r in zip(flat, saved[1]):
             self.b.store(x, r)
 
-    def _SparseFMA(self, op: SparseFMA):
-        lay = self.k.layout
-        group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
-        rows = op.rows
-        reader = self._reader(op.ops, op.stage) if len(rows) > (1 if op.head else 0) else None
-        for j in rows:
-            if op.head and j == rows.start:
-                sizes, regs = self.frags[op.head]
-                vals = [self.b.load(r, typ=F32) for r in regs]
-                a, at = [], 0
-                for n in sizes:
-                    a.append(vals[at:at + n])
-                    at += n
-                bvals = vals[at:]
+    def _SparseMMA(self, op: SparseMMA):
+        steps = op.steps
+        reader = self._reader(op.ops, op.stage) if len(steps) > (1 if op.head else 0) else None
+        for j in steps:
+            if op.head and j == steps.start:
+                shape, regs = self.frags[op.head]
+                frags = _unflatten(shape, [self.b.load(r, typ=r.allocated_type) for r in regs])
             else:
-                a, bvals = reader.row(j)
-            for r in range(lay.thread_m):
-                for c in range(lay.thread_n):
-                    acc = self.b.load(self.acc[r][c], typ=F32)
-                    self.b.store(self._call("llvm.fma.f32", F32, [a[group_of[c]][r], bvals[c], acc]), self.acc[r][c])
+                frags = reader.step(j)
+            (self._mma if self.k.layout.instr.is_mma else self._ffma)(frags)
 
-    def _reader(self, ops: SparseOperands, stage) -> "_TileReader":
-        return _TileReader(self, ops, stage)
+    def _ffma(self, frags):
+        """acc[r][c] += A[group(c)][r] * B[c] over the thread tile (one kept row)."""
+        lay = self.k.layout
+        a, bvals = frags
+        group_of = {c: g for g, cols in enumerate(lay.groups) for c in cols}
+        for r in range(lay.thread_m):
+            for c in range(lay.thread_n):
+                acc = self.acc[r * lay.thread_n + c]
+                x = self.b.load(acc, typ=F32)
+                self.b.store(self._call("llvm.fma.f32", F32, [a[group_of[c]][r], bvals[c], x]), acc)
+
+    def _mma(self, frags):
+        """One mma.sync per instruction tile (i, j) of the warp tile, on A fragment (group(j), i) and
+        B fragment j; the accumulators in and out through the C fragment's registers."""
+        lay, b = self.k.layout, self.b
+        ins = lay.instr
+        a, bf = frags
+        group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
+        half2 = ir.VectorType(ir.HalfType(), 2)
+        optype = half2 if ins.dtype == "f16" else I32
+        ret = ir.LiteralStructType([F32] * ins.c_regs)
+        argtypes = [optype] * (ins.a_regs + ins.b_regs) + [F32] * ins.c_regs
+
+        def operand(x):
+            return b.bitcast(x, half2) if optype is half2 else x
+        for i in range(lay.tiles_m):
+            for j in range(lay.tiles_n):
+                e0 = (i * lay.tiles_n + j) * ins.c_regs
+                c = [b.load(self.acc[e0 + q], typ=F32) for q in range(ins.c_regs)]
+                args = [operand(x) for x in a[group_of[j]][i] + bf[j]] + c
+                d = self._call(ins.intrinsic, ret, args, argtypes=argtypes)
+                for q in range(ins.c_regs):
+                    b.store(b.extract_value(d, q), self.acc[e0 + q])
+
+    def _reader(self, ops: SparseOperands, stage):
+        return (_MmaReader if self.k.layout.instr.is_mma else _TileReader)(self, ops, stage)
 
     def _vload(self, base, offsets, vec):
         """Scalars from shared memory at base + each offset (byte expressions), `vec` floats per load."""
@@ -364,42 +395,40 @@ class Lowerer:
         return self.b.icmp_unsigned(cmp, self.val(self.k.layout.slice(Var("tid"))), ir.Constant(I32, q))
 
     def _ReduceSlices(self, st: ReduceSlices):
-        """Slice q >= 1 stores its sums to buf[q - 1]; after a barrier slice 0 adds every buf[q]."""
+        """Slice q >= 1 stores its sums to buf[q - 1]; after a barrier slice 0 adds every buf[q],
+        a run of accumulators (layout.runs) per vector access."""
         lay, b = self.k.layout, self.b
         buf = self.k.buffer(st.buf)
         tid = Var("tid")
-        vec = lay.b_vec
+        vec = lay.c_vec
         ty = F32 if vec == 1 else ir.VectorType(F32, vec)
 
-        def addr(base, r, c0):    # buf row(r), column col(c0) from a slice's base: thread part + immediate
-            return self.sptr_expr(base, (lay.row(tid, r) * buf.pitch + lay.col(tid, c0)) * 4)
+        def addr(base, e):    # buf row/column of accumulator e from a slice's base: thread part + immediate
+            return self.sptr_expr(base, (lay.acc_row(tid, e) * buf.pitch + lay.acc_col(tid, e)) * 4)
 
         with b.if_then(self._slice_is("!=", 0)):
             q = self.val(lay.slice(tid) - 1)
             base = b.add(ir.Constant(I32, buf.offset), b.mul(q, ir.Constant(I32, buf.stage_bytes), flags=NUW), flags=NUW)
-            for r in range(lay.thread_m):
-                for c0 in range(0, lay.thread_n, vec):
-                    b.store(self._acc_vector(r, c0, vec), addr(base, r, c0), align=4 * vec)
+            for run in lay.runs:
+                b.store(self._acc_vector(run), addr(base, run[0]), align=4 * vec)
         self._Barrier(None)
         with b.if_then(self._slice_is("==", 0)):
             for q in range(buf.stages):
                 base = ir.Constant(I32, buf.offset + q * buf.stage_bytes)
-                for r in range(lay.thread_m):
-                    for c0 in range(0, lay.thread_n, vec):
-                        x = b.load(addr(base, r, c0), typ=ty, align=4 * vec)
-                        for e in range(vec):
-                            part = x if vec == 1 else b.extract_element(x, ir.Constant(I32, e))
-                            acc = self.acc[r][c0 + e]
-                            b.store(b.fadd(b.load(acc, typ=F32), part), acc)
+                for run in lay.runs:
+                    x = b.load(addr(base, run[0]), typ=ty, align=4 * vec)
+                    for i, e in enumerate(run):
+                        part = x if vec == 1 else b.extract_element(x, ir.Constant(I32, i))
+                        b.store(b.fadd(b.load(self.acc[e], typ=F32), part), self.acc[e])
 
-    def _acc_vector(self, r, c0, vec) -> ir.Value:
-        """Accumulators acc[r][c0 .. c0+vec) as one float (vec 1) or a <vec x float>."""
-        vals = [self.b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
-        if vec == 1:
+    def _acc_vector(self, run) -> ir.Value:
+        """Accumulators `run` as one float or a <len x float>."""
+        vals = [self.b.load(self.acc[e], typ=F32) for e in run]
+        if len(vals) == 1:
             return vals[0]
-        v = ir.Constant(ir.VectorType(F32, vec), ir.Undefined)
-        for e, x in enumerate(vals):
-            v = self.b.insert_element(v, x, ir.Constant(I32, e))
+        v = ir.Constant(ir.VectorType(F32, len(vals)), ir.Undefined)
+        for i, x in enumerate(vals):
+            v = self.b.insert_element(v, x, ir.Constant(I32, i))
         return v
 
     def _StoreAcc(self, st: StoreAcc):
@@ -410,39 +439,53 @@ class Lowerer:
             self._store_acc(st)
 
     def _store_acc(self, st: StoreAcc):
+        """Each run of accumulators in vectors as wide as C's alignment allows (k.c_alignment);
+        rows and columns past M and N masked."""
         k, lay, b = self.k, self.k.layout, self.b
         tid = Var("tid")
-        vec = k.c_alignment // 4
-        if st.atomic and not (vec == 4 and self.target.cc >= 90):
-            vec = 1                        # vector atomics (red.global.add.v4.f32) are sm_90's
-        for r in range(lay.thread_m):
-            row = st.row0 + lay.row(tid, r)
-            row_ok = None if k.M % lay.block_m == 0 else self.b.icmp_unsigned("<", self.val(row), ir.Constant(I32, k.M))
-            for c0 in range(0, lay.thread_n, vec):
-                col = st.col0 + lay.col(tid, c0)
-                ok = row_ok
+        c_dt = k.param(st.dst).dtype
+        vec = k.c_alignment // DTYPE_BYTES[c_dt]
+        if st.atomic and not (self.target.cc >= 90 and vec in (2, 4)):
+            vec = 1                        # vector atomics (red.global.add.v2/v4.f32) are sm_90's
+        for run in lay.runs:
+            for part in (run[i:i + vec] for i in range(0, len(run), vec)):
+                row = st.row0 + lay.acc_row(tid, part[0])
+                col = st.col0 + lay.acc_col(tid, part[0])
+                ok = None
+                if k.M % lay.block_m:
+                    ok = b.icmp_unsigned("<", self.val(row), ir.Constant(I32, k.M))
                 if k.N % lay.block_n:
-                    okc = b.icmp_unsigned("<", self.val(col), ir.Constant(I32, k.N - (vec - 1)))
+                    okc = b.icmp_unsigned("<", self.val(col), ir.Constant(I32, k.N - (len(part) - 1)))
                     ok = okc if ok is None else b.and_(ok, okc)
                 if ok is None:
-                    self._store(st, row, col, r, c0, vec)
+                    self._store(st, row, col, part, c_dt)
                 else:
                     with b.if_then(ok):
-                        self._store(st, row, col, r, c0, vec)
+                        self._store(st, row, col, part, c_dt)
 
-    def _store(self, st, row, col, r, c0, vec):
+    def _store(self, st, row, col, part, c_dt):
         b = self.b
         ptr = self.gptr(st.dst, row, col)
-        if st.atomic and vec == 4:
-            # one reduction of four floats (flushes denormal sums to zero, like all f32 vector red)
-            vals = [b.load(self.acc[r][c0 + e], typ=F32) for e in range(vec)]
-            red = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1] + [F32] * 4),
-                               "red.global.add.v4.f32 [$0], {$1, $2, $3, $4};", "l,f,f,f,f", side_effect=True)
+        vals = [b.load(self.acc[e], typ=F32) for e in part]
+        if st.atomic and len(part) > 1:
+            # one reduction of 2 or 4 floats (flushes denormal sums to zero, like all f32 vector red)
+            regs = ", ".join(f"${i + 1}" for i in range(len(part)))
+            red = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1] + [F32] * len(part)),
+                               f"red.global.add.v{len(part)}.f32 [$0], {{{regs}}};", "l" + ",f" * len(part),
+                               side_effect=True)
             b.call(red, [ptr] + vals)
         elif st.atomic:
-            b.atomic_rmw("fadd", ptr, b.load(self.acc[r][c0], typ=F32), "monotonic")
+            b.atomic_rmw("fadd", ptr, vals[0], "monotonic")
+        elif c_dt == "f32":
+            b.store(self._acc_vector(part), ptr, align=4 * len(part))
+        elif len(part) == 2:     # the pair as one 32-bit word: the second column in the upper half
+            cvt = ir.InlineAsm(ir.FunctionType(I32, [F32, F32]), CVT2[c_dt], "=r,f,f")
+            b.store(b.call(cvt, [vals[1], vals[0]]), ptr, align=4)
         else:
-            b.store(self._acc_vector(r, c0, vec), ptr, align=4 * vec)
+            for i, x in enumerate(vals):
+                cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
+                p = b.gep(ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=I16) if i else ptr
+                b.store(b.call(cvt, [x]), p, align=2)
 
 
 class _TileReader:
@@ -498,8 +541,9 @@ class _TileReader:
                     self.offs[g, j0 + e] = b.extract_element(x, ir.Constant(I32, e))
         return self.offs[g, j]
 
-    def row(self, j: int):
-        """(a[g][r], b[c]): the thread's A values per look-up group and row, B values per column."""
+    def step(self, j: int):
+        """(a[g][r], b[c]) of kept row j: the thread's A values per look-up group and row, B values
+        per column."""
         lw, b, lay = self.lw, self.lw.b, self.lw.k.layout
         a = []
         for g in range(len(lay.groups)):
@@ -509,6 +553,142 @@ class _TileReader:
         i = self.first + j
         bvals = lw._vload(self.b_base, [o + i * self.b_pitch for o in self.col_off], lay.b_vec)
         return a, bvals
+
+
+class _MmaReader:
+    """Loads a warp's mma fragments of one K tile stage, step by step (instr.k kept rows a step).
+
+    Each lane loads the index of the kept row it needs (the gather), then:
+    A, 16-bit, [k][m] ("km"): ldmatrix.x4.trans per m-tile, the lane handing the address of its
+          gathered K row (layout.ldmatrix_a): one index load per lane and step, one ldmatrix per tile;
+    A otherwise (tf32, or "mk"): every fragment element by the instruction's A table, scalar loads
+          (tf32: rounded with cvt.rna as loaded; 16-bit: two halves packed into a register);
+    B, 16-bit: ldmatrix.x4.trans per pair of n-tiles (layout.ldmatrix_b); tf32: scalar loads by the
+          B table (the values were rounded to TF32 when the weights were prepared).
+    Thread-constant parts of every address are computed once (entry block); the step and tile parts
+    are immediates."""
+
+    def __init__(self, lw: Lowerer, ops: SparseOperands, stage):
+        k, lay = lw.k, lw.k.layout
+        self.lw, self.ops, self.ins = lw, ops, lay.instr
+        a_buf, b_buf = k.buffer(ops.a), k.buffer(ops.b)
+        self.a_base, self.b_base, self.i_base = (lw.stage_base(n, stage) for n in (ops.a, ops.b, ops.idx))
+        self.es = DTYPE_BYTES[a_buf.dtype]
+        self.a_pitch, self.b_pitch = a_buf.pitch, b_buf.pitch
+        self.tid = tid = Var("tid")
+        self.lane = tid % 32
+        self.wm, self.wn = lay.warp_coords(tid)
+        self.first = lay.slice(tid) * ops.share if ops.slices > 1 else 0   # sliced K: the thread's first kept row
+        self.ldm_a = self.ins.per_reg == 2 and ops.a_layout == "km"
+        self.ldm_b = self.ins.per_reg == 2
+        self.isz, self.ity = k.idx_bits // 8, ir.IntType(k.idx_bits)
+        self._pos = {}
+
+    def _row_offset(self, g: int, krow) -> ir.Value:
+        """Byte offset (scale applied) of the shared A row that look-up group g gathers for kept row
+        `krow` (an index expression: thread part + step constant)."""
+        key = (g, krow)
+        if key not in self._pos:
+            lw, ops, lay = self.lw, self.ops, self.lw.k.layout
+            unit = lay.group_unit(self.tid, g)
+            if ops.offsets:                 # unit-major 32-bit byte offsets
+                ip = lw.sptr_expr(self.i_base, (unit * ops.kept + krow) * 4)
+                self._pos[key] = lw.b.load(ip, typ=I32, align=4)
+            else:
+                ip = lw.sptr_expr(self.i_base, (krow * lay.units_per_block + unit) * self.isz)
+                scale = self.a_pitch * self.es if ops.a_layout == "km" else self.es
+                pos = lw.b.zext(lw.b.load(ip, typ=self.ity, align=self.isz), I32)
+                self._pos[key] = lw.b.mul(pos, ir.Constant(I32, scale), flags=NUW)
+        return self._pos[key]
+
+    def step(self, j: int):
+        """(a[g][i], b[t]): the lane's A fragment registers per look-up group and m-tile, and B
+        fragment registers per n-tile, of step j (i32 values)."""
+        lay = self.lw.k.layout
+        k0 = self.first + j * self.ins.k
+        a = [[self._a_ldmatrix(g, k0, i) if self.ldm_a else self._a_scalar(g, k0, i) for i in range(lay.tiles_m)]
+             for g in range(len(lay.groups))]
+        b = []
+        for t in range(lay.tiles_n):
+            if not self.ldm_b:
+                b.append(self._b_scalar(k0, t))
+            elif t % 2 == 0:
+                b += self._b_ldmatrix(k0, t, pair=t + 1 < lay.tiles_n)
+        return a, b
+
+    def _ldmatrix(self, addr, count: int) -> list:
+        lw = self.lw
+        ret = ir.LiteralStructType([I32] * count)
+        v = lw._call(f"llvm.nvvm.ldmatrix.sync.aligned.m8n8.x{count}.trans.b16.p3", ret, [addr], argtypes=[P3])
+        return [lw.b.extract_value(v, q) for q in range(count)]
+
+    def _a_ldmatrix(self, g: int, k0, i: int) -> list:
+        lw, lay = self.lw, self.lw.k.layout
+        k_in, m_off = lay.ldmatrix_a(self.lane)
+        off = self._row_offset(g, k0 + k_in)
+        thread = lw._var_part((self.wm * lay.warp_m + m_off) * self.es)
+        base = lw.b.add(lw.b.add(self.a_base, thread, flags=NUW), off, flags=NUW)
+        return self._ldmatrix(lw.sptr(base, i * self.ins.m * self.es), 4)
+
+    def _b_ldmatrix(self, k0, t: int, pair: bool) -> list:
+        """B fragments of n-tiles t (and t+1 with `pair`): [[b0, b1], [b0, b1]]."""
+        lw, lay = self.lw, self.lw.k.layout
+        k_in, n_off = lay.ldmatrix_b(self.lane)
+        addr = lw.sptr_expr(self.b_base, ((k0 + k_in) * self.b_pitch + self.wn * lay.warp_n + t * self.ins.n + n_off)
+                            * self.es)
+        r = self._ldmatrix(addr, 4 if pair else 2)
+        return [r[0:2], r[2:4]] if pair else [r[0:2]]
+
+    def _a_scalar(self, g: int, k0, i: int) -> list:
+        """A fragment of m-tile i element by element (instruction A table): (row, k) -> the gathered
+        K position of kept row k0 + k, row wm * warp_m + 16 i + row."""
+        lw, lay, ins, b = self.lw, self.lw.k.layout, self.ins, self.lw.b
+        vals = []
+        for e in range(ins.a_regs * ins.per_reg):
+            r, kk = ins.a_coord(self.lane, e)
+            off = self._row_offset(g, k0 + kk)
+            m = (self.wm * lay.warp_m + i * ins.m + r) * self.es
+            if self.ops.a_layout == "km":       # A(k, m) at k * pitch + m: the offset is k * pitch
+                addr = lw.sptr_expr(b.add(self.a_base, off, flags=NUW), m)
+            else:                               # A(k, m) at m * pitch + k: the offset is k
+                addr = lw.sptr_expr(b.add(self.a_base, off, flags=NUW), m * self.a_pitch)
+            vals.append(b.load(addr, typ=F32 if self.es == 4 else I16, align=self.es))
+        return self._registers(vals, tf32=ins.dtype == "tf32")
+
+    def _b_scalar(self, k0, t: int) -> list:
+        lw, lay, ins, b = self.lw, self.lw.k.layout, self.ins, self.lw.b
+        vals = []
+        for e in range(ins.b_regs * ins.per_reg):
+            kk, c = ins.b_coord(self.lane, e)
+            addr = lw.sptr_expr(self.b_base, ((k0 + kk) * self.b_pitch + self.wn * lay.warp_n + t * ins.n + c) * self.es)
+            vals.append(b.load(addr, typ=F32 if self.es == 4 else I16, align=self.es))
+        return self._registers(vals, tf32=False)
+
+    def _registers(self, vals, tf32: bool) -> list:
+        """Elements -> 32-bit fragment registers: tf32 one a register (A rounded with cvt.rna here),
+        16-bit two a register, the first in the low half."""
+        lw, b = self.lw, self.lw.b
+        if self.es == 4:
+            if tf32:
+                return [lw._call("llvm.nvvm.f2tf32.rna", I32, [v]) for v in vals]
+            return [b.bitcast(v, I32) for v in vals]
+        regs = []
+        for lo, hi in zip(vals[0::2], vals[1::2]):
+            regs.append(b.or_(b.zext(lo, I32), b.shl(b.zext(hi, I32), ir.Constant(I32, 16))))
+        return regs
+
+
+def _flatten(x) -> list:
+    return [v for y in x for v in _flatten(y)] if isinstance(x, (list, tuple)) else [x]
+
+
+def _unflatten(shape, flat: list):
+    """`flat` (as _flatten(shape) lists values) in the nesting of `shape`."""
+    it = iter(flat)
+
+    def build(s):
+        return [build(y) for y in s] if isinstance(s, (list, tuple)) else next(it)
+    return build(shape)
 
 
 def lower(kernel: Kernel, target: Target, data_layout: str) -> ir.Module:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
-from ..ir.device import Device
+from ..ir.device import TENSOR_MACS, Device
 from ..errors import CudaError, CudaUnavailable
 
 _lock = threading.Lock()
@@ -132,5 +132,6 @@ def device_info(ordinal: int = 0) -> Device:
         clock_khz=attr("CU_DEVICE_ATTRIBUTE_CLOCK_RATE"),
         mem_bandwidth=0.9 * peak_bw,
         reserved_smem_per_block=attr("CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK"),
+        tensor_macs_per_sm=TENSOR_MACS[arch],
         driver=check(drv.cuDriverGetVersion(), "cuDriverGetVersion"),
     )

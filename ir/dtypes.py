@@ -1,0 +1,84 @@
+"""The element types nmgen computes with: storage, the multiply-accumulate instruction they run on,
+and rounding to them (for the float64 reference, which multiplies the inputs as the kernel sees them).
+
+  f32   float32 storage, FFMA on the CUDA cores (round to nearest)
+  tf32  float32 storage, tensor cores (mma m16n8k8 .tf32): the kernel rounds its operands to TF32
+        (10 mantissa bits) to nearest, ties away from zero (cvt.rna.tf32.f32), as torch's allow_tf32
+  bf16  bfloat16 storage, tensor cores (mma m16n8k16 .bf16)
+  f16   float16 storage, tensor cores (mma m16n8k16 .f16)
+Every one accumulates in float32. numpy has no bfloat16: ml_dtypes provides it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from .errors import ShapeError
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str            # nmgen's name: f32, tf32, bf16, f16
+    storage: np.dtype    # numpy dtype of the values in memory
+    compute: str         # "ffma" (CUDA cores) or "mma" (tensor cores)
+    torch: str           # the torch dtype of the values in memory
+
+    @property
+    def itemsize(self) -> int:
+        return self.storage.itemsize
+
+    def __str__(self):
+        return self.name
+
+
+DTYPES = {
+    "f32": DType("f32", np.dtype(np.float32), "ffma", "float32"),
+    "tf32": DType("tf32", np.dtype(np.float32), "mma", "float32"),
+    "bf16": DType("bf16", np.dtype(ml_dtypes.bfloat16), "mma", "bfloat16"),
+    "f16": DType("f16", np.dtype(np.float16), "mma", "float16"),
+}
+# Stored output dtypes: C is f32, bf16 or f16 (tf32 is a way of computing, not a storage type)
+OUTPUT_DTYPES = ("f32", "bf16", "f16")
+ALIASES = {"float32": "f32", "fp32": "f32", "float": "f32", "tf32": "tf32", "bfloat16": "bf16", "bf16": "bf16",
+           "float16": "f16", "fp16": "f16", "half": "f16", "f16": "f16", "f32": "f32"}
+
+
+def dtype(name) -> DType:
+    """The DType named `name` (nmgen, numpy or torch spelling: "bf16", "bfloat16", torch.bfloat16, ...)."""
+    if isinstance(name, DType):
+        return name
+    key = str(name).replace("torch.", "")
+    try:
+        return DTYPES[ALIASES.get(key, key)]
+    except KeyError:
+        raise ShapeError(f"dtype {name!r} is not supported; nmgen computes with {', '.join(DTYPES)} "
+                         f"(float32, TF32, bfloat16, float16)") from None
+
+
+def storage_name(np_dtype) -> str | None:
+    """nmgen's name of a numpy dtype of stored values (f32, bf16, f16), or None."""
+    d = np.dtype(np_dtype)
+    for name in OUTPUT_DTYPES:
+        if DTYPES[name].storage == d:
+            return name
+    return None
+
+
+def round_tf32(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 (10 explicit mantissa bits), to nearest with ties away from
+    zero: what cvt.rna.tf32.f32 gives (PTX ISA, cvt). Returns float32 (the low 13 bits zero)."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    rounded = ((bits.astype(np.uint64) + 0x1000) & 0xFFFFE000).astype(np.uint32)
+    return np.where(finite, rounded, bits).view(np.float32)
+
+
+def as_computed(x: np.ndarray, dt) -> np.ndarray:
+    """The values the multiply sees: `x` stored as `dt`, and for tf32 rounded to TF32 (float32)."""
+    dt = dtype(dt)
+    x = np.asarray(x)
+    if dt.name == "tf32":
+        return round_tf32(x.astype(np.float32))
+    return x.astype(dt.storage)

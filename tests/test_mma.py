@@ -1,0 +1,164 @@
+"""The tensor-core path on the CPU: the mma instructions' fragment tables, the interpreter running
+mma kernels (ldmatrix as the PTX ISA defines it) against float64, a layout mistake caught, the
+validity rules, and the PTX through ptxas."""
+import os
+
+import numpy as np
+import pytest
+
+from nmgen import Pattern, Problem, Schedule
+from nmgen.checking import random_inputs, run_interpreter
+from nmgen.ir import for_arch, validate
+from nmgen.ir.instructions import FFMA, MMA_BF16, MMA_F16, MMA_TF32
+from nmgen.ir.layout import ComputeLayout
+from nmgen.ir.operands import prepare
+from nmgen.ir.validate import problems
+from nmgen.reference import compare
+
+H100 = for_arch("sm_90")
+MMA = dict(thread_m=0, thread_n=0, a_pad=8)
+
+
+@pytest.mark.parametrize("ins", [MMA_BF16, MMA_F16, MMA_TF32], ids=lambda i: i.name)
+def test_fragment_tables_are_the_ptx_isas(ins):
+    """Spot checks against the PTX ISA's figures (groupID = lane >> 2, threadID_in_group = lane % 4),
+    and every table a bijection onto its matrix."""
+    lane = 4 * 3 + 2            # groupID 3, threadID_in_group 2
+    if ins.k == 16:
+        assert [ins.a_coord(lane, i) for i in range(8)] == [(3, 4), (3, 5), (11, 4), (11, 5),
+                                                            (3, 12), (3, 13), (11, 12), (11, 13)]
+        assert [ins.b_coord(lane, i) for i in range(4)] == [(4, 3), (5, 3), (12, 3), (13, 3)]
+    else:
+        assert [ins.a_coord(lane, i) for i in range(4)] == [(3, 2), (11, 2), (3, 6), (11, 6)]
+        assert [ins.b_coord(lane, i) for i in range(2)] == [(2, 3), (6, 3)]
+    assert [ins.c_coord(lane, i) for i in range(4)] == [(3, 4), (3, 5), (11, 4), (11, 5)]
+    for count, coord, shape in ((ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)),
+                                (ins.b_regs * ins.per_reg, ins.b_coord, (ins.k, ins.n)),
+                                (ins.c_regs, ins.c_coord, (ins.m, ins.n))):
+        cells = {coord(t, i) for t in range(32) for i in range(count)}
+        assert len(cells) == 32 * count == shape[0] * shape[1]
+
+
+def check(problem, schedule, rng):
+    A, B = random_inputs(problem, rng)
+    a_rows = prepare(problem, schedule, B.values, B.indices).geometry.a_rows
+    validate(problem, schedule, H100, a_rows)
+    C = run_interpreter(problem, schedule, A, B)
+    v = compare(C, A, B, compute="mma", out_dtype=problem.c_dtype)
+    assert v.ok, v.summary()
+    return C
+
+
+SMALL = dict(block_m=32, block_n=64, warp_m=32, warp_n=32)
+CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
+    (32, 100, 64, 8, 32, 32, "bf16", "col", None, dict(SMALL, k_windows=2)),
+    (17, 100, 64, 8, 32, 32, "bf16", "col", None, dict(SMALL, k_windows=2)),           # odd M: padded lda
+    (1, 70, 96, 12, 32, 32, "bf16", "col", "f32", dict(SMALL, k_windows=4)),
+    (33, 100, 99, 1, 3, 32, "bf16", "row", None, dict(SMALL, k_windows=16, a_smem="mk")),  # odd K
+    (17, 100, 64, 8, 32, 32, "f16", "row", None, dict(SMALL, k_windows=2, a_smem="mk")),
+    (40, 136, 192, 12, 32, 32, "bf16", "col", "bf16", dict(SMALL, warp_m=16, k_windows=4, split_k=2)),  # workspace
+    (40, 136, 288, 12, 32, 32, "f16", "col", "f32", dict(SMALL, warp_m=16, k_windows=4, split_k=3)),    # 3 tiles
+    (40, 136, 192, 4, 32, 16, "bf16", "col", None, dict(SMALL, warp_m=16, warp_n=16, k_windows=4)),  # V=16
+    (40, 136, 192, 4, 32, 32, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=1)),   # padded steps
+    (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, warps_k=2)),  # V=8
+    (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, prefetch=1, a_load="rows")),
+    (40, 130, 256, 4, 16, 16, "f16", "col", None, dict(SMALL, warp_n=16, k_windows=8, refill_row=1, stages=4)),
+    (24, 72, 192, 2, 8, 8, "bf16", "col", None, dict(SMALL, warp_n=8, block_n=24, k_windows=8)),   # 3 n-tiles
+    (17, 100, 64, 8, 32, 32, "tf32", "row", None, dict(SMALL, k_windows=2, a_pad=4)),
+    (40, 136, 256, 4, 32, 8, "tf32", "col", None, dict(SMALL, warp_n=64, k_windows=8, refill_row=1)),
+    (40, 136, 512, 4, 32, 8, "tf32", "row", None, dict(SMALL, warp_n=64, k_windows=8, a_smem="mk", split_k=2)),
+    (64, 128, 512, 8, 64, 64, "bf16", "col", None, dict(block_m=64, block_n=128, warp_m=32, warp_n=64, k_windows=4,
+                                                         warps_k=2, a_load="rows")),
+]
+
+
+@pytest.mark.parametrize("M,N,K,n,m,V,dtype,a_major,c_dtype,fields", CASES,
+                         ids=lambda x: str(x) if not isinstance(x, dict) else "-".join(f"{k}{v}" for k, v in x.items()))
+def test_interpreter_runs_mma_kernels(rng, M, N, K, n, m, V, dtype, a_major, c_dtype, fields):
+    p = Problem(M, N, K, Pattern(n, m, V), dtype, a_major, c_dtype)
+    s = Schedule(**{**MMA, **fields})
+    C = check(p, s, rng)
+    assert C.dtype == {"f32": np.float32, "f16": np.float16}.get(p.c_dtype, C.dtype)
+
+
+def test_a_layout_mistake_fails_on_the_cpu(rng, monkeypatch):
+    """Lanes handing ldmatrix the wrong rows (m and k halves swapped) give a wrong C in the
+    interpreter, which follows the PTX ISA's ldmatrix rule rather than the layout's intent."""
+    p = Problem(32, 64, 64, Pattern(16, 32, 32), "bf16", "col")
+    s = Schedule(**MMA, **dict(SMALL, k_windows=1))
+    A, B = random_inputs(p, rng)
+    assert compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16").ok
+    monkeypatch.setattr(ComputeLayout, "ldmatrix_a", staticmethod(lambda lane: (8 * ((lane // 8) % 2) + lane % 8,
+                                                                                 8 * ((lane // 8) // 2))))
+    assert not compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16").ok
+
+
+@pytest.mark.parametrize("V", [1, 4, 12])
+def test_vectors_not_a_multiple_of_8_name_the_ffma_path(V):
+    p = Problem(64, 96, 64, Pattern(2, 4, V), "bf16", "col")
+    why = " ".join(problems(p, Schedule(**MMA, **dict(SMALL, warp_n=8 if V != 12 else 32, block_n=64)), H100))
+    assert f"V={V}" in why and "float32" in why and "multiples of 8" in why
+
+
+def test_ffma_and_mma_schedules_are_not_mixed():
+    bf16 = Problem(64, 64, 64, Pattern(8, 32, 32), "bf16", "col")
+    assert "thread_m = thread_n = 0" in " ".join(problems(bf16, Schedule(), H100))
+    f32 = Problem(64, 64, 64, Pattern(8, 32, 32))
+    assert "give a thread tile" in " ".join(problems(f32, Schedule(**MMA), H100))
+
+
+def test_accumulators_partition_the_block_tile():
+    for ins, s in ((FFMA, Schedule()), (MMA_BF16, Schedule(**MMA, block_m=128, block_n=64, warp_m=64, warp_n=32))):
+        lay = ComputeLayout.of(s, 32, ins)
+        cells = {(lay.acc_row(t, e), lay.acc_col(t, e)) for t in range(lay.threads) for e in range(lay.acc_count)}
+        assert len(cells) == lay.threads * lay.acc_count == s.block_m * s.block_n
+        for run in lay.runs:        # a run is consecutive columns of one row, for every thread
+            for t in (0, 5, lay.threads - 1):
+                assert {lay.acc_row(t, e) for e in run} == {lay.acc_row(t, run[0])}
+                assert [lay.acc_col(t, e) for e in run] == list(range(lay.acc_col(t, run[0]), lay.acc_col(t, run[0]) + len(run)))
+
+
+SHAPES = [(1, 4096, 4096), (17, 100, 64), (4095, 4100, 1024), (256, 2048, 2048), (4096, 4096, 4096)]
+MMA_PATTERNS = [(2, 8, 8), (4, 16, 16), (16, 32, 32), (12, 32, 32), (8, 32, 32), (4, 32, 32), (8, 64, 64)]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_89", "sm_90"])
+@pytest.mark.parametrize("dtype,a_major", [("bf16", "col"), ("bf16", "row"), ("f16", "col"), ("tf32", "row")])
+def test_default_mma_schedules_assemble_without_spills(arch, dtype, a_major):
+    """Every default tensor-core schedule (the heuristic's) of the correctness shapes through ptxas."""
+    from nmgen.codegen import assemble, generate_ptx
+    from nmgen.ir import build
+    from nmgen.search.heuristic import default_schedule
+    dev = for_arch(arch)
+    for shape in SHAPES:
+        for n, m, v in MMA_PATTERNS:
+            p = Problem(*shape, Pattern(n, m, v), dtype, a_major)
+            s = default_schedule(p, dev)
+            assert not problems(p, s, dev), (p, s.short())
+            ptx = generate_ptx(build(p, s), arch)
+            r = assemble(ptx, arch)
+            assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_frame == 0, f"{p} {s.short()}: {r.summary()}"
+            assert ptx.count("mma.sync.aligned") > 0
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nmspmm_mma_32x64x64_bf16.ptx")
+
+
+def test_golden_mma_ptx():
+    """One small bf16 kernel's PTX pinned (ldmatrix gather, mma, bf16x2 stores). After an intended
+    change, regenerate with NMGEN_UPDATE_GOLDEN=1 and review the diff."""
+    from nmgen.codegen import generate_ptx, llvm_version
+    from nmgen.ir import build
+    k = build(Problem(32, 64, 64, Pattern(8, 32, 32), "bf16", "col"), Schedule(**MMA, **dict(SMALL, k_windows=2)))
+    ptx = generate_ptx(k, "sm_90")
+    assert ptx.count("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16") == 4      # A: 2 m-tiles, B: 2 pairs
+    assert ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 8   # 2 x 4 tiles, one step
+    assert "cvt.rn.bf16x2.f32" in ptx
+    header = f"// golden: LLVM {llvm_version()}\n"
+    if os.environ.get("NMGEN_UPDATE_GOLDEN") == "1":
+        with open(GOLDEN, "w") as f:
+            f.write(header + ptx)
+    with open(GOLDEN) as f:
+        golden = f.read()
+    assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
+    assert golden == header + ptx
