@@ -26,6 +26,9 @@ for step in "$@"; do
                    --metrics "$STALLS,smsp__inst_executed.sum,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sectors_srcunit_tex.sum" \
                    -k regex:nmspmm python3 scripts/cases.py scripts/cases/$name.json launch > $OUT/ncu_$name.txt 2>&1
                tail -5 $OUT/ncu_$name.txt ;;
+    probe-*)   # tensor-core kernels of scripts/cases/NAME.json below the API, beside cuBLAS of their dtype
+               name=${step#probe-}
+               python3 scripts/probe_mma.py scripts/cases/$name.json --json $OUT/probe_$name.json 2>&1 | tee $OUT/probe_$name.log ;;
     time-*)    # warm timings of every case of scripts/cases/NAME.json
                name=${step#time-}
                python3 scripts/cases.py scripts/cases/$name.json time --json $OUT/time_$name.json 2>&1 | tee $OUT/time_$name.log ;;
