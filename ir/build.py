@@ -73,7 +73,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     lay = ComputeLayout.for_problem(problem, s)
     M, N, K = problem.M, problem.N, problem.K
     S, BM, BN, threads = s.stages, s.block_m, s.block_n, s.threads
-    rows_strategy = s.a_load == "rows"
+    rows_strategy = s.a_load in ("rows", "gather")     # A's rows copied from a list, a tile ahead
     idx_dtype = "u8"  # the index blob is bytes; entries are idx_bits wide inside it
     el = storage(problem)
 
@@ -82,12 +82,14 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         Param("A", el, K, a_leading_dim(problem), doc="activations, column-major: (K, M) in memory") if col else
         Param("A", el, M, a_leading_dim(problem), doc="activations (M, K), row-major"),
         Param("Bv", el, g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
-        Param("Bi", idx_dtype, g.T * g.tiles_n, g.chunk_bytes,
-              doc=f"shared-A-row indices, one {g.chunk_bytes}-byte chunk per (K tile, block column)"),
     ]
+    if not g.gathered:
+        params.append(Param("Bi", idx_dtype, g.T * g.tiles_n, g.chunk_bytes,
+                            doc=f"shared-A-row indices, one {g.chunk_bytes}-byte chunk per (K tile, block column)"))
     if rows_strategy:
         params.append(Param("Arows", "i32", g.T * g.tiles_n, g.a_rows,
-                            doc="K columns of A each (K tile, block column) uses"))
+                            doc="K columns of A each (K tile, block column) uses" if not g.gathered else
+                            "K columns of each index unit's kept rows, per (K tile, block column)"))
     c_dt = c_param_dtype(problem, s)
     params.append(Param("C", c_dt, M, N, readonly=False, doc="output (M, N), row-major" if c_dt == problem.c_dtype
                         else "fp32 workspace (M, N), row-major, converted to C's dtype after the kernel"))
@@ -98,9 +100,10 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     else:
         a_buf = Shared("As", el, S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A with K rows")
     b_buf = Shared("Bs", el, S, g.KR, BN + b_pad(problem), _align16(a_buf.nbytes), doc="(stages, KR, BN+pad): kept values")
-    i_buf = Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
-                   doc="(stages, chunk): index chunk")
-    shared = (a_buf, b_buf, i_buf)
+    shared = (a_buf, b_buf)
+    if not g.gathered:
+        shared += (Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
+                          doc="(stages, chunk): index chunk"),)
     if s.warps_k > 1:   # partial sums of slices 1.., over the pipeline buffers once they are done
         shared += (reduce_buffer(s),)
 
@@ -124,9 +127,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
             a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "rows")
         else:
             a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, bound_k)
-        return (a,
-                Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan),
-                Copy("Is", stage, "Bi", chunk, 0, i_plan))
+        return (a, Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan)) + (
+            () if g.gathered else (Copy("Is", stage, "Bi", chunk, 0, i_plan),))
 
     body = list(_raster(g.tiles_m, g.tiles_n, s.raster))
     if s.split_k == 1:
@@ -140,8 +142,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         body += [If(lt(t0 + st, t1), pre(t0 + st) + load(t0 + st, st)), Commit()]
     if rows_strategy:
         body.append(If(lt(t0 + (S - 1), t1), pre(t0 + (S - 1))))
-    ops = SparseOperands("As", "Bs", "Is", g.KR, g.a_rows, s.a_smem, s.warps_k, g.scale if g.idx_bits == 32 else 0,
-                         lay.instr.k)
+    ops = SparseOperands("As", "Bs", "" if g.gathered else "Is", g.KR, g.a_rows, s.a_smem, s.warps_k,
+                         g.scale if g.idx_bits == 32 and not g.gathered else 0, lay.instr.k)
     share = ops.steps       # instruction steps a warp multiplies per K tile
 
     ready = (Wait(S - 2), Barrier())   # the oldest tile in flight landed (S-2 younger groups may stay) and visible

@@ -299,9 +299,14 @@ class Interpreter:
         return entries
 
     def _operands(self, ops: SparseOperands, stage: int, blk: _Block, what: str):
-        for name in (ops.a, ops.b, ops.idx):
+        for name in (ops.a, ops.b) + ((ops.idx,) if ops.idx else ()):
             self._visible(blk, name, stage, what)
-        return blk.smem[ops.a][stage], blk.smem[ops.b][stage], self._index_entries(ops, stage, blk)
+        if ops.idx:
+            entries = self._index_entries(ops, stage, blk)
+        else:                   # "gather": unit u's kept row i is shared A row u * kept + i
+            upb = self.k.layout.units_per_block
+            entries = np.arange(upb)[None, :] * ops.kept + np.arange(ops.kept)[:, None]
+        return blk.smem[ops.a][stage], blk.smem[ops.b][stage], entries
 
     def _fragments(self, ops: SparseOperands, stage: int, steps, blk: _Block, what: str):
         """The fragments of steps `steps` of each thread's share of `stage`: FFMA (A (threads, J, TM,

@@ -133,7 +133,8 @@ class SparseOperands:
     q * share <= i < (q + 1) * share, share = kept / slices; "step j" of a thread is rows
     q * share + j * step ... + step - 1 of the tile.
     With `offsets` > 0 the index chunk holds, unit-major (Is[stage][unit * kept + i], 32-bit), the
-    byte offset idx(i, c) * offsets of the A row inside the stage instead of idx itself."""
+    byte offset idx(i, c) * offsets of the A row inside the stage instead of idx itself.
+    With no `idx` ("gather") nothing is looked up: idx(i, c) = unit(c) * kept + i."""
     a: str
     b: str
     idx: str

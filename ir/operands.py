@@ -18,9 +18,11 @@ inside its window) to what the kernel reads:
                                           one vector and adds them to its base address (no byte
                                           extraction, no multiply per row); the others row-major u8/u16
                                           positions (little endian)
-  arows: (T*tiles_n, L) int32             "rows" strategy only: the K columns of A that this block
-                                          column uses in this K tile (the compacted list; As row j
-                                          holds A[:, arows[.., j]]), padded by repeating entries
+  arows: (T*tiles_n, L) int32             "rows" strategy: the K columns of A that this block column
+                                          uses in this K tile (the compacted list; As row j holds
+                                          A[:, arows[.., j]]), padded by repeating entries.
+                                          "gather": L = units x KR, unit-major: the K column of every
+                                          kept row of every index unit (no bi then: nothing to look up)
 
 T = K tiles, KR = k_windows*n kept rows per tile (padded as above), BK = k_windows*m K rows per tile.
 """
@@ -48,14 +50,16 @@ class Geometry:
     tiles_n: int
     unit: int         # index granularity in columns
     upb: int          # index units per block column (block_n / unit)
-    a_rows: int       # BK ("window") or the compacted list length L ("rows")
+    a_rows: int       # BK ("window"), the compacted list length L ("rows"), units x KR ("gather")
     idx_bits: int     # 8 or 16: row-major K positions; 32: unit-major byte offsets
     scale: int        # bytes per shared A row position (the offsets' unit)
     esize: int        # bytes per A and B element
 
+    gathered: bool = False   # "gather": shared A holds each unit's kept rows in order, nothing is looked up
+
     @property
     def chunk_entries(self) -> int:
-        return self.KR * self.upb
+        return 0 if self.gathered else self.KR * self.upb
 
     @property
     def chunk_bytes(self) -> int:
@@ -78,6 +82,8 @@ def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geomet
     upb = s.block_n // lay.unit
     if s.a_load == "window":
         a_rows = BK
+    elif s.a_load == "gather":
+        a_rows = upb * KR
     elif a_rows is None:
         vectors_per_block = ceil_div(s.block_n, p.vector) + 1
         a_rows = min(ceil_div(BK, 8) * 8, ceil_div(kept * vectors_per_block, 8) * 8)
@@ -88,7 +94,8 @@ def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geomet
                  tiles_m=ceil_div(problem.M, s.block_m), tiles_n=ceil_div(problem.N, s.block_n),
                  unit=lay.unit, upb=upb, a_rows=a_rows,
                  idx_bits=32 if offsets else index_dtype_bits(a_rows - 1),
-                 scale=esize if s.a_smem == "mk" else (s.block_m + s.a_pad) * esize, esize=esize)
+                 scale=esize if s.a_smem == "mk" else (s.block_m + s.a_pad) * esize, esize=esize,
+                 gathered=s.a_load == "gather")
     return g
 
 
@@ -96,7 +103,7 @@ def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geomet
 class Operands:
     geometry: Geometry
     bv: np.ndarray
-    bi: np.ndarray
+    bi: np.ndarray | None      # None for "gather" (no index to look up)
     arows: np.ndarray | None
 
 
@@ -122,16 +129,53 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
 
     arows = None
     a_rows = None
+    if s.a_load == "gather":     # every unit's kept rows in order: (T*tn, upb*KR) absolute K positions
+        tile = np.arange(T * tn) // tn
+        arows = (chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, upb * KR)
+                 + (tile * BK)[:, None]).astype(np.int32)
+        return Operands(g0, bv, None, arows)
     if s.a_load == "rows":
         chunks, arows = _compact_rows(chunks, BK, tn)
         a_rows = arows.shape[1]
     g = geometry(problem, s, a_rows)
+    if gathers_with_ldmatrix(problem, s):
+        chunks = _spread_banks(chunks, bv, g, s)
     if g.idx_bits == 32:   # byte offsets, unit-major: (T*tn, KR, upb) -> (T*tn, upb, KR)
         chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
     dt = INDEX_DTYPES[g.idx_bits]
     bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
     bi[:, :chunks.shape[1] * dt.itemsize] = np.ascontiguousarray(chunks, dt).view(np.uint8).reshape(T * tn, -1)
     return Operands(g, bv, bi, arows)
+
+
+def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:
+    """The kernel gathers A rows with ldmatrix: 16-bit operands on the tensor cores, A as [k][m]."""
+    return for_dtype(problem.dtype).per_reg == 2 and s.a_smem == "km"
+
+
+def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
+    """Reorder the kept rows of every K tile, per index unit, so that each group of 8 consecutive
+    rows (the rows one ldmatrix phase reads: half an mma step) has its gathered A rows in distinct
+    bank groups as far as the rows allow; the B values of the unit's columns move with them (`bv`
+    in place). The order of a sum's terms is free, so the product is unchanged.
+
+    A row at position p of a stage starts at byte p * scale; ldmatrix serves 8 rows of 16 bytes in
+    one pass only if they fall in the 8 distinct 16-byte groups of the 128-byte bank line: group
+    (p * scale / 16) mod 8. Rows sorted by group and dealt round-robin to the KR/8 phases put at
+    most ceil(c / (KR/8)) of a group's c rows into one phase: the more rows a tile holds, the fewer
+    conflicts. chunks: (T*tn, KR*upb) positions, row-major."""
+    T, tn, upb, KR = g.T, g.tiles_n, g.upb, g.KR
+    phases = KR // 8
+    pos = chunks.reshape(T, tn, KR, upb)
+    group = (pos * g.scale // 16) % 8
+    order = np.argsort(group, axis=2, kind="stable")                        # the tile's rows by bank group
+    deal = np.arange(KR).reshape(8, phases).T.ravel()                       # rank r -> phase r % phases
+    perm = np.take(order, deal, axis=2)                                     # new row j <- old row perm[j]
+    pos = np.take_along_axis(pos, perm, axis=2)
+    # bv: (T*KR, tn*BN) as (T, KR, tn, upb, unit), rows permuted per (tile, block column, unit)
+    vals = bv.reshape(T, KR, tn, upb, g.unit)
+    vals[:] = np.take_along_axis(vals, perm.transpose(0, 2, 1, 3)[..., None], axis=1)
+    return pos.reshape(T * tn, KR * upb)
 
 
 def _compact_rows(chunks: np.ndarray, BK: int, tn: int):

@@ -19,7 +19,10 @@ a quarter of the L1 cost per byte, and one scalar read per row and kept row). A 
 one of two ways (NM-SpMM's two strategies):
   "window": every K row of the tile's windows is copied and the kernel gathers by index from shared memory;
   "rows":   only the K rows some vector of this block-column keeps are copied (listed offline per
-            block-column and K tile), and the indices are renumbered into that compacted list.
+            block-column and K tile), and the indices are renumbered into that compacted list;
+  "gather": (tensor cores) each index unit's own kept rows are copied, in order, into a shared A of
+            (units x kept rows): the gather happens in the copy, so fragments are read from
+            consecutive rows (ldmatrix without bank conflicts) and no index is loaded at all.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import ScheduleError
 
-A_LOADS = ("window", "rows")
+A_LOADS = ("window", "rows", "gather")
 A_SMEM = ("km", "mk")
 
 
@@ -44,7 +47,7 @@ class Schedule:
     k_windows: int = 1        # pattern windows per K tile
     stages: int = 3           # shared-memory pipeline depth (cp.async groups in flight + 1)
     split_k: int = 1          # K tiles split over gridDim.z, reduced by atomic add into a zeroed C
-    a_load: str = "window"    # "window" | "rows" (see module docstring)
+    a_load: str = "window"    # "window" | "rows" | "gather" (see module docstring)
     a_smem: str = "km"        # "km" | "mk": shared A layout (see module docstring)
     b_copy_bytes: int = 16    # cp.async width for the B values / index tiles: 4, 8 or 16
     a_pad: int = 4            # floats of padding per shared A row (4 keeps the transposing copy conflict-free)

@@ -23,7 +23,7 @@ def estimate_registers(s: Schedule, vector: int = 32, instr=None) -> int:
     if lay.instr.is_mma:
         a = lay.tiles_m * lay.instr.a_regs * groups
         b = lay.tiles_n * lay.instr.b_regs
-        return lay.acc_count + 2 * (a + b) + groups + 32
+        return lay.acc_count + a + b + groups + 28       # ptxas 13.0, sm_90: 113 for 64x32, 200 for 128x32
     return s.thread_m * s.thread_n + 2 * (s.thread_m * groups + s.thread_n) + 28
 
 
@@ -108,7 +108,9 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append(f"shared A rows of {pitch} elements (with a_pad={s.a_pad}) are not {g.esize * need}-byte aligned "
                    f"for {need}-element accesses; make a_pad a multiple of {need}")
     if s.a_smem == "mk" and s.a_load != "window":
-        why.append("a_smem='mk' copies whole A rows; the compacted 'rows' strategy needs a_smem='km'")
+        why.append(f"a_smem='mk' copies whole A rows; the {s.a_load!r} strategy needs a_smem='km'")
+    if s.a_load == "gather" and not instr.is_mma:
+        why.append("a_load='gather' is a tensor-core strategy (bf16, f16, tf32); float32 uses 'window' or 'rows'")
     if s.split_k > g.T:
         why.append(f"split_k={s.split_k} exceeds the {g.T} K tiles of this problem (K={problem.K}, "
                    f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}")

@@ -64,7 +64,9 @@ class Kernel:
             loaded = self._loaded[device] = load(self.cubin or self.ptx, self.name, k.smem_bytes, device)
         if k.zero_output:
             memset32(C_ptr, k.M * k.N, stream)
-        args = [A_ptr, operands.bv.ptr, operands.bi.ptr] + ([operands.arows.ptr] if operands.arows else []) + [C_ptr]
+        ptrs = {"A": A_ptr, "C": C_ptr, "Bv": operands.bv.ptr, "Bi": operands.bi and operands.bi.ptr,
+                "Arows": operands.arows and operands.arows.ptr}
+        args = [ptrs[p.name] for p in k.params]
         loaded.launch(k.grid, k.threads, args, stream)
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
@@ -164,7 +166,7 @@ def device_operands(B: NMMatrix, problem: Problem, s: Schedule, device: int = 0)
     if ops is None:
         h = host_operands(B, problem, s)
         ops = cache[key] = DeviceOperands(h.geometry, DeviceBuffer.from_array(h.bv, device),
-                                          DeviceBuffer.from_array(h.bi, device),
+                                          DeviceBuffer.from_array(h.bi, device) if h.bi is not None else None,
                                           DeviceBuffer.from_array(h.arows, device) if h.arows is not None else None)
     return ops
 

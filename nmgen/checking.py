@@ -58,7 +58,9 @@ def run_interpreter(problem: Problem, schedule: Schedule, A: np.ndarray, B: NMMa
     from .ir import build, interpret, prepare
     ops = prepare(problem, schedule, B.values, B.indices)
     kernel = build(problem, schedule, ops.geometry.a_rows)
-    arrays = {"A": kernel_a(problem, A), "Bv": ops.bv, "Bi": ops.bi}
+    arrays = {"A": kernel_a(problem, A), "Bv": ops.bv}
+    if ops.bi is not None:
+        arrays["Bi"] = ops.bi
     if ops.arows is not None:
         arrays["Arows"] = ops.arows
     return interpret(kernel, arrays)

@@ -44,8 +44,14 @@ def main():
         A, B = random_inputs(p, rng)
         s = Schedule.from_dict(case["schedule"]) if "schedule" in case else model_best(p, dev, B)
         ops = prepare(p, s, B.values, B.indices)
+        from nmgen.ir.validate import problems
+        why = problems(p, s, dev, ops.geometry.a_rows if s.a_load == "rows" else None)
+        if why:
+            print(f"{str(p):48s} {s.short():46s} {case.get('label', ''):10s} skipped: {'; '.join(why)}", flush=True)
+            continue
         k = Kernel(p, s, dev.arch, ops.geometry.a_rows if s.a_load == "rows" else None)
-        d = DeviceOperands(ops.geometry, DeviceBuffer.from_array(ops.bv), DeviceBuffer.from_array(ops.bi),
+        d = DeviceOperands(ops.geometry, DeviceBuffer.from_array(ops.bv),
+                           DeviceBuffer.from_array(ops.bi) if ops.bi is not None else None,
                            DeviceBuffer.from_array(ops.arows) if ops.arows is not None else None)
         a = DeviceBuffer.from_array(kernel_a(p, A))
         c_dt = k.ir.param("C").dtype

@@ -113,17 +113,18 @@ GATHER_CONFLICTS = 1.5
 
 
 def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[float, float, float]:
+    gathered = g.gathered
     """(issue, L1 wavefronts, tensor cycles) per warp and K tile of the mma warp tile: per step
     (instr.k kept rows) the index loads, A fragments (ldmatrix.x4 per m-tile and look-up group, or
     scalar loads by the fragment table), B fragments (ldmatrix.x4 per n-tile pair, or scalar), and
     tiles_m x tiles_n mma.sync; the tensor pipes take instr MACs / tensor_macs_per_sm cycles each
     (tf32 at half the 16-bit rate)."""
     ins = lay.instr
-    steps = g.KR // s.warps_k // ins.k
+    steps = g.KR // s.warps_k // ins.k     # "gather": consecutive rows, no conflicts, no index loads
     G, tm, tn = len(lay.groups), lay.tiles_m, lay.tiles_n
     mma = tm * tn
     if ins.per_reg == 2 and ops_layout == "km":
-        a_lds, a_wave, idx = G * tm, G * tm * 4 * GATHER_CONFLICTS, G
+        a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else GATHER_CONFLICTS), 0 if gathered else G
         pack = 0
     else:
         n = ins.a_regs * ins.per_reg
@@ -182,7 +183,7 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)
     a_tile = rows_m * g.BK * es
-    if s.a_load == "rows" and problem.a_major == "col":      # whole K rows of A are skipped
+    if s.a_load in ("rows", "gather") and problem.a_major == "col":   # listed K rows of A only
         a_tile = rows_m * g.a_rows * es
     elif s.a_load == "rows":                                 # only the sectors without a listed column
         a_tile = rows_m * 32 * expected_sectors(g.a_rows * es // 4, g.BK * es // 4)

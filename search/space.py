@@ -129,11 +129,13 @@ def a_choices(problem: Problem) -> list[tuple[str, str]]:
     """(a_load, a_smem). A column-major copies K rows as they are (km); skipping unused ones then
     saves real traffic, so "rows" is tried from half the rows kept down. A 16-bit row-major A can
     only be copied as it is ("mk", whole windows)."""
+    mma = for_dtype(problem.dtype).is_mma
+    gather = [("gather", "km")] if mma else []       # tensor cores: each unit's kept rows, copied in order
     if problem.a_major == "col":
-        return [("window", "km")] + ([("rows", "km")] if problem.pattern.n * 2 <= problem.pattern.m else [])
+        return [("window", "km")] + gather + ([("rows", "km")] if problem.pattern.n * 2 <= problem.pattern.m else [])
     if dtype_of(problem.dtype).itemsize == 2:
         return [("window", "mk")]
-    out = [("window", "km"), ("window", "mk")]
+    out = [("window", "km"), ("window", "mk")] + gather
     if problem.pattern.n * 4 <= problem.pattern.m:
         out.append(("rows", "km"))
     return out

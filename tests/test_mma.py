@@ -67,6 +67,12 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
     (17, 100, 64, 8, 32, 32, "tf32", "row", None, dict(SMALL, k_windows=2, a_pad=4)),
     (40, 136, 256, 4, 32, 8, "tf32", "col", None, dict(SMALL, warp_n=64, k_windows=8, refill_row=1)),
     (40, 136, 512, 4, 32, 8, "tf32", "row", None, dict(SMALL, warp_n=64, k_windows=8, a_smem="mk", split_k=2)),
+    # "gather": each unit's kept rows copied in order; no index
+    (32, 100, 64, 8, 32, 32, "bf16", "col", None, dict(SMALL, k_windows=2, a_load="gather")),
+    (17, 136, 288, 12, 32, 32, "f16", "col", "f32", dict(SMALL, warp_m=16, k_windows=4, split_k=3, a_load="gather")),
+    (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, prefetch=1, a_load="gather")),
+    (40, 136, 256, 4, 32, 16, "tf32", "col", None, dict(SMALL, k_windows=4, warps_k=2, a_load="gather")),
+    (40, 136, 256, 4, 32, 16, "tf32", "row", None, dict(SMALL, k_windows=4, refill_row=1, a_load="gather")),
     (64, 128, 512, 8, 64, 64, "bf16", "col", None, dict(block_m=64, block_n=128, warp_m=32, warp_n=64, k_windows=4,
                                                          warps_k=2, a_load="rows")),
 ]

@@ -572,7 +572,8 @@ class _MmaReader:
         k, lay = lw.k, lw.k.layout
         self.lw, self.ops, self.ins = lw, ops, lay.instr
         a_buf, b_buf = k.buffer(ops.a), k.buffer(ops.b)
-        self.a_base, self.b_base, self.i_base = (lw.stage_base(n, stage) for n in (ops.a, ops.b, ops.idx))
+        self.a_base, self.b_base = lw.stage_base(ops.a, stage), lw.stage_base(ops.b, stage)
+        self.i_base = lw.stage_base(ops.idx, stage) if ops.idx else None
         self.es = DTYPE_BYTES[a_buf.dtype]
         self.a_pitch, self.b_pitch = a_buf.pitch, b_buf.pitch
         self.tid = tid = Var("tid")
@@ -591,7 +592,10 @@ class _MmaReader:
         if key not in self._pos:
             lw, ops, lay = self.lw, self.ops, self.lw.k.layout
             unit = lay.group_unit(self.tid, g)
-            if ops.offsets:                 # unit-major 32-bit byte offsets
+            if not ops.idx:                 # "gather": unit u's kept row i is row u * kept + i, no look-up
+                scale = self.a_pitch * self.es if ops.a_layout == "km" else self.es
+                self._pos[key] = lw.val((unit * ops.kept + krow) * scale)
+            elif ops.offsets:               # unit-major 32-bit byte offsets
                 ip = lw.sptr_expr(self.i_base, (unit * ops.kept + krow) * 4)
                 self._pos[key] = lw.b.load(ip, typ=I32, align=4)
             else:
@@ -625,6 +629,10 @@ class _MmaReader:
     def _a_ldmatrix(self, g: int, k0, i: int) -> list:
         lw, lay = self.lw, self.lw.k.layout
         k_in, m_off = lay.ldmatrix_a(self.lane)
+        if not self.ops.idx:    # "gather": the whole address is the thread's part plus immediates
+            unit = lay.group_unit(self.tid, g)
+            row = (unit * self.ops.kept + k0 + k_in) * self.a_pitch + self.wm * lay.warp_m + m_off
+            return self._ldmatrix(lw.sptr_expr(self.a_base, (row + i * self.ins.m) * self.es), 4)
         off = self._row_offset(g, k0 + k_in)
         thread = lw._var_part((self.wm * lay.warp_m + m_off) * self.es)
         base = lw.b.add(lw.b.add(self.a_base, thread, flags=NUW), off, flags=NUW)
