@@ -28,6 +28,14 @@ def open_db(path=None):
         return db
 
 
+def close_dbs() -> None:
+    """Close every database `open_db` opened (the next `open_db` opens afresh)."""
+    with _lock:
+        for db in _dbs.values():
+            db.close()
+        _dbs.clear()
+
+
 def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
     from ..toolchain import toolchain_key
     db = db or open_db()

@@ -79,3 +79,16 @@ def test_db_export_import_round_trip(tmp_path):
     r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
     assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
     assert "1 records" in nmgen("db", "list", "--db", str(tmp_path / "b.db")).stdout
+
+
+def test_the_tests_use_a_private_database_and_never_the_home_cache(tmp_path, private_tuning_db):
+    import os
+    from nmgen.db import default_path
+    home = tmp_path / "home"
+    home.mkdir()
+    assert default_path() == private_tuning_db and not str(default_path()).startswith(os.path.expanduser("~"))
+    r = subprocess.run([sys.executable, "-m", "nmgen.cli", "ptx", "--shape", "64x64x64", "--pattern", "2:4"],
+                       capture_output=True, text=True, env={**os.environ, "HOME": str(home)})
+    assert r.returncode == 0 and not r.stderr, r.stderr      # ptx opens the default database (NMGEN_DB: this test's)
+    assert list(home.iterdir()) == []                         # nothing under $HOME/.cache
+    assert private_tuning_db.exists()
