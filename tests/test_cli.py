@@ -72,8 +72,9 @@ def test_search_and_db_bad_input(tmp_path, args, match):
 
 def test_db_export_import_round_trip(tmp_path):
     from nmgen.db import TuningDB
-    TuningDB(tmp_path / "a.db").record({"problem_key": "p", "schedule_hash": "h", "device_key": "d",
-                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0})
+    TuningDB(tmp_path / "a.db").record({"problem_key": "64x64x64:2:4:1:f32", "schedule_hash": "h", "device_key": "d",
+                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0,
+                                        "schedule": '{"stages": 2}'})
     r = nmgen("db", "export", "--db", str(tmp_path / "a.db"), "-o", str(tmp_path / "x.jsonl"))
     assert r.returncode == 0, r.stderr
     r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
