@@ -338,6 +338,38 @@ def test_lookup_is_well_under_a_millisecond(tmp_path):
     assert (time.perf_counter() - t0) / 200 < 1e-3
 
 
+# ---- item 8: export never destroys a file ---------------------------------------------------------
+def test_export_onto_the_database_itself_is_refused(tmp_path):
+    path = tmp_path / "t.db"
+    TuningDB(path).record(rec("h", 3.0))
+    before = path.read_bytes()
+    for out in (str(path), str(tmp_path / "." / "t.db"), str(path) + "-wal"):
+        line = one_line_error(nmgen("db", "export", "--db", str(path), "-o", out))
+        assert "is the tuning database itself" in line, line
+    assert path.read_bytes() == before
+    assert TuningDB(path).best(P, "dev", "tc")["median_us"] == 3.0
+
+
+def test_an_export_that_fails_midway_leaves_the_old_output(tmp_path, monkeypatch, capsys):
+    from nmgen.cli import main
+    path, out = tmp_path / "t.db", tmp_path / "x.jsonl"
+    TuningDB(path).record(rec("h", 3.0))
+    out.write_text("the previous export\n")
+
+    def broken(self, f):
+        f.write("{half a line")
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(TuningDB, "export", broken)
+        assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_text() == "the previous export\n"
+    assert [f for f in os.listdir(tmp_path) if not f.startswith("t.db")] == ["x.jsonl"]   # no temporary left
+    assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["schedule_hash"] == "h"
+
+
 def test_default_path_follows_the_environment(tmp_path, monkeypatch):
     from nmgen.db import default_path
     monkeypatch.setenv("NMGEN_DB", str(tmp_path / "x.db"))
