@@ -262,7 +262,7 @@ class TuningDB:
         first = self._query(sql + " LIMIT 1", args)       # the usual case: the fastest is valid
         if not first or self._valid(first[0]):
             return first[0] if first else None
-        return next(iter(self._valid_rows(self._query(sql, args))), None)
+        return next((r for r in self._query(sql, args) if self._valid(r)), None)
 
     def recorded(self, problem_key: str, device_key: str, toolchain_key: str) -> dict[str, str]:
         """schedule hash -> status of everything recorded for this problem here (any status)."""
