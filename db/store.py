@@ -50,7 +50,7 @@ COLUMNS = {
     "l2": str, "rel_err": float, "model_us": float, "measured_at": str,
 }
 REQUIRED = KEY + ("status", "schedule")
-TIMES = ("median_us", "mean_us", "min_us", "max_us", "model_us")     # microseconds: finite and positive
+TIMES = ("median_us", "mean_us", "min_us", "max_us")     # measured microseconds: finite and positive
 PROBLEM_COLUMNS = ("M", "N", "K", "keep_n", "window_m", "vector")     # what problem_key says, spelled out
 
 # "nmgn": SQLite's header field for the application that owns the file (`PRAGMA application_id`)
@@ -438,6 +438,8 @@ def record_problems(r: dict, runs: bool = True) -> list[str]:
             why.append(f"{c}={_short(v)} must be {_type_name(t)}")
         elif c in TIMES and v is not None and not (math.isfinite(v) and v > 0):
             why.append(f"{c}={v!r} must be a positive number of microseconds")
+        elif c == "model_us" and v is not None and not v > 0:     # infinite: the model says it does not fit
+            why.append(f"model_us={v!r} must be a positive number of microseconds (or infinity)")
     if why:
         return why
     if r["status"] not in STATUSES:

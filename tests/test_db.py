@@ -277,7 +277,8 @@ def test_import_names_every_bad_line_and_imports_nothing(tmp_path):
              {**rec("d", 3.0), "schedule": "{not json"},            # 7
              {**rec("e", 3.0), "registers": 3.5},                   # 8
              {**rec("f", 3.0), "problem_key": "64x64x64"},          # 9
-             {**rec("g", 3.0), "colour": "red"}]                    # 10
+             {**rec("g", 3.0), "colour": "red"},                    # 10
+             {**rec("h", 3.0), "model_us": float("inf")}]           # 11: fine, the model's "does not fit"
     text = "\n".join(json.dumps(x) for x in lines) + "\n"
     with pytest.raises(RecordError) as e:
         db.import_(io.StringIO(text))
