@@ -1,4 +1,6 @@
 """nmgen.db: the SQLite tuning database (sqlite-utils). Stores plain values; knows nothing of CUDA."""
-from .store import SCHEMA_VERSION, STATUSES, TuningDB, default_path
+from .store import (APPLICATION_ID, SCHEMA_VERSION, STATUSES, DatabaseError, RecordError, TuningDB, default_path,
+                    record_problems)
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "TuningDB", "default_path"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "DatabaseError", "RecordError", "TuningDB", "default_path",
+           "record_problems"]

@@ -7,6 +7,7 @@ against the float64 reference (NaN-poisoned output, up to 512 sampled rows) befo
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -45,16 +46,51 @@ def problem_of(shape, pattern: str, vector: int, a_major: str = "row") -> Proble
     return Problem(M, N, K, Pattern.parse(pattern, vector), a_major=a_major)
 
 
+KEY_DRAWS = 1 << 24      # random keys drawn per step of random_nm: bounds its sort's temporaries (~200 MB)
+
+
 def random_nm(p: Problem, rng):
     """Random compressed weights for `p`: normal values, random sorted kept rows per window and
-    vector. What a benchmark needs, without pruning a dense K x N matrix first."""
+    vector. What a benchmark needs, without pruning a dense K x N matrix first.
+
+    Needs about 5 bytes per kept weight (the float32 values and NMMatrix's finiteness check) plus
+    the indices and their check; ShapeError, before allocating, where that exceeds the memory
+    available. The keys choosing the kept rows are drawn a slice of windows at a time (the same
+    random stream as drawing them at once)."""
     from .format import NMMatrix
     pat, W = p.pattern, p.kept_rows
-    keys = rng.random((p.windows, pat.m, p.vectors), dtype=np.float32)
-    idx = np.sort(np.argsort(keys, axis=1)[:, :pat.n, :], axis=1)            # (windows, n, vectors)
-    dt = np.uint8 if pat.m <= 256 else np.uint16
+    dt = np.dtype(np.uint8 if pat.m <= 256 else np.uint16)
+    _check_memory(p, W * p.N * 5 + W * p.vectors * (dt.itemsize + 17))
+    idx = np.empty((p.windows, pat.n, p.vectors), dt)
+    step = max(1, KEY_DRAWS // (pat.m * p.vectors))
+    for w in range(0, p.windows, step):
+        keys = rng.random((min(step, p.windows - w), pat.m, p.vectors), dtype=np.float32)
+        idx[w:w + len(keys)] = np.sort(np.argsort(keys, axis=1)[:, :pat.n, :], axis=1)   # (windows, n, vectors)
     values = rng.standard_normal((W, p.N), dtype=np.float32)
-    return NMMatrix(values, idx.reshape(W, p.vectors).astype(dt), pat, (p.K, p.N))
+    return NMMatrix(values, idx.reshape(W, p.vectors), pat, (p.K, p.N))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(p: Problem, need: int) -> None:
+    avail = available_memory()
+    if avail is not None and need > avail:
+        from .errors import ShapeError
+        raise ShapeError(f"random weights for {p} need {need / 2**30:.1f} GiB of memory and {avail / 2**30:.1f} GiB "
+                         f"are available; use a smaller shape")
 
 
 def sampled_check(A: np.ndarray, B, C: np.ndarray, rng):

@@ -18,7 +18,8 @@ _lock = threading.Lock()
 
 
 def open_db(path=None):
-    """The tuning database at `path` (default: $NMGEN_DB or the user cache), opened once per process."""
+    """The tuning database at `path` (default: $NMGEN_DB or the user cache), opened once per process
+    and usable from any thread. DatabaseError (nmgen.db) if the file cannot be nmgen's database."""
     from ..db import TuningDB, default_path
     key = str(path or default_path())
     with _lock:
@@ -28,20 +29,53 @@ def open_db(path=None):
         return db
 
 
+def close_dbs() -> None:
+    """Close every database `open_db` opened (the next `open_db` opens afresh)."""
+    with _lock:
+        for db in _dbs.values():
+            db.close()
+        _dbs.clear()
+
+
+def _usable(db, problem: Problem, device: Device, rows, n: int = 1) -> list[Schedule]:
+    """The first n schedules of `rows` (fastest first) that can run `problem` on `device`; a record
+    whose schedule cannot (written outside nmgen) is skipped with a warning naming the database."""
+    from ..db.store import schedule_problems
+    out = []
+    for r in rows:
+        if len(out) == n:
+            break
+        s = Schedule.from_json(r["schedule"])        # the database returns only records that parse
+        why = schedule_problems(problem, s, device)
+        if why:
+            db.warn_invalid(r, [f"schedule {s.short()}: {w}" for w in why])
+        else:
+            out.append(s)
+    return out
+
+
 def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
+    """The database's fastest schedule for this problem, device and toolchain, or None; invalid
+    records are skipped (with a warning naming the database) for the next valid one."""
     from ..toolchain import toolchain_key
     db = db or open_db()
-    rec = db.best(problem.key(), device.key(), toolchain_key(device.arch, device.driver))
-    return Schedule.from_json(rec["schedule"]) if rec else None
+    keys = (problem.key(), device.key(), toolchain_key(device.arch, device.driver))
+    rec = db.best(*keys)
+    if rec is None:
+        return None
+    found = _usable(db, problem, device, [rec])          # the usual case: the fastest can run
+    if not found:
+        found = _usable(db, problem, device, db.rows(*keys[:2], status="ok", toolchain_key=keys[2]))
+    return found[0] if found else None
 
 
 def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[Schedule]:
     """The database's n fastest schedules for this problem, device and toolchain (distinct: a
-    schedule has one record per problem, device and toolchain)."""
+    schedule has one record per problem, device and toolchain); invalid records are skipped."""
     from ..toolchain import toolchain_key
     db = db or open_db()
     rows = db.rows(problem.key(), device.key(), status="ok", toolchain_key=toolchain_key(device.arch, device.driver))
-    return [Schedule.from_json(r["schedule"]) for r in rows[:n]]
+    return _usable(db, problem, device, rows, n)
 
 
 def model_best(problem: Problem, device: Device, B=None) -> Schedule:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..errors import CudaUnavailable, NMGenError
-from ..bench import PAPER_PATTERNS
-from .common import add_db_arg
+from ..bench import PAPER_PATTERNS, SUITES
+from .common import add_db_arg, at_least, atomic_output, output_file, positive_int, read_text
 
 
 def register(sub):
@@ -21,46 +22,86 @@ def register(sub):
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
     add_db_arg(p)
-    p.add_argument("--tune-topk", type=int, default=24, metavar="K",
+    p.add_argument("--tune-topk", type=positive_int, default=24, metavar="K",
                    help="schedules the model-topk search measures for a problem the database lacks (default 24)")
-    p.add_argument("--candidates", type=int, default=3, metavar="N",
+    p.add_argument("--candidates", type=positive_int, default=3, metavar="N",
                    help="time the database's N best schedules (ranked with L2 flushed) under the benchmark's "
                         "own conditions (L2 warm) and report the fastest; all N are in the JSON (default 3)")
-    p.add_argument("--reps", type=int, default=30, help="timed runs, median reported (default 30, at least 20)")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
-    p.add_argument("--markdown", metavar="FILE.md", help="write a short markdown table of the results")
+    p.add_argument("--reps", type=at_least(20), default=30, help="timed runs, median reported (default 30, at least 20)")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", type=output_file,
+                   help="plot speedup per shape and sparsity beside the ideal")
+    p.add_argument("--markdown", metavar="FILE.md", type=output_file, help="write a short markdown table of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
+
+
+def suite_shapes(suite: str) -> list[tuple[int, int, int]]:
+    """The shapes of a named suite or of a file of `MxNxK` lines; NMGenError, one line, otherwise."""
+    from ..bench import read_suite
+    if suite not in SUITES:
+        if not os.path.exists(suite):
+            raise NMGenError(f"--suite {suite!r} is neither {', '.join(SUITES)} nor an existing file of MxNxK lines")
+        read_text(suite, "--suite")          # one line for a directory, a binary or an unreadable file
+    try:
+        shapes = read_suite(suite)
+    except NMGenError as e:
+        raise NMGenError(f"--suite {suite}: {e}") from None
+    if not shapes:
+        raise NMGenError(f"--suite {suite} lists no shapes; write one MxNxK a line")
+    return shapes
+
+
+def check_plot(path: str) -> None:
+    """NMGenError unless matplotlib is there and writes files like `path` (asked before benchmarking)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise NMGenError("--plot needs matplotlib (pip install 'nmgen[plot]')") from None
+    ext = os.path.splitext(path)[1][1:].lower()
+    kinds = Figure().canvas.get_supported_filetypes()
+    if ext not in kinds:
+        raise NMGenError(f"--plot {path}: matplotlib cannot write .{ext} files; name a .png, .pdf or .svg file")
 
 
 def run(args):
     import numpy as np
     from ..api import compile, current_device
     from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel, problem_of,
-                         random_nm, read_suite, row, summarize, today)
+                         random_nm, row, summarize, today)
     from ..search.choose import open_db, recorded_best, recorded_top
     from ..search.tuner import Tuner
-    if args.reps < 20:
-        raise NMGenError("--reps must be at least 20")
-    if args.candidates < 1:
-        raise NMGenError("--candidates must be at least 1")
+    # every argument is checked before the GPU is asked for, so bad ones are reported as such
+    shapes = suite_shapes(args.suite)
+    patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
+    if not patterns:
+        raise NMGenError(f"--patterns {args.patterns!r} lists no pattern; give comma-separated n:m, e.g. 8:32,4:32")
+    problems = {}
+    for shape in shapes:
+        for pat in patterns:
+            try:
+                problems[shape, pat] = problem_of(shape, pat, args.vector, args.a_major)
+            except NMGenError as e:
+                raise NMGenError(f"--patterns {pat} with --suite {args.suite} shape {'x'.join(map(str, shape))}: "
+                                 f"{e}") from None
+    if args.plot:
+        check_plot(args.plot)
+    from ..codegen.ptxas import check_ptxas
+    check_ptxas()
+    db = open_db(args.db)
+    db.require_writable()                  # a problem the database lacks is tuned into it
     dev = current_device()
     if dev is None:
         raise CudaUnavailable("no GPU here: benchmarks need one")
-    try:
-        shapes = read_suite(args.suite)
-    except OSError as e:
-        raise NMGenError(f"--suite {args.suite!r} is neither paper6, decode, odd nor a readable file ({e.strerror})")
-    patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
-    db = open_db(args.db)
     rng = np.random.default_rng(0)
     bw = copy_bandwidth() if args.suite == "decode" else None
     rows, lib = [], None
     for shape in shapes:
         cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng)
         for pat in patterns:
-            p = problem_of(shape, pat, args.vector, args.a_major)
+            p = problems[shape, pat]
             B = random_nm(p, rng)
             if recorded_best(p, dev, db) is None:
                 Tuner(p, dev, db, B, progress=not args.quiet, rng=rng).run("model-topk", topk=args.tune_topk)
@@ -99,11 +140,11 @@ def run(args):
     data = {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major, "cublas": lib,
             "l2": "warm", "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows}
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_output(args.json) as f:
             json.dump(data, f, indent=1)
     if args.markdown:
         from ..bench import markdown
-        with open(args.markdown, "w") as f:
+        with atomic_output(args.markdown) as f:
             f.write(markdown(data))
     if args.plot:
         plot(rows, args.plot, f"{args.suite}, A {args.a_major}-major, on {dev.name}, {today()}")
@@ -143,4 +184,5 @@ def plot(rows, path, title):
     ax.set_title(title + " (dashed: ideal 1/(1-s))", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path, binary=True) as f:
+        fig.savefig(f, dpi=120, format=os.path.splitext(path)[1][1:].lower())

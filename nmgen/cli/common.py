@@ -1,14 +1,127 @@
-"""Arguments several commands share: the problem (--shape/--pattern/--vector) and --schedule."""
+"""Arguments several commands share: the problem (--shape/--pattern/--vector) and --schedule, and
+the checks every path, file and number given on the command line goes through, each ending in one
+line that says what was wrong, with the value, and what to do."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import tempfile
 
-from ..errors import ScheduleError
+from ..errors import NMGenError, ScheduleError
 from ..ir.problem import Pattern, Problem, parse_shape
 from ..ir.schedule import Schedule
 
 
+# ---- numbers (argparse `type=`: a bad value ends in `nmgen CMD: error: argument --X: ...`) ---------
+def at_least(lo: int):
+    """An argparse type: an integer >= lo."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be at least {lo}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+positive_int = at_least(1)
+
+
+# ---- files -------------------------------------------------------------------------------------------
+def output_file(text: str) -> str:
+    """An argparse type: a file that can be written (not a directory, in a directory that exists
+    and is writable), checked before any work is done."""
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(text))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"{parent} (in {text}) is not a directory; give another file")
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"the directory {parent} of {text} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {parent} (permission denied); give another file")
+    if os.path.exists(text) and not os.access(text, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text} is read-only; give another file")
+    return text
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, binary: bool = False):
+    """A file opened for writing that replaces `path` only when the block ends without error: a
+    failed or interrupted write leaves `path` as it was (the data goes to a temporary file in the
+    same directory, renamed over `path`; a device or pipe is written in place). OSError becomes
+    NMGenError naming the file."""
+    target = os.path.realpath(path)         # through a symlink, as open(path, "w") would write
+    if os.path.exists(target) and not os.path.isfile(target):
+        # /dev/null, a terminal, a pipe: written in place (renaming over one would replace the device)
+        try:
+            with open(target, "wb" if binary else "w") as f:
+                yield f
+        except OSError as e:
+            raise NMGenError(f"cannot write {path} ({e.strerror or e})") from None
+        return
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.",
+                                   suffix=".tmp")
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f
+        os.chmod(tmp, _mode_for(target))
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as e:
+        raise NMGenError(f"cannot write {path} ({e.strerror or e}); it is left as it was") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _mode_for(target: str) -> int:
+    """The permissions `target` has, or a new file would get (mkstemp's are owner-only)."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def read_text(path: str, what: str) -> str:
+    """The text of the file `path` (`what` names it in errors, e.g. "--shapes"); NMGenError, one
+    line, for a missing, unreadable, binary or non-UTF-8 file, or a directory."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except IsADirectoryError:
+        raise NMGenError(f"{what} {path} is a directory; give a file") from None
+    except FileNotFoundError:
+        raise NMGenError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise NMGenError(f"{what} {path} is not a UTF-8 text file (byte {e.start}); give a text file") from None
+    except OSError as e:
+        raise NMGenError(f"cannot read {what} {path} ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise NMGenError(f"{what} {path} is not a text file (it holds NUL bytes); give a text file")
+    return text
+
+
+def same_file(a, b) -> bool:
+    """Whether paths a and b name one file (the same inode where both exist, else the same real path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+# ---- the problem ---------------------------------------------------------------------------------
 def add_problem_args(p, required=True):
     p.add_argument("--shape", required=required, metavar="MxNxK", help="C is MxN, A is MxK, B is KxN (e.g. 4096x4096x4096)")
     p.add_argument("--pattern", required=required, metavar="n:m", help="n of every m rows of B kept along K (e.g. 8:32)")
@@ -28,17 +141,23 @@ def add_schedule_arg(p):
                                                     "take the default schedule's values for the shape")
 
 
+def _looks_like_a_path(text: str) -> bool:
+    t = text.strip()
+    return not t.startswith("{") and (t.endswith(".json") or "/" in t or os.sep in t)
+
+
 def schedule_from(args, problem: Problem, device) -> Schedule | None:
     if not getattr(args, "schedule", None):
         return None
     text = args.schedule
-    if os.path.isfile(text):
-        with open(text) as f:
-            text = f.read()
+    if os.path.isfile(text) or os.path.isdir(text) or _looks_like_a_path(text):
+        text = read_text(args.schedule, "--schedule")
     try:
         given = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ScheduleError(f"--schedule is not valid JSON ({e.msg} at column {e.colno})") from None
+        where = f"{args.schedule} " if text is not args.schedule else ""
+        raise ScheduleError(f"--schedule {where}is not valid JSON ({e.msg} at column {e.colno}); give a JSON "
+                            f"object of schedule fields or a file holding one") from None
     if not isinstance(given, dict):
         raise ScheduleError("--schedule must be a JSON object of schedule fields")
     from ..search.heuristic import default_schedule
@@ -49,6 +168,7 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
     return Schedule.from_dict({**base, **given})
 
 
+# ---- the tuning database ---------------------------------------------------------------------------
 def add_db_arg(p):
     p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
 

@@ -1,11 +1,14 @@
-"""nmgen db: look into, export and merge tuning databases."""
+"""nmgen db: look into, export and merge tuning databases.
+
+Only nmgen's own databases are opened (nmgen.db refuses any other file, unchanged); outputs are
+written to a temporary file renamed over the target, so a failed export never empties a file."""
 from __future__ import annotations
 
 import sys
 
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
-from .common import add_db_arg, add_problem_args, problem_from
+from .common import add_db_arg, add_problem_args, atomic_output, output_file, problem_from, read_text, same_file
 
 
 def register(sub):
@@ -16,19 +19,21 @@ def register(sub):
     for name, text in (("list", "problems recorded, with counts and best times"),
                        ("best", "the best record of a problem, per device"),
                        ("show", "every record of a problem"),
-                       ("export", "all records as JSON lines (stdout or -o FILE)"),
-                       ("import", "merge JSON lines from `nmgen db export` (keeps the better of two records)"),
+                       ("export", "all valid records as JSON lines (stdout or -o FILE, replaced only when "
+                                  "the export is complete)"),
+                       ("import", "merge JSON lines from `nmgen db export` (keeps the better of two records); "
+                                  "all or nothing: any invalid line, each reported by number, imports nothing"),
                        ("quality", "the performance model against the measurements: Spearman, model-topk gap")):
         q = ops.add_parser(name, help=text, description=text)
         add_db_arg(q)
         if name in ("best", "show"):
             add_problem_args(q)
         if name == "export":
-            q.add_argument("-o", "--output", metavar="FILE")
+            q.add_argument("-o", "--output", metavar="FILE", type=output_file)
         if name == "import":
             q.add_argument("file", metavar="FILE")
         if name == "quality":
-            q.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+            q.add_argument("--json", metavar="FILE", type=output_file, help="also write the numbers as JSON")
             q.add_argument("--current-model", action="store_true",
                            help="judge today's model: predict again from each record's schedule and registers")
         q.set_defaults(run=run)
@@ -36,7 +41,11 @@ def register(sub):
 
 
 def run(args):
+    from ..db import default_path
     from ..search.choose import open_db
+    if args.op == "export" and args.output:
+        _not_the_database(args.output, args.db or default_path())
+    text = read_text(args.file, "import file") if args.op == "import" else None   # before touching the database
     db = open_db(args.db)
     if args.op == "list":
         rows = db.summary()
@@ -56,7 +65,7 @@ def run(args):
                     and not seen.add((r["device_key"], r["toolchain_key"]))]
         for r in rows:
             t = f"{r['median_us']:10.1f} us" if r["median_us"] is not None else f"{r['status']:>13}"
-            print(f"{t}  {Schedule.from_json(r['schedule']).short():52s} {r['device_name']}  [{r['toolchain_key']}]")
+            print(f"{t}  {Schedule.from_json(r['schedule']).short():52s} {r['device_name'] or r['device_key']}  [{r['toolchain_key']}]")
             if args.op == "best":
                 print(f"            {r['schedule']}")
         return 0
@@ -76,26 +85,35 @@ def run(args):
             print(f"{g['problem_key']:36s} {q['n']:4d} measured  Spearman {q['spearman']:.3f}  best {q['best_us']:.1f} us  "
                   f"model top {q['k']}: {q['topk_best_us']:.1f} us ({q['topk_gap'] * 100:+.1f}%)")
         if args.json:
-            with open(args.json, "w") as f:
+            with atomic_output(args.json) as f:
                 json.dump(out, f, indent=1)
         return 0
     if args.op == "export":
-        f = open(args.output, "w") if args.output else sys.stdout
-        n = db.export(f)
-        if args.output:
-            f.close()
-            print(f"exported {n} records to {args.output}")
+        if not args.output:
+            db.export(sys.stdout)
+            return 0
+        with atomic_output(args.output) as f:
+            n = db.export(f)
+        print(f"exported {n} records to {args.output}")
         return 0
     if args.op == "import":
+        import io
+        db.require_writable()
         try:
-            with open(args.file) as f:
-                n = db.import_(f)
-        except OSError as e:
-            raise NMGenError(f"cannot read {args.file}: {e.strerror}") from None
-        except ValueError as e:
+            n = db.import_(io.StringIO(text))
+        except NMGenError as e:
             raise NMGenError(f"{args.file}: {e}") from None
         print(f"imported {n} records into {db.path}")
         return 0
+
+
+def _not_the_database(output: str, db_path) -> None:
+    """NMGenError if `output` is the database file (or its WAL, shared-memory or journal file):
+    writing the export there would destroy what is being exported."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        if same_file(output, f"{db_path}{suffix}"):
+            raise NMGenError(f"-o {output} is the tuning database itself ({db_path}{suffix}); export to another "
+                             f"file")
 
 
 def _predict_again(r: dict) -> float:

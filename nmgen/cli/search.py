@@ -6,7 +6,7 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..ir.problem import Pattern, Problem, parse_shape
-from .common import add_db_arg, add_problem_args, problem_from
+from .common import add_db_arg, add_problem_args, at_least, positive_int, problem_from, read_text
 
 
 def register(sub):
@@ -19,19 +19,20 @@ def register(sub):
     p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line")
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
-    p.add_argument("--topk", type=int, metavar="K", help="schedules measured by model-topk (default 10%% of the space)")
-    p.add_argument("--budget", type=int, metavar="N", help="measure at most N schedules in this run")
-    p.add_argument("--refine", type=int, default=2, metavar="R",
+    p.add_argument("--topk", type=positive_int, metavar="K",
+                   help="schedules measured by model-topk (default 10%% of the space; --dry-run shows 10)")
+    p.add_argument("--budget", type=positive_int, metavar="N", help="measure at most N schedules in this run")
+    p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "
                         "(the other loop form, the copies after a tile's first rows, a register bound, bigger "
                         "blocks); 0 for none (default 2)")
     add_db_arg(p)
-    p.add_argument("--reps", type=int, default=20, help="timed runs per schedule, median reported (default 20)")
+    p.add_argument("--reps", type=positive_int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU needed: rank by the model, check the top schedules' PTX with ptxas, record nothing")
     p.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
                    help="architecture for --dry-run without a GPU (default sm_90)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print only the results, as JSON, on standard output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -39,39 +40,49 @@ def register(sub):
 def problems_from(args) -> list[Problem]:
     if args.shapes:
         out = []
-        try:
-            lines = open(args.shapes).read().splitlines()
-        except OSError as e:
-            raise NMGenError(f"cannot read --shapes {args.shapes}: {e.strerror}") from None
-        for no, line in enumerate(lines, 1):
+        for no, line in enumerate(read_text(args.shapes, "--shapes").splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            parts = line.split()
-            if len(parts) not in (2, 3):
-                raise NMGenError(f"{args.shapes}:{no}: expected `MxNxK n:m V`, got {line!r}")
-            M, N, K = parse_shape(parts[0])
-            out.append(Problem(M, N, K, Pattern.parse(parts[1], int(parts[2]) if len(parts) == 3 else 1),
-                               a_major=args.a_major))
+            try:
+                out.append(_problem_of_line(line, args.a_major))
+            except NMGenError as e:
+                raise NMGenError(f"{args.shapes}:{no}: {e}") from None
         if not out:
-            raise NMGenError(f"{args.shapes} lists no problems")
+            raise NMGenError(f"--shapes {args.shapes} lists no problems; write one `MxNxK n:m V` a line")
         return out
     if not (args.shape and args.pattern):
         raise NMGenError("give --shape and --pattern (and --vector), or --shapes FILE")
     return [problem_from(args)]
 
 
+def _problem_of_line(line: str, a_major: str) -> Problem:
+    """The problem of a --shapes line `MxNxK n:m [V]`."""
+    parts = line.split()
+    if len(parts) not in (2, 3):
+        raise NMGenError(f"expected `MxNxK n:m V`, got {line!r}")
+    try:
+        V = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise NMGenError(f"vector length V={parts[2]!r} is not an integer (line {line!r})") from None
+    M, N, K = parse_shape(parts[0])
+    return Problem(M, N, K, Pattern.parse(parts[1], V), a_major=a_major)
+
+
 def run(args):
+    from ..codegen.ptxas import check_ptxas
     from ..search.choose import open_db
     problems = problems_from(args)
+    check_ptxas()
     if args.dry_run:
         return dry_run(args, problems)
+    db = open_db(args.db)
+    db.require_writable()                     # before the GPU: a bad --db is reported as such
     from ..api import current_device
     dev = current_device()
     if dev is None:
         raise CudaUnavailable("no GPU here: measuring needs one; `nmgen search --dry-run` ranks schedules without")
     from ..search.tuner import Tuner
-    db = open_db(args.db)
     out = []
     for p in problems:
         tuner = Tuner(p, dev, db, reps=args.reps, progress=not args.quiet)
@@ -103,33 +114,56 @@ def print_table(p: Problem, rows, recorded: int, device: str, args):
 
 
 def dry_run(args, problems):
+    """Rank each problem's space by the model and check the top schedules' PTX with ptxas; nothing
+    is measured or recorded. With --json only the JSON goes to standard output."""
     import numpy as np
 
-    from ..api import compile, current_device
-    from ..bench import random_nm
+    from ..api import Kernel, current_device
     from ..ir.device import for_arch
+    from ..ir.validate import validate
     from ..search import model
-    from ..search.space import enumerate_space, rows_lengths
+    from ..search.space import enumerate_space
     dev = current_device() or for_arch(args.arch)
     k = args.topk or 10
     results = []
     rng = np.random.default_rng(0)
     for p in problems:
-        B = random_nm(p, rng)            # random weights size the "rows" strategy's lists, as the tuner's do
-        a_rows = rows_lengths(p, B)
+        a_rows = random_rows_lengths(p, rng)   # random weights size the "rows" strategy's lists, as the tuner's do
         ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
                         key=lambda x: x[1].time_us)
-        print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space (model ranking, nothing measured)")
-        print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
+        if not args.json:
+            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space (model ranking, nothing measured)")
+            print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
         for i, (s, pr) in enumerate(ranked[:k], 1):
-            kern = compile(p, schedule=s, arch=dev.arch, B=B)
-            r = kern.resources            # ptxas validates the PTX
+            validate(p, s, dev, a_rows(s))
+            r = Kernel(p, s, dev.arch, a_rows(s)).resources            # ptxas validates the PTX
             if r.spill_stores:
                 raise NMGenError(f"{s.short()}: ptxas reports {r.spill_stores} bytes of spills")
-            print(f"{i:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d}  {s.short()}")
+            if not args.json:
+                print(f"{i:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d}  {s.short()}", flush=True)
             results.append({"problem": p.to_dict(), "schedule": s.to_dict(), "model_us": pr.time_us,
                             "registers": r.registers})
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         print()
     return 0
+
+
+SAMPLE_ELEMENTS = 1 << 24       # kept weights of the sample that sizes the "rows" lists of a large problem
+
+
+def random_rows_lengths(p: Problem, rng):
+    """schedule -> the "rows" strategy's list length (None for other strategies) for random weights
+    of `p`, in bounded memory: the weights themselves where they are small, else a sample of the
+    same pattern: up to 4096 columns and enough windows for SAMPLE_ELEMENTS kept weights. Every
+    list is one (K tile, block column)'s; the sample has fewer of them, so its longest is a little
+    shorter than the full matrix's (the model's ranking, not a kernel's correctness, uses it)."""
+    from ..bench import random_nm
+    from ..search.space import rows_lengths
+    if p.kept_rows * p.N <= SAMPLE_ELEMENTS:
+        return rows_lengths(p, random_nm(p, rng))
+    n, m = p.pattern.n, p.pattern.m
+    N = min(p.N, 4096)
+    windows = min(p.windows, max(1, SAMPLE_ELEMENTS // (n * N)))
+    sample = Problem(1, N, windows * m, p.pattern, a_major=p.a_major)
+    return rows_lengths(sample, random_nm(sample, rng))

@@ -40,8 +40,15 @@ class Resources:
 
 @lru_cache(maxsize=1)
 def find_ptxas() -> str | None:
+    """The ptxas to run: $NMGEN_PTXAS (CompileError if it names no executable file), else the
+    pinned wheel's, else the one on PATH; None where there is none."""
     env = os.environ.get("NMGEN_PTXAS")
     if env:
+        if not os.path.isfile(env):
+            raise CompileError(f"NMGEN_PTXAS={env} does not exist (or is not a file); point it at CUDA's ptxas "
+                               f"or unset it")
+        if not os.access(env, os.X_OK):
+            raise CompileError(f"NMGEN_PTXAS={env} is not executable; point it at CUDA's ptxas or unset it")
         return env
     try:  # the pinned wheel first: its version matches what the tests expect
         from cuda.pathfinder import find_nvidia_binary_utility
@@ -53,13 +60,38 @@ def find_ptxas() -> str | None:
     return shutil.which("ptxas")
 
 
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ptxas (no input from the terminal); CompileError, naming it, if it cannot be started."""
+    try:
+        return subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    except OSError as e:
+        raise CompileError(f"cannot run ptxas {args[0]} ({e.strerror or e}); point NMGEN_PTXAS at CUDA's ptxas "
+                           f"or install the test extra (pip install 'nmgen[test]')") from None
+
+
 def ptxas_version() -> str:
-    exe = find_ptxas()
-    if not exe:
-        return "none"
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    """ptxas's version (e.g. 13.0.88); "none" without one, "unknown" if it does not say."""
+    try:
+        exe = find_ptxas()
+        if not exe:
+            return "none"
+        out = _run([exe, "--version"]).stdout
+    except CompileError:
+        return "unknown"
     m = re.search(r"V(\d+\.\d+\.\d+)", out)
     return m.group(1) if m else "unknown"
+
+
+def check_ptxas() -> None:
+    """CompileError unless $NMGEN_PTXAS, where set, is a ptxas that runs and reports its version:
+    asked before a search or benchmark, so that a wrong one is not taken for every kernel failing."""
+    env = os.environ.get("NMGEN_PTXAS")
+    if not env:
+        return
+    out = _run([find_ptxas(), "--version"])
+    if out.returncode or not re.search(r"V(\d+\.\d+\.\d+)", out.stdout):
+        raise CompileError(f"NMGEN_PTXAS={env} is not CUDA's ptxas (`{env} --version` does not give a ptxas "
+                           f"version); point it at CUDA's ptxas or unset it")
 
 
 def assemble(ptx: str, arch: str, kernel: str | None = None) -> Resources:
@@ -68,7 +100,8 @@ def assemble(ptx: str, arch: str, kernel: str | None = None) -> Resources:
 
 
 def assemble_cubin(ptx: str, arch: str, kernel: str | None = None) -> tuple[Resources, bytes]:
-    """ptxas's report and the cubin (loaded without a driver JIT); CompileError on failure."""
+    """ptxas's report and the cubin (loaded without a driver JIT); CompileError on failure,
+    including a ptxas that cannot run or that writes no cubin."""
     exe = find_ptxas()
     if not exe:
         raise CompileError("ptxas was not found: install the test extra (pip install 'nmgen[test]'), "
@@ -78,12 +111,18 @@ def assemble_cubin(ptx: str, arch: str, kernel: str | None = None) -> tuple[Reso
         with open(src, "w") as f:
             f.write(ptx)
         out = os.path.join(d, "k.cubin")
-        r = subprocess.run([exe, f"-arch={arch}", "-v", "-O3", src, "-o", out], capture_output=True, text=True)
+        r = _run([exe, f"-arch={arch}", "-v", "-O3", src, "-o", out])
         log = r.stdout + r.stderr
         if r.returncode:
             raise CompileError(f"ptxas rejected the PTX{' of ' + kernel if kernel else ''} for {arch}:\n{log.strip()}")
-        with open(out, "rb") as f:
-            cubin = f.read()
+        try:
+            with open(out, "rb") as f:
+                cubin = f.read()
+        except OSError:
+            cubin = b""
+        if not cubin:
+            raise CompileError(f"{exe} exited without error but wrote no cubin for {arch}; it is not CUDA's ptxas: "
+                               f"point NMGEN_PTXAS at CUDA's ptxas or unset it")
     return parse_report(log), cubin
 
 
