@@ -29,6 +29,14 @@ for step in "$@"; do
     probe-*)   # tensor-core kernels of scripts/cases/NAME.json below the API, beside cuBLAS of their dtype
                name=${step#probe-}
                python3 scripts/probe_mma.py scripts/cases/$name.json --json $OUT/probe_$name.json 2>&1 | tee $OUT/probe_$name.log ;;
+    ncu-probe-*) # ncu on the first launch of each tensor-core case of scripts/cases/NAME.json (probe_mma.py)
+               name=${step#ncu-probe-}
+               ncu --clock-control none --section SpeedOfLight --section SchedulerStats --section Occupancy \
+                   --section LaunchStats --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis \
+                   --metrics "$STALLS,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,lts__t_sectors_srcunit_tex.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active" \
+                   --kernel-id ::regex:nmspmm:1 \
+                   python3 scripts/probe_mma.py scripts/cases/$name.json > $OUT/ncu_$name.txt 2>&1
+               grep -E "nmspmm|Duration|Throughput|Pipe|Bank|Occupancy|Registers|stalled|hmma|Issued|Warp Cycles" $OUT/ncu_$name.txt | head -120 ;;
     time-*)    # warm timings of every case of scripts/cases/NAME.json
                name=${step#time-}
                python3 scripts/cases.py scripts/cases/$name.json time --json $OUT/time_$name.json 2>&1 | tee $OUT/time_$name.log ;;

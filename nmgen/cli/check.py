@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NMGenError
-from .common import add_problem_args, add_schedule_arg, non_negative_int, problem_from, schedule_from
+from .common import add_problem_args, add_schedule_arg, at_least, problem_from, schedule_from
 
 # The CPU interpreter runs every block in numpy: it checks small problems. Refused beyond these.
 INTERPRETER_SECONDS = 120
@@ -24,7 +24,7 @@ def register(sub):
     p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter (no GPU)")
     p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
-    p.add_argument("--seed", type=non_negative_int, default=None,
+    p.add_argument("--seed", type=at_least(0), default=None,
                    help="random seed of the inputs (default: fresh; the seed used is printed)")
     p.set_defaults(run=run)
 
@@ -35,6 +35,7 @@ def run(args):
     from ..ir.device import for_arch
     problem = problem_from(args)
     gpu = current_device()
+    given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
     if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
         small = smaller(problem)
@@ -47,7 +48,7 @@ def run(args):
         from ..ir.interpret import estimate_cost
         within_interpreter_limits(problem, *estimate_cost(problem), seed)
     A, B = random_inputs(problem, rng)
-    schedule = schedule_from(args, problem, dev) or choose_schedule(problem, dev, B)
+    schedule = given or choose_schedule(problem, dev, B)
     if args.interpret:
         from ..ir import validate
         from ..ir.operands import prepare

@@ -172,14 +172,3 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
 def add_db_arg(p):
     p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
 
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v

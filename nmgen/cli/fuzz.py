@@ -3,15 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import non_negative_int
-
-
-def positive_int(text: str) -> int:
-    v = non_negative_int(text)
-    if v == 0:
-        import argparse
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
+from .common import at_least, positive_int
 
 
 def register(sub):
@@ -24,7 +16,7 @@ def register(sub):
                                    "failure is printed with the `nmgen check` line that replays it. Exits 1 if any "
                                    "case fails.")
     p.add_argument("--cases", type=positive_int, default=100, help="cases to draw (default 100)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the case generator (default 0)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="seed of the case generator (default 0)")
     p.add_argument("--interpret", action="store_true", help="run the cases in the CPU interpreter (small sizes, no GPU)")
     p.add_argument("--arrays", default="numpy,torch",
                    help="array libraries to pass the inputs as on the GPU, comma-separated (default numpy,torch; "
