@@ -12,12 +12,12 @@ import numpy as np
 from . import codegen
 from .arrays import host_matrix
 from .errors import CudaUnavailable, ShapeError
-from .format import NMMatrix
+from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
 from .ir.device import Device, for_arch
 from .ir.layout import ComputeLayout
 from .ir.operands import Geometry, geometry, prepare
-from .ir.problem import Pattern, Problem, parse_shape
+from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
 from .ir.validate import validate
 from .search.heuristic import default_schedule
@@ -75,13 +75,23 @@ class Kernel:
 
 
 def _problem(problem, pattern, vector, a_major) -> Problem:
+    """A Problem from a Problem, "MxNxK" or (M, N, K), a pattern and a vector length. Sizes must be
+    integers >= 1: 2.5, 64.7, True or 0 raise (ShapeError / PatternError), never truncated."""
     if isinstance(problem, Problem):
+        if pattern is not None and _pattern(pattern, vector) != problem.pattern or (
+                pattern is None and vector is not None and as_int(vector, "vector") != problem.pattern.vector):
+            raise ShapeError(f"pattern={pattern!r}, vector={vector!r} disagree with the problem's {problem.pattern}; "
+                             f"pass the Problem alone")
         return problem
-    M, N, K = parse_shape(problem) if isinstance(problem, str) else problem
+    if isinstance(problem, str):
+        M, N, K = parse_shape(problem)
+    elif isinstance(problem, (tuple, list)) and len(problem) == 3:
+        M, N, K = problem
+    else:
+        raise ShapeError(f"problem {problem!r} must be a shape 'MxNxK', a tuple (M, N, K) or a nmgen.Problem")
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
-    p = pattern if isinstance(pattern, Pattern) else Pattern.parse(pattern, vector or 1)
-    return Problem(int(M), int(N), int(K), p, a_major=a_major)
+    return Problem(M, N, K, _pattern(pattern, vector), a_major=a_major)   # Problem checks the sizes
 
 
 def current_device(ordinal: int = 0) -> Device | None:

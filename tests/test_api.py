@@ -62,3 +62,30 @@ def test_every_searchable_layout_prepares_and_computes(rng, pattern, shape):
     ref = spmm_reference(A, B)
     for s in layouts.values():
         assert rel_err(run_interpreter(p, s, A, B), ref) < TOL, s.short()
+
+
+# ---- 13. sizes are integers: refused, never truncated ----------------------------------------------
+@pytest.mark.parametrize("args,kwargs,error,match", [
+    (("64x64x64",), dict(pattern="2:4", vector=0), nmgen.PatternError, r"V=0 must be at least 1"),
+    (("64x64x64",), dict(pattern="2:4", vector=2.5), nmgen.PatternError, r"V=2\.5 must be an integer, got float"),
+    (("64x64x64",), dict(pattern="2:4", vector=True), nmgen.PatternError, r"V=True must be an integer, not a bool"),
+    (((64.7, 64, 64),), dict(pattern="2:4"), nmgen.ShapeError, r"M=64\.7 must be an integer, got float"),
+    (((64, 64.0, 64),), dict(pattern="2:4"), nmgen.ShapeError, r"N=64\.0 must be an integer"),
+    (((64, 64, "64"),), dict(pattern="2:4"), nmgen.ShapeError, r"K='64' must be an integer, got str"),
+    (((64, 64),), dict(pattern="2:4"), nmgen.ShapeError, r"must be a shape 'MxNxK', a tuple \(M, N, K\)"),
+    (((0, 64, 64),), dict(pattern="2:4"), nmgen.ShapeError, r"M=0 must be a positive integer: a kernel needs at "
+                                                             r"least one row of A \(nmgen.spmm returns an empty"),
+    (("64x64x64",), dict(pattern=(2.5, 4)), nmgen.PatternError, r"n=2\.5 must be an integer"),
+    (("64x64x63",), dict(pattern="2:4"), nmgen.ShapeError, r"pad K to 64 .*nmgen\.pad_k\(A, B, m=4\)"),
+    ((nmgen.Problem(64, 64, 64, nmgen.Pattern(2, 4)),), dict(pattern="2:8"), nmgen.ShapeError,
+     r"disagree with the problem's 2:4x1"),
+])
+def test_compile_refuses_what_it_used_to_coerce(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        nmgen.compile(*args, **kwargs)
+
+
+def test_compile_takes_numpy_integers_as_ints():
+    k = nmgen.compile((np.int64(17), np.int32(40), np.uint16(64)), pattern="2:4", vector=np.int64(1))
+    assert (k.problem.M, k.problem.N, k.problem.K) == (17, 40, 64) and type(k.problem.M) is int
+    assert k.problem == nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4))
