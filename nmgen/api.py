@@ -24,6 +24,8 @@ from .search.heuristic import default_schedule
 
 _kernels: dict = {}
 _kernels_lock = threading.Lock()
+# The weights laid out per schedule, and their device copies, per NMMatrix (by identity: an
+# NMMatrix's arrays are read-only, so what it holds cannot change under the cache)
 _operands: "weakref.WeakKeyDictionary[NMMatrix, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -150,11 +152,18 @@ def _layout_key(problem: Problem, s: Schedule) -> tuple:
 
 
 def host_operands(B: NMMatrix, problem: Problem, s: Schedule):
+    """B laid out for schedule `s` (ir.operands.Operands), cached on B: correct because an NMMatrix's
+    arrays are read-only. The cached arrays are made read-only too, so no caller can change what
+    the device copies are later made from."""
     cache = _operands.setdefault(B, {})
     key = ("host",) + _layout_key(problem, s)
     ops = cache.get(key)
     if ops is None:
-        ops = cache[key] = prepare(problem, s, B.values, B.indices)
+        ops = prepare(problem, s, B.values, B.indices)
+        for a in (ops.bv, ops.bi, ops.arows):
+            if a is not None:
+                a.flags.writeable = False
+        cache[key] = ops
     return ops
 
 

@@ -79,6 +79,18 @@ def prune(B, pattern, vector: int | None = None) -> np.ndarray:
     return np.where(mask.reshape(B.shape[0], -1)[:, cols], B, np.float32(0))
 
 
+def _frozen_copy(x):
+    """A read-only C-ordered copy of an ndarray (anything else is left for `validate` to refuse).
+
+    It is a view of a read-only private copy, so `setflags(write=True)` on it fails too. The
+    caller's array is never frozen or changed: it stays theirs, writable."""
+    if not isinstance(x, np.ndarray):
+        return x
+    owned = np.array(x, order="C", copy=True)
+    owned.flags.writeable = False
+    return owned.view()
+
+
 def _shape(shape) -> tuple[int, int]:
     if not isinstance(shape, (tuple, list)) or len(shape) != 2:
         raise ShapeError(f"shape {shape!r} must be (K, N)")
@@ -89,6 +101,12 @@ def _shape(shape) -> tuple[int, int]:
 class NMMatrix:
     """A compressed n:m (vector V) sparse K x N matrix. Build it with `compress` or `NMMatrix.from_dense`.
 
+    values (W, N) float32 and indices (W, ceil(N/V)) unsigned are read-only copies of the arrays
+    given: the kernels' weight layouts and device copies are cached per NMMatrix, so its arrays
+    never change (`B.values[0, 0] = 1` raises numpy's "assignment destination is read-only"). To
+    change the weights, build a new NMMatrix (compress, from_dense, or NMMatrix(values, indices,
+    pattern, shape) from edited copies). The arrays passed in stay the caller's, writable.
+
     Raises ShapeError / PatternError for arrays that do not fit the pattern and shape."""
     values: np.ndarray
     indices: np.ndarray
@@ -97,6 +115,8 @@ class NMMatrix:
 
     def __post_init__(self):
         object.__setattr__(self, "shape", _shape(self.shape))
+        object.__setattr__(self, "values", _frozen_copy(self.values))
+        object.__setattr__(self, "indices", _frozen_copy(self.indices))
         self.validate()
 
     @property

@@ -9,6 +9,7 @@ from nmgen.api import _layout_key
 from nmgen.ir import for_arch
 from nmgen.search.refine import refinements
 from nmgen.search.space import enumerate_space
+import fake_gpu as fake
 from helpers import TOL, random_problem, rel_err, run_interpreter
 
 H100 = for_arch("sm_90")
@@ -18,6 +19,12 @@ H100 = for_arch("sm_90")
 def tmp_db(tmp_path, monkeypatch):
     """An empty tuning database: `compile` takes the model's choice, never a record of this machine."""
     monkeypatch.setenv("NMGEN_DB", str(tmp_path / "tuning.db"))
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """The API on a fake H100 (tests/fake_gpu.py): launches run the kernel IR in the interpreter."""
+    return fake.install(monkeypatch)
 
 
 # ---- 1. every schedule the model or the database can choose is one that prepares and computes -----
@@ -89,3 +96,53 @@ def test_compile_takes_numpy_integers_as_ints():
     k = nmgen.compile((np.int64(17), np.int32(40), np.uint16(64)), pattern="2:4", vector=np.int64(1))
     assert (k.problem.M, k.problem.N, k.problem.K) == (17, 40, 64) and type(k.problem.M) is int
     assert k.problem == nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4))
+
+
+# ---- 2. the weights cannot change under the caches keyed on them ------------------------------------
+def test_nmmatrix_holds_read_only_copies_and_leaves_the_callers_arrays_alone(rng):
+    B0 = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 40)), "8:32", vector=32, prune_first=True)
+    values, indices = B0.values.copy(), B0.indices.copy()          # the caller's own, writable arrays
+    B = nmgen.NMMatrix(values, indices, B0.pattern, B0.shape)
+    for name in ("values", "indices"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(B, name)[0, 0] = 1
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(B, name)[...] *= 2
+        with pytest.raises(ValueError):                              # and it cannot be made writable
+            getattr(B, name).setflags(write=True)
+    with pytest.raises(AttributeError):                              # a frozen dataclass
+        B.values = values
+    assert values.flags.writeable and indices.flags.writeable      # never frozen behind the caller's back
+    values[0, 0] = 123.0                                           # the caller's edit is theirs alone
+    assert B.values[0, 0] == B0.values[0, 0] != 123.0
+    np.testing.assert_array_equal(B.to_dense(), B0.to_dense())
+
+
+def test_from_dense_leaves_the_dense_matrix_writable_and_unchanged(rng):
+    W = rng.standard_normal((64, 40)).astype(np.float32)
+    before = W.copy()
+    nmgen.NMMatrix.from_dense(W, "8:32", vector=32, prune_first=True)
+    assert W.flags.writeable
+    np.testing.assert_array_equal(W, before)
+
+
+def test_prepared_weights_are_read_only(rng):
+    p, A, B = random_problem(rng, 17, 100, 64, 8, 32, 32)
+    ops = nmgen.api.host_operands(B, p, nmgen.compile(p, B=B).schedule)
+    with pytest.raises(ValueError, match="read-only"):
+        ops.bv[0, 0] = 1
+
+
+def test_new_weights_give_a_new_product_never_a_stale_one(rng, gpu):
+    """After a first product (device copies cached on B), editing B in place is refused, and the
+    way to change the weights, a new NMMatrix, computes with the new values."""
+    p, A, B = random_problem(rng, 17, 100, 64, 8, 32, 32)
+    C1 = nmgen.spmm(A, B)
+    assert rel_err(C1, spmm_reference(A, B)) < TOL
+    with pytest.raises(ValueError, match="read-only"):
+        B.values[...] *= 2
+    B2 = nmgen.NMMatrix(B.values * 2, B.indices, B.pattern, B.shape)
+    C2 = nmgen.spmm(A, B2)
+    assert rel_err(C2, 2 * spmm_reference(A, B)) < TOL
+    assert rel_err(nmgen.spmm(A, B), spmm_reference(A, B)) < TOL     # B itself is unchanged
+    assert len(gpu.launches) == 3
