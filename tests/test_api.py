@@ -146,3 +146,62 @@ def test_new_weights_give_a_new_product_never_a_stale_one(rng, gpu):
     assert rel_err(C2, 2 * spmm_reference(A, B)) < TOL
     assert rel_err(nmgen.spmm(A, B), spmm_reference(A, B)) < TOL     # B itself is unchanged
     assert len(gpu.launches) == 3
+
+
+# ---- 7. the model's choice is cached per weight matrix where the weights decide it -----------------
+def _weights(p, rng, same_rows: bool):
+    """Random values; every vector keeping the same rows (short compacted lists) or random ones."""
+    n, m, W, nv = p.pattern.n, p.pattern.m, p.kept_rows, p.vectors
+    if same_rows:
+        idx = np.tile(np.arange(n, dtype=np.uint8), p.windows)[:, None].repeat(nv, 1)
+    else:
+        keys = rng.random((p.windows, m, nv))
+        idx = np.sort(np.argsort(keys, axis=1)[:, :n, :], axis=1).reshape(W, nv).astype(np.uint8)
+    return nmgen.NMMatrix(rng.standard_normal((W, p.N)).astype(np.float32), idx, p.pattern, (p.K, p.N))
+
+
+@pytest.fixture
+def fresh_model_cache(monkeypatch):
+    import weakref
+    from nmgen.search import choose
+    monkeypatch.setattr(choose, "_model_choice", {})
+    monkeypatch.setattr(choose, "_model_choice_by_b", weakref.WeakKeyDictionary())
+    return choose
+
+
+def test_second_weight_matrix_gets_its_own_model_choice(rng, fresh_model_cache):
+    """Two B's of one shape whose compacted "rows" lists differ: the second must not inherit the first's schedule."""
+    from nmgen.search.choose import model_best
+    p = nmgen.Problem(64, 256, 256, nmgen.Pattern(4, 32, 32))
+    B1, B2 = _weights(p, rng, same_rows=True), _weights(p, rng, same_rows=False)
+    best1, best2 = model_best(p, H100, B1), model_best(p, H100, B2)
+    assert best1 != best2                       # the premise: the weights decide the model's choice here
+    assert fresh_model_cache.choose(p, H100, B1) == best1
+    assert fresh_model_cache.choose(p, H100, B2) == best2
+    assert fresh_model_cache.choose(p, H100, B1) == best1
+    assert nmgen.compile(p, B=B2).schedule == best2
+
+
+def test_model_choice_cache_key(rng, fresh_model_cache, monkeypatch):
+    """Computed once per (problem, device, B) where "rows" schedules exist, once per (problem,
+    device) where they do not, and dropped with B."""
+    import gc
+    calls = []
+
+    def fake_best(problem, device, B=None):
+        calls.append(B)
+        return nmgen.Schedule(k_windows=len(calls))
+
+    monkeypatch.setattr(fresh_model_cache, "model_best", fake_best)
+    choose = fresh_model_cache.choose
+    rows = nmgen.Problem(64, 256, 256, nmgen.Pattern(4, 32, 32))        # 4:32 has "rows" schedules
+    B1, B2 = _weights(rows, rng, True), _weights(rows, rng, True)
+    assert [choose(rows, H100, b).k_windows for b in (B1, B2, B1, B2, None, None)] == [1, 2, 1, 2, 3, 3]
+    assert calls == [B1, B2, None]
+    plain = nmgen.Problem(64, 256, 256, nmgen.Pattern(2, 4, 1))          # 2:4 row-major: no "rows" schedule
+    C1, C2 = _weights(plain, rng, False), _weights(plain, rng, False)
+    assert choose(plain, H100, C1) == choose(plain, H100, C2) == choose(plain, H100, None)
+    assert len(calls) == 4
+    del B1, calls[:]
+    gc.collect()
+    assert len(fresh_model_cache._model_choice_by_b) == 1
