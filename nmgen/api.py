@@ -202,25 +202,55 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
     numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`).
     torch / cupy / __cuda_array_interface__ / DLPack CUDA A: used in place on its library's current
     stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised.
-    A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels."""
+    A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels.
+    A GPU A must be in the order of a given `kernel` (an A that is both, such as M = 1, fits either);
+    a host A is copied in the kernel's order."""
     if not isinstance(B, NMMatrix):
         raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
                          f"got {type(B).__name__}")
     from .runtime.arrays import device_view
     dv = device_view(A)
     if dv is None:
-        if isinstance(A, np.ndarray) and A.ndim == 2 and A.flags.f_contiguous and not A.flags.c_contiguous:
-            # column-major (e.g. x.T): keep that layout, its kernels copy A without transposing
-            return _spmm_host(host_matrix(A.T, "A (column-major)").T, B, out, schedule, kernel, "col")
-        return _spmm_host(host_matrix(A, "A"), B, out, schedule, kernel, "row")
+        a_major = _host_a_major(A, kernel)
+        return _spmm_host(_host_a(A, a_major), B, out, schedule, kernel, a_major)
     return _spmm_device(dv, B, out, schedule, kernel, stream)
+
+
+def a_major_of(row_major: bool, col_major: bool, want: str | None = None) -> str | None:
+    """The A order ("row" or "col") to run for an A stored row-major and/or column-major without
+    gaps, or None when it is neither. An A that is both (M = 1, or K = 1: a size-1 dimension's
+    stride never matters) is read correctly by kernels of either order: `want` (the given kernel's
+    order) if given, else "row"."""
+    if row_major and col_major:
+        return want or "row"
+    return "row" if row_major else "col" if col_major else None
+
+
+def _host_a(A, a_major: str) -> np.ndarray:
+    """A as a float32 (M, K) numpy matrix stored in order `a_major` (A itself where it already is)."""
+    if a_major == "row":
+        return host_matrix(A, "A")
+    if isinstance(A, np.ndarray) and A.ndim == 2:   # through the transpose: an F-ordered A is not copied
+        return host_matrix(A.T, "A").T
+    return np.asfortranarray(host_matrix(A, "A"))
+
+
+def _host_a_major(A, kernel: Kernel | None) -> str:
+    """A host A is copied to the GPU anyway: take the given kernel's order; else keep A's own
+    (column-major only when it is not also row-major), row-major for anything else."""
+    if kernel is not None:
+        return kernel.problem.a_major
+    if isinstance(A, np.ndarray) and A.ndim == 2:
+        return a_major_of(A.flags.c_contiguous, A.flags.f_contiguous) or "row"
+    return "row"
 
 
 def _kernel_for(M, B, schedule, kernel, device, a_major="row") -> Kernel:
     problem = Problem(M, B.N, B.K, B.pattern, a_major=a_major)
     if kernel is not None:
         if kernel.problem != problem:
-            raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}")
+            raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
+                             f"this A and B, or call spmm without kernel= to have it compiled")
         if kernel.schedule.a_load == "rows":  # its row lists must be those of this B
             return compile(problem, schedule=kernel.schedule, arch=kernel.arch, B=B, device=device)
         return kernel
@@ -264,13 +294,11 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     _check_a(M, K, B)
     if dv.dtype != np.float32:
         raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
-    if dv.c_contiguous:
-        a_major = "row"
-    elif dv.f_contiguous:
-        a_major = "col"      # a transposed view: its K rows are contiguous, used as they are
-    else:
-        raise ShapeError("A must be row-major or column-major without gaps (strides "
-                         f"{dv.strides}); call .contiguous() (torch) or cupy.ascontiguousarray")
+    # column-major: a transposed view, its K rows contiguous, used as they are
+    a_major = a_major_of(dv.c_contiguous, dv.f_contiguous, kernel.problem.a_major if kernel else None)
+    if a_major is None:
+        raise ShapeError(f"A must be row-major or column-major without gaps (shape {dv.shape}, strides "
+                         f"{dv.strides} bytes); call .contiguous() (torch) or cupy.ascontiguousarray")
     if dv.ptr % 4:
         raise ShapeError("A's data pointer is not 4-byte aligned")
     use_device(dv.device)

@@ -205,3 +205,79 @@ def test_model_choice_cache_key(rng, fresh_model_cache, monkeypatch):
     del B1, calls[:]
     gc.collect()
     assert len(fresh_model_cache._model_choice_by_b) == 1
+
+
+# ---- 6. degenerate dimensions do not make A's layout ambiguous ---------------------------------------
+@pytest.mark.parametrize("shape,strides,row,col", [
+    ((4, 8), (32, 4), True, False),          # row-major
+    ((4, 8), (4, 16), False, True),          # its transpose's view: column-major
+    ((1, 8), (32, 4), True, True),           # M = 1 (a row of a bigger matrix): both
+    ((1, 8), (4, 4), True, True),            # torch's (8, 1).t(): the size-1 stride is anything
+    ((1, 8), (0, 4), True, True),
+    ((8, 1), (4, 4), True, True),            # K = 1
+    ((8, 1), (4, 999), True, True),
+    ((1, 1), (7, 3), True, True),
+    ((0, 8), (32, 4), True, True),           # empty: no bytes to place
+    ((4, 8), (64, 4), False, False),         # every other row: gaps
+    ((4, 8), (32, 8), False, False),         # every other column
+    ((1, 8), (32, 8), False, False),         # M = 1 but K strided
+    ((4, 8), (4, 32), False, False),         # column-major with gaps
+])
+def test_dense_layouts_ignore_size_one_strides(shape, strides, row, col):
+    from nmgen.runtime.arrays import DeviceArray
+    d = DeviceArray(1 << 20, shape, strides, np.dtype(np.float32), 0, 0, None)
+    assert (d.c_contiguous, d.f_contiguous) == (row, col)
+    if all(s % 4 == 0 and s > 0 for s in strides):   # numpy, given the same strides, agrees
+        a = np.lib.stride_tricks.as_strided(np.zeros(4096, np.float32), shape, strides)
+        assert (a.flags.c_contiguous, a.flags.f_contiguous) == (row, col)
+
+
+@pytest.mark.parametrize("row,col,want,expect", [
+    (True, False, None, "row"), (False, True, None, "col"), (True, True, None, "row"),
+    (True, True, "col", "col"), (True, True, "row", "row"),
+    (True, False, "col", "row"),     # not both: A's own order (spmm then refuses the kernel, saying why)
+    (False, True, "row", "col"), (False, False, None, None), (False, False, "row", None),
+])
+def test_a_major_decision(row, col, want, expect):
+    assert nmgen.api.a_major_of(row, col, want) == expect
+
+
+# M = 1 (nmgen check --shape 1x1x64 --pattern 2:4 --a-major col refused its own kernel), K = m = 1, N = 1
+DEGENERATE = [((1, 1, 64), (2, 4, 1)), ((1, 100, 64), (8, 32, 32)), ((5, 3, 1), (1, 1, 1)), ((1, 1, 1), (1, 1, 1))]
+
+
+@pytest.mark.parametrize("kernel_major", ["row", "col", None])
+@pytest.mark.parametrize("shape,pattern", DEGENERATE, ids=str)
+def test_degenerate_a_runs_with_a_kernel_of_either_layout(rng, gpu, shape, pattern, kernel_major):
+    p, A, B = random_problem(rng, *shape, *pattern)
+    k = nmgen.compile(nmgen.Problem(*shape, p.pattern, a_major=kernel_major), B=B) if kernel_major else None
+    ref = spmm_reference(A, B)
+    for host in (A, np.asfortranarray(A), np.ascontiguousarray(A)):
+        assert rel_err(nmgen.spmm(host, B, kernel=k), ref) < TOL
+    rows = fake.FakeCudaArray.from_numpy(gpu, A)                          # row-major
+    cols = fake.FakeCudaArray.from_numpy(gpu, np.ascontiguousarray(A.T)).T   # a transposed view
+    for a in (rows, cols):
+        out = fake.FakeCudaArray.from_numpy(gpu, np.full(ref.shape, np.nan, np.float32))
+        assert nmgen.spmm(a, B, out=out, kernel=k) is out
+        assert rel_err(out.numpy(), ref) < TOL
+    if kernel_major:
+        assert all(name == k.name for name in gpu.launches)
+
+
+def test_n_one_output_with_any_size_one_stride(rng, gpu):
+    p, A, B = random_problem(rng, 17, 1, 64, 2, 4, 1)
+    buf = fake.FakeCudaArray.from_numpy(gpu, np.full(17, np.nan, np.float32))
+    out = buf.view(0, (17, 1), (1, 5))          # (17, 1) with stride 5 along its size-1 dimension
+    assert nmgen.spmm(fake.FakeCudaArray.from_numpy(gpu, A), B, out=out) is out
+    assert rel_err(out.numpy(), spmm_reference(A, B)) < TOL
+
+
+def test_a_kernel_of_the_other_layout(rng, gpu):
+    """A host A is copied in the given kernel's order; a GPU A that is only row-major is refused a
+    column-major kernel, with the reason."""
+    p, A, B = random_problem(rng, 17, 100, 64, 8, 32, 32)
+    col = nmgen.compile(nmgen.Problem(17, 100, 64, p.pattern, a_major="col"), B=B)
+    assert rel_err(nmgen.spmm(A, B, kernel=col), spmm_reference(A, B)) < TOL
+    with pytest.raises(nmgen.ShapeError, match=r"compiled for .*\(A column-major\), not 17x100x64 8:32x32: compile"):
+        nmgen.spmm(fake.FakeCudaArray.from_numpy(gpu, A), B, kernel=col,
+                   out=fake.FakeCudaArray.from_numpy(gpu, np.empty((17, 100), np.float32)))

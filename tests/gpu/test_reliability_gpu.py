@@ -1,0 +1,88 @@
+"""The API's reliability fixes on a real GPU (their CPU twins, on a fake GPU, are in tests/test_api.py):
+degenerate layouts (M = 1, K = 1, N = 1), `out` overlapping A, an empty batch (M = 0), weights that
+cannot go stale, and the small-K shapes whose weight preparation crashed."""
+import numpy as np
+import pytest
+
+import nmgen
+from nmgen import Problem, spmm, spmm_reference
+from helpers import TOL, random_problem, rel_err
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch, tmp_path):
+    monkeypatch.setenv("NMGEN_POISON_OUTPUT", "1")            # numpy path: unwritten outputs come back NaN
+    monkeypatch.setenv("NMGEN_DB", str(tmp_path / "tuning.db"))   # the model's choices, not this machine's records
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch", reason="torch is not installed: the in-place device path is not tested")
+
+
+def cupy_or_skip():
+    return pytest.importorskip("cupy", reason="cupy is not installed: its device path is not tested")
+
+
+# ---- small K: the weight preparation of these shapes raised numpy's "last axis must be contiguous" --
+@pytest.mark.parametrize("shape,pattern", [((1, 4096, 64), (8, 32, 32)), ((16, 256, 32), (8, 32, 32)),
+                                           ((1, 4096, 64), (16, 32, 32)), ((16, 1000, 64), (2, 8, 64)),
+                                           ((17, 255, 48), (4, 16, 16)), ((1, 77, 8), (2, 4, 1))],
+                         ids=lambda x: "x".join(map(str, x)))
+def test_small_k_shapes(rng, shape, pattern):
+    p, A, B = random_problem(rng, *shape, *pattern)
+    assert rel_err(spmm(A, B), spmm_reference(A, B)) < TOL
+    assert rel_err(spmm(np.asfortranarray(A), B), spmm_reference(A, B)) < TOL
+
+
+# ---- degenerate dimensions: an A that is both row- and column-major fits kernels of either order ---
+DEGENERATE = [((1, 1, 64), (2, 4, 1)), ((1, 4096, 64), (8, 32, 32)), ((5, 3, 1), (1, 1, 1)), ((1, 1, 1), (1, 1, 1))]
+
+
+@pytest.mark.parametrize("kernel_major", ["row", "col", None])
+@pytest.mark.parametrize("shape,pattern", DEGENERATE, ids=str)
+def test_degenerate_a_numpy(rng, shape, pattern, kernel_major):
+    """`nmgen check --shape 1x1x64 --pattern 2:4 --a-major col` refused its own kernel: a (1, K)
+    array is both C- and F-contiguous and spmm decided "row"."""
+    p, A, B = random_problem(rng, *shape, *pattern)
+    k = nmgen.compile(Problem(*shape, p.pattern, a_major=kernel_major), B=B) if kernel_major else None
+    for host in (A, np.asfortranarray(A)):
+        assert rel_err(spmm(host, B, kernel=k), spmm_reference(A, B)) < TOL
+
+
+@pytest.mark.parametrize("kernel_major", ["row", "col", None])
+@pytest.mark.parametrize("shape,pattern", DEGENERATE, ids=str)
+def test_degenerate_a_torch(rng, shape, pattern, kernel_major):
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, *shape, *pattern)
+    k = nmgen.compile(Problem(*shape, p.pattern, a_major=kernel_major), B=B) if kernel_major else None
+    ref = spmm_reference(A, B)
+    rows = torch.from_numpy(A).cuda()
+    cols = torch.from_numpy(np.ascontiguousarray(A.T)).cuda().t()       # (1, K) with strides (1, 1) for M = 1
+    for a in (rows, cols):
+        out = torch.full((p.M, p.N), float("nan"), device="cuda")
+        assert spmm(a, B, out=out, kernel=k) is out
+        torch.cuda.synchronize()
+        assert rel_err(out.cpu().numpy(), ref) < TOL
+        fresh = spmm(a, B, kernel=k)
+        torch.cuda.synchronize()
+        assert rel_err(fresh.cpu().numpy(), ref) < TOL
+
+
+def test_degenerate_a_cupy(rng):
+    cupy = cupy_or_skip()
+    p, A, B = random_problem(rng, 1, 1, 64, 2, 4, 1)
+    for a_major in ("row", "col"):
+        k = nmgen.compile(Problem(1, 1, 64, p.pattern, a_major=a_major), B=B)
+        out = spmm(cupy.asarray(A), B, kernel=k)
+        cupy.cuda.get_current_stream().synchronize()
+        assert rel_err(cupy.asnumpy(out), spmm_reference(A, B)) < TOL
+
+
+def test_n_one_output_view(rng):
+    """A (M, 1) output whose size-1 dimension has an odd stride is still C-contiguous."""
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, 17, 1, 64, 2, 4, 1)
+    out = torch.full((17,), float("nan"), device="cuda").as_strided((17, 1), (1, 5))
+    spmm(torch.from_numpy(A).cuda(), B, out=out)
+    torch.cuda.synchronize()
+    assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
