@@ -199,12 +199,16 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
          stream: int | None = None):
     """C = A @ B for a dense A (M x K, float32) and an n:m sparse B (NMMatrix, K x N).
 
-    numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`).
+    numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`, which may
+    be A itself or overlap it: A is uploaded before the kernel runs and `out` written only after).
     torch / cupy / __cuda_array_interface__ / DLPack CUDA A: used in place on its library's current
     stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised.
     A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels.
     A GPU A must be in the order of a given `kernel` (an A that is both, such as M = 1, fits either);
-    a host A is copied in the kernel's order."""
+    a host A is copied in the kernel's order. A GPU `out` must not overlap A (ShapeError).
+    An empty A (M = 0) gives an empty (0, N) C (or `out`) without compiling or launching anything.
+
+    Raises ShapeError for shapes, dtypes, layouts or an `out` that do not fit."""
     if not isinstance(B, NMMatrix):
         raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
                          f"got {type(B).__name__}")
@@ -262,6 +266,14 @@ def _check_a(M, K, B):
         raise ShapeError(f"A is {M}x{K} but B has K={B.K} rows: A's columns must equal B's rows")
 
 
+def _check_empty_batch(kernel: Kernel | None, B: NMMatrix) -> None:
+    """M = 0 runs no kernel, but a given kernel must still be one for this B."""
+    if kernel is not None:
+        p = kernel.problem
+        if (p.K, p.N, p.pattern) != (B.K, B.N, B.pattern):
+            raise ShapeError(f"the kernel was compiled for {p}, not for B ({B.K}x{B.N} {B.pattern})")
+
+
 def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     from .runtime import driver
     from .runtime.memory import DeviceBuffer, download, memset32, synchronize
@@ -269,8 +281,12 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     _check_a(M, K, B)
     A = A.T if a_major == "col" else A      # what is uploaded: (K, M) C-contiguous for column-major
     if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != np.float32
-                            or not out.flags.c_contiguous):
-        raise ShapeError(f"out must be a C-contiguous float32 numpy array of shape ({M}, {B.N})")
+                            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ShapeError(f"out must be a writable C-contiguous float32 numpy array of shape ({M}, {B.N}), got "
+                         f"{_describe(out)}")
+    if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
+        _check_empty_batch(kernel, B)
+        return out if out is not None else np.empty((0, B.N), np.float32)
     driver.init()
     k = _kernel_for(M, B, schedule, kernel, 0, a_major)
     ops = device_operands(B, k.problem, k.schedule, 0)
@@ -284,8 +300,28 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     return download(result, c.ptr)
 
 
-def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+def _describe(x) -> str:
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    return f"{type(x).__name__} {dtype} {tuple(shape)}" if shape is not None else type(x).__name__
+
+
+def _device_out(out, dv, N: int):
+    """`out` checked against A's (M, N) product (a new array of A's library when None)."""
     from .runtime.arrays import device_view, empty_like_owner
+    M = dv.shape[0]
+    if out is None:
+        return empty_like_owner(dv.owner, (M, N))
+    ov = device_view(out)
+    if ov is None or ov.shape != (M, N) or ov.dtype != np.float32 or not ov.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {N}), got {_describe(out)}"
+                         + (f" with strides {ov.strides} bytes" if ov is not None else ""))
+    if ov.device != dv.device:
+        raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
+    return out
+
+
+def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+    from .runtime.arrays import byte_range, device_view, overlaps
     from .runtime.memory import DeviceBuffer
     from .runtime.driver import check, driver, use_device
     if len(dv.shape) != 2:
@@ -294,6 +330,9 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     _check_a(M, K, B)
     if dv.dtype != np.float32:
         raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
+    if M == 0:   # an empty batch: an empty C of A's library, nothing launched
+        _check_empty_batch(kernel, B)
+        return _device_out(out, dv, B.N)
     # column-major: a transposed view, its K rows contiguous, used as they are
     a_major = a_major_of(dv.c_contiguous, dv.f_contiguous, kernel.problem.a_major if kernel else None)
     if a_major is None:
@@ -301,6 +340,13 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
                          f"{dv.strides} bytes); call .contiguous() (torch) or cupy.ascontiguousarray")
     if dv.ptr % 4:
         raise ShapeError("A's data pointer is not 4-byte aligned")
+    out = _device_out(out, dv, B.N)
+    ov = device_view(out)
+    if overlaps(dv, ov):   # the kernel reads A while it writes C (and split-K zeroes C before it starts)
+        a0, a1 = byte_range(dv.ptr, dv.shape, dv.strides, 4)
+        o0, o1 = byte_range(ov.ptr, ov.shape, ov.strides, 4)
+        raise ShapeError(f"out overlaps A: A {dv.shape} lies in bytes [{a0:#x}, {a1:#x}) and out {ov.shape} in "
+                         f"[{o0:#x}, {o1:#x}); pass a separate output array (or none: spmm allocates one)")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
     k = _kernel_for(M, B, schedule, kernel, dv.device, a_major)
@@ -309,13 +355,6 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
         temporaries.append(DeviceBuffer(M * K * 4, dv.device))
         check(driver().cuMemcpyDtoDAsync(temporaries[-1].ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
         a_ptr = temporaries[-1].ptr
-    if out is None:
-        out = empty_like_owner(dv.owner, (M, B.N))
-    ov = device_view(out)
-    if ov is None or ov.shape != (M, B.N) or ov.dtype != np.float32 or not ov.c_contiguous:
-        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {B.N})")
-    if ov.device != dv.device:
-        raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     ops = device_operands(B, k.problem, k.schedule, dv.device)
     if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
         temporaries.append(DeviceBuffer(M * B.N * 4, dv.device))

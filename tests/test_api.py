@@ -281,3 +281,132 @@ def test_a_kernel_of_the_other_layout(rng, gpu):
     with pytest.raises(nmgen.ShapeError, match=r"compiled for .*\(A column-major\), not 17x100x64 8:32x32: compile"):
         nmgen.spmm(fake.FakeCudaArray.from_numpy(gpu, A), B, kernel=col,
                    out=fake.FakeCudaArray.from_numpy(gpu, np.empty((17, 100), np.float32)))
+
+
+# ---- 5. an empty batch (M = 0) is an empty product, with no GPU at all ------------------------------
+@pytest.fixture
+def no_gpu_work(monkeypatch):
+    """Anything that would compile or touch the GPU fails the test."""
+    from nmgen.runtime import driver
+
+    def refuse(*a, **k):
+        raise AssertionError("an empty batch must not compile or touch the GPU")
+    monkeypatch.setattr(nmgen.api, "compile", refuse)
+    monkeypatch.setattr(driver, "init", refuse)
+    monkeypatch.setattr(driver, "use_device", refuse)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_empty_batch_numpy(rng, no_gpu_work, order):
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    A = np.zeros((0, 64), np.float32, order=order)
+    C = nmgen.spmm(A, B)
+    assert isinstance(C, np.ndarray) and C.shape == (0, 100) and C.dtype == np.float32
+    out = np.empty((0, 100), np.float32)
+    assert nmgen.spmm(A, B, out=out) is out
+    assert nmgen.spmm(np.zeros((0, 64)), B).shape == (0, 100)          # float64 A: converted, still empty
+    np.testing.assert_array_equal(spmm_reference(A, B), np.zeros((0, 100)))
+    k = nmgen.Kernel.__new__(nmgen.Kernel)                              # a kernel object for this B (never run)
+    k.problem = nmgen.Problem(8, 100, 64, B.pattern)
+    assert nmgen.spmm(A, B, kernel=k).shape == (0, 100)
+
+
+def test_empty_batch_checks_still_apply(rng, no_gpu_work):
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    with pytest.raises(nmgen.ShapeError, match=r"A is 0x32 but B has K=64 rows"):
+        nmgen.spmm(np.zeros((0, 32), np.float32), B)
+    with pytest.raises(nmgen.ShapeError, match=r"out must be a writable C-contiguous float32 numpy array of shape "
+                                               r"\(0, 100\), got ndarray float32 \(0, 99\)"):
+        nmgen.spmm(np.zeros((0, 64), np.float32), B, out=np.empty((0, 99), np.float32))
+    other = nmgen.Kernel.__new__(nmgen.Kernel)
+    other.problem = nmgen.Problem(8, 100, 64, nmgen.Pattern(16, 32, 32))
+    with pytest.raises(nmgen.ShapeError, match=r"kernel was compiled for 8x100x64 16:32x32, not for B"):
+        nmgen.spmm(np.zeros((0, 64), np.float32), B, kernel=other)
+
+
+def test_empty_batch_on_the_gpu_path(rng, gpu):
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    A = fake.FakeCudaArray.from_numpy(gpu, np.zeros((0, 64), np.float32))
+    C = nmgen.spmm(A, B)
+    assert isinstance(C, fake.FakeCudaArray) and C.shape == (0, 100)
+    out = fake.FakeCudaArray.from_numpy(gpu, np.zeros((0, 100), np.float32))
+    assert nmgen.spmm(A, B, out=out) is out
+    assert nmgen.spmm(A.T.T, B, out=out) is out
+    assert gpu.launches == [] and gpu.memsets == 0
+    with pytest.raises(nmgen.ShapeError, match=r"out must be a C-contiguous float32 GPU array of shape \(0, 100\)"):
+        nmgen.spmm(A, B, out=fake.FakeCudaArray.from_numpy(gpu, np.zeros((1, 100), np.float32)))
+
+
+# ---- 3. an output that overlaps A ---------------------------------------------------------------------
+def _dev(ptr, shape, strides, itemsize=4):
+    from nmgen.runtime.arrays import DeviceArray
+    return DeviceArray(ptr, shape, tuple(s * itemsize for s in strides), np.dtype(f"f{itemsize}"), 0, 0, None)
+
+
+BASE = 1 << 20
+A44 = _dev(BASE, (4, 4), (4, 1))                                   # a 4x4 row-major matrix: 64 bytes
+
+
+@pytest.mark.parametrize("other,expect", [
+    (A44, True),                                                   # itself
+    (_dev(BASE, (4, 4), (1, 4)), True),                            # its transpose
+    (_dev(BASE + 48, (1, 4), (4, 1)), True),                       # its last row
+    (_dev(BASE + 60, (2, 2), (2, 1)), True),                       # starts on its last element
+    (_dev(BASE - 16, (2, 2), (2, 1)), False),                      # ends right before it
+    (_dev(BASE - 12, (2, 2), (2, 1)), True),                       # ends on its first element
+    (_dev(BASE + 64, (4, 4), (4, 1)), False),                      # the next matrix of a batch
+    (_dev(BASE + 64, (4, 4), (1, 4)), False),                      # ... transposed
+    (_dev(BASE + 64, (0, 4), (4, 1)), False),                      # empty: no bytes
+    (_dev(BASE + 32, (0, 4), (4, 1)), False),                      # empty inside A: still none
+    (_dev(BASE + 60, (2, 2), (-2, -1)), True),                     # negative strides reaching back into it
+    (_dev(BASE + 76, (2, 2), (-2, -1)), False),                    # ... stopping right after it
+    (_dev(BASE + 8, (3, 1), (4, 9)), True),                        # a column view (size-1 stride anything)
+])
+def test_overlap_is_a_byte_range_test(other, expect):
+    from nmgen.runtime.arrays import byte_range, overlaps
+    assert byte_range(A44.ptr, A44.shape, A44.strides, 4) == (BASE, BASE + 64)
+    assert overlaps(A44, other) is expect and overlaps(other, A44) is expect
+
+
+def test_out_overlapping_a_is_refused_on_the_gpu_path(rng, gpu):
+    """out=A with N == K used to run, and split-K's zeroing of C wiped A first."""
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)
+    Ad = fake.FakeCudaArray.from_numpy(gpu, A)
+    At = fake.FakeCudaArray.from_numpy(gpu, np.ascontiguousarray(A.T)).T      # column-major A
+    for a, out in ((Ad, Ad), (Ad, Ad.view(0, (16, 64), (64, 1))), (At, At.T.view(0, (16, 64), (64, 1)))):
+        with pytest.raises(nmgen.ShapeError, match=r"out overlaps A: .*pass a separate output array"):
+            nmgen.spmm(a, B, out=out, schedule=nmgen.Schedule(block_m=16, block_n=64, warp_m=16, warp_n=32,
+                                                              thread_m=4, thread_n=4, split_k=2))
+    big = fake.FakeCudaArray.from_numpy(gpu, np.zeros(16 * 64 * 2 + 32, np.float32))
+    a = big.view(0, (16, 64), (64, 1))
+    a_col = big.view(0, (16, 64), (1, 16))
+    gpu.bytes(a.ptr, A.nbytes)[:] = A.reshape(-1).view(np.uint8)
+    with pytest.raises(nmgen.ShapeError, match="out overlaps A"):
+        nmgen.spmm(a, B, out=big.view(32, (16, 64), (64, 1)))           # half a matrix further on
+    with pytest.raises(nmgen.ShapeError, match="out overlaps A"):
+        nmgen.spmm(a_col, B, out=big.view(16 * 64 - 1, (16, 64), (64, 1)))   # sharing one element
+    assert gpu.launches == []
+    out = big.view(16 * 64, (16, 64), (64, 1))                         # the disjoint neighbour: fine
+    assert nmgen.spmm(a, B, out=out) is out
+    assert rel_err(out.numpy(), spmm_reference(A, B)) < TOL
+    assert rel_err(a.numpy(), A) == 0                                  # A untouched
+
+
+def test_numpy_out_may_be_a(rng, gpu):
+    """numpy A is uploaded before the kernel runs and out is written only by the download after
+    it: out=A (N == K) is harmless and gives the product, also with split-K."""
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)
+    ref = spmm_reference(A, B)
+    for s in (None, nmgen.Schedule(block_m=16, block_n=64, warp_m=16, warp_n=32, thread_m=4, thread_n=4,
+                                   split_k=2)):
+        X = A.copy()
+        assert nmgen.spmm(X, B, out=X, schedule=s) is X
+        assert rel_err(X, ref) < TOL
+    buf = np.zeros(16 * 64 + 8, np.float32)
+    X, out = buf[:16 * 64].reshape(16, 64), buf[8:].reshape(16, 64)    # overlapping views of one buffer
+    X[...] = A
+    assert nmgen.spmm(X, B, out=out) is out and rel_err(out, ref) < TOL
+    frozen = np.empty((16, 64), np.float32)
+    frozen.flags.writeable = False               # the download writes raw bytes: it must not ignore that
+    with pytest.raises(nmgen.ShapeError, match="out must be a writable"):
+        nmgen.spmm(A, B, out=frozen)

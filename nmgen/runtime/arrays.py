@@ -49,6 +49,24 @@ def dense(shape, strides, itemsize: int) -> bool:
     return True
 
 
+def byte_range(ptr: int, shape, strides, itemsize: int) -> tuple[int, int]:
+    """[start, end) of the bytes an array's elements lie in (strides in bytes, any sign); an empty
+    array has none: (ptr, ptr)."""
+    if any(n == 0 for n in shape):
+        return ptr, ptr
+    start = ptr + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    end = ptr + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + itemsize
+    return start, end
+
+
+def overlaps(a: DeviceArray, b: DeviceArray) -> bool:
+    """Whether two arrays' byte ranges share a byte. Exact for arrays without gaps (what spmm
+    accepts); for gapped views it may say True for interleaved ones that share no element."""
+    a0, a1 = byte_range(a.ptr, a.shape, a.strides, a.dtype.itemsize)
+    b0, b1 = byte_range(b.ptr, b.shape, b.strides, b.dtype.itemsize)
+    return a0 < a1 and b0 < b1 and a0 < b1 and b0 < a1     # an empty array overlaps nothing
+
+
 def _torch_view(x) -> DeviceArray:
     import torch
     if x.device.type != "cuda":

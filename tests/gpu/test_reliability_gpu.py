@@ -86,3 +86,88 @@ def test_n_one_output_view(rng):
     spmm(torch.from_numpy(A).cuda(), B, out=out)
     torch.cuda.synchronize()
     assert rel_err(out.cpu().numpy(), spmm_reference(A, B)) < TOL
+
+
+# ---- an empty batch (M = 0): an empty (0, N) result of A's library, nothing launched --------------
+def test_empty_batch_numpy(rng):
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    C = spmm(np.zeros((0, 64), np.float32), B)
+    assert isinstance(C, np.ndarray) and C.shape == (0, 100) and C.dtype == np.float32
+
+
+def test_empty_batch_torch(rng):
+    torch = torch_or_skip()
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    A = torch.empty((0, 64), device="cuda")
+    C = spmm(A, B)
+    assert isinstance(C, torch.Tensor) and C.is_cuda and tuple(C.shape) == (0, 100) and C.dtype == torch.float32
+    out = torch.empty((0, 100), device="cuda")
+    assert spmm(A, B, out=out) is out
+    assert tuple(spmm(torch.empty((64, 0), device="cuda").t(), B).shape) == (0, 100)   # column-major empty
+    with pytest.raises(nmgen.ShapeError, match="A's columns must equal B's rows"):
+        spmm(torch.empty((0, 32), device="cuda"), B)
+
+
+def test_empty_batch_cupy(rng):
+    cupy = cupy_or_skip()
+    p, _, B = random_problem(rng, 1, 100, 64, 8, 32, 32)
+    C = spmm(cupy.empty((0, 64), cupy.float32), B)
+    assert isinstance(C, cupy.ndarray) and C.shape == (0, 100) and C.dtype == cupy.float32
+
+
+# ---- out overlapping A: refused on the GPU path (split-K zeroes C before the kernel reads A) ---------
+SPLIT = nmgen.Schedule(block_m=16, block_n=64, warp_m=16, warp_n=32, thread_m=4, thread_n=4, split_k=2)
+
+
+def test_out_overlapping_a_torch(rng):
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)                 # N == K: out=A type-checks
+    At = torch.from_numpy(A).cuda()
+    flat = torch.zeros(2 * A.size + 32, device="cuda")
+    a = flat[:A.size].view(16, 64)
+    a.copy_(At)
+    for x, out in ((At, At), (At.view(64, 16).t(), At), (a, flat[32:32 + A.size].view(16, 64)),
+                   (a, flat[A.size - 1:2 * A.size - 1].view(16, 64))):   # itself, a column-major view, offset views
+        with pytest.raises(nmgen.ShapeError, match="out overlaps A.*pass a separate output array"):
+            spmm(x, B, out=out, schedule=SPLIT)
+    torch.cuda.synchronize()
+    assert rel_err(At.cpu().numpy(), A) == 0                             # nothing ran: A is intact
+    neighbour = flat[A.size:2 * A.size].view(16, 64)                      # right after A: fine
+    for s in (None, SPLIT):
+        neighbour.fill_(float("nan"))
+        spmm(a, B, out=neighbour, schedule=s)
+        torch.cuda.synchronize()
+        assert rel_err(neighbour.cpu().numpy(), spmm_reference(A, B)) < TOL
+    assert rel_err(a.cpu().numpy(), A) == 0
+
+
+def test_out_overlapping_a_cupy(rng):
+    cupy = cupy_or_skip()
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)
+    Ac = cupy.asarray(A)
+    with pytest.raises(nmgen.ShapeError, match="out overlaps A"):
+        spmm(Ac, B, out=Ac, schedule=SPLIT)
+
+
+def test_numpy_out_may_be_a(rng):
+    """A host A is uploaded before the kernel and out written only by the download after it."""
+    p, A, B = random_problem(rng, 16, 64, 64, 8, 32, 32)
+    for s in (None, SPLIT):
+        X = A.copy()
+        assert spmm(X, B, out=X, schedule=s) is X
+        assert rel_err(X, spmm_reference(A, B)) < TOL
+
+
+# ---- weights cannot go stale: the device copies are cached per (read-only) NMMatrix ---------------
+def test_changed_weights_are_a_new_matrix(rng):
+    torch = torch_or_skip()
+    p, A, B = random_problem(rng, 64, 512, 512, 8, 32, 32)
+    At = torch.from_numpy(A).cuda()
+    C1 = spmm(At, B)
+    with pytest.raises(ValueError, match="read-only"):
+        B.values[...] *= 2
+    B2 = nmgen.NMMatrix(B.values * 2, B.indices, B.pattern, B.shape)
+    C2 = spmm(At, B2)
+    torch.cuda.synchronize()
+    assert rel_err(C1.cpu().numpy(), spmm_reference(A, B)) < TOL
+    assert rel_err(C2.cpu().numpy(), 2 * spmm_reference(A, B)) < TOL
