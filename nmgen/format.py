@@ -128,9 +128,9 @@ class NMMatrix:
         p, (K, N) = self.pattern, self.shape
         if not isinstance(p, Pattern):
             raise PatternError(f"pattern must be a nmgen.Pattern, got {type(p).__name__}")
-        if K < 1 or N < 1:
-            raise ShapeError(f"shape {self.shape} must be positive")
-        p.check_k(K)
+        if N < 1:
+            raise ShapeError(f"shape {self.shape}: B needs at least one column (N >= 1)")
+        p.check_k(K)        # K >= 1, a multiple of m (the message says how to pad)
         W, nv = K // p.m * p.n, ceil_div(N, p.vector)
         v, ix = self.values, self.indices
         if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (W, N):

@@ -153,7 +153,8 @@ def test_numpy_integer_sizes_are_accepted_as_ints():
     lambda: NMMatrix.from_dense(np.zeros((0, 8), np.float32), "2:4", prune_first=True),
     lambda: prune(np.zeros((0, 8), np.float32), "2:4"),
     lambda: compress(np.zeros((0, 8), np.float32), "2:4"),
-], ids=["from_dense", "from_dense-prune_first", "prune", "compress"])
+    lambda: NMMatrix(np.zeros((0, 8), np.float32), np.zeros((0, 8), np.uint8), Pattern(2, 4), (0, 8)),
+], ids=["from_dense", "from_dense-prune_first", "prune", "compress", "NMMatrix"])
 def test_k_zero_is_refused_clearly(call):
     with pytest.raises(ShapeError, match=r"K=0: B needs at least one window of m=4 rows"):
         call()
@@ -171,6 +172,8 @@ def test_k_zero_and_mismatched_k_in_pad_k():
 def test_no_columns_is_refused_clearly():
     with pytest.raises(ShapeError, match="B is 8x0: it needs at least one column"):
         prune(np.zeros((8, 0), np.float32), "2:4")
+    with pytest.raises(ShapeError, match=r"shape \(8, 0\): B needs at least one column"):
+        NMMatrix(np.zeros((4, 0), np.float32), np.zeros((4, 0), np.uint8), Pattern(2, 4), (8, 0))
 
 
 @pytest.mark.parametrize("m", [3, "1:3", Pattern(1, 3, 2), np.int64(3)], ids=repr)
