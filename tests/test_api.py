@@ -410,3 +410,14 @@ def test_numpy_out_may_be_a(rng, gpu):
     frozen.flags.writeable = False               # the download writes raw bytes: it must not ignore that
     with pytest.raises(nmgen.ShapeError, match="out must be a writable"):
         nmgen.spmm(A, B, out=frozen)
+
+
+def test_download_refuses_arrays_its_raw_copy_would_corrupt():
+    """The device-to-host copy writes nbytes at the data pointer: a strided or read-only array
+    would get bytes where they do not belong (checked before any CUDA call: no GPU needed)."""
+    from nmgen.runtime.memory import download
+    frozen = np.zeros((4, 4), np.float32)
+    frozen.flags.writeable = False
+    for bad in (np.zeros((4, 8), np.float32)[:, ::2], np.zeros((4, 4), np.float32).T[:, :3], frozen):
+        with pytest.raises(nmgen.ShapeError, match="C-contiguous writable"):
+            download(bad, 1 << 20)
