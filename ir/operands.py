@@ -144,8 +144,17 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
     dt = INDEX_DTYPES[g.idx_bits]
     bi = np.zeros((T * tn, g.chunk_bytes), np.uint8)
-    bi[:, :chunks.shape[1] * dt.itemsize] = np.ascontiguousarray(chunks, dt).view(np.uint8).reshape(T * tn, -1)
+    bi[:, :chunks.shape[1] * dt.itemsize] = _bytes(chunks, dt)
     return Operands(g, bv, bi, arows)
+
+
+def _bytes(x: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """(rows, cols) integers -> (rows, cols * itemsize) uint8, each entry little-endian in `dt`.
+
+    The reshapes above return views whenever numpy can: with one index unit per block (upb = 1)
+    and one K tile, `chunks` is a transposed view, and `astype` keeps that layout. Reinterpreting
+    bytes needs a C-contiguous array, so make one rather than rely on how the view came out."""
+    return np.ascontiguousarray(x, dtype=dt).view(np.uint8).reshape(x.shape[0], -1)
 
 
 def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:

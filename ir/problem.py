@@ -6,6 +6,7 @@ share one choice of rows. V=1 is element-wise n:m (2:4 and friends); V=32, m=32 
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 
@@ -19,18 +20,31 @@ _SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 MAX_WINDOW = 4096
 
 
+def as_int(value, what: str, error: type = ShapeError) -> int:
+    """`value` as a Python int. Python and numpy integers pass; bools, floats (even 64.0), strings
+    and anything else are refused (`error`, naming `what` and the value) rather than truncated:
+    a size of 2.5 or True is a mistake in the caller, not a request for 2 or 1."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise error(f"{what}={value!r} must be an integer, not a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise error(f"{what}={value!r} must be an integer, got {type(value).__name__}") from None
+
+
 @dataclass(frozen=True)
 class Pattern:
-    """n of every m consecutive K rows kept, the choice shared by `vector` consecutive columns."""
+    """n of every m consecutive K rows kept, the choice shared by `vector` consecutive columns.
+
+    n, m and vector must be integers (numpy integers are converted; floats and bools raise
+    PatternError)."""
     n: int
     m: int
     vector: int = 1
 
     def __post_init__(self):
-        for name in ("n", "m", "vector"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise PatternError(f"pattern {name}={v!r} must be an integer")
+        for name, what in (("n", "pattern n"), ("m", "pattern m"), ("vector", "vector length V")):
+            object.__setattr__(self, name, as_int(getattr(self, name), what, PatternError))
         if self.m < 1 or self.m > MAX_WINDOW:
             raise PatternError(f"pattern window m={self.m} must be between 1 and {MAX_WINDOW}")
         if not 1 <= self.n <= self.m:
@@ -43,7 +57,7 @@ class Pattern:
         mt = _PATTERN_RE.match(str(text))
         if not mt:
             raise PatternError(f"pattern {text!r} is not of the form n:m, e.g. 2:4 or 8:32")
-        return cls(int(mt.group(1)), int(mt.group(2)), int(vector))
+        return cls(int(mt.group(1)), int(mt.group(2)), vector)   # Pattern refuses a vector that is no integer
 
     @property
     def density(self) -> float:
@@ -57,10 +71,14 @@ class Pattern:
         return f"{self.n}:{self.m}x{self.vector}"
 
     def check_k(self, K: int) -> None:
+        """K (B's rows, A's columns) must be a positive multiple of m; the error shows the call that pads it."""
+        if K < 1:
+            raise ShapeError(f"K={K}: B needs at least one window of m={self.m} rows (and A as many columns); "
+                             f"an empty K has nothing to multiply")
         if K % self.m:
             pad = -(-K // self.m) * self.m
-            raise ShapeError(f"K={K} is not a multiple of the pattern window m={self.m}; "
-                             f"pad K to {pad} with zero rows (nmgen.pad_k)")
+            raise ShapeError(f"K={K} is not a multiple of the pattern window m={self.m}; pad K to {pad} with "
+                             f"zero rows: A, B = nmgen.pad_k(A, B, m={self.m})")
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -74,6 +92,12 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 A_MAJORS = ("row", "col")
+_WHY_POSITIVE = {
+    "M": "a kernel needs at least one row of A (nmgen.spmm returns an empty (0, N) result for an empty "
+         "A without compiling a kernel)",
+    "N": "B needs at least one column",
+    "K": "B needs at least one window of m rows",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +107,8 @@ class Problem:
     `a_major` is A's memory order: "row" (M x K row-major, the usual activations) or "col"
     (column-major: K x M row-major in memory, e.g. a transposed view, as NM-SpMM stores A).
     `dtype` is what A and B hold and how they are multiplied (ir.dtypes: f32, tf32, bf16, f16);
-    `c_dtype` what C holds (f32, bf16, f16; by default A's storage type)."""
+    `c_dtype` what C holds (f32, bf16, f16; by default A's storage type).
+    M, N and K are integers >= 1 (numpy integers are converted; floats and bools raise ShapeError)."""
     M: int
     N: int
     K: int
@@ -93,12 +118,15 @@ class Problem:
     c_dtype: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.pattern, Pattern):
+            raise PatternError(f"pattern must be a nmgen.Pattern (e.g. Pattern(8, 32, 32)), got {self.pattern!r}")
         if self.a_major not in A_MAJORS:
             raise ShapeError(f"a_major={self.a_major!r} must be 'row' (A row-major) or 'col' (column-major)")
         for name in ("M", "N", "K"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ShapeError(f"{name}={v!r} must be a positive integer")
+            v = as_int(getattr(self, name), name)
+            object.__setattr__(self, name, v)
+            if v < 1:
+                raise ShapeError(f"{name}={v} must be a positive integer: " + _WHY_POSITIVE[name])
         from .dtypes import DTYPES, OUTPUT_DTYPES
         if self.dtype not in DTYPES:
             raise ShapeError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")

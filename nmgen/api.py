@@ -12,18 +12,20 @@ import numpy as np
 from . import codegen
 from .arrays import host_matrix
 from .errors import CudaUnavailable, ShapeError
-from .format import NMMatrix
+from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
 from .ir.device import Device, for_arch
 from .ir.layout import ComputeLayout
 from .ir.operands import Geometry, geometry, prepare
-from .ir.problem import Pattern, Problem, parse_shape
+from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
 from .ir.validate import validate
 from .search.heuristic import default_schedule
 
 _kernels: dict = {}
 _kernels_lock = threading.Lock()
+# The weights laid out per schedule, and their device copies, per NMMatrix (by identity: an
+# NMMatrix's arrays are read-only, so what it holds cannot change under the cache)
 _operands: "weakref.WeakKeyDictionary[NMMatrix, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -77,13 +79,23 @@ class Kernel:
 
 
 def _problem(problem, pattern, vector, a_major) -> Problem:
+    """A Problem from a Problem, "MxNxK" or (M, N, K), a pattern and a vector length. Sizes must be
+    integers >= 1: 2.5, 64.7, True or 0 raise (ShapeError / PatternError), never truncated."""
     if isinstance(problem, Problem):
+        if pattern is not None and _pattern(pattern, vector) != problem.pattern or (
+                pattern is None and vector is not None and as_int(vector, "vector") != problem.pattern.vector):
+            raise ShapeError(f"pattern={pattern!r}, vector={vector!r} disagree with the problem's {problem.pattern}; "
+                             f"pass the Problem alone")
         return problem
-    M, N, K = parse_shape(problem) if isinstance(problem, str) else problem
+    if isinstance(problem, str):
+        M, N, K = parse_shape(problem)
+    elif isinstance(problem, (tuple, list)) and len(problem) == 3:
+        M, N, K = problem
+    else:
+        raise ShapeError(f"problem {problem!r} must be a shape 'MxNxK', a tuple (M, N, K) or a nmgen.Problem")
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
-    p = pattern if isinstance(pattern, Pattern) else Pattern.parse(pattern, vector or 1)
-    return Problem(int(M), int(N), int(K), p, a_major=a_major)
+    return Problem(M, N, K, _pattern(pattern, vector), a_major=a_major)   # Problem checks the sizes
 
 
 def current_device(ordinal: int = 0) -> Device | None:
@@ -142,11 +154,18 @@ def _layout_key(problem: Problem, s: Schedule) -> tuple:
 
 
 def host_operands(B: NMMatrix, problem: Problem, s: Schedule):
+    """B laid out for schedule `s` (ir.operands.Operands), cached on B: correct because an NMMatrix's
+    arrays are read-only. The cached arrays are made read-only too, so no caller can change what
+    the device copies are later made from."""
     cache = _operands.setdefault(B, {})
     key = ("host",) + _layout_key(problem, s)
     ops = cache.get(key)
     if ops is None:
-        ops = cache[key] = prepare(problem, s, B.values, B.indices)
+        ops = prepare(problem, s, B.values, B.indices)
+        for a in (ops.bv, ops.bi, ops.arows):
+            if a is not None:
+                a.flags.writeable = False
+        cache[key] = ops
     return ops
 
 
@@ -182,28 +201,62 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
          stream: int | None = None):
     """C = A @ B for a dense A (M x K, float32) and an n:m sparse B (NMMatrix, K x N).
 
-    numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`).
+    numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`, which may
+    be A itself or overlap it: A is uploaded before the kernel runs and `out` written only after).
     torch / cupy / __cuda_array_interface__ / DLPack CUDA A: used in place on its library's current
     stream (or `stream`); C is `out` or a new array of the same library; nothing is synchronised.
-    A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels."""
+    A may be row-major or column-major (a transposed view such as `x.t()`): each has its kernels.
+    A GPU A must be in the order of a given `kernel` (an A that is both, such as M = 1, fits either);
+    a host A is copied in the kernel's order. A GPU `out` must not overlap A (ShapeError).
+    An empty A (M = 0) gives an empty (0, N) C (or `out`) without compiling or launching anything.
+
+    Raises ShapeError for shapes, dtypes, layouts or an `out` that do not fit."""
     if not isinstance(B, NMMatrix):
         raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
                          f"got {type(B).__name__}")
     from .runtime.arrays import device_view
     dv = device_view(A)
     if dv is None:
-        if isinstance(A, np.ndarray) and A.ndim == 2 and A.flags.f_contiguous and not A.flags.c_contiguous:
-            # column-major (e.g. x.T): keep that layout, its kernels copy A without transposing
-            return _spmm_host(host_matrix(A.T, "A (column-major)").T, B, out, schedule, kernel, "col")
-        return _spmm_host(host_matrix(A, "A"), B, out, schedule, kernel, "row")
+        a_major = _host_a_major(A, kernel)
+        return _spmm_host(_host_a(A, a_major), B, out, schedule, kernel, a_major)
     return _spmm_device(dv, B, out, schedule, kernel, stream)
+
+
+def a_major_of(row_major: bool, col_major: bool, want: str | None = None) -> str | None:
+    """The A order ("row" or "col") to run for an A stored row-major and/or column-major without
+    gaps, or None when it is neither. An A that is both (M = 1, or K = 1: a size-1 dimension's
+    stride never matters) is read correctly by kernels of either order: `want` (the given kernel's
+    order) if given, else "row"."""
+    if row_major and col_major:
+        return want or "row"
+    return "row" if row_major else "col" if col_major else None
+
+
+def _host_a(A, a_major: str) -> np.ndarray:
+    """A as a float32 (M, K) numpy matrix stored in order `a_major` (A itself where it already is)."""
+    if a_major == "row":
+        return host_matrix(A, "A")
+    if isinstance(A, np.ndarray) and A.ndim == 2:   # through the transpose: an F-ordered A is not copied
+        return host_matrix(A.T, "A").T
+    return np.asfortranarray(host_matrix(A, "A"))
+
+
+def _host_a_major(A, kernel: Kernel | None) -> str:
+    """A host A is copied to the GPU anyway: take the given kernel's order; else keep A's own
+    (column-major only when it is not also row-major), row-major for anything else."""
+    if kernel is not None:
+        return kernel.problem.a_major
+    if isinstance(A, np.ndarray) and A.ndim == 2:
+        return a_major_of(A.flags.c_contiguous, A.flags.f_contiguous) or "row"
+    return "row"
 
 
 def _kernel_for(M, B, schedule, kernel, device, a_major="row") -> Kernel:
     problem = Problem(M, B.N, B.K, B.pattern, a_major=a_major)
     if kernel is not None:
         if kernel.problem != problem:
-            raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}")
+            raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
+                             f"this A and B, or call spmm without kernel= to have it compiled")
         if kernel.schedule.a_load == "rows":  # its row lists must be those of this B
             return compile(problem, schedule=kernel.schedule, arch=kernel.arch, B=B, device=device)
         return kernel
@@ -215,6 +268,14 @@ def _check_a(M, K, B):
         raise ShapeError(f"A is {M}x{K} but B has K={B.K} rows: A's columns must equal B's rows")
 
 
+def _check_empty_batch(kernel: Kernel | None, B: NMMatrix) -> None:
+    """M = 0 runs no kernel, but a given kernel must still be one for this B."""
+    if kernel is not None:
+        p = kernel.problem
+        if (p.K, p.N, p.pattern) != (B.K, B.N, B.pattern):
+            raise ShapeError(f"the kernel was compiled for {p}, not for B ({B.K}x{B.N} {B.pattern})")
+
+
 def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     from .runtime import driver
     from .runtime.memory import DeviceBuffer, download, memset32, synchronize
@@ -222,8 +283,12 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     _check_a(M, K, B)
     A = A.T if a_major == "col" else A      # what is uploaded: (K, M) C-contiguous for column-major
     if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != np.float32
-                            or not out.flags.c_contiguous):
-        raise ShapeError(f"out must be a C-contiguous float32 numpy array of shape ({M}, {B.N})")
+                            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ShapeError(f"out must be a writable C-contiguous float32 numpy array of shape ({M}, {B.N}), got "
+                         f"{_describe(out)}")
+    if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
+        _check_empty_batch(kernel, B)
+        return out if out is not None else np.empty((0, B.N), np.float32)
     driver.init()
     k = _kernel_for(M, B, schedule, kernel, 0, a_major)
     ops = device_operands(B, k.problem, k.schedule, 0)
@@ -237,8 +302,28 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
     return download(result, c.ptr)
 
 
-def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+def _describe(x) -> str:
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    return f"{type(x).__name__} {dtype} {tuple(shape)}" if shape is not None else type(x).__name__
+
+
+def _device_out(out, dv, N: int):
+    """`out` checked against A's (M, N) product (a new array of A's library when None)."""
     from .runtime.arrays import device_view, empty_like_owner
+    M = dv.shape[0]
+    if out is None:
+        return empty_like_owner(dv.owner, (M, N))
+    ov = device_view(out)
+    if ov is None or ov.shape != (M, N) or ov.dtype != np.float32 or not ov.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {N}), got {_describe(out)}"
+                         + (f" with strides {ov.strides} bytes" if ov is not None else ""))
+    if ov.device != dv.device:
+        raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
+    return out
+
+
+def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+    from .runtime.arrays import byte_range, device_view, overlaps
     from .runtime.memory import DeviceBuffer
     from .runtime.driver import check, driver, use_device
     if len(dv.shape) != 2:
@@ -247,15 +332,23 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
     _check_a(M, K, B)
     if dv.dtype != np.float32:
         raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
-    if dv.c_contiguous:
-        a_major = "row"
-    elif dv.f_contiguous:
-        a_major = "col"      # a transposed view: its K rows are contiguous, used as they are
-    else:
-        raise ShapeError("A must be row-major or column-major without gaps (strides "
-                         f"{dv.strides}); call .contiguous() (torch) or cupy.ascontiguousarray")
+    if M == 0:   # an empty batch: an empty C of A's library, nothing launched
+        _check_empty_batch(kernel, B)
+        return _device_out(out, dv, B.N)
+    # column-major: a transposed view, its K rows contiguous, used as they are
+    a_major = a_major_of(dv.c_contiguous, dv.f_contiguous, kernel.problem.a_major if kernel else None)
+    if a_major is None:
+        raise ShapeError(f"A must be row-major or column-major without gaps (shape {dv.shape}, strides "
+                         f"{dv.strides} bytes); call .contiguous() (torch) or cupy.ascontiguousarray")
     if dv.ptr % 4:
         raise ShapeError("A's data pointer is not 4-byte aligned")
+    out = _device_out(out, dv, B.N)
+    ov = device_view(out)
+    if overlaps(dv, ov):   # the kernel reads A while it writes C (and split-K zeroes C before it starts)
+        a0, a1 = byte_range(dv.ptr, dv.shape, dv.strides, 4)
+        o0, o1 = byte_range(ov.ptr, ov.shape, ov.strides, 4)
+        raise ShapeError(f"out overlaps A: A {dv.shape} lies in bytes [{a0:#x}, {a1:#x}) and out {ov.shape} in "
+                         f"[{o0:#x}, {o1:#x}); pass a separate output array (or none: spmm allocates one)")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
     k = _kernel_for(M, B, schedule, kernel, dv.device, a_major)
@@ -264,13 +357,6 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
         temporaries.append(DeviceBuffer(M * K * 4, dv.device))
         check(driver().cuMemcpyDtoDAsync(temporaries[-1].ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
         a_ptr = temporaries[-1].ptr
-    if out is None:
-        out = empty_like_owner(dv.owner, (M, B.N))
-    ov = device_view(out)
-    if ov is None or ov.shape != (M, B.N) or ov.dtype != np.float32 or not ov.c_contiguous:
-        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {B.N})")
-    if ov.device != dv.device:
-        raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     ops = device_operands(B, k.problem, k.schedule, dv.device)
     if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
         temporaries.append(DeviceBuffer(M * B.N * 4, dv.device))

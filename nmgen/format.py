@@ -14,26 +14,47 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import host_matrix
-from .errors import PatternError, ShapeError
-from .ir.problem import Pattern, ceil_div, index_dtype_bits
+from .errors import NMGenError, PatternError, ShapeError
+from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
 
 FORMAT_VERSION = 1
 
 
 def _pattern(pattern, vector) -> Pattern:
+    """A Pattern from a Pattern, "n:m" or (n, m), and `vector` (None: the pattern's, or 1).
+    Sizes must be integers: Pattern refuses 2.5 or True instead of truncating them (PatternError)."""
     if isinstance(pattern, Pattern):
-        if vector is not None and vector != pattern.vector:
+        if vector is not None and as_int(vector, "vector length V", PatternError) != pattern.vector:
             raise PatternError(f"vector={vector} disagrees with the pattern's V={pattern.vector}")
         return pattern
+    v = 1 if vector is None else vector
     if isinstance(pattern, (tuple, list)) and len(pattern) == 2:
-        return Pattern(int(pattern[0]), int(pattern[1]), 1 if vector is None else int(vector))
-    return Pattern.parse(str(pattern), 1 if vector is None else int(vector))
+        return Pattern(pattern[0], pattern[1], v)
+    if not isinstance(pattern, str):
+        raise PatternError(f"pattern {pattern!r} must be a string 'n:m' (e.g. '8:32'), a tuple (n, m) or a "
+                           f"nmgen.Pattern")
+    return Pattern.parse(pattern, v)
+
+
+def _window(m) -> int:
+    """pad_k's window: an int, a pattern "n:m" or a Pattern (its m)."""
+    if isinstance(m, Pattern):
+        return m.m
+    if isinstance(m, str):
+        return Pattern.parse(m).m
+    w = as_int(m, "m (the pattern window)")
+    if w < 1:
+        raise ShapeError(f"m={w} must be a window of at least 1 row: pass the pattern's m, e.g. "
+                         f"nmgen.pad_k(A, B, m=32) or m='8:32'")
+    return w
 
 
 def _windows(B: np.ndarray, p: Pattern) -> np.ndarray:
     """Per-row scores grouped as (windows, m, vectors): the L1 norm of each row over each vector."""
     K, N = B.shape
     p.check_k(K)
+    if N < 1:
+        raise ShapeError(f"B is {K}x{N}: it needs at least one column")
     nv = ceil_div(N, p.vector)
     padded = np.zeros((K, nv * p.vector), np.float64)
     padded[:, :N] = np.abs(B)
@@ -58,15 +79,44 @@ def prune(B, pattern, vector: int | None = None) -> np.ndarray:
     return np.where(mask.reshape(B.shape[0], -1)[:, cols], B, np.float32(0))
 
 
+def _frozen_copy(x):
+    """A read-only C-ordered copy of an ndarray (anything else is left for `validate` to refuse).
+
+    It is a view of a read-only private copy, so `setflags(write=True)` on it fails too. The
+    caller's array is never frozen or changed: it stays theirs, writable."""
+    if not isinstance(x, np.ndarray):
+        return x
+    owned = np.array(x, order="C", copy=True)
+    owned.flags.writeable = False
+    return owned.view()
+
+
+def _shape(shape) -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise ShapeError(f"shape {shape!r} must be (K, N)")
+    return as_int(shape[0], "K"), as_int(shape[1], "N")
+
+
 @dataclass(frozen=True, eq=False)
 class NMMatrix:
-    """A compressed n:m (vector V) sparse K x N matrix. Build it with `compress` or `NMMatrix.from_dense`."""
+    """A compressed n:m (vector V) sparse K x N matrix. Build it with `compress` or `NMMatrix.from_dense`.
+
+    values (W, N) float32 and indices (W, ceil(N/V)) unsigned are read-only copies of the arrays
+    given: the kernels' weight layouts and device copies are cached per NMMatrix, so its arrays
+    never change (`B.values[0, 0] = 1` raises numpy's "assignment destination is read-only"). To
+    change the weights, build a new NMMatrix (compress, from_dense, or NMMatrix(values, indices,
+    pattern, shape) from edited copies). The arrays passed in stay the caller's, writable.
+
+    Raises ShapeError / PatternError for arrays that do not fit the pattern and shape."""
     values: np.ndarray
     indices: np.ndarray
     pattern: Pattern
     shape: tuple[int, int]
 
     def __post_init__(self):
+        object.__setattr__(self, "shape", _shape(self.shape))
+        object.__setattr__(self, "values", _frozen_copy(self.values))
+        object.__setattr__(self, "indices", _frozen_copy(self.indices))
         self.validate()
 
     @property
@@ -78,9 +128,9 @@ class NMMatrix:
         p, (K, N) = self.pattern, self.shape
         if not isinstance(p, Pattern):
             raise PatternError(f"pattern must be a nmgen.Pattern, got {type(p).__name__}")
-        if K < 1 or N < 1:
-            raise ShapeError(f"shape {self.shape} must be positive")
-        p.check_k(K)
+        if N < 1:
+            raise ShapeError(f"shape {self.shape}: B needs at least one column (N >= 1)")
+        p.check_k(K)        # K >= 1, a multiple of m (the message says how to pad)
         W, nv = K // p.m * p.n, ceil_div(N, p.vector)
         v, ix = self.values, self.indices
         if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (W, N):
@@ -132,18 +182,42 @@ class NMMatrix:
 
     @classmethod
     def load(cls, path) -> "NMMatrix":
+        """The matrix `save` wrote to `path`. Anything else (a missing, empty, truncated or corrupted
+        file, a missing array, a meta record that is not 6 integers, arrays that do not fit it)
+        raises one ShapeError naming the file and what is wrong."""
         try:
-            with np.load(Path(path), allow_pickle=False) as z:
-                meta, values, indices = z["meta"], z["values"], z["indices"]
-        except (OSError, KeyError, ValueError) as e:
-            raise ShapeError(f"{path} is not an nmgen matrix file ({e})") from None
-        if int(meta[0]) != FORMAT_VERSION:
-            raise ShapeError(f"{path} has format version {int(meta[0])}; this nmgen reads {FORMAT_VERSION}")
-        _, n, m, v, K, N = (int(x) for x in meta)
-        return cls(values, indices, Pattern(n, m, v), (K, N))
+            meta, values, indices = _read_npz(Path(path))
+            if meta.dtype.kind not in "iu" or meta.shape != (6,):
+                raise ShapeError(f"its meta record must be 6 integers (version, n, m, V, K, N), got "
+                                 f"{meta.dtype} {meta.shape}: {meta.ravel()[:8].tolist()}")
+            if int(meta[0]) != FORMAT_VERSION:
+                raise ShapeError(f"it has format version {int(meta[0])}; this nmgen reads {FORMAT_VERSION}")
+            _, n, m, v, K, N = (int(x) for x in meta)
+            return cls(values, indices, Pattern(n, m, v), (K, N))
+        except NMGenError as e:
+            raise ShapeError(f"{path} is not a valid nmgen matrix file: {e}") from None
+        except OSError as e:
+            raise ShapeError(f"cannot read {path}: {e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - zipfile, numpy and the OS raise a dozen kinds for a bad file
+            raise ShapeError(f"{path} is not an nmgen matrix file (written by NMMatrix.save): "
+                             f"{type(e).__name__}: {e}") from None
 
     def __repr__(self):
         return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.nbytes()} bytes)"
+
+
+def _read_npz(path: Path):
+    """(meta, values, indices) from an .npz file; library errors propagate for `load` to word."""
+    with open(path, "rb") as f:
+        z = np.load(f, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ShapeError(f"it holds one {type(z).__name__}, not the values, indices and meta arrays "
+                             f"of NMMatrix.save")
+        with z:
+            missing = sorted({"meta", "values", "indices"} - set(z.files))
+            if missing:
+                raise ShapeError(f"it has no {', '.join(missing)} array (it holds {', '.join(z.files) or 'none'})")
+            return z["meta"], z["values"], z["indices"]
 
 
 def compress(B, pattern, vector: int | None = None) -> NMMatrix:
@@ -172,17 +246,25 @@ def compress(B, pattern, vector: int | None = None) -> NMMatrix:
     return NMMatrix(np.ascontiguousarray(values, np.float32), indices, p, (K, N))
 
 
-def pad_k(A=None, B=None, m: int = 32):
-    """Zero-pad K (A's columns, B's rows) up to a multiple of the window m; returns (A, B)."""
-    out = []
+def pad_k(A=None, B=None, m=32):
+    """Zero-pad K (A's columns, B's rows) up to a multiple of the window; returns (A, B) as float32
+    numpy matrices (None where not given). `m` is the window: an int, or the pattern ("1:3", a
+    Pattern), so `nmgen.pad_k(A, B, m=3)` and `nmgen.pad_k(A, B, m="1:3")` pad K=10 to 12.
+    The inputs are not changed. Raises ShapeError for K=0, or an A and B whose K differ."""
+    m = _window(m)
+    out, ks = [], {}
     for x, axis, name in ((A, 1, "A"), (B, 0, "B")):
         if x is None:
             out.append(None)
             continue
         x = host_matrix(x, name)
-        k = x.shape[axis]
+        k = ks[name] = x.shape[axis]
+        if k < 1:
+            raise ShapeError(f"{name} has K=0 {'columns' if axis else 'rows'}: there is nothing to pad or multiply")
         pad = ceil_div(k, m) * m - k
         widths = [(0, 0), (0, 0)]
         widths[axis] = (0, pad)
         out.append(np.pad(x, widths) if pad else x)
+    if len(ks) == 2 and ks["A"] != ks["B"]:
+        raise ShapeError(f"A has {ks['A']} columns but B has {ks['B']} rows: A's columns must equal B's rows")
     return tuple(out)

@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
 from ..ir.device import Device
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from . import model
 from .heuristic import default_schedule
-from .space import enumerate_space, rows_lengths
+from .space import a_choices, enumerate_space, rows_lengths
 
 log = logging.getLogger("nmgen.search")
 _dbs: dict = {}
-_model_choice: dict = {}
 _lock = threading.Lock()
+# The model's choice per (problem, device key): without weights, or where B cannot change it (no
+# "rows" schedule in the space); else per weight matrix (by identity: an NMMatrix's arrays are
+# read-only), because the "rows" strategy's cost depends on B's indices (its compacted lists).
+_model_choice: dict = {}
+_model_choice_by_b: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_model_lock = threading.Lock()
 
 
 def open_db(path=None):
@@ -91,7 +97,24 @@ def model_best(problem: Problem, device: Device, B=None) -> Schedule:
     return best[1] if best else default_schedule(problem, device)
 
 
+def _weights_matter(problem: Problem) -> bool:
+    """Whether the model's ranking depends on B: only "rows" schedules' costs read its indices."""
+    return any(a_load == "rows" for a_load, _ in a_choices(problem))
+
+
+def _model_cache(problem: Problem, B) -> dict | None:
+    """The cache the model's choice for (problem, B) belongs in; None where B cannot be a weak key."""
+    if B is None or not _weights_matter(problem):
+        return _model_choice
+    with _model_lock:
+        try:
+            return _model_choice_by_b.setdefault(B, {})
+        except TypeError:       # not weakly referenceable: compute every time rather than guess
+            return None
+
+
 def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
+    """The database's best for (problem, device, toolchain), else the model's best for B's indices."""
     try:
         s = recorded_best(problem, device, db)
     except Exception as e:  # noqa: BLE001 - an unreadable database must not stop a product from running
@@ -100,8 +123,11 @@ def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
     if s is not None:
         return s
     key = (problem, device.key())
-    s = _model_choice.get(key)
+    cache = _model_cache(problem, B)
+    s = cache.get(key) if cache is not None else None
     if s is None:
-        s = _model_choice[key] = model_best(problem, device, B)
+        s = model_best(problem, device, B)
+        if cache is not None:
+            cache[key] = s
         log.debug("no tuning record for %s on %s; using the model's best: %s", problem, device.name, s.short())
     return s

@@ -118,3 +118,142 @@ def test_check_rows_and_relative_error(rng):
     ref = np.ones((2, 3))
     assert relative_error(ref * (1 + 1e-7), ref) == pytest.approx(1e-7)
     assert np.isnan(relative_error(np.array([[1.0, np.nan, 1.0], [1, 1, 1]]), ref))
+
+
+# ---- sizes are integers, never truncated; K = 0 is refused where it can enter ----------------------
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: prune(np.ones((8, 4), np.float32), "2:4", vector=2.5), PatternError, r"V=2\.5 must be an integer"),
+    (lambda: prune(np.ones((8, 4), np.float32), "2:4", vector=True), PatternError, r"V=True must be an integer"),
+    (lambda: compress(np.zeros((8, 4), np.float32), (2.0, 4)), PatternError, r"n=2\.0 must be an integer"),
+    (lambda: NMMatrix.from_dense(np.ones((8, 4), np.float32), "2:4", vector=1.5, prune_first=True), PatternError,
+     r"V=1\.5 must be an integer"),
+    (lambda: NMMatrix.from_dense(np.ones((8, 4), np.float32), 2.5), PatternError, r"must be a string 'n:m'"),
+    (lambda: Pattern(2, 4.0), PatternError, r"m=4\.0 must be an integer, got float"),
+    (lambda: Pattern.parse("2:4", 1.5), PatternError, r"V=1\.5 must be an integer"),
+    (lambda: Pattern(2, 4, 8).__class__(2, 4, np.float32(8)), PatternError, r"must be an integer, got float32"),
+    (lambda: NMMatrix(np.zeros((2, 4), np.float32), np.zeros((2, 4), np.uint8), Pattern(2, 4), (4.0, 4)), ShapeError,
+     r"K=4\.0 must be an integer"),
+    (lambda: pad_k(np.ones((3, 10), np.float32), m=0), ShapeError, r"m=0 must be a window of at least 1 row"),
+    (lambda: pad_k(np.ones((3, 10), np.float32), m=2.5), ShapeError, r"m \(the pattern window\)=2\.5 must be an integer"),
+])
+def test_sizes_must_be_integers(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_numpy_integer_sizes_are_accepted_as_ints():
+    p = Pattern(np.int64(2), np.int32(4), np.uint8(1))
+    assert p == Pattern(2, 4, 1) and type(p.n) is int and str(p) == "2:4x1"
+    nm = NMMatrix.from_dense(np.ones((8, 4), np.float32), "2:4", vector=np.int64(2), prune_first=True)
+    assert nm.pattern.vector == 2 and nm.shape == (8, 4)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: NMMatrix.from_dense(np.zeros((0, 8), np.float32), "2:4"),
+    lambda: NMMatrix.from_dense(np.zeros((0, 8), np.float32), "2:4", prune_first=True),
+    lambda: prune(np.zeros((0, 8), np.float32), "2:4"),
+    lambda: compress(np.zeros((0, 8), np.float32), "2:4"),
+    lambda: NMMatrix(np.zeros((0, 8), np.float32), np.zeros((0, 8), np.uint8), Pattern(2, 4), (0, 8)),
+], ids=["from_dense", "from_dense-prune_first", "prune", "compress", "NMMatrix"])
+def test_k_zero_is_refused_clearly(call):
+    with pytest.raises(ShapeError, match=r"K=0: B needs at least one window of m=4 rows"):
+        call()
+
+
+def test_k_zero_and_mismatched_k_in_pad_k():
+    with pytest.raises(ShapeError, match="A has K=0 columns"):
+        pad_k(np.zeros((3, 0), np.float32), m=4)
+    with pytest.raises(ShapeError, match="B has K=0 rows"):
+        pad_k(B=np.zeros((0, 5), np.float32), m=4)
+    with pytest.raises(ShapeError, match="A has 10 columns but B has 11 rows"):
+        pad_k(np.ones((3, 10), np.float32), np.ones((11, 2), np.float32), m=3)
+
+
+def test_no_columns_is_refused_clearly():
+    with pytest.raises(ShapeError, match="B is 8x0: it needs at least one column"):
+        prune(np.zeros((8, 0), np.float32), "2:4")
+    with pytest.raises(ShapeError, match=r"shape \(8, 0\): B needs at least one column"):
+        NMMatrix(np.zeros((4, 0), np.float32), np.zeros((4, 0), np.uint8), Pattern(2, 4), (8, 0))
+
+
+@pytest.mark.parametrize("m", [3, "1:3", Pattern(1, 3, 2), np.int64(3)], ids=repr)
+def test_pad_k_takes_the_window_or_the_pattern(m):
+    A, B = pad_k(np.ones((2, 10), np.float32), np.ones((10, 3), np.float32), m=m)
+    assert A.shape == (2, 12) and B.shape == (12, 3)
+    assert A[:, 10:].sum() == 0 and B[10:].sum() == 0 and A[:, :10].sum() == 20 and B[:10].sum() == 30
+
+
+def test_pad_advice_is_a_call_that_works(rng):
+    """The message's advised call, run as written, makes K a multiple of m, and the product of the
+    padded operands is the product of the originals."""
+    import re
+    A = rng.standard_normal((5, 10)).astype(np.float32)
+    B = rng.standard_normal((10, 7)).astype(np.float32)
+    with pytest.raises(ShapeError) as e:
+        NMMatrix.from_dense(B, "1:3", prune_first=True)
+    call = re.search(r"A, B = (nmgen\.pad_k\(A, B, m=3\))", str(e.value))
+    assert call, str(e.value)
+    A2, B2 = eval(call.group(1), {"nmgen": nmgen, "A": A, "B": B})
+    assert A2.shape == (5, 12) and B2.shape == (12, 7)
+    nm = NMMatrix.from_dense(B2, "1:3", prune_first=True)
+    dense = nm.to_dense(np.float64)
+    assert (dense[10:] == 0).all()              # the padded rows are zero (pruning may keep one: it adds nothing)
+    np.testing.assert_allclose(nmgen.spmm_reference(A2, nm), A.astype(np.float64) @ dense[:10], rtol=1e-12)
+    with pytest.raises(ShapeError, match=r"A, B = nmgen\.pad_k\(A, B, m=3\)"):
+        nmgen.Problem(5, 7, 10, Pattern(1, 3))
+
+
+# ---- NMMatrix.load: anything but a file save wrote is one ShapeError naming the file -----------------
+def _npz(**arrays):
+    def write(path, good):
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    return write
+
+
+def _bytes(cut):
+    return lambda path, good: path.write_bytes(cut(good))
+
+
+def _npy(path, good):
+    with open(path, "wb") as f:
+        np.save(f, np.ones(3))
+
+
+V4, I4 = np.ones((4, 2), np.float32), np.array([[0], [1], [0], [1]], np.uint8)   # a 8x2 2:4x2 matrix
+
+
+@pytest.mark.parametrize("write,match", [
+    (_bytes(lambda g: b""), r"not an nmgen matrix file .*EOFError"),
+    (_bytes(lambda g: g[: len(g) // 2]), r"not an nmgen matrix file .*BadZipFile"),
+    (_bytes(lambda g: g[:200] + b"x" * 60 + g[260:]), r"not an nmgen matrix file .*"),
+    (_bytes(lambda g: b"not a matrix"), r"not an nmgen matrix file"),
+    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 1.5, 8, 2])), r"meta record must be 6 integers .*float64"),
+    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 2, 8])), r"meta record must be 6 integers .*\(5,\)"),
+    (_npz(values=V4), r"no indices, meta array"),
+    (_npz(values=V4[:3], indices=I4, meta=np.array([1, 2, 4, 2, 8, 2])), r"values must be float32 \(4, 2\)"),
+    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 0, 2, 8, 2])), r"window m=0 must be between"),
+    (_npz(values=V4, indices=I4, meta=np.array([7, 2, 4, 2, 8, 2])), r"format version 7"),
+    (_npy, r"holds one ndarray"),
+], ids=["empty", "truncated", "corrupted", "junk", "meta-V-1.5", "meta-shape", "missing-arrays",
+        "values-shape", "meta-m-0", "version", "npy"])
+def test_load_refuses_anything_but_a_saved_matrix(tmp_path, rng, write, match):
+    good = tmp_path / "good.npz"
+    NMMatrix.from_dense(rng.standard_normal((64, 50)), "4:16", vector=8, prune_first=True).save(good)
+    bad = tmp_path / "bad.npz"
+    write(bad, good.read_bytes())
+    with pytest.raises(ShapeError, match=match) as e:
+        NMMatrix.load(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_load_of_the_good_meta_writer_works(tmp_path):
+    _npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 2, 8, 2]))(tmp_path / "ok.npz", b"")
+    nm = NMMatrix.load(tmp_path / "ok.npz")
+    assert nm.pattern == Pattern(2, 4, 2) and nm.shape == (8, 2)
+    np.testing.assert_array_equal(nm.to_dense()[[0, 5]], np.ones((2, 2)))
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ShapeError, match=r"cannot read .*nothere\.npz: No such file"):
+        NMMatrix.load(tmp_path / "nothere.npz")

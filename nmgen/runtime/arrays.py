@@ -23,19 +23,48 @@ class DeviceArray:
 
     @property
     def f_contiguous(self) -> bool:
-        """Column-major 2-D (a transposed view of a row-major array)."""
-        if len(self.shape) != 2:
-            return False
-        M, K = self.shape
-        return self.strides[0] == self.dtype.itemsize and (self.strides[1] == M * self.dtype.itemsize or K == 1)
+        """Column-major without gaps (a transposed view of a row-major array)."""
+        return dense(self.shape[::-1], self.strides[::-1], self.dtype.itemsize)
 
     @property
     def c_contiguous(self) -> bool:
-        expect, acc = [], self.dtype.itemsize
-        for n in reversed(self.shape):
-            expect.append(acc)
-            acc *= n
-        return all(s == e or n == 1 for s, e, n in zip(self.strides, reversed(expect), self.shape))
+        """Row-major without gaps."""
+        return dense(self.shape, self.strides, self.dtype.itemsize)
+
+
+def dense(shape, strides, itemsize: int) -> bool:
+    """Whether elements lie without gaps in the order of `shape`, its last dimension fastest.
+
+    A size-1 dimension is never stepped along, so its stride is ignored (torch gives a (1, K) view
+    of a (K, 1) tensor strides (1, 1), cupy may give anything): a (1, K) array with contiguous K
+    is both row- and column-major. An empty array is both too (it has no bytes to place)."""
+    if any(n == 0 for n in shape):
+        return True
+    want = itemsize
+    for n, s in zip(reversed(shape), reversed(strides)):
+        if n != 1:
+            if s != want:
+                return False
+            want *= n
+    return True
+
+
+def byte_range(ptr: int, shape, strides, itemsize: int) -> tuple[int, int]:
+    """[start, end) of the bytes an array's elements lie in (strides in bytes, any sign); an empty
+    array has none: (ptr, ptr)."""
+    if any(n == 0 for n in shape):
+        return ptr, ptr
+    start = ptr + sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+    end = ptr + sum(max(0, (n - 1) * s) for n, s in zip(shape, strides)) + itemsize
+    return start, end
+
+
+def overlaps(a: DeviceArray, b: DeviceArray) -> bool:
+    """Whether two arrays' byte ranges share a byte. Exact for arrays without gaps (what spmm
+    accepts); for gapped views it may say True for interleaved ones that share no element."""
+    a0, a1 = byte_range(a.ptr, a.shape, a.strides, a.dtype.itemsize)
+    b0, b1 = byte_range(b.ptr, b.shape, b.strides, b.dtype.itemsize)
+    return a0 < a1 and b0 < b1 and a0 < b1 and b0 < a1     # an empty array overlaps nothing
 
 
 def _torch_view(x) -> DeviceArray:

@@ -5,6 +5,7 @@ import weakref
 
 import numpy as np
 
+from ..errors import ShapeError
 from .driver import check, driver
 
 
@@ -41,6 +42,10 @@ def _free(handle):
 
 
 def download(dst: np.ndarray, ptr: int, stream: int = 0) -> np.ndarray:
+    # the copy writes dst.nbytes raw bytes at dst's data pointer: only right for a dense, writable dst
+    if not (dst.flags.c_contiguous and dst.flags.writeable):
+        raise ShapeError(f"download needs a C-contiguous writable array, got strides {dst.strides}"
+                         f"{'' if dst.flags.writeable else ' (read-only)'}")
     check(driver().cuMemcpyDtoHAsync(dst.ctypes.data, ptr, dst.nbytes, stream), "cuMemcpyDtoHAsync")
     check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")
     return dst
