@@ -1,7 +1,6 @@
 """The Python API: compile a kernel for a problem, and run C = A @ B on numpy, torch or cupy arrays."""
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from .arrays import host_matrix
 from .errors import CudaUnavailable, ShapeError
 from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
+from .ir.build import a_leading_dim
 from .ir.device import Device, for_arch
-from .ir.layout import ComputeLayout
+from .ir.dtypes import DTYPES, dtype as dtype_of, storage_name
 from .ir.operands import Geometry, geometry, prepare
 from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
@@ -41,6 +41,7 @@ class Kernel:
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
         self._loaded = {}           # device ordinal -> loaded module (runtime.module)
+        self._workspaces = {}       # (device, stream) -> fp32 workspace (split-K with a 16-bit C)
         if resources is not None:
             self.__dict__["resources"] = resources
 
@@ -57,19 +58,36 @@ class Kernel:
         return self.ir.smem_bytes
 
     def launch(self, A_ptr: int, operands: "DeviceOperands", C_ptr: int, stream: int = 0, device: int = 0) -> None:
-        """Raw launch on device pointers (C is zeroed first under split-K). Prefer `spmm`."""
+        """Raw launch on device pointers: A as the kernel reads it (its dtype, order and leading
+        dimension: ir.build.a_leading_dim), C (M, N) of the problem's c_dtype. Under split-K, C (or,
+        for a 16-bit C, an fp32 workspace then converted into C) is zeroed first. Prefer `spmm`."""
         from .runtime.memory import memset32
         k = self.ir
         loaded = self._loaded.get(device)
         if loaded is None:    # once per device: loading hashes the image, too slow for every launch
             from .runtime.module import load
             loaded = self._loaded[device] = load(self.cubin or self.ptx, self.name, k.smem_bytes, device)
+        out = C_ptr
+        if k.convert_output:  # split-K into fp32 partial sums, rounded into C afterwards
+            C_ptr = self._workspace(device, stream)
         if k.zero_output:
             memset32(C_ptr, k.M * k.N, stream)
         ptrs = {"A": A_ptr, "C": C_ptr, "Bv": operands.bv.ptr, "Bi": operands.bi and operands.bi.ptr,
                 "Arows": operands.arows and operands.arows.ptr}
         args = [ptrs[p.name] for p in k.params]
         loaded.launch(k.grid, k.threads, args, stream)
+        if k.convert_output:
+            from .runtime.convert import convert
+            convert(C_ptr, out, k.M * k.N, k.convert_output, stream, device)
+
+    def _workspace(self, device: int, stream: int) -> int:
+        """The fp32 (M, N) workspace of a split-K kernel with a 16-bit C, one per device and stream
+        (launches on one stream run in order; two streams get two workspaces)."""
+        from .runtime.memory import DeviceBuffer
+        ws = self._workspaces.get((device, stream))
+        if ws is None:
+            ws = self._workspaces[(device, stream)] = DeviceBuffer(self.ir.M * self.ir.N * 4, device)
+        return ws.ptr
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
         return spmm(A, B, out=out, kernel=self, stream=stream)
@@ -78,7 +96,7 @@ class Kernel:
         return f"Kernel({self.name}, {self.problem}, {self.schedule.short()}, {self.arch})"
 
 
-def _problem(problem, pattern, vector, a_major) -> Problem:
+def _problem(problem, pattern, vector, a_major, dtype="f32", c_dtype=None) -> Problem:
     """A Problem from a Problem, "MxNxK" or (M, N, K), a pattern and a vector length. Sizes must be
     integers >= 1: 2.5, 64.7, True or 0 raise (ShapeError / PatternError), never truncated."""
     if isinstance(problem, Problem):
@@ -95,7 +113,8 @@ def _problem(problem, pattern, vector, a_major) -> Problem:
         raise ShapeError(f"problem {problem!r} must be a shape 'MxNxK', a tuple (M, N, K) or a nmgen.Problem")
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
-    return Problem(M, N, K, _pattern(pattern, vector), a_major=a_major)   # Problem checks the sizes
+    return Problem(M, N, K, _pattern(pattern, vector), dtype_of(dtype).name, a_major,   # Problem checks the sizes
+                   None if c_dtype is None else dtype_of(c_dtype).name)
 
 
 def current_device(ordinal: int = 0) -> Device | None:
@@ -114,14 +133,15 @@ def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None)
 
 
 def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = None, arch: str | None = None,
-            B: NMMatrix | None = None, device: int = 0, a_major: str = "row") -> Kernel:
+            B: NMMatrix | None = None, device: int = 0, a_major: str = "row", dtype="f32", c_dtype=None) -> Kernel:
     """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem; `a_major`
-    "col" for an A stored column-major).
+    "col" for an A stored column-major; `dtype` what A and B hold and how they multiply: "f32"
+    (FFMA), "tf32", "bf16" or "f16" (tensor cores); `c_dtype` C's dtype, by default A's).
 
     Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
     tuning database's best for this GPU, or the performance model's best. `B` supplies the real
     indices, which the "rows" A-loading strategy needs for its compacted row lists."""
-    problem = _problem(problem, pattern, vector, a_major)
+    problem = _problem(problem, pattern, vector, a_major, dtype, c_dtype)
     if arch is not None:
         codegen.target_for(arch)
     gpu = current_device(device)
@@ -148,9 +168,12 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = N
 # ---- the weights, laid out per schedule (cached on the NMMatrix) -----------------------------------
 def _layout_key(problem: Problem, s: Schedule) -> tuple:
     """What the prepared weights depend on (not M, not the thread tiles beyond the index unit):
-    the index layout, and the shared A row size its byte offsets count in."""
+    the values' dtype, the index layout and steps, and the shared A row size that byte offsets
+    count in and that the tensor-core gather orders kept rows by."""
+    from .ir.operands import gathers_with_ldmatrix
     g = geometry(problem, s)
-    return (s.block_n, s.k_windows, g.unit, s.a_load, g.idx_bits == 32 and g.scale)
+    return (problem.dtype, s.block_n, s.k_windows, g.KR, g.unit, s.a_load,
+            (g.idx_bits == 32 or gathers_with_ldmatrix(problem, s)) and g.scale)
 
 
 def host_operands(B: NMMatrix, problem: Problem, s: Schedule):
@@ -194,12 +217,46 @@ def _check_b(problem: Problem, B: NMMatrix) -> None:
     if (B.K, B.N) != (problem.K, problem.N) or B.pattern != problem.pattern:
         raise ShapeError(f"B is a {B.K}x{B.N} {B.pattern} matrix, but the kernel was compiled for "
                          f"K={problem.K}, N={problem.N}, {problem.pattern}")
+    _check_dtypes(_storage(problem.dtype), B)
+
+
+def _storage(dtype: str) -> str:
+    return "f32" if dtype == "tf32" else dtype
+
+
+def _check_dtypes(a_dtype: str, B: NMMatrix) -> None:
+    """A and B must hold the same dtype (the kernels multiply one dtype): say how to convert."""
+    if a_dtype != B.dtype:
+        raise ShapeError(f"A holds {DTYPES[a_dtype].storage} but B holds {DTYPES[B.dtype].storage} values: the "
+                         f"product runs in one dtype; convert the weights once (B = B.astype({a_dtype!r})) or A")
+
+
+def _compute_dtype(a_dtype: str, allow_tf32: bool) -> str:
+    """The problem dtype for an A of storage `a_dtype`: float32 runs on FFMA, or on the tensor cores
+    in TF32 with allow_tf32 (as torch's allow_tf32: off by default)."""
+    return "tf32" if a_dtype == "f32" and allow_tf32 else a_dtype
+
+
+def _out_dtype(out, a_dtype: str) -> str:
+    """C's dtype: `out`'s (f32, bf16 or f16) if given, else A's."""
+    if out is None:
+        return a_dtype
+    from .runtime.arrays import device_view
+    dv = device_view(out)
+    name = storage_name(dv.dtype if dv is not None else getattr(out, "dtype", None) or np.float64)
+    if name is None:
+        raise ShapeError(f"out must hold float32, bfloat16 or float16, got {_describe(out)}")
+    return name
 
 
 # ---- C = A @ B -------------------------------------------------------------------------------------
 def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: Kernel | None = None,
-         stream: int | None = None):
-    """C = A @ B for a dense A (M x K, float32) and an n:m sparse B (NMMatrix, K x N).
+         stream: int | None = None, allow_tf32: bool = False):
+    """C = A @ B for a dense A (M x K) and an n:m sparse B (NMMatrix, K x N).
+
+    A and B hold the same dtype: float32 (FFMA on the CUDA cores, or TF32 tensor cores with
+    `allow_tf32=True`, off by default as in torch), bfloat16 or float16 (tensor cores; numpy
+    bfloat16 is ml_dtypes.bfloat16). Products accumulate in float32; C has `out`'s dtype, else A's.
 
     numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`, which may
     be A itself or overlap it: A is uploaded before the kernel runs and `out` written only after).
@@ -218,8 +275,8 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
     dv = device_view(A)
     if dv is None:
         a_major = _host_a_major(A, kernel)
-        return _spmm_host(_host_a(A, a_major), B, out, schedule, kernel, a_major)
-    return _spmm_device(dv, B, out, schedule, kernel, stream)
+        return _spmm_host(_host_a(A, a_major), B, out, schedule, kernel, a_major, allow_tf32)
+    return _spmm_device(dv, B, out, schedule, kernel, stream, allow_tf32)
 
 
 def a_major_of(row_major: bool, col_major: bool, want: str | None = None) -> str | None:
@@ -233,7 +290,8 @@ def a_major_of(row_major: bool, col_major: bool, want: str | None = None) -> str
 
 
 def _host_a(A, a_major: str) -> np.ndarray:
-    """A as a float32 (M, K) numpy matrix stored in order `a_major` (A itself where it already is)."""
+    """A as a (M, K) numpy matrix of its dtype (float32, bfloat16 or float16; other floats become
+    float32) stored in order `a_major` (A itself where it already is)."""
     if a_major == "row":
         return host_matrix(A, "A")
     if isinstance(A, np.ndarray) and A.ndim == 2:   # through the transpose: an F-ordered A is not copied
@@ -251,8 +309,8 @@ def _host_a_major(A, kernel: Kernel | None) -> str:
     return "row"
 
 
-def _kernel_for(M, B, schedule, kernel, device, a_major="row") -> Kernel:
-    problem = Problem(M, B.N, B.K, B.pattern, a_major=a_major)
+def _kernel_for(M, B, schedule, kernel, device, a_major="row", dtype="f32", c_dtype=None) -> Kernel:
+    problem = Problem(M, B.N, B.K, B.pattern, dtype, a_major, c_dtype)
     if kernel is not None:
         if kernel.problem != problem:
             raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
@@ -276,30 +334,57 @@ def _check_empty_batch(kernel: Kernel | None, B: NMMatrix) -> None:
             raise ShapeError(f"the kernel was compiled for {p}, not for B ({B.K}x{B.N} {B.pattern})")
 
 
-def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major):
+def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major, allow_tf32=False):
     from .runtime import driver
-    from .runtime.memory import DeviceBuffer, download, memset32, synchronize
+    from .runtime.memory import DeviceBuffer, download, synchronize
     M, K = A.shape
     _check_a(M, K, B)
-    A = A.T if a_major == "col" else A      # what is uploaded: (K, M) C-contiguous for column-major
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != np.float32
+    a_dtype = storage_name(A.dtype)
+    _check_dtypes(a_dtype, B)
+    c_dtype = _out_dtype(out, a_dtype)
+    c_np = DTYPES[c_dtype].storage
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != c_np
                             or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ShapeError(f"out must be a writable C-contiguous float32 numpy array of shape ({M}, {B.N}), got "
+        raise ShapeError(f"out must be a writable C-contiguous {c_np} numpy array of shape ({M}, {B.N}), got "
                          f"{_describe(out)}")
     if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
         _check_empty_batch(kernel, B)
-        return out if out is not None else np.empty((0, B.N), np.float32)
+        return out if out is not None else np.empty((0, B.N), c_np)
     driver.init()
-    k = _kernel_for(M, B, schedule, kernel, 0, a_major)
+    k = _kernel_for(M, B, schedule, kernel, 0, a_major, _compute_dtype(a_dtype, allow_tf32), c_dtype)
     ops = device_operands(B, k.problem, k.schedule, 0)
-    a = DeviceBuffer.from_array(A, 0)
-    c = DeviceBuffer(M * B.N * 4, 0)
-    if os.environ.get("NMGEN_POISON_OUTPUT") == "1":   # debugging aid: unwritten elements come back NaN
-        memset32(c.ptr, M * B.N, 0, 0x7FC00000)
+    a = DeviceBuffer.from_array(kernel_a_layout(A, k.problem), 0)
+    c = DeviceBuffer(M * B.N * c_np.itemsize, 0)
+    poison(c.ptr, M * B.N, c_dtype)        # an element the kernel never writes comes back NaN
     k.launch(a.ptr, ops, c.ptr, 0, 0)
     synchronize(0, f"kernel {k.name}")
-    result = out if out is not None else np.empty((M, B.N), np.float32)
+    result = out if out is not None else np.empty((M, B.N), c_np)
     return download(result, c.ptr)
+
+
+def kernel_a_layout(A: np.ndarray, problem: Problem) -> np.ndarray:
+    """A (M x K, in `problem`'s order already) as the kernel reads it: (K, M) rows for a column-major
+    A, rows of its leading dimension (16-bit rows of odd length get one element of padding)."""
+    X = A.T if problem.a_major == "col" else A
+    lda = a_leading_dim(problem)
+    if lda == X.shape[1]:
+        return X
+    padded = np.zeros((X.shape[0], lda), X.dtype)
+    padded[:, :X.shape[1]] = X
+    return padded
+
+
+# NaN of each C dtype: what an unwritten element of C reads as
+_NAN_BITS = {"f32": 0x7FC00000, "bf16": 0x7FC0, "f16": 0x7E00}
+
+
+def poison(ptr: int, count: int, c_dtype: str, stream: int = 0) -> None:
+    from .runtime.convert import memset16
+    from .runtime.memory import memset32
+    if c_dtype == "f32":
+        memset32(ptr, count, stream, _NAN_BITS["f32"])
+    else:
+        memset16(ptr, count, _NAN_BITS[c_dtype], stream)
 
 
 def _describe(x) -> str:
@@ -307,22 +392,22 @@ def _describe(x) -> str:
     return f"{type(x).__name__} {dtype} {tuple(shape)}" if shape is not None else type(x).__name__
 
 
-def _device_out(out, dv, N: int):
-    """`out` checked against A's (M, N) product (a new array of A's library when None)."""
+def _device_out(out, dv, N: int, c_dtype: str):
+    """`out` checked against A's (M, N) product of dtype `c_dtype` (a new array of A's library when None)."""
     from .runtime.arrays import device_view, empty_like_owner
     M = dv.shape[0]
     if out is None:
-        return empty_like_owner(dv.owner, (M, N))
+        return empty_like_owner(dv.owner, (M, N), c_dtype)
     ov = device_view(out)
-    if ov is None or ov.shape != (M, N) or ov.dtype != np.float32 or not ov.c_contiguous:
-        raise ShapeError(f"out must be a C-contiguous float32 GPU array of shape ({M}, {N}), got {_describe(out)}"
-                         + (f" with strides {ov.strides} bytes" if ov is not None else ""))
+    if ov is None or ov.shape != (M, N) or storage_name(ov.dtype) != c_dtype or not ov.c_contiguous:
+        raise ShapeError(f"out must be a C-contiguous {DTYPES[c_dtype].storage} GPU array of shape ({M}, {N}), "
+                         f"got {_describe(out)}" + (f" with strides {ov.strides} bytes" if ov is not None else ""))
     if ov.device != dv.device:
         raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     return out
 
 
-def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
+def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream, allow_tf32=False):
     from .runtime.arrays import byte_range, device_view, overlaps
     from .runtime.memory import DeviceBuffer
     from .runtime.driver import check, driver, use_device
@@ -330,43 +415,65 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream):
         raise ShapeError(f"A must be a 2-D matrix, got shape {dv.shape}")
     M, K = dv.shape
     _check_a(M, K, B)
-    if dv.dtype != np.float32:
-        raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes in float32: convert it (e.g. A.float())")
+    a_dtype = storage_name(dv.dtype)
+    if a_dtype is None:
+        raise ShapeError(f"A has dtype {dv.dtype}; nmgen computes with float32, bfloat16 or float16: convert it "
+                         f"(e.g. A.float() or A.bfloat16())")
+    _check_dtypes(a_dtype, B)
+    c_dtype = _out_dtype(out, a_dtype)
+    es = dv.dtype.itemsize
     if M == 0:   # an empty batch: an empty C of A's library, nothing launched
         _check_empty_batch(kernel, B)
-        return _device_out(out, dv, B.N)
+        return _device_out(out, dv, B.N, c_dtype)
     # column-major: a transposed view, its K rows contiguous, used as they are
     a_major = a_major_of(dv.c_contiguous, dv.f_contiguous, kernel.problem.a_major if kernel else None)
     if a_major is None:
         raise ShapeError(f"A must be row-major or column-major without gaps (shape {dv.shape}, strides "
                          f"{dv.strides} bytes); call .contiguous() (torch) or cupy.ascontiguousarray")
-    if dv.ptr % 4:
-        raise ShapeError("A's data pointer is not 4-byte aligned")
-    out = _device_out(out, dv, B.N)
+    if dv.ptr % es:
+        raise ShapeError(f"A's data pointer is not {es}-byte aligned")
+    out = _device_out(out, dv, B.N, c_dtype)
     ov = device_view(out)
     if overlaps(dv, ov):   # the kernel reads A while it writes C (and split-K zeroes C before it starts)
-        a0, a1 = byte_range(dv.ptr, dv.shape, dv.strides, 4)
-        o0, o1 = byte_range(ov.ptr, ov.shape, ov.strides, 4)
+        a0, a1 = byte_range(dv.ptr, dv.shape, dv.strides, es)
+        o0, o1 = byte_range(ov.ptr, ov.shape, ov.strides, ov.dtype.itemsize)
         raise ShapeError(f"out overlaps A: A {dv.shape} lies in bytes [{a0:#x}, {a1:#x}) and out {ov.shape} in "
                          f"[{o0:#x}, {o1:#x}); pass a separate output array (or none: spmm allocates one)")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
-    k = _kernel_for(M, B, schedule, kernel, dv.device, a_major)
+    k = _kernel_for(M, B, schedule, kernel, dv.device, a_major, _compute_dtype(a_dtype, allow_tf32), c_dtype)
     a_ptr, temporaries = dv.ptr, []
-    if a_ptr % k.ir.a_alignment:   # the kernel copies A in 16-byte vectors: use an aligned copy of it
-        temporaries.append(DeviceBuffer(M * K * 4, dv.device))
-        check(driver().cuMemcpyDtoDAsync(temporaries[-1].ptr, a_ptr, M * K * 4, stream), "cuMemcpyDtoDAsync (align A)")
+    rows, extent = (K, M) if a_major == "col" else (M, K)
+    lda = a_leading_dim(k.problem)
+    if a_ptr % k.ir.a_alignment or lda != extent:
+        # the kernel copies A's rows in 16-byte (or narrower) vectors from rows of lda elements: copy A
+        # into an aligned buffer of that pitch (16-bit rows of odd length get a padding element)
+        temporaries.append(DeviceBuffer(rows * lda * es, dv.device))
+        _copy_rows(temporaries[-1].ptr, lda * es, a_ptr, extent * es, extent * es, rows, stream)
         a_ptr = temporaries[-1].ptr
     ops = device_operands(B, k.problem, k.schedule, dv.device)
+    c_bytes = M * B.N * ov.dtype.itemsize
     if ov.ptr % k.ir.c_alignment:   # vector stores need aligned rows: go through an aligned buffer
-        temporaries.append(DeviceBuffer(M * B.N * 4, dv.device))
+        temporaries.append(DeviceBuffer(c_bytes, dv.device))
         k.launch(a_ptr, ops, temporaries[-1].ptr, stream, dv.device)
-        check(driver().cuMemcpyDtoDAsync(ov.ptr, temporaries[-1].ptr, M * B.N * 4, stream), "cuMemcpyDtoDAsync")
+        check(driver().cuMemcpyDtoDAsync(ov.ptr, temporaries[-1].ptr, c_bytes, stream), "cuMemcpyDtoDAsync")
     else:
         k.launch(a_ptr, ops, ov.ptr, stream, dv.device)
     if temporaries:   # they are freed on return: the work queued on the stream must finish first
         check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize")
     return out
+
+
+def _copy_rows(dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int, stream: int) -> None:
+    """Enqueue a device-to-device copy of `rows` rows of `width` bytes between pitched buffers."""
+    from .runtime.driver import check, driver
+    drv = driver()
+    cp = drv.CUDA_MEMCPY2D()
+    cp.srcMemoryType = cp.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+    cp.srcDevice, cp.srcPitch = src, src_pitch
+    cp.dstDevice, cp.dstPitch = dst, dst_pitch
+    cp.WidthInBytes, cp.Height = width, rows
+    check(drv.cuMemcpy2DAsync(cp, stream), "cuMemcpy2DAsync (A into the kernel's row pitch)")
 
 
 __all__ = ["CudaUnavailable", "Kernel", "compile", "current_device", "default_schedule", "device_operands", "spmm"]

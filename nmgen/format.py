@@ -3,7 +3,8 @@
 B is K x N. In every window of m consecutive rows (along K), n rows are kept; the choice is shared
 by each vector of V consecutive columns (the last vector may be partial). Compressed:
 
-    values:  (W, N) float32, W = K*n/m    values[w, j] = B[window(w)*m + indices[w, j // V], j]
+    values:  (W, N) float32, bfloat16 (ml_dtypes) or float16, W = K*n/m
+                                          values[w, j] = B[window(w)*m + indices[w, j // V], j]
     indices: (W, ceil(N/V)) uint8/uint16  position of kept row w inside its window, ascending per window
 """
 from __future__ import annotations
@@ -15,9 +16,11 @@ import numpy as np
 
 from .arrays import host_matrix
 from .errors import NMGenError, PatternError, ShapeError
+from .ir.dtypes import DTYPES, OUTPUT_DTYPES, dtype as dtype_of, storage_name
 from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: a seventh meta entry, the values' dtype (DTYPE_CODES); 1: float32 only
+DTYPE_CODES = {"f32": 0, "bf16": 1, "f16": 2}
 
 
 def _pattern(pattern, vector) -> Pattern:
@@ -69,14 +72,15 @@ def _select(scores: np.ndarray, n: int) -> np.ndarray:
 
 def prune(B, pattern, vector: int | None = None) -> np.ndarray:
     """Magnitude pruning of a dense K x N matrix to `pattern`: in each window and vector keep the n
-    rows of largest L1 norm over the vector's columns, zero the rest. Returns a float32 copy."""
+    rows of largest L1 norm over the vector's columns, zero the rest. Returns a copy in B's dtype
+    (float32, bfloat16 or float16; other floats become float32)."""
     p = _pattern(pattern, vector)
     B = host_matrix(B, "B")
     keep = _select(_windows(B, p), p.n)                      # (windows, n, nv)
     mask = np.zeros((B.shape[0] // p.m, p.m, keep.shape[2]), bool)
     np.put_along_axis(mask, keep, True, axis=1)
     cols = np.arange(B.shape[1]) // p.vector
-    return np.where(mask.reshape(B.shape[0], -1)[:, cols], B, np.float32(0))
+    return np.where(mask.reshape(B.shape[0], -1)[:, cols], B, B.dtype.type(0))
 
 
 def _frozen_copy(x):
@@ -101,7 +105,8 @@ def _shape(shape) -> tuple[int, int]:
 class NMMatrix:
     """A compressed n:m (vector V) sparse K x N matrix. Build it with `compress` or `NMMatrix.from_dense`.
 
-    values (W, N) float32 and indices (W, ceil(N/V)) unsigned are read-only copies of the arrays
+    values (W, N) float32, bfloat16 (ml_dtypes.bfloat16) or float16 - the dtype the products run in
+    (`dtype`; `astype` converts) - and indices (W, ceil(N/V)) unsigned are read-only copies of the arrays
     given: the kernels' weight layouts and device copies are cached per NMMatrix, so its arrays
     never change (`B.values[0, 0] = 1` raises numpy's "assignment destination is read-only"). To
     change the weights, build a new NMMatrix (compress, from_dense, or NMMatrix(values, indices,
@@ -124,6 +129,22 @@ class NMMatrix:
     @property
     def N(self) -> int: return self.shape[1]
 
+    @property
+    def dtype(self) -> str:
+        """The values' dtype: "f32", "bf16" or "f16"."""
+        return storage_name(self.values.dtype)
+
+    def astype(self, dtype) -> "NMMatrix":
+        """The same matrix with its values rounded (to nearest) to `dtype` ("f32", "bf16", "f16", or
+        numpy / torch spellings); itself when they already are."""
+        name = dtype_of(dtype).name
+        if name not in OUTPUT_DTYPES:
+            raise ShapeError(f"weights are stored as {', '.join(OUTPUT_DTYPES)}; {name!r} is a way of multiplying "
+                             f"float32 values (pass allow_tf32=True to spmm instead)")
+        if name == self.dtype:
+            return self
+        return NMMatrix(self.values.astype(DTYPES[name].storage), self.indices, self.pattern, self.shape)
+
     def validate(self) -> None:
         p, (K, N) = self.pattern, self.shape
         if not isinstance(p, Pattern):
@@ -133,8 +154,8 @@ class NMMatrix:
         p.check_k(K)        # K >= 1, a multiple of m (the message says how to pad)
         W, nv = K // p.m * p.n, ceil_div(N, p.vector)
         v, ix = self.values, self.indices
-        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (W, N):
-            raise ShapeError(f"values must be float32 ({W}, {N}) for a {K}x{N} {p} matrix, "
+        if not isinstance(v, np.ndarray) or storage_name(v.dtype) is None or v.shape != (W, N):
+            raise ShapeError(f"values must be float32, bfloat16 or float16 ({W}, {N}) for a {K}x{N} {p} matrix, "
                              f"got {getattr(v, 'dtype', type(v).__name__)} {getattr(v, 'shape', '')}")
         if not isinstance(ix, np.ndarray) or ix.dtype.kind not in "ui" or ix.shape != (W, nv):
             raise ShapeError(f"indices must be unsigned integers ({W}, {nv}), got "
@@ -146,13 +167,17 @@ class NMMatrix:
             per = ix.reshape(K // p.m, p.n, nv).astype(np.int64)
             if (np.diff(per, axis=1) <= 0).any():
                 raise PatternError("indices inside each window must be strictly increasing (distinct kept rows)")
-        if not np.isfinite(v).all():
+        if not np.isfinite(v.astype(np.float32)).all():
             raise ShapeError("values contain NaN or infinity")
 
     @classmethod
-    def from_dense(cls, B, pattern, vector: int | None = None, prune_first: bool = False) -> "NMMatrix":
+    def from_dense(cls, B, pattern, vector: int | None = None, prune_first: bool = False,
+                   dtype=None) -> "NMMatrix":
+        """Compress a dense K x N matrix (pruned to the pattern first with `prune_first`), its values
+        kept in B's dtype or rounded to `dtype` ("f32", "bf16", "f16")."""
         p = _pattern(pattern, vector)
-        return compress(prune(B, p) if prune_first else B, p)
+        nm = compress(prune(B, p) if prune_first else B, p)
+        return nm if dtype is None else nm.astype(dtype)
 
     def to_dense(self, dtype=np.float32) -> np.ndarray:
         K, N = self.shape
@@ -175,10 +200,13 @@ class NMMatrix:
         return self.values.nbytes + self.indices.nbytes
 
     def save(self, path) -> None:
+        """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta)."""
         p = self.pattern
+        raw = self.values.view(np.uint16) if self.dtype == "bf16" else self.values    # npz has no bfloat16
         with open(Path(path), "wb") as f:
-            np.savez(f, values=self.values, indices=self.indices,
-                     meta=np.array([FORMAT_VERSION, p.n, p.m, p.vector, self.K, self.N], np.int64))
+            np.savez(f, values=raw, indices=self.indices,
+                     meta=np.array([FORMAT_VERSION, p.n, p.m, p.vector, self.K, self.N, DTYPE_CODES[self.dtype]],
+                                   np.int64))
 
     @classmethod
     def load(cls, path) -> "NMMatrix":
@@ -187,12 +215,22 @@ class NMMatrix:
         raises one ShapeError naming the file and what is wrong."""
         try:
             meta, values, indices = _read_npz(Path(path))
-            if meta.dtype.kind not in "iu" or meta.shape != (6,):
-                raise ShapeError(f"its meta record must be 6 integers (version, n, m, V, K, N), got "
+            if meta.dtype.kind not in "iu" or meta.ndim != 1 or not meta.size:
+                raise ShapeError(f"its meta record must be integers (version, n, m, V, K, N[, dtype]), got "
                                  f"{meta.dtype} {meta.shape}: {meta.ravel()[:8].tolist()}")
-            if int(meta[0]) != FORMAT_VERSION:
-                raise ShapeError(f"it has format version {int(meta[0])}; this nmgen reads {FORMAT_VERSION}")
-            _, n, m, v, K, N = (int(x) for x in meta)
+            version = int(meta[0])
+            if version not in (1, 2) or meta.shape != ((6,) if version == 1 else (7,)):
+                raise ShapeError(f"it has format version {version} with {meta.size} meta entries; this nmgen reads "
+                                 f"versions 1 (6 entries) and 2 (7)")
+            _, n, m, v, K, N = (int(x) for x in meta[:6])
+            codes = {c: name for name, c in DTYPE_CODES.items()}
+            dt = codes.get(int(meta[6]), None) if version == 2 else "f32"
+            if dt is None:
+                raise ShapeError(f"its dtype code {int(meta[6])} is not one of {DTYPE_CODES}")
+            if dt == "bf16" and values.dtype == np.uint16:
+                values = values.view(DTYPES["bf16"].storage)
+            if storage_name(values.dtype) != dt:
+                raise ShapeError(f"its values are {values.dtype}, but its meta record says {dt}")
             return cls(values, indices, Pattern(n, m, v), (K, N))
         except NMGenError as e:
             raise ShapeError(f"{path} is not a valid nmgen matrix file: {e}") from None
@@ -203,7 +241,7 @@ class NMMatrix:
                              f"{type(e).__name__}: {e}") from None
 
     def __repr__(self):
-        return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.nbytes()} bytes)"
+        return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.dtype}, {self.nbytes()} bytes)"
 
 
 def _read_npz(path: Path):
@@ -243,11 +281,11 @@ def compress(B, pattern, vector: int | None = None) -> NMMatrix:
     window = np.arange(W) // p.n
     cols = np.arange(N) // p.vector
     values = B[window[:, None] * p.m + indices[:, cols].astype(np.int64), np.arange(N)[None, :]]
-    return NMMatrix(np.ascontiguousarray(values, np.float32), indices, p, (K, N))
+    return NMMatrix(np.ascontiguousarray(values), indices, p, (K, N))
 
 
 def pad_k(A=None, B=None, m=32):
-    """Zero-pad K (A's columns, B's rows) up to a multiple of the window; returns (A, B) as float32
+    """Zero-pad K (A's columns, B's rows) up to a multiple of the window; returns (A, B) in their dtypes
     numpy matrices (None where not given). `m` is the window: an int, or the pattern ("1:3", a
     Pattern), so `nmgen.pad_k(A, B, m=3)` and `nmgen.pad_k(A, B, m="1:3")` pad K=10 to 12.
     The inputs are not changed. Raises ShapeError for K=0, or an A and B whose K differ."""

@@ -62,6 +62,9 @@ class Verdict:
     checked: int            # elements compared
     where: tuple | None     # (row, column) of the worst element
 
+    def __bool__(self) -> bool:
+        return self.ok
+
     def summary(self) -> str:
         if self.checked == 0:
             return "nothing to compare (empty C)"

@@ -11,13 +11,17 @@ and gives the API fresh kernel and operand caches, so nothing made here reaches 
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import numpy as np
 
 from nmgen.ir import for_arch, interpret
 
-_DTYPES = {"f32": np.float32, "u8": np.uint8, "u16": np.uint16, "u32": np.uint32, "i32": np.int32}
+from nmgen.ir.dtypes import DTYPES
+
+_DTYPES = {"f32": np.float32, "bf16": DTYPES["bf16"].storage, "f16": np.float16, "u8": np.uint8,
+           "u16": np.uint16, "u32": np.uint32, "i32": np.int32}
 
 
 class FakeMemory:
@@ -129,12 +133,12 @@ class FakeLoaded:
             else:
                 arrays[p.name] = mem.array(ptr, (p.rows, p.cols), _DTYPES[p.dtype]).copy()
         mem.launches.append(ir.name)
-        C = interpret(ir, arrays)
-        out = mem.array(c_ptr, (ir.M, ir.N), np.float32)
+        C = interpret(dataclasses.replace(ir, convert_output=None), arrays)   # what the kernel itself writes
+        out = mem.array(c_ptr, (ir.M, ir.N), _DTYPES[ir.param("C").dtype])
         if ir.zero_output:
             out += C              # atomic adds onto the zeroed C
         else:
-            np.copyto(out, C, where=~np.isnan(C))   # only what the kernel writes
+            np.copyto(out, C, where=~np.isnan(C.astype(np.float32)))   # only what the kernel writes
 
 
 class _Driver:
@@ -150,11 +154,23 @@ class _Driver:
     def cuStreamSynchronize(self, stream):
         return (0,)
 
+    class CUDA_MEMCPY2D:                      # the fields the API sets
+        pass
+
+    class CUmemorytype:
+        CU_MEMORYTYPE_DEVICE = 2
+
+    def cuMemcpy2DAsync(self, cp, stream):
+        for r in range(cp.Height):
+            self.mem.bytes(int(cp.dstDevice) + r * cp.dstPitch, cp.WidthInBytes)[:] = \
+                self.mem.bytes(int(cp.srcDevice) + r * cp.srcPitch, cp.WidthInBytes).copy()
+        return (0,)
+
 
 def install(monkeypatch) -> FakeMemory:
     """Patch the runtime so the API runs on a fake H100; returns its memory."""
     import nmgen.api as api
-    from nmgen.runtime import arrays, driver, memory, module
+    from nmgen.runtime import arrays, convert as conversion, driver, memory, module
 
     mem = FakeMemory()
     FakeBuffer.mem = mem
@@ -175,8 +191,16 @@ def install(monkeypatch) -> FakeMemory:
         mem.memsets += 1
         mem.bytes(ptr, 4 * count).view(np.uint32)[:] = value
 
-    def empty_like_owner(owner, shape):
-        return FakeCudaArray.from_numpy(mem, np.empty(shape, np.float32))
+    def memset16(ptr, count, value, stream=0):
+        mem.memsets += 1
+        mem.bytes(ptr, 2 * count).view(np.uint16)[:] = value
+
+    def convert(src, dst, count, dtype, stream=0, device=0):
+        mem.array(dst, (count,), _DTYPES[dtype])[:] = mem.array(src, (count,), np.float32)
+
+    def empty_like_owner(owner, shape, dtype="f32"):
+        from nmgen.ir.dtypes import DTYPES
+        return FakeCudaArray.from_numpy(mem, np.empty(shape, DTYPES[dtype].storage))
 
     drv = _Driver(mem)
     monkeypatch.setattr(api, "_kernels", kernels)
@@ -190,6 +214,8 @@ def install(monkeypatch) -> FakeMemory:
     monkeypatch.setattr(memory, "DeviceBuffer", FakeBuffer)
     monkeypatch.setattr(memory, "download", download)
     monkeypatch.setattr(memory, "memset32", memset32)
+    monkeypatch.setattr(conversion, "memset16", memset16)
+    monkeypatch.setattr(conversion, "convert", convert)
     monkeypatch.setattr(memory, "synchronize", lambda stream=0, what="": None)
     monkeypatch.setattr(module, "load", fake_load)
     monkeypatch.setattr(arrays, "_device_of", lambda ptr: 0)

@@ -13,7 +13,12 @@ def random_problem(rng, M, N, K, n, m, v, a_major="row"):
     return p, A, B
 
 
-def assert_product(C, A, B, rows=None):
-    """C == A @ B: every element finite and within the error bound of its fp32 sum (nmgen.reference)."""
-    v = compare(C, A, B, rows)
-    assert v.ok, v.summary()
+def ok(C, A, B, rows=None, *, compute="ffma", out_dtype="f32"):
+    """The Verdict (nmgen.reference) of C against A @ B: true when every element is finite and within
+    the error bound of its fp32 sum; `assert ok(C, A, B)` shows the summary when it fails."""
+    return compare(C, A, B, rows, compute=compute, out_dtype=out_dtype)
+
+
+def assert_product(C, A, B, rows=None, **kw):
+    v = ok(C, A, B, rows, **kw)
+    assert v, v.summary()

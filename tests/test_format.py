@@ -85,7 +85,7 @@ def test_nmmatrix_validation():
         NMMatrix(v, np.array([[0, 0, 0, 0], [4, 4, 4, 4]], np.uint8), Pattern(2, 4, 1), (4, 4))
     with pytest.raises(PatternError, match="strictly increasing"):
         NMMatrix(v, np.array([[1, 1, 1, 1], [1, 2, 2, 2]], np.uint8), Pattern(2, 4, 1), (4, 4))
-    with pytest.raises(ShapeError, match=r"values must be float32 \(2, 4\)"):
+    with pytest.raises(ShapeError, match=r"values must be float32, bfloat16 or float16 \(2, 4\)"):
         NMMatrix(v[:1], np.zeros((2, 4), np.uint8), Pattern(2, 4, 1), (4, 4))
 
 
@@ -228,15 +228,17 @@ V4, I4 = np.ones((4, 2), np.float32), np.array([[0], [1], [0], [1]], np.uint8)  
     (_bytes(lambda g: g[: len(g) // 2]), r"not an nmgen matrix file .*BadZipFile"),
     (_bytes(lambda g: g[:200] + b"x" * 60 + g[260:]), r"not an nmgen matrix file .*"),
     (_bytes(lambda g: b"not a matrix"), r"not an nmgen matrix file"),
-    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 1.5, 8, 2])), r"meta record must be 6 integers .*float64"),
-    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 2, 8])), r"meta record must be 6 integers .*\(5,\)"),
+    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 1.5, 8, 2])), r"meta record must be integers .*float64"),
+    (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 2, 8])), r"format version 1 with 5 meta entries"),
     (_npz(values=V4), r"no indices, meta array"),
-    (_npz(values=V4[:3], indices=I4, meta=np.array([1, 2, 4, 2, 8, 2])), r"values must be float32 \(4, 2\)"),
+    (_npz(values=V4[:3], indices=I4, meta=np.array([1, 2, 4, 2, 8, 2])), r"values must be float32, bfloat16 or float16 \(4, 2\)"),
     (_npz(values=V4, indices=I4, meta=np.array([1, 2, 0, 2, 8, 2])), r"window m=0 must be between"),
     (_npz(values=V4, indices=I4, meta=np.array([7, 2, 4, 2, 8, 2])), r"format version 7"),
+    (_npz(values=V4, indices=I4, meta=np.array([2, 2, 4, 2, 8, 2, 9])), r"dtype code 9"),
+    (_npz(values=V4, indices=I4, meta=np.array([2, 2, 4, 2, 8, 2, 2])), r"values are float32, but its meta record says f16"),
     (_npy, r"holds one ndarray"),
 ], ids=["empty", "truncated", "corrupted", "junk", "meta-V-1.5", "meta-shape", "missing-arrays",
-        "values-shape", "meta-m-0", "version", "npy"])
+        "values-shape", "meta-m-0", "version", "dtype-code", "dtype-mismatch", "npy"])
 def test_load_refuses_anything_but_a_saved_matrix(tmp_path, rng, write, match):
     good = tmp_path / "good.npz"
     NMMatrix.from_dense(rng.standard_normal((64, 50)), "4:16", vector=8, prune_first=True).save(good)

@@ -71,7 +71,8 @@ def _torch_view(x) -> DeviceArray:
     import torch
     if x.device.type != "cuda":
         raise ShapeError("a torch tensor on the CPU is not a device array")
-    np_dtype = np.dtype(str(x.dtype).replace("torch.", "")) if x.dtype != torch.bfloat16 else np.dtype("V2")
+    from ..ir.dtypes import DTYPES
+    np_dtype = np.dtype(str(x.dtype).replace("torch.", "")) if x.dtype != torch.bfloat16 else DTYPES["bf16"].storage
     return DeviceArray(x.data_ptr(), tuple(x.shape), tuple(s * x.element_size() for s in x.stride()), np_dtype,
                        torch.cuda.current_stream(x.device).cuda_stream, x.device.index or 0, x)
 
@@ -79,6 +80,11 @@ def _torch_view(x) -> DeviceArray:
 def _cai_view(x) -> DeviceArray:
     d = x.__cuda_array_interface__
     dtype = np.dtype(d["typestr"])
+    if dtype.kind == "V" and dtype.itemsize == 2:   # the protocol has no bfloat16 ("|V2"): the array may say
+        from ..ir.dtypes import storage_name
+        own = getattr(x, "dtype", None)
+        if own is not None and storage_name(own) == "bf16":
+            dtype = np.dtype(own)
     shape = tuple(d["shape"])
     strides = d.get("strides")
     if strides is None:
@@ -126,14 +132,18 @@ def device_view(x) -> DeviceArray | None:
     return None
 
 
-def empty_like_owner(owner, shape) -> object:
-    """A new float32 device array of `shape` from the same library as `owner` (torch or cupy)."""
+def empty_like_owner(owner, shape, dtype: str = "f32") -> object:
+    """A new device array of `shape` and `dtype` ("f32", "bf16", "f16") from the same library as
+    `owner` (torch or cupy; cupy has no bfloat16)."""
     mod = type(owner).__module__
     if mod.startswith("torch"):
         import torch
-        return torch.empty(shape, dtype=torch.float32, device=owner.device)
+        return torch.empty(shape, dtype=getattr(torch, {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[dtype]),
+                           device=owner.device)
     if mod.startswith("cupy"):
         import cupy
+        if dtype == "bf16":
+            raise ShapeError("cupy has no bfloat16: pass out= (e.g. a torch tensor) for a bfloat16 C")
         with cupy.cuda.Device(owner.device.id):
-            return cupy.empty(shape, dtype=cupy.float32)
+            return cupy.empty(shape, dtype={"f32": cupy.float32, "f16": cupy.float16}[dtype])
     raise ShapeError(f"pass out= for {type(owner).__name__} inputs (nmgen can allocate torch and cupy outputs)")
