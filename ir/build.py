@@ -4,6 +4,7 @@ The pipeline is expanded into explicit copies, commits, waits and barriers, so t
 interpreter checks the very order the GPU will run:
 
     prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
+               (wgmma: S-2 tiles, and every tile index below one further: see `lag`)
     main loop: for t in [t0, t1):
                    ready(t):  wait until tile t has landed (S-2 groups may stay in flight); barrier
                    acc += rows [0, refill_row) of tile t (from stage (t-t0) % S)
@@ -20,6 +21,13 @@ interpreter checks the very order the GPU will run:
                    if t+1 < t1: ready(t+1); head <- fragments of tile t+1's first row
                    acc += last
                    if t+1 < t1: refill(t+1), into tile t's stage (every thread is past its last read)
+    wgmma (asynchronous warpgroup mma, lag 2): a warp waits only for its previous tile's group
+               (MmaWait 1) after issuing tile t's, so after the next barrier the stage of tile t-1 -
+               not t - is free: refill(t) copies tile t+S-2 into the stage of tile t-2.
+               for t in [t0, t1):
+                   ready(t); refill(t): tile t+S-2 -> stage (t-t0+S-2) % S; commit
+                   acc += tile t (A fragments by ldmatrix, then the wgmma group); MmaWait(1)
+               MmaWait(0) before the epilogue
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
                through shared memory (over the pipeline's buffers)
                store acc to C (atomic add under split-K)
@@ -29,8 +37,8 @@ from __future__ import annotations
 from .dtypes import dtype as dtype_of
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, Param, ReduceSlices, Shared,
-                    SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait, Param, ReduceSlices,
+                    Shared, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -81,6 +89,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     params = [
         Param("A", el, K, a_leading_dim(problem), doc="activations, column-major: (K, M) in memory") if col else
         Param("A", el, M, a_leading_dim(problem), doc="activations (M, K), row-major"),
+        Param("Bv", el, g.T * g.tiles_n, g.KR * BN, doc="kept values, one chunk per (K tile, block column) in "
+              "wgmma's core-matrix order") if s.wgmma else
         Param("Bv", el, g.T * g.KR, g.tiles_n * BN, doc="kept values (T*KR, tiles_n*BN), zero-padded"),
     ]
     if not g.gathered:
@@ -99,7 +109,12 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         a_buf = Shared("As", el, S, BM, g.a_rows + s.a_pad, 0, doc="(stages, BM, BK+pad): A as in global")
     else:
         a_buf = Shared("As", el, S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A with K rows")
-    b_buf = Shared("Bs", el, S, g.KR, BN + b_pad(problem), _align16(a_buf.nbytes), doc="(stages, KR, BN+pad): kept values")
+    if s.wgmma:   # read by the tensor cores through descriptors: canonical core matrices (operands.wgmma_b_order)
+        b_buf = Shared("Bs", el, S, 1, g.KR * BN, _align16(a_buf.nbytes),
+                       doc="(stages, KR*BN): kept values as 8x8 core matrices (wgmma's K-major B)")
+    else:
+        b_buf = Shared("Bs", el, S, g.KR, BN + b_pad(problem), _align16(a_buf.nbytes),
+                       doc="(stages, KR, BN+pad): kept values")
     shared = (a_buf, b_buf)
     if not g.gathered:
         shared += (Shared("Is", idx_dtype, S, 1, g.chunk_bytes, _align16(b_buf.offset + b_buf.nbytes),
@@ -127,8 +142,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
             a = Copy("As", stage, "A", bm * BM, 0, a_plan, bound_m, None, "rows")
         else:
             a = Copy("As", stage, "A", bm * BM, tile * g.BK, a_plan, bound_m, bound_k)
-        return (a, Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan)) + (
-            () if g.gathered else (Copy("Is", stage, "Bi", chunk, 0, i_plan),))
+        b = Copy("Bs", stage, "Bv", chunk, 0, b_plan) if s.wgmma else Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan)
+        return (a, b) + (() if g.gathered else (Copy("Is", stage, "Bi", chunk, 0, i_plan),))
 
     body = list(_raster(g.tiles_m, g.tiles_n, s.raster))
     if s.split_k == 1:
@@ -136,24 +151,30 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
         body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
     body.append(ZeroAcc())
+    # tiles whose stage a refill may not take yet: the one being read (synchronous instructions),
+    # and the one before it too while its asynchronous wgmma may still be reading it
+    lag = 2 if s.wgmma else 1
+    ahead = S - lag                    # tiles copied ahead of the one multiplied
     # "rows": the list for a tile is loaded one iteration before its copies are issued
     pre = (lambda tile: (load_list(tile),)) if rows_strategy else (lambda tile: ())
-    for st in range(S - 1):
+    for st in range(ahead):
         body += [If(lt(t0 + st, t1), pre(t0 + st) + load(t0 + st, st)), Commit()]
     if rows_strategy:
-        body.append(If(lt(t0 + (S - 1), t1), pre(t0 + (S - 1))))
+        body.append(If(lt(t0 + ahead, t1), pre(t0 + ahead)))
     ops = SparseOperands("As", "Bs", "" if g.gathered else "Is", g.KR, g.a_rows, s.a_smem, s.warps_k,
                          g.scale if g.idx_bits == 32 and not g.gathered else 0, lay.instr.k)
     share = ops.steps       # instruction steps a warp multiplies per K tile
 
-    ready = (Wait(S - 2), Barrier())   # the oldest tile in flight landed (S-2 younger groups may stay) and visible
+    ready = (Wait(ahead - 1), Barrier())   # the oldest tile in flight landed (younger groups may stay), visible
 
-    def refill(u, free):    # copy tile u+S-1 into stage `free`, which no thread reads any more
-        out = (If(lt(u + (S - 1), t1), load(u + (S - 1), free)), Commit())
-        return out + ((If(lt(u + S, t1), pre(u + S)),) if rows_strategy else ())
+    def refill(u, free):    # copy tile u+ahead into stage `free`, which no thread reads any more
+        out = (If(lt(u + ahead, t1), load(u + ahead, free)), Commit())
+        return out + ((If(lt(u + ahead + 1, t1), pre(u + ahead + 1)),) if rows_strategy else ())
 
     t, it = Var("t"), Var("it")
-    if not s.prefetch:
+    if s.wgmma:
+        loop = ready + refill(t, (it + ahead) % S) + (SparseMMA(it % S, ops), MmaWait(1))
+    elif not s.prefetch:
         # with refill_row, the first rows' fragment loads go out before the copies' address
         # arithmetic and cp.async issue, which then hide their latency instead of delaying them
         r = s.refill_row
@@ -173,6 +194,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
             SparseMMA(it % S, ops, share - 1, share, "last"),
             If(lt(t + 1, t1), refill(t + 1, it % S)))
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
+    if s.wgmma:
+        body.append(MmaWait(0))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
@@ -198,8 +221,9 @@ def copy_plans(problem: Problem, s: Schedule, g) -> tuple[CopyPlan, CopyPlan, Co
         a = CopyPlan(g.a_rows, s.block_m, es, es * e, False, s.threads)
     else:                          # [m][k] as in memory ("mk"), or transposed element by element
         a = CopyPlan(s.block_m, g.a_rows, es, es * e, s.a_smem != "mk", s.threads)
-    return (a, CopyPlan(g.KR, s.block_n, es, s.b_copy_bytes, False, s.threads),
-            CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, s.threads))
+    b = (CopyPlan(1, g.KR * s.block_n, es, s.b_copy_bytes, False, s.threads) if s.wgmma else
+         CopyPlan(g.KR, s.block_n, es, s.b_copy_bytes, False, s.threads))
+    return a, b, CopyPlan(1, g.chunk_bytes, 1, s.b_copy_bytes, False, s.threads)
 
 
 def a_leading_dim(problem: Problem) -> int:

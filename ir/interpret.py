@@ -27,8 +27,8 @@ import numpy as np
 from .dtypes import round_tf32
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseMMA,
-                    SparseOperands, StoreAcc, Wait, ZeroAcc)
+from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait, ReduceSlices,
+                    SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import INDEX_DTYPES
 
 _NP = {"f32": np.float32, "bf16": ml_dtypes.bfloat16, "f16": np.float16, "u8": np.uint8, "u16": np.uint16,
@@ -52,6 +52,7 @@ class _Block:
     groups: list = field(default_factory=list)
     regs: dict = field(default_factory=dict)     # per-thread register lists: name -> (iterations, threads)
     frags: dict = field(default_factory=dict)    # fragment registers: name -> fragments of one step per thread
+    mma_groups: list = field(default_factory=list)   # wgmma groups in flight: the stages each still reads
 
 
 def _bcast(x, n):
@@ -100,13 +101,16 @@ class Interpreter:
         """The instruction's fragment tables as index arrays, each checked to be a bijection onto
         its matrix (a table with a hole or a double entry would go unnoticed otherwise)."""
         lay, ins = self.k.layout, self.k.layout.instr
-        lanes = np.arange(32)
+        lanes = np.arange(ins.lanes)
         self.lane, self.warp = tid % 32, tid // 32
+        self.lane_g = tid % ins.lanes                         # the thread within its instruction group
         self.wm, self.wn = (np.asarray(x) for x in lay.warp_coords(tid))
         tables = {}
-        for name, count, coord, shape in (("A", ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)),
-                                          ("B", ins.b_regs * ins.per_reg, ins.b_coord, (ins.k, ins.n)),
-                                          ("C", ins.c_regs, ins.c_coord, (ins.m, ins.n))):
+        tables_of = [("A", ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)),
+                     ("C", ins.c_regs, ins.c_coord, (ins.m, ins.n))]
+        if not ins.is_wgmma:              # wgmma's B comes through a descriptor, not registers
+            tables_of.insert(1, ("B", ins.b_regs * ins.per_reg, ins.b_coord, (ins.k, ins.n)))
+        for name, count, coord, shape in tables_of:
             rc = np.array([[coord(int(t), e) for e in range(count)] for t in lanes])       # (32, count, 2)
             cover = np.zeros(shape, np.int64)
             np.add.at(cover, (rc[..., 0], rc[..., 1]), 1)
@@ -114,6 +118,9 @@ class Interpreter:
                 raise HazardError(f"{ins.name}: the {name} fragment table does not cover the {shape} matrix once")
             tables[name] = rc
         self.frag_table = tables
+        # a warp's own (row, k) of its A fragment (scalar loads): rows 16w.. of wgmma are added as m0
+        self.warp_a_table = np.array([[(r % 16, k) for r, k in (ins.a_coord(int(t), e) for e in
+                                       range(ins.a_regs * ins.per_reg))] for t in range(32)])
         group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
         per_tile = ins.c_regs
         self.acc_group = np.array([group_of[(e // per_tile) % lay.tiles_n] for e in range(lay.acc_count)])
@@ -171,6 +178,8 @@ class Interpreter:
                     for key, apply in blk.groups.pop(0):
                         apply()
                         blk.stages[key].state = "landed"
+            elif isinstance(st, MmaWait):
+                del blk.mma_groups[:max(0, len(blk.mma_groups) - st.pending)]
             elif isinstance(st, Barrier):
                 for s in blk.stages.values():
                     if s.state == "landed":
@@ -235,6 +244,9 @@ class Interpreter:
                               f"(no barrier since it was last read)")
         if st.state == "pending" or any(k == key for k, _ in blk.open_group):
             raise HazardError(f"copy into {cp.dst} stage {stage} while an earlier copy into it is still in flight")
+        if any(key in g for g in blk.mma_groups):
+            raise HazardError(f"copy into {cp.dst} stage {stage} while a wgmma group still reads it (no MmaWait "
+                              f"retired it, or no barrier after the other warps' waits)")
         src = self.arrays[cp.src]
         r, c, it_idx, thr = self._plan_slots(cp.plan)
         row0, col0 = self._scalar(cp.row0, blk), self._scalar(cp.col0, blk)
@@ -331,6 +343,9 @@ class Interpreter:
         ldmatrix = ins.per_reg == 2
         a = np.stack([np.stack([self._a_fragment(ops, As, entries, first, g, i, ldmatrix and ops.a_layout == "km")
                                 for i in range(lay.tiles_m)], 1) for g in range(len(lay.groups))], 1)
+        if ins.is_wgmma:    # B is read by the tensor cores through descriptors, per warpgroup
+            b = np.stack([self._b_descriptor(Bs, ops, first, j) for j in range(lay.tiles_n)], 1)
+            return a, b
         b = np.stack([self._b_fragment(Bs, first, j, ldmatrix) for j in range(lay.tiles_n)], 1)
         if ins.dtype == "tf32":            # the kernel rounds A to TF32 as it loads it (cvt.rna); B was rounded offline
             a = round_tf32(a)
@@ -342,17 +357,37 @@ class Interpreter:
         ins = lay.instr
         unit = self.group_units[:, g]
         m0 = self.wm * lay.warp_m + i * ins.m                          # (threads,) the tile's first row
+        if ins.is_wgmma:                                               # warp w of a group: rows 16w..
+            m0 = m0 + 16 * ((self.lane_g // 32) % 4)
         if ldmatrix:     # x4.trans: lane L hands row (k_L, m_L); lane t gets rows 2(t%4)+h of matrix q, column t//4
             k_in, m_off = (np.asarray(x) for x in lay.ldmatrix_a(self.lane))
             pos = entries[first + k_in, unit]                           # the K position each lane addresses
             rows = As[pos[:, None], (m0 + m_off)[:, None] + np.arange(8)[None, :]]   # (threads, 8): its 16 bytes
             return self._ldmatrix_trans(rows, ins.a_regs)
         e = np.arange(ins.a_regs * ins.per_reg)
-        rc = self.frag_table["A"][self.lane]                            # (threads, elements, 2): (row, k)
+        rc = self.frag_table["A"][self.lane] if not ins.is_wgmma else self.warp_a_table[self.lane]
         pos = entries[first[:, None] + rc[..., 1], unit[:, None]]
         m = m0[:, None] + rc[..., 0]
         vals = As[m, pos] if ops.a_layout == "mk" else As[pos, m]
         return vals.astype(np.float32).reshape(len(first), e.size)
+
+    def _b_descriptor(self, Bs, ops, first, j: int) -> np.ndarray:
+        """The (k x n) B matrix wgmma reads for n-tile j of each thread's warpgroup: through the
+        matrix descriptor (operands.wgmma_b_desc), decoded by the PTX ISA's rule for K-major, no
+        swizzle: element (k, c) at start + (k // 8) * LBO + (c // 8) * SBO + (c % 8) * 16 + (k % 8) * 2
+        bytes. Returns (threads, k, n) float32."""
+        from .operands import wgmma_b_desc
+        lay, ins = self.k.layout, self.k.layout.instr
+        flat = Bs.reshape(-1)
+        out = np.empty((len(first), ins.k, ins.n), np.float32)
+        k = np.arange(ins.k)[:, None]
+        c = np.arange(ins.n)[None, :]
+        for t in range(len(first)):
+            start, lbo, sbo = wgmma_b_desc(int(self.group_units[t, j]), int(first[t]) // ins.k, ins.n,
+                                           ops.kept // ins.k)
+            byte = 2 * start + (k // 8) * lbo + (c // 8) * sbo + (c % 8) * 16 + (k % 8) * 2
+            out[t] = flat[byte // 2]
+        return out
 
     def _b_fragment(self, Bs, first, j: int, ldmatrix: bool) -> np.ndarray:
         """Each thread's B fragment of n-tile j: (threads, b elements)."""
@@ -383,12 +418,15 @@ class Interpreter:
         return out
 
     def _mma(self, blk: _Block, a: np.ndarray, b: np.ndarray):
-        """acc += A B for every (m-tile, n-tile) of every warp: the fragments placed into the
-        instruction's matrices by its tables, multiplied with fp32 sums, the sum put back by C's."""
+        """acc += A B for every (m-tile, n-tile) of every warp (warpgroup, for wgmma): the fragments
+        placed into the instruction's matrices by its tables, multiplied with fp32 sums, the sum put
+        back by C's."""
         lay = self.k.layout
         ins = lay.instr
         T = len(self.lane)
         W = T // 32
+        if ins.is_wgmma:
+            return self._wgmma(blk, a, b)
         group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
         ta, tb, tc = self.frag_table["A"], self.frag_table["B"], self.frag_table["C"]
         lanes = np.arange(32)[:, None]
@@ -404,6 +442,27 @@ class Interpreter:
                 C[:, tc[..., 0], tc[..., 1]] = acc[:, :, e]
                 D = np.matmul(A, B, dtype=np.float32) + C
                 acc[:, lanes, e[None, :]] = D[:, tc[..., 0], tc[..., 1]]
+
+    def _wgmma(self, blk: _Block, a: np.ndarray, b: np.ndarray):
+        """acc += A B per warpgroup and (m-tile, n-tile): A (64 x 16) from the group's 128 threads'
+        registers by the instruction's table, B as the descriptor gave it, C by the table."""
+        lay, ins = self.k.layout, self.k.layout.instr
+        T = len(self.lane)
+        G = T // 128
+        group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
+        ta, tc = self.frag_table["A"], self.frag_table["C"]
+        threads = np.arange(128)[:, None]
+        acc = blk.acc.reshape(G, 128, -1)
+        for i in range(lay.tiles_m):
+            for j in range(lay.tiles_n):
+                A = np.zeros((G, ins.m, ins.k), np.float32)
+                A[:, ta[..., 0], ta[..., 1]] = a[:, group_of[j], i].reshape(G, 128, -1)
+                B = b[::128, j]                                          # (G, k, n): one per warpgroup
+                e = (i * lay.tiles_n + j) * ins.c_regs + np.arange(ins.c_regs)
+                C = np.zeros((G, ins.m, ins.n), np.float32)
+                C[:, tc[..., 0], tc[..., 1]] = acc[:, :, e]
+                D = np.matmul(A, B, dtype=np.float32) + C
+                acc[:, threads, e[None, :]] = D[:, tc[..., 0], tc[..., 1]]
 
     def _load_fragments(self, st: LoadFragments, blk: _Block):
         if not 0 <= st.step < st.ops.steps:
@@ -425,6 +484,8 @@ class Interpreter:
         if len(steps):
             parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), steps, blk, "SparseMMA"))
         lay = self.k.layout
+        if lay.instr.is_wgmma:            # one asynchronous group reading B from the stage until retired
+            blk.mma_groups.append({(op.ops.b, self._scalar(op.stage, blk))})
         for part in parts:
             if lay.instr.is_mma:
                 for a, b in part:
@@ -432,6 +493,11 @@ class Interpreter:
             else:
                 a, b = part
                 blk.acc += np.einsum("tkrc,tkc->trc", a, b, dtype=np.float32).reshape(blk.acc.shape)
+
+    def _accumulators_settled(self, blk: _Block, what: str) -> None:
+        if blk.mma_groups:
+            raise HazardError(f"{what} reads the accumulators while {len(blk.mma_groups)} wgmma group(s) are in "
+                              f"flight: MmaWait(0) first")
 
     def _reduce(self, op: ReduceSlices, blk: _Block):
         """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the
@@ -452,6 +518,7 @@ class Interpreter:
         blk.acc[first] += share[self.rows[first], self.cols[first]]
 
     def _store(self, op: StoreAcc, blk: _Block):
+        self._accumulators_settled(blk, "StoreAcc")
         C = self.arrays[op.dst]
         rows = self._scalar(op.row0, blk) + self.rows
         cols = self._scalar(op.col0, blk) + self.cols

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from math import gcd
 
 from .expr import and_, lt
-from .instructions import FFMA, MathInstr, for_dtype
+from .instructions import FFMA, MathInstr, for_dtype, wgmma
 from .problem import ceil_div
 from .schedule import Schedule
 
@@ -78,8 +78,19 @@ class ComputeLayout:
 
     @classmethod
     def for_problem(cls, problem, s: Schedule) -> "ComputeLayout":
-        """The layout of schedule `s` for `problem` (its vector length and its dtype's instruction)."""
-        return cls.of(s, problem.pattern.vector, for_dtype(problem.dtype))
+        """The layout of schedule `s` for `problem` (its vector length and its dtype's instruction,
+        or the warpgroup mma as wide as an index unit allows with s.wgmma)."""
+        instr = for_dtype(problem.dtype)
+        if s.wgmma and problem.dtype in ("bf16", "f16"):
+            unit = gcd(problem.pattern.vector, s.warp_n)
+            instr = wgmma(problem.dtype, max((n for n in range(8, 257, 8) if unit % n == 0), default=8))
+        return cls.of(s, problem.pattern.vector, instr)
+
+    @property
+    def group_size(self) -> int:
+        """Threads that execute one instruction tile together: 1 thread (FFMA), a warp (mma), a
+        warpgroup of 4 warps (wgmma). The block's warp tiles are spread over such groups."""
+        return 128 if self.instr.is_wgmma else 32
 
     @property
     def lanes_m(self): return self.warp_m // self.thread_m
@@ -90,7 +101,7 @@ class ComputeLayout:
     @property
     def warps_n(self): return self.block_n // self.warp_n
     @property
-    def threads(self): return 32 * self.warps_m * self.warps_n * self.warps_k
+    def threads(self): return self.group_size * self.warps_m * self.warps_n * self.warps_k
     @property
     def a_vec(self): return self.row_vec or vector_width(self.thread_m)
     @property
@@ -100,11 +111,11 @@ class ComputeLayout:
 
     def slice(self, tid):
         """Which share of the kept rows thread `tid` multiplies (0 <= slice < warps_k)."""
-        return tid // (32 * self.warps_m * self.warps_n)
+        return tid // (self.group_size * self.warps_m * self.warps_n)
 
     def warp_coords(self, tid):
-        """(warp row, warp column) of thread `tid`'s warp tile."""
-        warp = tid // 32
+        """(warp row, warp column) of thread `tid`'s warp tile (a warpgroup's, for wgmma)."""
+        warp = tid // self.group_size
         if self.warps_k > 1:
             warp = warp % (self.warps_m * self.warps_n)
         return warp // self.warps_n, warp % self.warps_n
@@ -174,7 +185,8 @@ class ComputeLayout:
         if self.instr.is_mma:
             q, t = e % self.instr.c_regs, e // self.instr.c_regs
             wm, _ = self.warp_coords(tid)
-            return wm * self.warp_m + (t // self.tiles_n) * self.instr.m + self.instr.c_coord(tid % 32, q)[0]
+            return (wm * self.warp_m + (t // self.tiles_n) * self.instr.m
+                    + self.instr.c_coord(tid % self.group_size, q)[0])
         return self.row(tid, e // self.thread_n)
 
     def acc_col(self, tid, e: int):
@@ -182,7 +194,8 @@ class ComputeLayout:
         if self.instr.is_mma:
             q, t = e % self.instr.c_regs, e // self.instr.c_regs
             _, wn = self.warp_coords(tid)
-            return wn * self.warp_n + (t % self.tiles_n) * self.instr.n + self.instr.c_coord(tid % 32, q)[1]
+            return (wn * self.warp_n + (t % self.tiles_n) * self.instr.n
+                    + self.instr.c_coord(tid % self.group_size, q)[1])
         return self.col(tid, e % self.thread_n)
 
     @property

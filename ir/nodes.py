@@ -113,6 +113,14 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class MmaWait:
+    """Wait until at most `pending` of this warp's committed groups of asynchronous warpgroup mma
+    (wgmma) are still running: their accumulators may then be read and the shared memory they read
+    reused (after a barrier, for the other warps' groups)."""
+    pending: int
+
+
+@dataclass(frozen=True)
 class Barrier:
     """__syncthreads(): every thread arrives, and shared memory writes before it are visible after it."""
 
@@ -173,7 +181,9 @@ class SparseMMA:
     """acc += A * B (see SparseOperands) over steps first <= j < stop of each thread's share of
     `stage` (stop None: the end of the share), with the layout's multiply-accumulate instruction
     (FFMA on a thread tile, or mma on a warp's fragments). With `head`, step `first` is not read
-    from shared memory: its fragments are the registers a LoadFragments filled (and are used up)."""
+    from shared memory: its fragments are the registers a LoadFragments filled (and are used up).
+    wgmma: the steps' A fragments are loaded, then all their wgmma issued and committed as one
+    asynchronous group, which reads B from the stage until an MmaWait retires it."""
     stage: IntLike
     ops: SparseOperands
     first: int = 0
@@ -204,8 +214,8 @@ class StoreAcc:
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, Barrier, ZeroAcc, LoadFragments, SparseMMA, ReduceSlices,
-             StoreAcc]
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, Barrier, ZeroAcc, LoadFragments, SparseMMA,
+             ReduceSlices, StoreAcc]
 
 
 @dataclass(frozen=True)

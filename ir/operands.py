@@ -133,13 +133,15 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         tile = np.arange(T * tn) // tn
         arows = (chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, upb * KR)
                  + (tile * BK)[:, None]).astype(np.int32)
-        return Operands(g0, bv, None, arows)
+        return Operands(g0, wgmma_b_order(bv, g0, s) if s.wgmma else bv, None, arows)
     if s.a_load == "rows":
         chunks, arows = _compact_rows(chunks, BK, tn)
         a_rows = arows.shape[1]
     g = geometry(problem, s, a_rows)
     if gathers_with_ldmatrix(problem, s):
         chunks = _spread_banks(chunks, bv, g, s)
+    if s.wgmma:
+        bv = wgmma_b_order(bv, g, s)
     if g.idx_bits == 32:   # byte offsets, unit-major: (T*tn, KR, upb) -> (T*tn, upb, KR)
         chunks = chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, -1) * g.scale
     dt = INDEX_DTYPES[g.idx_bits]
@@ -155,6 +157,30 @@ def _bytes(x: np.ndarray, dt: np.dtype) -> np.ndarray:
     and one K tile, `chunks` is a transposed view, and `astype` keeps that layout. Reinterpreting
     bytes needs a C-contiguous array, so make one rather than rely on how the view came out."""
     return np.ascontiguousarray(x, dtype=dt).view(np.uint8).reshape(x.shape[0], -1)
+
+
+# wgmma reads B (16 kept rows x n columns of one index unit, a step) from shared memory as "K-major,
+# no swizzle" (PTX ISA 9.7.15.5.1.2): 8x8 core matrices of 8 columns (rows of the core matrix) by 8
+# kept rows, each 128 contiguous bytes, a column's 8 values one 16-byte row. The two core matrices
+# of a column block along K sit LBO = 128 bytes apart, successive column blocks SBO = 256 bytes.
+WGMMA_LBO, WGMMA_SBO = 128, 256
+
+
+def wgmma_b_desc(unit: int, step: int, n: int, steps: int) -> tuple[int, int, int]:
+    """(element offset in the stage, LBO bytes, SBO bytes) of the B operand of index unit `unit` of
+    the block column at instruction step `step` (n columns; `steps` steps a K tile)."""
+    return (unit * steps + step) * 16 * n, WGMMA_LBO, WGMMA_SBO
+
+
+def wgmma_b_order(bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
+    """bv (T*KR, tn*BN) -> (T*tn, KR*BN): for each (K tile, block column) one contiguous chunk, per
+    index unit and step its core matrices in wgmma's order (wgmma_b_desc). 16-bit values only."""
+    T, KR, tn, upb, n = g.T, g.KR, g.tiles_n, g.upb, g.unit
+    steps = KR // 16
+    # rows k = step*16 + kb*8 + kc, columns = bn*BN + u*n + nb*8 + nr
+    x = bv.reshape(T, steps, 2, 8, tn, upb, n // 8, 8)
+    # -> (T, bn, u, step, nb, kb, nr, kc)
+    return np.ascontiguousarray(x.transpose(0, 4, 5, 1, 6, 2, 7, 3)).reshape(T * tn, KR * s.block_n)
 
 
 def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:

@@ -56,6 +56,7 @@ class Schedule:
     warps_k: int = 1          # warps sharing each warp tile, each taking 1/warps_k of a K tile's kept rows
     prefetch: int = 0         # 1: a K tile's first fragments load before the previous tile's last FMAs (0: after its barrier)
     refill_row: int = 0       # plain loop: kept rows multiplied after the barrier before the next copies are issued
+    wgmma: int = 0            # 1 (sm_90, bf16/f16): warpgroup mma; warp_m x warp_n is then a warpgroup's tile
 
     def __post_init__(self):
         for f in fields(self):
@@ -66,7 +67,8 @@ class Schedule:
                     raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
-            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n") else 1):
+            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n", "wgmma")
+                     else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range")
 
     # ---- derived shape of the thread hierarchy --------------------------------------------------
@@ -75,7 +77,7 @@ class Schedule:
     @property
     def warps_n(self) -> int: return self.block_n // self.warp_n
     @property
-    def warps(self) -> int: return self.warps_m * self.warps_n * self.warps_k
+    def warps(self) -> int: return self.warps_m * self.warps_n * self.warps_k * (4 if self.wgmma else 1)
     @property
     def threads(self) -> int: return 32 * self.warps
     @property
@@ -122,7 +124,7 @@ class Schedule:
     def short(self) -> str:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`; fields off their defaults
         follow (wk2, mk, pf, rf1, mb2)."""
-        tile = "mma" if self.mma else f"t{self.thread_m}x{self.thread_n}"
+        tile = ("wgmma" if self.wgmma else "mma") if self.mma else f"t{self.thread_m}x{self.thread_n}"
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} {tile} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")

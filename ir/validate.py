@@ -1,6 +1,8 @@
 """Why a schedule cannot run: every reason, in words, with the numbers and what to change."""
 from __future__ import annotations
 
+from math import gcd
+
 from .build import a_copy_elems, b_pad, reduce_buffer
 from .device import Device
 from .dtypes import dtype as dtype_of
@@ -19,6 +21,8 @@ def estimate_registers(s: Schedule, vector: int = 32, instr=None) -> int:
     """Registers per thread before ptxas says: accumulators, double-buffered fragments (one A
     fragment per index look-up group), addressing."""
     lay = ComputeLayout.of(s, vector, instr or for_dtype("f32"))
+    if lay.instr.is_wgmma:   # A fragments of a whole K tile stay live until its group is issued
+        return lay.acc_count + lay.tiles_m * lay.instr.a_regs * len(lay.groups) * 2 + 32
     groups = len(lay.groups)
     if lay.instr.is_mma:
         a = lay.tiles_m * lay.instr.a_regs * groups
@@ -31,7 +35,7 @@ def shared_bytes(problem: Problem, s: Schedule, a_rows: int | None = None) -> in
     g = geometry(problem, s, a_rows)
     es = g.esize
     a = s.stages * (s.block_m * (g.a_rows + s.a_pad) if s.a_smem == "mk" else g.a_rows * (s.block_m + s.a_pad)) * es
-    b = s.stages * g.KR * (s.block_n + b_pad(problem)) * es
+    b = s.stages * g.KR * (s.block_n + (0 if s.wgmma else b_pad(problem))) * es
     i = s.stages * g.chunk_bytes
     pipeline = sum(-(-x // 16) * 16 for x in (a, b, i))
     return max(pipeline, reduce_buffer(s).nbytes) if s.warps_k > 1 else pipeline
@@ -43,7 +47,11 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if s.block_m % s.warp_m or s.block_n % s.warp_n:
         why.append(f"warp tile {s.warp_m}x{s.warp_n} does not divide block tile {s.block_m}x{s.block_n}")
         return why
-    instr = for_dtype(problem.dtype)
+    instr = ComputeLayout.for_problem(problem, s).instr
+    if s.wgmma:
+        why += _wgmma_problems(problem, s, device)
+        if why:
+            return why
     if instr.is_mma:
         why += _mma_problems(problem, s, instr)
         if why:
@@ -66,6 +74,8 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append(f"{tile} holds {accs} accumulators per thread; more than {MAX_ACCUMULATORS} spill out of the "
                    f"255 registers a thread has")
     regs = estimate_registers(s, problem.pattern.vector, instr)
+    if s.wgmma:
+        regs = min(regs, 255)
     if regs * s.threads > device.regs_per_sm:
         why.append(f"about {regs} registers x {s.threads} threads exceed the {device.regs_per_sm} registers of an SM")
     g = geometry(problem, s, a_rows)
@@ -147,6 +157,29 @@ def _mma_problems(problem: Problem, s: Schedule, instr) -> list[str]:
     if problem.a_major == "row" and s.a_smem == "km" and dtype_of(problem.dtype).itemsize == 2:
         why.append("a row-major 16-bit A is copied as it is (cp.async moves at least 4 bytes, two elements of "
                    "a row): use a_smem='mk'")
+    return why
+
+
+def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
+    """What keeps `s` off Hopper's warpgroup mma (wgmma) for `problem`."""
+    why = []
+    if s.wgmma != 1:
+        return [f"wgmma={s.wgmma} must be 0 (mma.sync) or 1 (warpgroup mma)"]
+    if problem.dtype not in ("bf16", "f16"):
+        why.append(f"wgmma runs bf16 and f16 here; {problem.dtype} uses mma.sync (wgmma=0)")
+    if device.cc < (9, 0):
+        why.append(f"wgmma needs a Hopper GPU (compute capability 9.0); {device.name} is {device.arch}")
+    if s.warp_m % 64:
+        why.append(f"a wgmma warpgroup tile is whole 64-row instructions: warp_m={s.warp_m} is not a multiple of 64")
+    unit = gcd(problem.pattern.vector, s.warp_n)
+    if unit > 256 or unit % 8:
+        why.append(f"wgmma's N is one index unit (gcd(V, warp_n) = {unit}): it must be a multiple of 8 up to 256")
+    if s.warps_k != 1 or s.prefetch or s.refill_row:
+        why.append("wgmma schedules issue each K tile's products as one asynchronous group: warps_k=1, prefetch=0, "
+                   "refill_row=0")
+    if s.stages < 3:
+        why.append(f"stages={s.stages}: wgmma keeps the tile before the current one in use while the next copies "
+                   f"go out, so it needs at least 3 stages")
     return why
 
 

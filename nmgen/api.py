@@ -35,8 +35,9 @@ class Kernel:
     def __init__(self, problem: Problem, schedule: Schedule, arch: str, a_rows: int | None = None,
                  ptx: str | None = None, cubin: bytes | None = None, resources: codegen.Resources | None = None):
         """`ptx`, `cubin` and `resources`, when given, were made elsewhere (the tuner's workers)."""
-        self.problem, self.schedule, self.arch = problem, schedule, arch
+        self.problem, self.schedule = problem, schedule
         self.ir = build(problem, schedule, a_rows)
+        self.arch = codegen.arch_of(self.ir, arch)     # sm_90a for wgmma kernels
         self.name = self.ir.name
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin

@@ -48,13 +48,14 @@ class Result:
 
 def compile_worker(problem_dict: dict, schedule_json: str, arch: str, a_rows: int | None):
     """Runs in a worker process: (ptx, cubin, resources dict) or (None, None, error text)."""
-    from ..codegen import assemble_cubin, generate_ptx
+    from ..codegen import arch_of, assemble_cubin, generate_ptx
     from ..ir import build
     try:
         problem, s = Problem.from_dict(problem_dict), Schedule.from_json(schedule_json)
-        ptx = generate_ptx(build(problem, s, a_rows), arch)
+        kernel = build(problem, s, a_rows)
+        ptx = generate_ptx(kernel, arch)
         try:
-            res, cubin = assemble_cubin(ptx, arch)
+            res, cubin = assemble_cubin(ptx, arch_of(kernel, arch))
             return ptx, cubin, res.to_dict()
         except Exception as e:  # noqa: BLE001 - no ptxas here: the driver JIT-compiles the PTX
             if "not found" in str(e):

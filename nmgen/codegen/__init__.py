@@ -5,19 +5,25 @@ from ..ir.nodes import Kernel
 from .emit import data_layout, llvm_version, to_ptx
 from .lower import lower
 from .ptxas import Resources, assemble, assemble_cubin, find_ptxas, ptxas_version
-from .targets import TARGETS, Target, arch_for_cc, target_for
+from .targets import TARGETS, Target, arch_for_cc, kernel_arch, target_for
+
+
+def arch_of(kernel: Kernel, arch: str) -> str:
+    """The target `kernel` is generated for on a GPU of `arch` (sm_90a for wgmma kernels)."""
+    return kernel_arch(kernel.layout.instr.is_wgmma, arch)
 
 
 def llvm_ir(kernel: Kernel, arch: str) -> str:
-    t = target_for(arch)
+    t = target_for(arch_of(kernel, arch))
     return str(lower(kernel, t, data_layout(t)))
 
 
 def generate_ptx(kernel: Kernel, arch: str) -> str:
-    """PTX text for `kernel` on `arch` (sm_80, sm_86, sm_89, sm_90)."""
-    t = target_for(arch)
+    """PTX text for `kernel` on a GPU of `arch` (sm_80, sm_86, sm_89, sm_90; wgmma kernels are
+    generated for sm_90a)."""
+    t = target_for(arch_of(kernel, arch))
     return to_ptx(str(lower(kernel, t, data_layout(t))), t)
 
 
-__all__ = ["Resources", "TARGETS", "Target", "arch_for_cc", "assemble", "assemble_cubin", "find_ptxas", "generate_ptx", "llvm_ir",
+__all__ = ["Resources", "TARGETS", "Target", "arch_for_cc", "arch_of", "kernel_arch", "assemble", "assemble_cubin", "find_ptxas", "generate_ptx", "llvm_ir",
            "llvm_version", "ptxas_version", "target_for"]

@@ -329,6 +329,8 @@ class Lowerer:
             self.b.store(x, r)
 
     def _SparseMMA(self, op: SparseMMA):
+        if self.k.layout.instr.is_wgmma:
+            return self._wgmma_group(op)
         steps = op.steps
         reader = self._reader(op.ops, op.stage) if len(steps) > (1 if op.head else 0) else None
         for j in steps:
@@ -338,6 +340,38 @@ class Lowerer:
             else:
                 frags = reader.step(j)
             (self._mma if self.k.layout.instr.is_mma else self._ffma)(frags)
+
+    def _wgmma_group(self, op: SparseMMA):
+        """A K tile's steps as one asynchronous group: every A fragment loaded first (ldmatrix writes
+        registers the wgmma then read, so wgmma.fence comes after them), then one wgmma per step,
+        m-tile and n-tile (B through its descriptor), then commit. An MmaWait retires the group."""
+        lay, b = self.k.layout, self.b
+        ins = lay.instr
+        reader = self._reader(op.ops, op.stage)
+        steps = list(op.steps)
+        frags = {j: reader.step(j)[0] for j in steps}
+        self._call("llvm.nvvm.wgmma.fence.sync.aligned", ir.VoidType(), [])
+        group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
+        outs = ",".join(f"${q}" for q in range(ins.c_regs))
+        n_in = ins.c_regs
+        text = ("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n" + ins.ptx + f" {{{outs}}}, {{${n_in},${n_in + 1},${n_in + 2},"
+                f"${n_in + 3}}}, ${n_in + 4}, p, 1, 1, 0;\n}}")
+        constraints = ",".join(["=f"] * ins.c_regs + ["r"] * 4 + ["l"] + [str(q) for q in range(ins.c_regs)])
+        ret = ir.LiteralStructType([F32] * ins.c_regs)
+        asm = ir.InlineAsm(ir.FunctionType(ret, [I32] * 4 + [I64] + [F32] * ins.c_regs), text, constraints,
+                           side_effect=True)
+        for j in steps:
+            for i in range(lay.tiles_m):
+                for t in range(lay.tiles_n):
+                    e0 = (i * lay.tiles_n + t) * ins.c_regs
+                    acc = [b.load(self.acc[e0 + q], typ=F32) for q in range(ins.c_regs)]
+                    d = b.call(asm, frags[j][group_of[t]][i] + [reader.b_descriptor(j, t)] + acc)
+                    for q in range(ins.c_regs):
+                        b.store(b.extract_value(d, q), self.acc[e0 + q])
+        self._call("llvm.nvvm.wgmma.commit_group.sync.aligned", ir.VoidType(), [])
+
+    def _MmaWait(self, st):
+        self._call("llvm.nvvm.wgmma.wait_group.sync.aligned", ir.VoidType(), [ir.Constant(I64, st.pending)])
 
     def _ffma(self, frags):
         """acc[r][c] += A[group(c)][r] * B[c] over the thread tile (one kept row)."""
@@ -579,6 +613,9 @@ class _MmaReader:
         self.tid = tid = Var("tid")
         self.lane = tid % 32
         self.wm, self.wn = lay.warp_coords(tid)
+        # the first row of the thread's A fragment in its warp tile: wgmma's warp w holds rows 16w..
+        self.m_warp = self.wm * lay.warp_m + (16 * ((tid // 32) % 4) if self.ins.is_wgmma else 0)
+        self.a_lane = tid % self.ins.lanes if self.ins.is_wgmma else self.lane   # the A table's thread
         self.first = lay.slice(tid) * ops.share if ops.slices > 1 else 0   # sliced K: the thread's first kept row
         self.ldm_a = self.ins.per_reg == 2 and ops.a_layout == "km"
         self.ldm_b = self.ins.per_reg == 2
@@ -613,12 +650,26 @@ class _MmaReader:
         a = [[self._a_ldmatrix(g, k0, i) if self.ldm_a else self._a_scalar(g, k0, i) for i in range(lay.tiles_m)]
              for g in range(len(lay.groups))]
         b = []
+        if self.ins.is_wgmma:     # B is read from shared memory by the tensor cores (b_descriptor)
+            return a, b
         for t in range(lay.tiles_n):
             if not self.ldm_b:
                 b.append(self._b_scalar(k0, t))
             elif t % 2 == 0:
                 b += self._b_ldmatrix(k0, t, pair=t + 1 < lay.tiles_n)
         return a, b
+
+    def b_descriptor(self, j: int, t: int) -> ir.Value:
+        """The 64-bit wgmma matrix descriptor of n-tile t's B at step j (PTX ISA 9.7.15.5.1.2.2):
+        bits 0-13 the start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, no swizzle (bits 62-63 = 0)."""
+        from ..ir.operands import wgmma_b_desc
+        lw, lay, b = self.lw, self.lw.k.layout, self.lw.b
+        unit = lay.group_unit(self.tid, t)
+        start, lbo, sbo = wgmma_b_desc(0, j, self.ins.n, self.ops.kept // self.ins.k)
+        # the unit's part of the start: units lie (KR * n) elements apart
+        addr = lw.b.add(self.b_base, lw.val(unit * self.ops.kept * self.ins.n * self.es + start * self.es), flags=NUW)
+        field = b.and_(b.lshr(addr, ir.Constant(I32, 4)), ir.Constant(I32, 0x3FFF))
+        return b.or_(b.zext(field, I64), ir.Constant(I64, ((lbo >> 4) << 16) | ((sbo >> 4) << 32)))
 
     def _ldmatrix(self, addr, count: int) -> list:
         lw = self.lw
@@ -631,10 +682,10 @@ class _MmaReader:
         k_in, m_off = lay.ldmatrix_a(self.lane)
         if not self.ops.idx:    # "gather": the whole address is the thread's part plus immediates
             unit = lay.group_unit(self.tid, g)
-            row = (unit * self.ops.kept + k0 + k_in) * self.a_pitch + self.wm * lay.warp_m + m_off
+            row = (unit * self.ops.kept + k0 + k_in) * self.a_pitch + self.m_warp + m_off
             return self._ldmatrix(lw.sptr_expr(self.a_base, (row + i * self.ins.m) * self.es), 4)
         off = self._row_offset(g, k0 + k_in)
-        thread = lw._var_part((self.wm * lay.warp_m + m_off) * self.es)
+        thread = lw._var_part((self.m_warp + m_off) * self.es)
         base = lw.b.add(lw.b.add(self.a_base, thread, flags=NUW), off, flags=NUW)
         return self._ldmatrix(lw.sptr(base, i * self.ins.m * self.es), 4)
 
@@ -653,7 +704,7 @@ class _MmaReader:
         lw, lay, ins, b = self.lw, self.lw.k.layout, self.ins, self.lw.b
         vals = []
         for e in range(ins.a_regs * ins.per_reg):
-            r, kk = ins.a_coord(self.lane, e)
+            r, kk = ins.a_coord(self.a_lane, e)
             off = self._row_offset(g, k0 + kk)
             m = (self.wm * lay.warp_m + i * ins.m + r) * self.es
             if self.ops.a_layout == "km":       # A(k, m) at k * pitch + m: the offset is k * pitch

@@ -25,6 +25,9 @@ TARGETS = {
     "sm_86": Target("sm_86", "+ptx80", "8.0"),
     "sm_89": Target("sm_89", "+ptx80", "8.0"),
     "sm_90": Target("sm_90", "+ptx81", "8.1"),
+    # Hopper's architecture-specific features (wgmma): only for kernels that use them, which run
+    # on compute capability 9.0 exactly
+    "sm_90a": Target("sm_90a", "+ptx81", "8.1"),
 }
 
 
@@ -38,7 +41,18 @@ def target_for(arch: str) -> Target:
 def arch_for_cc(major: int, minor: int) -> str:
     """The newest supported target a device of compute capability major.minor runs."""
     cc = major * 10 + minor
-    fits = [a for a, t in TARGETS.items() if t.cc <= cc and (t.cc // 10 == major or cc >= 90 and t.cc == 90)]
+    fits = [a for a, t in TARGETS.items() if t.cc <= cc and (t.cc // 10 == major or cc >= 90 and t.cc == 90)
+            and not a.endswith("a")]
     if not fits or cc < 80:
         raise CompileError(f"compute capability {major}.{minor} is not supported; nmgen needs 8.0 or newer")
     return max(fits, key=lambda a: TARGETS[a].cc)
+
+
+def kernel_arch(uses_wgmma: bool, arch: str) -> str:
+    """The target a kernel is generated for on a GPU of `arch`: sm_90a where it uses wgmma (an
+    architecture-specific feature of compute capability 9.0), else `arch`."""
+    if uses_wgmma:
+        if arch not in ("sm_90", "sm_90a"):
+            raise CompileError(f"wgmma kernels run on compute capability 9.0 (sm_90a), not {arch}")
+        return "sm_90a"
+    return arch
