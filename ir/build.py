@@ -25,7 +25,9 @@ interpreter checks the very order the GPU will run:
                (MmaWait 1) after issuing tile t's, so after the next barrier the stage of tile t-1 -
                not t - is free: refill(t) copies tile t+S-2 into the stage of tile t-2.
                for t in [t0, t1):
-                   ready(t); refill(t): tile t+S-2 -> stage (t-t0+S-2) % S; commit
+                   ready(t) (with fence.proxy.async before its barrier: cp.async writes through the
+                   generic proxy, wgmma reads through the async one); refill(t): tile t+S-2 -> stage
+                   (t-t0+S-2) % S; commit
                    acc += tile t (A fragments by ldmatrix, then the wgmma group); MmaWait(1)
                MmaWait(0) before the epilogue
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
@@ -37,8 +39,8 @@ from __future__ import annotations
 from .dtypes import dtype as dtype_of
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait, Param, ReduceSlices,
-                    Shared, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+from .nodes import (AsyncProxyFence, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait,
+                    Param, ReduceSlices, Shared, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -165,7 +167,9 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
                          g.scale if g.idx_bits == 32 and not g.gathered else 0, lay.instr.k)
     share = ops.steps       # instruction steps a warp multiplies per K tile
 
-    ready = (Wait(ahead - 1), Barrier())   # the oldest tile in flight landed (younger groups may stay), visible
+    # the oldest tile in flight landed (younger groups may stay), visible; for wgmma, which reads B
+    # through the async proxy, what cp.async wrote is fenced into it first
+    ready = (Wait(ahead - 1),) + ((AsyncProxyFence(),) if s.wgmma else ()) + (Barrier(),)
 
     def refill(u, free):    # copy tile u+ahead into stage `free`, which no thread reads any more
         out = (If(lt(u + ahead, t1), load(u + ahead, free)), Commit())

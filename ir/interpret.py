@@ -27,8 +27,8 @@ import numpy as np
 from .dtypes import round_tf32
 from .errors import HazardError
 from .expr import evaluate
-from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait, ReduceSlices,
-                    SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+from .nodes import (AsyncProxyFence, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait,
+                    ReduceSlices, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
 from .operands import INDEX_DTYPES
 
 _NP = {"f32": np.float32, "bf16": ml_dtypes.bfloat16, "f16": np.float16, "u8": np.uint8, "u16": np.uint16,
@@ -40,6 +40,7 @@ _POISON = {"f32": np.nan, "bf16": np.nan, "f16": np.nan, "u8": 0xEE, "u16": 0xEE
 class _Stage:
     state: str = "empty"     # empty | pending | landed | visible
     read: bool = False       # read since the last barrier
+    async_ok: bool = False   # fenced into the async proxy (wgmma may read it) since its copy landed
 
 
 @dataclass
@@ -178,6 +179,11 @@ class Interpreter:
                     for key, apply in blk.groups.pop(0):
                         apply()
                         blk.stages[key].state = "landed"
+                        blk.stages[key].async_ok = False
+            elif isinstance(st, AsyncProxyFence):
+                for s in blk.stages.values():
+                    if s.state in ("landed", "visible"):
+                        s.async_ok = True
             elif isinstance(st, MmaWait):
                 del blk.mma_groups[:max(0, len(blk.mma_groups) - st.pending)]
             elif isinstance(st, Barrier):
@@ -485,7 +491,11 @@ class Interpreter:
             parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), steps, blk, "SparseMMA"))
         lay = self.k.layout
         if lay.instr.is_wgmma:            # one asynchronous group reading B from the stage until retired
-            blk.mma_groups.append({(op.ops.b, self._scalar(op.stage, blk))})
+            key = (op.ops.b, self._scalar(op.stage, blk))
+            if not blk.stages[key].async_ok:
+                raise HazardError(f"wgmma reads {key[0]} stage {key[1]} through the async proxy, but what cp.async "
+                                  f"wrote there was not fenced into it (fence.proxy.async before the barrier)")
+            blk.mma_groups.append({key})
         for part in parts:
             if lay.instr.is_mma:
                 for a, b in part:

@@ -121,6 +121,13 @@ class MmaWait:
 
 
 @dataclass(frozen=True)
+class AsyncProxyFence:
+    """fence.proxy.async.shared::cta: shared memory this thread wrote through the generic proxy
+    (cp.async included) becomes visible to the async proxy - the tensor cores' wgmma reads. Each
+    writing thread fences before the barrier after which the async reads may start."""
+
+
+@dataclass(frozen=True)
 class Barrier:
     """__syncthreads(): every thread arrives, and shared memory writes before it are visible after it."""
 
@@ -214,8 +221,8 @@ class StoreAcc:
     atomic: bool
 
 
-Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, Barrier, ZeroAcc, LoadFragments, SparseMMA,
-             ReduceSlices, StoreAcc]
+Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, AsyncProxyFence, Barrier, ZeroAcc, LoadFragments,
+             SparseMMA, ReduceSlices, StoreAcc]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
     python scripts/probe_mma.py CASES.json [--json OUT]
 
 CASES.json: a list of {"shape": "MxNxK", "pattern": "n:m", "vector": 32, "dtype": "bf16",
-"a_major": "col", "schedule": {...}, "label": "..."} ("schedule" missing: the model's choice).
+"a_major": "col", "schedule": {...}, "label": "..."} ("schedule" missing: the model's choice);
+"patch": {"NAME": value} sets nmgen.ir.operands.NAME for that case only (to try a convention).
 Each kernel is built (ir.build), JIT-loaded, checked once against float64 on sampled rows (C
 poisoned with NaN first), then timed L2 warm (runtime.timing); cuBLAS dense of the same dtype
 (torch.matmul) is timed beside it in the same run.
@@ -41,6 +42,10 @@ def main():
         n, m = (int(x) for x in case["pattern"].split(":"))
         p = Problem(M, N, K, Pattern(n, m, case.get("vector", 32)), case.get("dtype", "bf16"), case.get("a_major", "col"),
                     case.get("c_dtype"))
+        import nmgen.ir.operands as operands
+        saved = {name: getattr(operands, name) for name in case.get("patch", {})}
+        for name, value in case.get("patch", {}).items():
+            setattr(operands, name, value)
         A, B = random_inputs(p, rng)
         s = Schedule.from_dict(case["schedule"]) if "schedule" in case else model_best(p, dev, B)
         ops = prepare(p, s, B.values, B.indices)
@@ -79,6 +84,8 @@ def main():
                "dense_us": dense[key] * 1e3, "speedup": dense[key] * 1e3 / us, "check": "pass" if v.ok else "FAIL",
                "rel_err": v.rel_err, "worst": v.worst}
         out.append(row)
+        for name, value in saved.items():
+            setattr(operands, name, value)
         print(f"{str(p):48s} {s.short():46s} {case.get('label', ''):10s} {us:9.1f} us {eff:6.1f} TF/s eff "
               f"dense {dense[key] * 1e3:8.1f} us  x{row['speedup']:.2f}  {row['check']} ({v.worst:.2g})", flush=True)
     print(f"device: {dev.name}")

@@ -370,6 +370,9 @@ class Lowerer:
                         b.store(b.extract_value(d, q), self.acc[e0 + q])
         self._call("llvm.nvvm.wgmma.commit_group.sync.aligned", ir.VoidType(), [])
 
+    def _AsyncProxyFence(self, st):
+        self._call("llvm.nvvm.fence.proxy.async.shared_cta", ir.VoidType(), [])
+
     def _MmaWait(self, st):
         self._call("llvm.nvvm.wgmma.wait_group.sync.aligned", ir.VoidType(), [ir.Constant(I64, st.pending)])
 
