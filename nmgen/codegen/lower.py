@@ -669,8 +669,11 @@ class _MmaReader:
         lw, lay, b = self.lw, self.lw.k.layout, self.lw.b
         unit = lay.group_unit(self.tid, t)
         start, lbo, sbo = wgmma_b_desc(0, j, self.ins.n, self.ops.kept // self.ins.k)
-        # the unit's part of the start: units lie (KR * n) elements apart
-        addr = lw.b.add(self.b_base, lw.val(unit * self.ops.kept * self.ins.n * self.es + start * self.es), flags=NUW)
+        # the unit's part of the start: units lie (KR * n) elements apart. The descriptor holds the
+        # shared-window address, not the offset into nmgen's dynamic buffer (which starts past the
+        # block's reserved shared memory): the pointer's integer value
+        offset = lw.b.add(self.b_base, lw.val(unit * self.ops.kept * self.ins.n * self.es + start * self.es), flags=NUW)
+        addr = b.ptrtoint(lw.sptr(offset), I32)
         field = b.and_(b.lshr(addr, ir.Constant(I32, 4)), ir.Constant(I32, 0x3FFF))
         return b.or_(b.zext(field, I64), ir.Constant(I64, ((lbo >> 4) << 16) | ((sbo >> 4) << 32)))
 
