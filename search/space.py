@@ -45,6 +45,9 @@ MMA_WARP_TILES = ((64, 32), (32, 32), (128, 32), (64, 64), (32, 64), (16, 32), (
                   (16, 16), (16, 8), (32, 8), (64, 8))
 MMA_STAGES = (2, 3, 4)
 MMA_PAD = 8          # elements a shared A row is padded by: 16 bytes, ldmatrix rows on distinct banks
+# wgmma (sm_90, bf16/f16): (block_m, block_n, warpgroup tile m, n): one or two warpgroups a block
+WGMMA_TILES = ((64, 256, 64, 128), (128, 128, 64, 128), (64, 128, 64, 128), (128, 256, 64, 256), (128, 128, 128, 128))
+WGMMA_STAGES = (3, 4)
 
 
 def _pow2_at_least(x: int) -> int:
@@ -160,6 +163,29 @@ def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None)
                                              split_k=split, warps_k=wk)
                             if not problems(problem, s, device, a_rows if a_load == "rows" else None):
                                 out.append(s)
+    return out + wgmma_space(problem, device, a_rows)
+
+
+def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
+    """The warpgroup-mma schedules (Hopper, bf16/f16): WGMMA_TILES x K tiles x stages x A loads x
+    split-K for small grids. Warpgroup tiles span whole vectors (each wgmma's N is one index unit)."""
+    if device.cc != (9, 0) or problem.dtype not in ("bf16", "f16"):
+        return []
+    out = []
+    for bm, bn, wm_, wn_ in WGMMA_TILES:
+        if bm > max(64, _pow2_at_least(problem.M)) or bn > max(128, _pow2_at_least(problem.N)):
+            continue
+        base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=0, thread_n=0, a_pad=MMA_PAD,
+                        wgmma=1)
+        g = geometry(problem, base)
+        for kw in k_windows_choices(problem):
+            T = ceil_div(problem.windows, kw)
+            for stages in WGMMA_STAGES:
+                for a_load, a_smem in a_choices(problem):
+                    for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
+                        s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
+                        if not problems(problem, s, device, a_rows if a_load == "rows" else None):
+                            out.append(s)
     return out
 
 
