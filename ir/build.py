@@ -4,7 +4,6 @@ The pipeline is expanded into explicit copies, commits, waits and barriers, so t
 interpreter checks the very order the GPU will run:
 
     prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
-               (wgmma: S-2 tiles, and every tile index below one further: see `lag`)
     main loop: for t in [t0, t1):
                    ready(t):  wait until tile t has landed (S-2 groups may stay in flight); barrier
                    acc += rows [0, refill_row) of tile t (from stage (t-t0) % S)
@@ -21,15 +20,11 @@ interpreter checks the very order the GPU will run:
                    if t+1 < t1: ready(t+1); head <- fragments of tile t+1's first row
                    acc += last
                    if t+1 < t1: refill(t+1), into tile t's stage (every thread is past its last read)
-    wgmma (asynchronous warpgroup mma, lag 2): a warp waits only for its previous tile's group
-               (MmaWait 1) after issuing tile t's, so after the next barrier the stage of tile t-1 -
-               not t - is free: refill(t) copies tile t+S-2 into the stage of tile t-2.
-               for t in [t0, t1):
-                   ready(t) (with fence.proxy.async before its barrier: cp.async writes through the
-                   generic proxy, wgmma reads through the async one); refill(t): tile t+S-2 -> stage
-                   (t-t0+S-2) % S; commit
-                   acc += tile t (A fragments by ldmatrix, then the wgmma group); MmaWait(1)
-               MmaWait(0) before the epilogue
+    wgmma (asynchronous warpgroup mma): the plain loop, its ready(t) with fence.proxy.async before
+               the barrier (cp.async writes through the generic proxy, wgmma reads through the async
+               one), and each tile's group retired (MmaWait 0) before the next tile's A fragments
+               are loaded: the registers of an in-flight wgmma's A must not be overwritten (PTX ISA,
+               wgmma.mma_async), and LLVM reuses them once the instruction is issued.
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
                through shared memory (over the pipeline's buffers)
                store acc to C (atomic add under split-K)
@@ -153,10 +148,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
         body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
     body.append(ZeroAcc())
-    # tiles whose stage a refill may not take yet: the one being read (synchronous instructions),
-    # and the one before it too while its asynchronous wgmma may still be reading it
-    lag = 2 if s.wgmma else 1
-    ahead = S - lag                    # tiles copied ahead of the one multiplied
+    ahead = S - 1                      # tiles copied ahead of the one multiplied
     # "rows": the list for a tile is loaded one iteration before its copies are issued
     pre = (lambda tile: (load_list(tile),)) if rows_strategy else (lambda tile: ())
     for st in range(ahead):
@@ -177,7 +169,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
     t, it = Var("t"), Var("it")
     if s.wgmma:
-        loop = ready + refill(t, (it + ahead) % S) + (SparseMMA(it % S, ops), MmaWait(1))
+        loop = ready + refill(t, (it + ahead) % S) + (SparseMMA(it % S, ops), MmaWait(0))
     elif not s.prefetch:
         # with refill_row, the first rows' fragment loads go out before the copies' address
         # arithmetic and cp.async issue, which then hide their latency instead of delaying them
@@ -198,8 +190,6 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
             SparseMMA(it % S, ops, share - 1, share, "last"),
             If(lt(t + 1, t1), refill(t + 1, it % S)))
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
-    if s.wgmma:
-        body.append(MmaWait(0))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))

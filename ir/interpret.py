@@ -491,6 +491,9 @@ class Interpreter:
             parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), steps, blk, "SparseMMA"))
         lay = self.k.layout
         if lay.instr.is_wgmma:            # one asynchronous group reading B from the stage until retired
+            if blk.mma_groups:
+                raise HazardError("a wgmma group loads new A fragments while an earlier group is in flight: its A "
+                                  "registers may be overwritten (retire it with MmaWait(0) first)")
             key = (op.ops.b, self._scalar(op.stage, blk))
             if not blk.stages[key].async_ok:
                 raise HazardError(f"wgmma reads {key[0]} stage {key[1]} through the async proxy, but what cp.async "

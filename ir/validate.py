@@ -177,9 +177,6 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
     if s.warps_k != 1 or s.prefetch or s.refill_row:
         why.append("wgmma schedules issue each K tile's products as one asynchronous group: warps_k=1, prefetch=0, "
                    "refill_row=0")
-    if s.stages < 3:
-        why.append(f"stages={s.stages}: wgmma keeps the tile before the current one in use while the next copies "
-                   f"go out, so it needs at least 3 stages")
     return why
 
 

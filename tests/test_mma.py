@@ -73,6 +73,17 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
     (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, prefetch=1, a_load="gather")),
     (40, 136, 256, 4, 32, 16, "tf32", "col", None, dict(SMALL, k_windows=4, warps_k=2, a_load="gather")),
     (40, 136, 256, 4, 32, 16, "tf32", "row", None, dict(SMALL, k_windows=4, refill_row=1, a_load="gather")),
+    # wgmma (sm_90): warpgroup tiles, B through descriptors
+    (64, 64, 64, 16, 32, 32, "bf16", "col", None, dict(block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=1,
+                                                      wgmma=1)),
+    (100, 96, 192, 8, 32, 32, "bf16", "col", None, dict(block_m=128, block_n=64, warp_m=64, warp_n=64, k_windows=2,
+                                                       wgmma=1)),
+    (100, 96, 288, 12, 32, 32, "f16", "col", "f32", dict(block_m=128, block_n=64, warp_m=128, warp_n=32, k_windows=4,
+                                                        split_k=2, wgmma=1)),
+    (70, 100, 256, 4, 32, 16, "bf16", "col", None, dict(block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=4,
+                                                       a_load="gather", wgmma=1)),
+    (70, 100, 768, 4, 32, 16, "bf16", "row", "bf16", dict(block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=4,
+                                                         a_smem="mk", stages=4, split_k=3, wgmma=1)),
     (64, 128, 512, 8, 64, 64, "bf16", "col", None, dict(block_m=64, block_n=128, warp_m=32, warp_n=64, k_windows=4,
                                                          warps_k=2, a_load="rows")),
 ]
@@ -97,6 +108,48 @@ def test_a_layout_mistake_fails_on_the_cpu(rng, monkeypatch):
     monkeypatch.setattr(ComputeLayout, "ldmatrix_a", staticmethod(lambda lane: (8 * ((lane // 8) % 2) + lane % 8,
                                                                                  8 * ((lane // 8) // 2))))
     assert not compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16").ok
+
+
+@pytest.mark.parametrize("drop,match", [
+    ("AsyncProxyFence", "not fenced into it"),          # cp.async's writes never reach the async proxy
+    ("MmaWait", "in flight|still reads it"),             # a stage, A registers or C reused while a group runs
+])
+def test_wgmma_ordering_mistakes_fail_on_the_cpu(rng, drop, match):
+    import dataclasses
+    from nmgen.ir import HazardError, build, interpret
+    from nmgen.ir import nodes
+    p = Problem(64, 64, 128, Pattern(16, 32, 32), "bf16", "col")
+    s = Schedule(**MMA, block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=1, wgmma=1)
+    A, B = random_inputs(p, rng)
+    ops = prepare(p, s, B.values, B.indices)
+    k = build(p, s)
+    kind = getattr(nodes, drop)
+
+    def without(body):
+        out = []
+        for st in body:
+            if isinstance(st, kind):
+                continue
+            if isinstance(st, (nodes.For, nodes.If)):
+                st = dataclasses.replace(st, body=without(st.body))
+            out.append(st)
+        return tuple(out)
+    from nmgen.checking import kernel_a
+    with pytest.raises(HazardError, match=match):
+        interpret(dataclasses.replace(k, body=without(k.body)), {"A": kernel_a(p, A), "Bv": ops.bv, "Bi": ops.bi})
+
+
+def test_the_wgmma_descriptor_convention_is_the_isas(rng, monkeypatch):
+    """LBO along K, SBO along N (PTX ISA, K-major no swizzle): the interpreter, decoding descriptors
+    by that rule, computes a wrong C if the two are swapped (as the H200 did: NOTES.md)."""
+    import nmgen.ir.operands as operands
+    p = Problem(64, 64, 64, Pattern(16, 32, 32), "bf16", "col")
+    s = Schedule(**MMA, block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=1, wgmma=1)
+    A, B = random_inputs(p, rng)
+    assert compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16")
+    monkeypatch.setattr(operands, "WGMMA_LBO", 256)
+    monkeypatch.setattr(operands, "WGMMA_SBO", 128)
+    assert not compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16")
 
 
 @pytest.mark.parametrize("V", [1, 4, 12])
@@ -143,6 +196,7 @@ def test_default_mma_schedules_assemble_without_spills(arch, dtype, a_major):
             assert not problems(p, s, dev), (p, s.short())
             ptx = generate_ptx(build(p, s), arch)
             r = assemble(ptx, arch)
+            assert "wgmma" not in r.log
             assert r.spill_stores == 0 and r.spill_loads == 0 and r.stack_frame == 0, f"{p} {s.short()}: {r.summary()}"
             assert ptx.count("mma.sync.aligned") > 0
 
@@ -168,3 +222,25 @@ def test_golden_mma_ptx():
         golden = f.read()
     assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
     assert golden == header + ptx
+
+
+def test_wgmma_schedules_of_the_space_assemble_for_sm_90a():
+    """Every warpgroup tile of the space (bf16, both A layouts, window / gather / rows, split-K)
+    through ptxas for sm_90a: no spills, no stack, no serialized wgmma."""
+    from nmgen.codegen import arch_of, assemble, generate_ptx
+    from nmgen.ir import build
+    from nmgen.search.space import wgmma_space
+    dev = for_arch("sm_90")
+    seen = set()
+    for shape, pat, a_major in (((4096, 4096, 4096), (8, 32, 32), "col"), ((256, 2048, 2048), (16, 32, 32), "row"),
+                                ((1, 4096, 4096), (4, 32, 32), "col")):
+        p = Problem(*shape, Pattern(*pat), "bf16", a_major)
+        for s in wgmma_space(p, dev):
+            key = (s.block_m, s.block_n, s.warp_m, s.warp_n, s.a_load, s.a_smem, s.split_k > 1)
+            if key in seen:
+                continue
+            seen.add(key)
+            k = build(p, s)
+            r = assemble(generate_ptx(k, "sm_90"), arch_of(k, "sm_90"))
+            assert r.spill_stores == 0 and r.stack_frame == 0 and "serialized" not in r.log, (p, s.short(), r.log)
+    assert len(seen) >= 10
