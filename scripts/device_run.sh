@@ -19,6 +19,19 @@ for step in "$@"; do
                python3 -m pytest -q -p no:cacheprovider tests/gpu -k "${step#gpu-tests-}" 2>&1 \
                  | tee $OUT/gpu_tests_${step#gpu-tests-}.log | tail -25 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
+    gpu-tests-parallel) # the whole GPU tier on 8 worker processes (pytest-xdist is on the machine)
+               python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
+    fuzz-*)    # fuzz-N: N random cases (every dtype, both arrays) from a fixed seed; the summary as JSON
+               python3 -m nmgen.cli fuzz --cases ${step#fuzz-} --seed 20261130 --quiet --json $OUT/fuzz.json \
+                 2>&1 | tee $OUT/fuzz.log | tail -25 ;;
+    sanitize)  # compute-sanitizer's memcheck, racecheck and synccheck on 50 fuzz cases each (small sizes)
+               for tool in memcheck racecheck synccheck; do
+                 compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 \
+                   python3 -m nmgen.cli fuzz --cases 50 --seed 7 --max-macs 3e7 --arrays numpy --quiet \
+                   --json $OUT/sanitize_$tool.json > $OUT/sanitize_$tool.log 2>&1
+                 echo "$tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' $OUT/sanitize_$tool.log) clean summaries)"
+                 grep -E "ERROR SUMMARY|cases on" $OUT/sanitize_$tool.log | tail -3
+               done ;;
     profile-*) # ncu on one launch of each case of scripts/cases/NAME.json: throughput, occupancy, stall reasons
                name=${step#profile-}
                ncu --clock-control none --section SpeedOfLight --section SchedulerStats --section Occupancy \
