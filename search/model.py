@@ -130,14 +130,21 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[fl
         n = ins.a_regs * ins.per_reg
         a_lds, a_wave, idx = G * tm * n, G * tm * n * GATHER_CONFLICTS, G * (4 if ins.k == 16 else 2)
         pack = G * tm * ins.a_regs * (3 if ins.per_reg == 2 else 1)       # pack halves, or cvt.rna
-    if ins.per_reg == 2:
+    if ins.is_wgmma:      # B read by the tensor cores from shared memory, once per warpgroup (4 warps)
+        b_lds, b_wave = 0, tn * ins.k * ins.n * 2 / 128 / 4
+        mma_per_warp = mma / 4 + 2      # one warpgroup instruction a tile, its descriptor; fence and commit
+    elif ins.per_reg == 2:
         b_lds, b_wave = ceil_div(tn, 2), ceil_div(tn, 2) * 4
+        mma_per_warp = mma
     else:
         b_lds = b_wave = tn * ins.b_regs
-    issue = steps * (mma + a_lds + b_lds + idx + pack + 2 * G)
+        mma_per_warp = mma
+    issue = steps * (mma_per_warp + a_lds + b_lds + idx + pack + 2 * G)
     l1 = steps * (a_wave + b_wave + idx)
-    rate = device.tensor_macs_per_sm * (0.5 if ins.dtype == "tf32" else 1.0)
-    return issue, l1, steps * mma * ins.macs / rate
+    # wgmma runs at twice mma.sync's rate (H100 datasheet dense bf16 990 TF/s against ~500 for mma.sync)
+    rate = device.tensor_macs_per_sm * (0.5 if ins.dtype == "tf32" else 2.0 if ins.is_wgmma else 1.0)
+    macs = ins.macs / (4 if ins.is_wgmma else 1)     # a warp's share of a warpgroup instruction
+    return issue, l1, steps * mma * macs / rate
 
 
 def predict(problem: Problem, s: Schedule, device: Device, registers: int | None = None,
