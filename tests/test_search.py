@@ -281,3 +281,35 @@ def test_tuner_refines_its_best_schedules(tmp_path):
     again = t2.measure = FasterWithPrefetch(t2)
     t2.run("model-topk", topk=5, remeasure=0, refine=2, budget=7)
     assert again.calls == gpu.calls[:7]                                         # the budget holds for refinements
+
+
+# ---- dtypes: the problem key carries them; records of two dtypes never mix ----------------------------
+@pytest.mark.parametrize("problem", [SMALL, Problem(5, 7, 96, Pattern(3, 32, 8), "bf16", "col", "f32"),
+                                     Problem(5, 7, 96, Pattern(3, 32, 8), "tf32", "row", "bf16"),
+                                     Problem(5, 7, 96, Pattern(3, 32, 8), "f16", "col")])
+def test_problem_of_a_key_is_the_problem(problem):
+    assert Problem.from_key(problem.key()) == problem
+
+
+@pytest.mark.parametrize("key", ["64x64x64", "64x64x64:2:4:1:f32:Arow", "64x64x64:2:4:1:f32:Cf32",
+                                 "64x64x64:2:4:1:fp32", "64x64x64:2:4:1:bf16:Cf32:Acol", "64x64x64: 2:4:1:f32",
+                                 "64x64x64:2:4:1:f32:Acol:Cbf16:x", "64x64x64:2:4:1:bf16:Ctf32"])
+def test_a_key_no_problem_writes_is_refused(key):
+    from nmgen.errors import ShapeError
+    with pytest.raises(ShapeError, match="is not a problem key"):
+        Problem.from_key(key)
+
+
+def test_neighbours_are_of_the_same_dtype():
+    """A bf16 problem's neighbours are the bf16 records; the f32 record of the same shape is not one."""
+    from nmgen.search.neighbours import _problem_of, neighbour_schedules
+    bf16 = Problem(64, 256, 256, Pattern(8, 32, 32), "bf16")
+    near_bf16 = Problem(64, 256, 512, Pattern(8, 32, 32), "bf16")
+    near_f32 = Problem(64, 256, 512, Pattern(8, 32, 32))
+    near_f32_out = Problem(64, 256, 512, Pattern(8, 32, 32), "bf16", c_dtype="f32")
+    s_bf16, s_f32, s_out = (Schedule(thread_m=0, thread_n=0, a_pad=8, stages=st) for st in (2, 3, 4))
+    records = [{"problem_key": p.key(), "schedule": s.to_json(), "median_us": 1.0}
+               for p, s in ((near_bf16, s_bf16), (near_f32, s_f32), (near_f32_out, s_out))]
+    assert [_problem_of(r) for r in records] == [near_bf16, near_f32, near_f32_out]
+    assert neighbour_schedules(bf16, records) == [s_bf16]
+    assert neighbour_schedules(SMALL, records) == [s_f32]
