@@ -73,8 +73,24 @@ def stored(problem: Problem, A: np.ndarray, B: NMMatrix) -> tuple[np.ndarray, NM
     f32 and tf32, ml_dtypes.bfloat16, float16), rounded to nearest (exact for random_inputs' values)."""
     from .ir.build import storage
     from .ir.dtypes import DTYPES
-    name = storage(problem)
-    return np.asarray(A).astype(DTYPES[name].storage), B.astype(name)
+    return np.asarray(A).astype(DTYPES[storage(problem)].storage), stored_weights(problem, B)
+
+
+def stored_weights(problem: Problem, B: NMMatrix) -> NMMatrix:
+    """B of `stored` alone (B itself where it is already in the storage dtype)."""
+    from .ir.build import storage
+    return B.astype(storage(problem))
+
+
+def computed(problem: Problem, A: np.ndarray, B: NMMatrix) -> tuple[np.ndarray, NMMatrix]:
+    """A and B as `problem`'s kernel multiplies them (ir.dtypes.as_computed: rounded to the dtype,
+    for tf32 to TF32 as the kernel rounds its float32 operands): what the float64 reference takes.
+    The same values for inputs already of the dtype (random_inputs'); B is returned as it is for f32."""
+    from .ir.dtypes import as_computed
+    if problem.dtype == "f32":
+        return np.asarray(A), B
+    Bc = NMMatrix(as_computed(B.values, problem.dtype), B.indices, B.pattern, B.shape)
+    return as_computed(A, problem.dtype), Bc
 
 
 def run_gpu(kernel, A: np.ndarray, B: NMMatrix, array: str = "numpy") -> np.ndarray:

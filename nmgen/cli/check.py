@@ -61,8 +61,8 @@ def run(args):
         C, where = run_interpreter(problem, schedule, A, B), "CPU interpreter"
     else:
         from ..api import compile
-        from ..checking import stored
-        B_run = stored(problem, A, B)[1]                   # the weights in the problem's dtype
+        from ..checking import stored_weights
+        B_run = stored_weights(problem, B)                 # the weights in the problem's dtype
         C = run_gpu(compile(problem, schedule=schedule, B=B_run), A, B_run, args.array)
         where = f"{dev.name} ({args.array})"
     v = verdict(problem, C, A, B, rng)
