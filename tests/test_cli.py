@@ -218,6 +218,9 @@ GUARD = [
     ("shapes bf16 vector 4", ["search", "--shapes", "{bad_shape.txt}", "--dtype", "bf16"], {}, False,
      ":2: --dtype bf16 multiplies on the tensor cores"),
     ("db best dtype bogus", ["db", "best", *SHAPE, "--dtype", "bf32"], {}, False, "'bf32' is not a dtype"),
+    ("bench dtype bogus", ["bench", "--dtype", "int8"], {}, False, "argument --dtype: 'int8' is not a dtype"),
+    ("bench bf16 vector 4", ["bench", "--dtype", "bf16", "--vector", "4"], {}, False,
+     "the FFMA path) for V=4"),
     ("schedule cannot run", ["ptx", *SHAPE, "--schedule", '{"warp_m": 48}'], {}, False,
      "cannot run 64x64x64 2:4x1 on H100 SXM (typical): warp tile 48x16 does not divide block tile"),
 ]
