@@ -221,6 +221,9 @@ GUARD = [
     ("bench dtype bogus", ["bench", "--dtype", "int8"], {}, False, "argument --dtype: 'int8' is not a dtype"),
     ("bench bf16 vector 4", ["bench", "--dtype", "bf16", "--vector", "4"], {}, False,
      "the FFMA path) for V=4"),
+    ("fuzz dtypes bogus", ["fuzz", "--interpret", "--dtypes", "f32,int8"], {}, False,
+     "--dtypes 'f32,int8': 'int8' is not a dtype"),
+    ("fuzz dtypes empty", ["fuzz", "--interpret", "--dtypes", ","], {}, False, "--dtypes ',' lists no dtype"),
     ("schedule cannot run", ["ptx", *SHAPE, "--schedule", '{"warp_m": 48}'], {}, False,
      "cannot run 64x64x64 2:4x1 on H100 SXM (typical): warp tile 48x16 does not divide block tile"),
 ]
