@@ -39,6 +39,7 @@ class DenseGemm:
     run: object            # () -> None, enqueues C = A @ B on `stream`
     stream: int
     precision: object = field(default=contextlib.nullcontext)   # () -> context under which `run` is timed
+    out: object = None     # what `run` writes (C), for checking it
 
 
 def torch_fp32_precision(torch, tf32: bool):
@@ -84,7 +85,7 @@ def dense_gemm(M: int, N: int, K: int, rng, dtype: str = "f32") -> DenseGemm | N
         stream = torch.cuda.current_stream().cuda_stream
         precision = torch_fp32_precision(torch, dtype == "tf32") if A.dtype == torch.float32 else contextlib.nullcontext
         return DenseGemm(f"torch {torch.__version__} ({baseline_title(dtype)})", lambda: torch.matmul(A, B, out=C),
-                         stream, precision)
+                         stream, precision, C)
     if dtype not in ("f32", "f16"):        # cupy has no bfloat16, and reads CUPY_TF32 once, at import
         return None
     try:
@@ -98,7 +99,7 @@ def dense_gemm(M: int, N: int, K: int, rng, dtype: str = "f32") -> DenseGemm | N
     B = cupy.asarray(rng.standard_normal((K, N), dtype=np.float32)).astype(dt)
     C = cupy.empty((M, N), dtype=dt)
     return DenseGemm(f"cupy {cupy.__version__} ({baseline_title(dtype)})", lambda: cupy.matmul(A, B, out=C),
-                     cupy.cuda.get_current_stream().ptr)
+                     cupy.cuda.get_current_stream().ptr, out=C)
 
 
 def why_no_gemm(dtype: str) -> str:
