@@ -11,9 +11,10 @@ A case draws (each choice independent, so that rare combinations come up):
            of 8 (else f32, or where f32 is not asked for, a V that is); C now and then in another
            output dtype than A's
   schedule nmgen's own choice now and then; else one of the search space's schedules for the
-           problem (of its dtype: FFMA thread tiles or mma warp tiles), with some fields moved off the space (split-K up to the K tiles, uneven;
-           sliced K; the rotated loop; copies after the first rows; stages; register bounds;
-           copy widths; A padding; rasterization), kept only if it still validates.
+           problem (of its dtype: FFMA thread tiles or mma warp tiles), with some fields moved off
+           the space (split-K up to the K tiles, uneven; sliced K; the rotated loop; copies after
+           the first rows; stages; register bounds; copy widths; A padding; rasterization), kept
+           only if it still validates. A problem nmgen has no schedule for is drawn again.
 On the GPU the kernels compile ahead in worker processes, as the tuner's do; on the CPU (CI) the
 interpreter runs small cases.
 """
@@ -270,7 +271,8 @@ def _run_empty_batch(case: Case, interpret: bool) -> Outcome:
         A = torch.zeros((0, case.K), dtype=getattr(torch, want.torch), device="cuda")
     C = spmm(A, B, allow_tf32=case.dtype == "tf32")
     shape, dtype = tuple(C.shape), str(C.dtype).replace("torch.", "")
-    ok = shape == (0, case.N) and dtype == want.torch and type(C).__module__.split(".")[0] == type(A).__module__.split(".")[0]
+    same_library = type(C).__module__.split(".")[0] == type(A).__module__.split(".")[0]
+    ok = shape == (0, case.N) and dtype == want.torch and same_library
     return Outcome(case, ok, f"empty batch gave {type(C).__name__} {shape} {dtype}")
 
 

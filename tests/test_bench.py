@@ -100,7 +100,8 @@ def test_bench_in_a_16_bit_dtype_checks_the_kernel(tmp_path, fake_device, baseli
     suite = tmp_path / "shapes.txt"
     suite.write_text("16x48x64\n")
     assert main(["bench", "--suite", str(suite), "--patterns", "8:32", "--vector", "16", "--dtype", "bf16",
-                 "--db", str(tmp_path / "t.db"), "--tune-topk", "1", "--quiet", "--json", str(tmp_path / "b.json")]) == 1
+                 "--db", str(tmp_path / "t.db"), "--tune-topk", "1", "--quiet",
+                 "--json", str(tmp_path / "b.json")]) == 1
     err = capsys.readouterr().err
     assert "FAIL no schedule of 16x48x64 8:32x16 bf16 ran correctly on H100" in err
     data = json.loads((tmp_path / "b.json").read_text())
@@ -143,7 +144,8 @@ def test_without_torch_the_baselines_say_why(monkeypatch):
     for dtype in ("bf16", "tf32"):
         assert bench.measure_cublas(8, 8, 8, rng=rng, dtype=dtype) == (
             None, f"torch (with a GPU) is not installed: no {cublas.baseline_title(dtype)} baseline (cupy has none)")
-    assert bench.measure_semi_structured(8, 8, 8, rng=rng, dtype="bf16") == (None, "torch (with a GPU) is not installed")
+    assert bench.measure_semi_structured(8, 8, 8, rng=rng, dtype="bf16") == (
+        None, "torch (with a GPU) is not installed")
 
 
 def test_prune_2_4_keeps_the_two_largest_of_every_four():

@@ -125,7 +125,6 @@ def same_file(a, b) -> bool:
 # --dtype on the command line (the names torch users know) -> nmgen's (ir.dtypes); nmgen's own and
 # numpy's spellings are taken too
 DTYPE_OPTIONS = {"fp32": "f32", "tf32": "tf32", "bf16": "bf16", "fp16": "f16"}
-OUT_DTYPE_OPTIONS = ("fp32", "bf16", "fp16")
 
 
 def option_name(dtype: str) -> str:

@@ -93,7 +93,8 @@ def test_dense_baseline_runs_in_its_dtype_and_restores_torch(dtype):
     torch.cuda.synchronize()
     assert torch_setting(torch) == before
     assert cublas.baseline_title(dtype) in g.library
-    assert str(g.out.dtype) == "torch." + {"f32": "float32", "tf32": "float32", "bf16": "bfloat16", "f16": "float16"}[dtype]
+    from nmgen.ir.dtypes import DTYPES
+    assert g.out.dtype == getattr(torch, DTYPES[dtype].torch)
 
 
 def test_fp32_baseline_is_ieee_and_tf32_baseline_is_tf32():
