@@ -480,23 +480,14 @@ def _schedule_problems(problem_key: str, schedule_json: str, runs: bool, columns
 
 
 def problem_of_key(key: str):
-    """The Problem of a `Problem.key()` text (`MxNxK:n:m:V:f32`, `:Acol` for column-major A);
-    RecordError if it is none."""
+    """The Problem of a `Problem.key()` text (`MxNxK:n:m:V:dtype`, `:Acol` for column-major A,
+    `:C<dtype>` for a C dtype other than A's); RecordError if it is none."""
     from ..ir.errors import NMGenError as _Error
-    from ..ir.problem import Pattern, Problem, parse_shape
-    parts = key.split(":")
+    from ..ir.problem import Problem
     try:
-        if len(parts) not in (5, 6) or len(parts) == 6 and parts[5] != "Acol":
-            raise ValueError
-        M, N, K = parse_shape(parts[0])
-        p = Problem(M, N, K, Pattern(int(parts[1]), int(parts[2]), int(parts[3])), parts[4],
-                    "col" if len(parts) == 6 else "row")
-    except (ValueError, _Error):
-        raise RecordError(f"problem_key={key!r} is not a problem key (MxNxK:n:m:V:f32, e.g. "
-                          f"4096x4096x4096:8:32:32:f32)") from None
-    if p.key() != key:
-        raise RecordError(f"problem_key={key!r} is not a problem key (written {p.key()!r})")
-    return p
+        return Problem.from_key(key)
+    except _Error as e:
+        raise RecordError(f"problem_key={e}") from None
 
 
 @lru_cache(maxsize=4096)

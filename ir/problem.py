@@ -10,7 +10,7 @@ import operator
 import re
 from dataclasses import dataclass
 
-from .errors import PatternError, ShapeError
+from .errors import NMGenError, PatternError, ShapeError
 
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -178,6 +178,31 @@ class Problem:
         p = self.pattern
         return {"M": self.M, "N": self.N, "K": self.K, "n": p.n, "m": p.m, "vector": p.vector, "dtype": self.dtype,
                 "a_major": self.a_major, "c_dtype": self.c_dtype}
+
+    @classmethod
+    def from_key(cls, key: str) -> "Problem":
+        """The Problem whose `key()` is `key` (`MxNxK:n:m:V:dtype`, then `:Acol` for a column-major A
+        and `:C<dtype>` for a C dtype other than the default). ShapeError if `key` is no such text:
+        only the exact text `key()` writes is accepted, so two spellings never name one problem."""
+        parts = str(key).split(":")
+        try:
+            if len(parts) < 5:
+                raise ValueError
+            M, N, K = parse_shape(parts[0])
+            n, m, vector = (int(x) for x in parts[1:4])
+            rest = parts[5:]
+            a_major = "col" if rest[:1] == ["Acol"] else "row"
+            rest = rest[1:] if a_major == "col" else rest
+            c_dtype = rest[0][1:] if rest[:1] and rest[0].startswith("C") else None
+            if rest[1 if c_dtype else 0:]:
+                raise ValueError
+            p = cls(M, N, K, Pattern(n, m, vector), parts[4], a_major, c_dtype)
+        except (ValueError, NMGenError):
+            raise ShapeError(f"{key!r} is not a problem key (MxNxK:n:m:V:dtype[:Acol][:Cdtype], e.g. "
+                             f"4096x4096x4096:8:32:32:f32 or 4096x4096x4096:8:32:32:bf16:Acol:Cf32)") from None
+        if p.key() != key:
+            raise ShapeError(f"{key!r} is not a problem key (written {p.key()!r})")
+        return p
 
     @classmethod
     def from_dict(cls, d: dict) -> "Problem":

@@ -54,7 +54,9 @@ def kernel_a(problem: Problem, A: np.ndarray) -> np.ndarray:
 
 
 def run_interpreter(problem: Problem, schedule: Schedule, A: np.ndarray, B: NMMatrix) -> np.ndarray:
-    """C from the kernel IR of (problem, schedule) executed by the CPU interpreter."""
+    """C (M x N, of the problem's C dtype) from the kernel IR of (problem, schedule) executed by the
+    CPU interpreter. A and B hold values of the problem's dtype, in its storage or in float32
+    (random_inputs'): both are converted to the storage as the GPU path converts them."""
     from .ir import build, interpret, prepare
     ops = prepare(problem, schedule, B.values, B.indices)
     kernel = build(problem, schedule, ops.geometry.a_rows)
@@ -66,21 +68,59 @@ def run_interpreter(problem: Problem, schedule: Schedule, A: np.ndarray, B: NMMa
     return interpret(kernel, arrays)
 
 
+def stored(problem: Problem, A: np.ndarray, B: NMMatrix) -> tuple[np.ndarray, NMMatrix]:
+    """A and B as nmgen.spmm takes them for `problem`: values in its dtype's storage (float32 for
+    f32 and tf32, ml_dtypes.bfloat16, float16), rounded to nearest (exact for random_inputs' values)."""
+    from .ir.build import storage
+    from .ir.dtypes import DTYPES
+    return np.asarray(A).astype(DTYPES[storage(problem)].storage), stored_weights(problem, B)
+
+
+def stored_weights(problem: Problem, B: NMMatrix) -> NMMatrix:
+    """B of `stored` alone (B itself where it is already in the storage dtype)."""
+    from .ir.build import storage
+    return B.astype(storage(problem))
+
+
+def computed(problem: Problem, A: np.ndarray, B: NMMatrix) -> tuple[np.ndarray, NMMatrix]:
+    """A and B as `problem`'s kernel multiplies them (ir.dtypes.as_computed: rounded to the dtype,
+    for tf32 to TF32 as the kernel rounds its float32 operands): what the float64 reference takes.
+    The same values for inputs already of the dtype (random_inputs'); B is returned as it is for f32."""
+    from .ir.dtypes import as_computed
+    if problem.dtype == "f32":
+        return np.asarray(A), B
+    Bc = NMMatrix(as_computed(B.values, problem.dtype), B.indices, B.pattern, B.shape)
+    return as_computed(A, problem.dtype), Bc
+
+
 def run_gpu(kernel, A: np.ndarray, B: NMMatrix, array: str = "numpy") -> np.ndarray:
-    """C (numpy) of `nmgen.spmm` with `kernel` (nmgen.Kernel) on numpy arrays (copied in and out) or
-    on torch CUDA tensors used in place, A in the kernel's layout, C poisoned with NaN first."""
+    """C (numpy, of the problem's C dtype; float32 for torch) of `nmgen.spmm` with `kernel`
+    (nmgen.Kernel) on numpy arrays (copied in and out) or on torch CUDA tensors used in place: A
+    (M x K) and B converted to the problem's dtype (`stored`), A in the kernel's layout, C of its
+    C dtype, poisoned with NaN first; a tf32 problem runs with allow_tf32."""
     from .api import spmm
+    from .ir.dtypes import DTYPES
     k, problem = kernel, kernel.problem
+    A, B = stored(problem, A, B)
+    tf32 = problem.dtype == "tf32"
+    c_dtype = DTYPES[problem.c_dtype]
     if array == "torch":
         import torch
-        At = torch.from_numpy(np.ascontiguousarray(A.T) if problem.a_major == "col" else A).cuda()
-        if problem.a_major == "col":
-            At = At.t()
-        out = torch.full((problem.M, problem.N), float("nan"), dtype=torch.float32, device="cuda")
-        spmm(At, B, out=out, kernel=k)
-        return out.cpu().numpy()
+        At = _torch_matrix(torch, A, problem.a_major)
+        out = torch.full((problem.M, problem.N), float("nan"), dtype=getattr(torch, c_dtype.torch), device="cuda")
+        spmm(At, B, out=out, kernel=k, allow_tf32=tf32)
+        return out.float().cpu().numpy()
     X = np.asfortranarray(A) if problem.a_major == "col" else A
-    return spmm(X, B, kernel=k)
+    return spmm(X, B, out=np.empty((problem.M, problem.N), c_dtype.storage), kernel=k, allow_tf32=tf32)
+
+
+def _torch_matrix(torch, A: np.ndarray, a_major: str):
+    """A CUDA tensor of A's values and dtype (torch reads no ml_dtypes bfloat16: through float32,
+    exact), column-major (a transposed view) for a_major "col"."""
+    X = np.ascontiguousarray(A.T if a_major == "col" else A)
+    dt = getattr(torch, str(X.dtype))                           # float32, bfloat16, float16
+    T = torch.from_numpy(X.astype(np.float32)).to(dt).cuda()
+    return T.t() if a_major == "col" else T
 
 
 def verdict(problem: Problem, C: np.ndarray, A: np.ndarray, B: NMMatrix, rng) -> Verdict:
@@ -91,12 +131,18 @@ def verdict(problem: Problem, C: np.ndarray, A: np.ndarray, B: NMMatrix, rng) ->
     return compare(C, A, B, rows, compute=dtype(problem.dtype).compute, out_dtype=problem.c_dtype)
 
 
-def command(problem: Problem, schedule: Schedule | None, seed: int, array: str = "numpy",
+def command(problem: Problem, schedule: Schedule | None, seed: int | None, array: str = "numpy",
             interpret: bool = False) -> str:
-    """The `nmgen check` line that runs this case again on the same inputs."""
+    """The `nmgen check` line that runs this case again on the same inputs (dtype included; without
+    a seed, on fresh ones)."""
+    from .cli.common import option_name
     p = problem.pattern
     args = ["nmgen", "check", "--shape", f"{problem.M}x{problem.N}x{problem.K}", "--pattern", f"{p.n}:{p.m}",
-            "--vector", str(p.vector), "--a-major", problem.a_major, "--seed", str(seed)]
+            "--vector", str(p.vector), "--a-major", problem.a_major, "--dtype", option_name(problem.dtype)]
+    if problem.c_dtype != problem.default_c_dtype:
+        args += ["--out-dtype", option_name(problem.c_dtype)]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     if schedule is not None:
         args += ["--schedule", json.dumps(schedule.to_dict(), separators=(",", ":"))]
     if interpret:

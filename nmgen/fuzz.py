@@ -7,10 +7,14 @@ A case draws (each choice independent, so that rare combinations come up):
   n:m, V   m up to 64 (odd m included), n from 1 to m, V from 1 to 128
   K        a whole number of windows, often odd
   A        row- or column-major; numpy arrays or torch tensors (GPU)
+  dtype    one of `dtypes` (f32, tf32, bf16, f16); the tensor-core ones only where V is a multiple
+           of 8 (else f32, or where f32 is not asked for, a V that is); C now and then in another
+           output dtype than A's
   schedule nmgen's own choice now and then; else one of the search space's schedules for the
-           problem, with some fields moved off the space (split-K up to the K tiles, uneven;
-           sliced K; the rotated loop; copies after the first rows; stages; register bounds;
-           copy widths; A padding; rasterization), kept only if it still validates.
+           problem (of its dtype: FFMA thread tiles or mma warp tiles), with some fields moved off
+           the space (split-K up to the K tiles, uneven; sliced K; the rotated loop; copies after
+           the first rows; stages; register bounds; copy widths; A padding; rasterization), kept
+           only if it still validates. A problem nmgen has no schedule for is drawn again.
 On the GPU the kernels compile ahead in worker processes, as the tuner's do; on the CPU (CI) the
 interpreter runs small cases.
 """
@@ -31,6 +35,8 @@ from .ir.schedule import Schedule
 WINDOWS_M = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 32, 32, 48, 64)
 VECTORS = (1, 1, 2, 3, 4, 5, 8, 16, 32, 32, 64, 96, 128)
 SMALL_PRIMES = (2, 3, 5, 7, 11, 13, 17, 31, 61, 127, 257, 509, 1021, 2039, 4093, 4099)
+DTYPES = ("f32", "tf32", "bf16", "f16")       # what a case may multiply in (nmgen's names)
+MMA_VECTORS = tuple(v for v in VECTORS if v % 8 == 0)     # the vectors the tensor cores take
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,18 @@ class Case:
     schedule: Schedule | None     # None: the schedule nmgen.spmm chooses
     seed: int                     # of the inputs (nmgen.checking.random_inputs)
     array: str = "numpy"
+    dtype: str = "f32"            # A's and B's (ir.dtypes)
+    c_dtype: str | None = None    # C's; None: A's storage dtype
 
     @property
     def problem(self) -> Problem | None:
         """None for an empty batch (M = 0): no kernel, spmm returns an empty C."""
-        return Problem(self.M, self.N, self.K, self.pattern, a_major=self.a_major) if self.M else None
+        return Problem(self.M, self.N, self.K, self.pattern, self.dtype, self.a_major, self.c_dtype) if self.M else None
+
+    @property
+    def out_dtype(self) -> str:
+        """C's dtype (the default made explicit)."""
+        return self.c_dtype or ("f32" if self.dtype == "tf32" else self.dtype)
 
     def command(self, interpret: bool = False) -> str:
         from .checking import command
@@ -70,26 +83,51 @@ class Case:
 
     def to_dict(self) -> dict:
         return {"M": self.M, "N": self.N, "K": self.K, "pattern": str(self.pattern), "a_major": self.a_major,
-                "schedule": self.schedule.to_dict() if self.schedule else None, "seed": self.seed, "array": self.array}
+                "schedule": self.schedule.to_dict() if self.schedule else None, "seed": self.seed, "array": self.array,
+                "dtype": self.dtype, "c_dtype": self.c_dtype}
+
+
+def _storage(dtype: str) -> str:
+    return "f32" if dtype == "tf32" else dtype
 
 
 def empty_batch_snippet(c: Case) -> str:
-    p = c.pattern
-    return ("import numpy as np, nmgen; from nmgen.bench import random_nm; "
+    p, store = c.pattern, _storage(c.dtype)
+    tf32 = ", allow_tf32=True" if c.dtype == "tf32" else ""
+    return ("import numpy as np, nmgen; from nmgen.bench import random_nm; from nmgen.ir.dtypes import DTYPES; "
             f"B = random_nm(nmgen.Problem(1, {c.N}, {c.K}, nmgen.Pattern({p.n}, {p.m}, {p.vector})), "
-            f"np.random.default_rng({c.seed})); print(nmgen.spmm(np.zeros((0, {c.K}), np.float32), B).shape)")
+            f"np.random.default_rng({c.seed})).astype('{store}'); "
+            f"print(nmgen.spmm(np.zeros((0, {c.K}), DTYPES['{store}'].storage), B{tf32}).shape)")
 
 
 def _log_uniform(rng, lo: int, hi: int) -> int:
     return int(min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))))
 
 
-def draw_case(rng, device: Device, limits: Limits, arrays=("numpy",)) -> Case:
-    """One random case within `limits` whose schedule (when given) validates on `device`."""
+def draw_dtypes(rng, V: int, dtypes=DTYPES) -> tuple[str, str | None, int]:
+    """(dtype, C dtype or None for the default, V) of a case whose vector length was drawn as V:
+    a tensor-core dtype needs V a multiple of 8, so with another V the case runs in f32, or where
+    f32 is not among `dtypes`, draws a V of MMA_VECTORS instead. C takes another output dtype than
+    A's a quarter of the time."""
+    from .ir.dtypes import OUTPUT_DTYPES
+    dtype = str(rng.choice(list(dtypes)))
+    if dtype != "f32" and V % 8:
+        if "f32" in dtypes:
+            dtype = "f32"
+        else:
+            V = int(rng.choice(MMA_VECTORS))
+    default = "f32" if dtype == "tf32" else dtype
+    c_dtype = str(rng.choice([c for c in OUTPUT_DTYPES if c != default])) if rng.random() < 0.25 else None
+    return dtype, c_dtype, V
+
+
+def draw_case(rng, device: Device, limits: Limits, arrays=("numpy",), dtypes=DTYPES) -> Case:
+    """One random case within `limits` whose schedule (when given) validates on `device`; its dtype
+    one of `dtypes` (draw_dtypes)."""
     while True:
         m = int(rng.choice(WINDOWS_M))
         n = int(rng.integers(1, m + 1))
-        V = int(rng.choice(VECTORS))
+        dtype, c_dtype, V = draw_dtypes(rng, int(rng.choice(VECTORS)), dtypes)
         windows = _log_uniform(rng, 1, max(1, limits.K // m))
         if rng.random() < 0.5 and windows > 1:
             windows -= 1 - windows % 2                      # an odd number of windows
@@ -104,19 +142,27 @@ def draw_case(rng, device: Device, limits: Limits, arrays=("numpy",)) -> Case:
         pattern, a_major = Pattern(n, m, V), ("row", "col")[int(rng.integers(2))]
         seed, array = int(rng.integers(2**32)), arrays[int(rng.integers(len(arrays)))]
         if M == 0:
-            return Case(0, N, K, pattern, a_major, None, seed, array)
-        problem = Problem(M, N, K, pattern, a_major=a_major)
+            return Case(0, N, K, pattern, a_major, None, seed, array, dtype)
+        problem = Problem(M, N, K, pattern, dtype, a_major, c_dtype)
         s = draw_schedule(rng, problem, device)
         if s is not False:
-            return Case(M, N, K, pattern, a_major, s, seed, array)
+            return Case(M, N, K, pattern, a_major, s, seed, array, dtype, c_dtype)
 
 
 def draw_schedule(rng, problem: Problem, device: Device):
-    """A random schedule for `problem` (None: nmgen's choice), or False when the space is empty."""
+    """A random schedule for `problem` (None: nmgen's choice), or False when nmgen has none: no
+    schedule runs the problem (a row-major 16-bit A with K an odd number of elements has none), so
+    nmgen's choice would be a ScheduleError, not a kernel to check."""
+    from .errors import ScheduleError
     from .ir.operands import geometry
     from .ir.validate import problems
+    from .search.heuristic import default_schedule
     from .search.space import enumerate_space
     if rng.random() < 0.15:
+        try:
+            default_schedule(problem, device)       # what nmgen's choice falls back to: none fits, none chosen
+        except ScheduleError:
+            return False
         return None
     space = enumerate_space(problem, device)
     if not space:
@@ -160,7 +206,8 @@ def compile_case(case_dict: dict, arch: str):
 
 def case_from_dict(d: dict) -> Case:
     return Case(d["M"], d["N"], d["K"], Pattern.parse(d["pattern"].split("x")[0], int(d["pattern"].split("x")[1])),
-                d["a_major"], Schedule.from_dict(d["schedule"]) if d["schedule"] else None, d["seed"], d["array"])
+                d["a_major"], Schedule.from_dict(d["schedule"]) if d["schedule"] else None, d["seed"], d["array"],
+                d.get("dtype", "f32"), d.get("c_dtype"))
 
 
 @dataclass
@@ -172,8 +219,9 @@ class Outcome:
 
 
 def run_case(case: Case, device: Device, interpret: bool, compiled=None) -> Outcome:
-    """Check one case (inputs from its seed) on the GPU or in the interpreter."""
-    from .checking import random_inputs, run_gpu, run_interpreter, verdict
+    """Check one case (inputs of its dtype, from its seed) on the GPU (spmm with A and B stored in
+    the dtype, as numpy arrays or torch tensors) or in the interpreter."""
+    from .checking import random_inputs, run_gpu, run_interpreter, stored_weights, verdict
     rng = np.random.default_rng(case.seed)
     if case.M == 0:
         return _run_empty_batch(case, interpret)
@@ -184,9 +232,10 @@ def run_case(case: Case, device: Device, interpret: bool, compiled=None) -> Outc
         s = case.schedule or choose_schedule(p, device, B)
         C = run_interpreter(p, s, A, B)
     else:
-        k = _kernel(case, device, B, compiled)
+        B_run = stored_weights(p, B)          # the weights in the dtype, as a user holds them
+        k = _kernel(case, device, B_run, compiled)
         s = k.schedule
-        C = run_gpu(k, A, B, case.array)
+        C = run_gpu(k, A, B_run, case.array)
     v = verdict(p, C, A, B, rng)
     return Outcome(case, v.ok, v.summary(), s)
 
@@ -208,30 +257,37 @@ def _kernel(case: Case, device: Device, B, compiled):
 
 
 def _run_empty_batch(case: Case, interpret: bool) -> Outcome:
-    """spmm of a (0, K) A returns a (0, N) float32 C of the input's library, launching nothing."""
+    """spmm of a (0, K) A of the case's dtype returns a (0, N) C of A's dtype and library,
+    launching nothing."""
     from .api import spmm
-    from .checking import random_weights
-    B = random_weights(Problem(1, case.N, case.K, case.pattern), case.seed)
-    A = np.zeros((0, case.K), np.float32)
+    from .checking import random_weights, stored_weights
+    from .ir.dtypes import DTYPES
+    p = Problem(1, case.N, case.K, case.pattern, case.dtype)
+    B = stored_weights(p, random_weights(p, case.seed))
+    want = DTYPES[_storage(case.dtype)]
+    A = np.zeros((0, case.K), want.storage)
     if case.array == "torch" and not interpret:
         import torch
-        A = torch.zeros((0, case.K), device="cuda")
-    C = spmm(A, B)
+        A = torch.zeros((0, case.K), dtype=getattr(torch, want.torch), device="cuda")
+    C = spmm(A, B, allow_tf32=case.dtype == "tf32")
     shape, dtype = tuple(C.shape), str(C.dtype).replace("torch.", "")
-    ok = shape == (0, case.N) and dtype == "float32" and type(C).__module__.split(".")[0] == type(A).__module__.split(".")[0]
+    same_library = type(C).__module__.split(".")[0] == type(A).__module__.split(".")[0]
+    ok = shape == (0, case.N) and dtype == want.torch and same_library
     return Outcome(case, ok, f"empty batch gave {type(C).__name__} {shape} {dtype}")
 
 
 def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limits | None = None,
-         arrays=("numpy",), workers: int | None = None, progress: bool = True, on_failure=None) -> list[Outcome]:
-    """Draw and check `cases` cases from `seed`; `on_failure(outcome)` is called as failures happen.
+         arrays=("numpy",), dtypes=DTYPES, workers: int | None = None, progress: bool = True,
+         on_failure=None) -> list[Outcome]:
+    """Draw and check `cases` cases of `dtypes` from `seed`; `on_failure(outcome)` is called as
+    failures happen.
     A launch that leaves the CUDA context unusable (an illegal address) ends the run: it is the
     last outcome, failed."""
     from tqdm import tqdm
     from .errors import CudaError
     rng = np.random.default_rng(seed)
     limits = limits or (CPU_LIMITS if interpret else GPU_LIMITS)
-    drawn = [draw_case(rng, device, limits, arrays) for _ in range(cases)]
+    drawn = [draw_case(rng, device, limits, arrays, dtypes) for _ in range(cases)]
     if interpret:
         drawn = [c for c in drawn if c.M == 0 or _fits_interpreter(c)]
     out = []
@@ -292,7 +348,8 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
     def kinds(o: Outcome):
         c = o.case
         s = o.schedule or c.schedule
-        k = {"a_major": c.a_major, "array": c.array, "empty_batch": c.M == 0}
+        k = {"dtype": c.dtype, "out_dtype": c.out_dtype, "a_major": c.a_major, "array": c.array,
+             "empty_batch": c.M == 0}
         if s is not None:
             k.update(split_k=s.split_k > 1, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
                      refill_row=bool(s.refill_row), stages=s.stages)

@@ -6,8 +6,11 @@
                how many are measured in this run; anything already recorded for this problem,
                device and toolchain is skipped (failures are never retried; a killed search resumes)
   compile      in parallel worker processes: IR -> PTX -> ptxas -> cubin (no CUDA in the workers)
+  inputs       A and B of the problem's dtype (bf16, f16: their storage; tf32: float32 values of
+               TF32), A in the kernel's layout, C of the problem's C dtype
   check        once per candidate: the output, poisoned with NaN first, against the float64
                reference on reference.check_rows, every element within the error bound of its sum
+               on FFMA or the tensor cores and of C's rounding (reference.Expected)
   time         CUDA events, warm-up, median of `reps` runs, L2 flushed before each run
   refine       then one step from the best two measured (search.refine: the other loop form, the
                copies after a tile's first rows, a register bound, bigger blocks), again while a
@@ -70,11 +73,14 @@ class Tuner:
                  workers: int | None = None, progress: bool = True, rng=None, measure=None, compile_fn=None):
         """`measure(schedule, prediction, compiled) -> Result` and `compile_fn` default to the GPU and
         the worker-process compiler; `workers=0` compiles in this process."""
+        from ..checking import stored_weights
         from ..format import NMMatrix
         self.problem, self.device, self.db = problem, device, db
         self.rng = rng or np.random.default_rng()
-        self.B = B if B is not None else NMMatrix.from_dense(
-            self.rng.standard_normal((problem.K, problem.N), dtype=np.float32), problem.pattern, prune_first=True)
+        if B is None:
+            B = NMMatrix.from_dense(self.rng.standard_normal((problem.K, problem.N), dtype=np.float32),
+                                    problem.pattern, prune_first=True)
+        self.B = stored_weights(problem, B)           # the weights in the problem's dtype
         self.reps, self.warmup, self.progress = reps, warmup, progress
         self.workers = max(1, min(16, (os.cpu_count() or 2) - 1)) if workers is None else workers
         self.measure = measure or self._measure_gpu
@@ -184,14 +190,23 @@ class Tuner:
             bar.close()
 
     def _prepare_inputs(self):
+        """A (M x K, normal values of the problem's dtype) on the GPU in the kernel's layout, C's
+        buffer of the problem's C dtype, and the float64 reference of the checked rows."""
+        from ..api import kernel_a_layout
+        from ..checking import computed
+        from ..ir.build import storage
+        from ..ir.dtypes import DTYPES, as_computed
         from ..reference import Expected, check_rows
         from ..runtime.memory import DeviceBuffer
         from ..runtime.timing import L2Flush
         p = self.problem
-        self.A = self.rng.standard_normal((p.M, p.K), dtype=np.float32)
-        self.expected = Expected(self.A, self.B, check_rows(p.M, self.rng))
-        self.a_dev = DeviceBuffer.from_array(np.ascontiguousarray(self.A.T) if p.a_major == "col" else self.A)
-        self.c_dev = DeviceBuffer(p.M * p.N * 4)
+        A = as_computed(self.rng.standard_normal((p.M, p.K), dtype=np.float32), p.dtype)
+        self.A = A.astype(DTYPES[storage(p)].storage)         # what spmm would be given: bf16, f16 or float32
+        compute = DTYPES[p.dtype].compute
+        self.expected = Expected(*computed(p, self.A, self.B), check_rows(p.M, self.rng), compute=compute,
+                                 out_dtype=p.c_dtype)
+        self.a_dev = DeviceBuffer.from_array(kernel_a_layout(self.A, p))
+        self.c_dev = DeviceBuffer(p.M * p.N * DTYPES[p.c_dtype].itemsize)
         self.flush = L2Flush(self.device.l2_bytes)
 
     def base_record(self, s: Schedule, pred) -> dict:
@@ -240,13 +255,15 @@ class Tuner:
                       registers=rec.get("registers"), record=rec)
 
     def _check(self, k, ops):
-        """Verdict (nmgen.reference) of one launch of `k` into a NaN-poisoned C."""
-        from ..runtime.memory import download, memset32, synchronize
+        """Verdict (nmgen.reference) of one launch of `k` into a NaN-poisoned C of the C dtype."""
+        from ..api import poison
+        from ..ir.dtypes import DTYPES
+        from ..runtime.memory import download, synchronize
         p = self.problem
-        memset32(self.c_dev.ptr, p.M * p.N, 0, 0x7FC00000)      # NaN: an unwritten element fails
+        poison(self.c_dev.ptr, p.M * p.N, p.c_dtype)             # NaN: an unwritten element fails
         k.launch(self.a_dev.ptr, ops, self.c_dev.ptr)
         synchronize(0, k.name)
-        C = download(np.empty((p.M, p.N), np.float32), self.c_dev.ptr)
+        C = download(np.empty((p.M, p.N), DTYPES[p.c_dtype].storage), self.c_dev.ptr).astype(np.float32)
         if not np.isfinite(C).all():          # any element never written, not only the sampled rows
             C = np.full_like(C, np.nan)
         return self.expected.check(C)

@@ -118,3 +118,71 @@ def test_command_replays_a_case(tmp_path):
     assert r.returncode == 0 and f"schedule {s.short()} " in r.stdout and "seed 5" in r.stdout, r.stdout + r.stderr
     A, B = random_inputs(p, np.random.default_rng(5))
     assert compare(run_interpreter(p, s, A, B), A, B).ok
+
+
+# ---- dtypes ------------------------------------------------------------------------------------------
+@pytest.fixture
+def gpu(monkeypatch):
+    """The API on a fake H100 (tests/fake_gpu.py): launches run the kernel IR in the interpreter."""
+    import fake_gpu
+    return fake_gpu.install(monkeypatch)
+
+
+@pytest.mark.parametrize("dtype,out,a_major", [("bf16", None, "col"), ("fp16", None, "row"), ("tf32", None, "row"),
+                                               ("bf16", "fp32", "row"), ("fp16", "bf16", "col"),
+                                               ("fp32", None, "col")])
+def test_check_runs_spmm_in_the_dtype(gpu, monkeypatch, capsys, dtype, out, a_major):
+    """`nmgen check --dtype D` (the GPU path, on the fake GPU) runs spmm with A and B stored in D
+    (bfloat16 as ml_dtypes'), tf32 with allow_tf32, C of the output dtype, and passes."""
+    import nmgen.api as api
+    from nmgen.cli import main
+    from nmgen.cli.common import DTYPE_OPTIONS
+    from nmgen.ir.dtypes import DTYPES
+    seen = []
+    real = api.spmm
+
+    def spy(A, B, out=None, **kw):
+        seen.append((A.dtype, A.flags.f_contiguous and not A.flags.c_contiguous, B.dtype, out.dtype,
+                     kw.get("allow_tf32")))
+        return real(A, B, out=out, **kw)
+    monkeypatch.setattr(api, "spmm", spy)
+    name = DTYPE_OPTIONS[dtype]
+    store = "f32" if name == "tf32" else name
+    c = DTYPE_OPTIONS[out] if out else ("f32" if name == "tf32" else name)
+    assert main(["check", "--shape", "17x40x64", "--pattern", "8:32", "--vector", "8", "--a-major", a_major,
+                 "--dtype", dtype, *(["--out-dtype", out] if out else []), "--seed", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "on H100" in text, text
+    assert seen == [(DTYPES[store].storage, a_major == "col", store, DTYPES[c].storage, name == "tf32")]
+
+
+def test_the_tensor_core_check_catches_one_missing_product(rng):
+    """The bf16 bound (tensor cores, C rounded to bf16) still fails a C missing one product."""
+    from nmgen.checking import verdict
+    p = Problem(9, 40, 256, Pattern(8, 32, 8), "bf16")
+    A, B = random_inputs(p, rng)
+    C = A.astype(np.float64) @ B.to_dense(np.float64)
+    assert verdict(p, C.astype(np.float32), A, B, rng).ok
+    k = B._rows()[3, 5]
+    C[2, 5] -= A[2, k] * B.values[3, 5]
+    v = verdict(p, C.astype(np.float32), A, B, rng)
+    assert not v.ok and v.where == (2, 5), v.summary()
+
+
+@pytest.mark.parametrize("dtype,out", [("bf16", None), ("tf32", None), ("fp16", "fp32"), ("bf16", "fp16")])
+def test_command_carries_the_dtypes_and_replays(dtype, out):
+    from nmgen.cli.common import DTYPE_OPTIONS
+    p = Problem(9, 48, 96, Pattern(3, 32, 16), DTYPE_OPTIONS[dtype], "col", out and DTYPE_OPTIONS[out])
+    line = command(p, None, 7, interpret=True)
+    args = shlex.split(line)
+    assert args[args.index("--dtype") + 1] == dtype
+    assert ("--out-dtype" in args) == (out is not None) and (out is None or args[args.index("--out-dtype") + 1] == out)
+    r = nmgen(*args[1:])
+    assert r.returncode == 0 and "PASS" in r.stdout and f" {p.pattern} " in r.stdout, r.stdout + r.stderr
+    assert str(p).split(" (")[0] in r.stdout          # the same problem: dtype and C dtype
+
+
+def test_default_out_dtype_is_left_out_of_the_command():
+    line = command(Problem(9, 48, 96, Pattern(3, 32, 16), "tf32", c_dtype="f32"), None, 7)
+    assert "--dtype tf32" in line and "--out-dtype" not in line
+    assert "--dtype fp32" in command(Problem(9, 48, 96, Pattern(3, 32, 16)), None, 7)

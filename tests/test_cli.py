@@ -200,6 +200,32 @@ GUARD = [
     ("bench patterns", ["bench", "--patterns", "5:4"], {}, False, "--patterns 5:4 with --suite paper6 shape"),
     ("bench patterns empty", ["bench", "--patterns", ","], {}, False, "lists no pattern"),
     ("bench vector", ["bench", "--vector", "0"], {}, False, "V=0 must be at least 1"),
+    # dtypes: unknown, C stored as TF32, a tensor-core dtype with a V no mma tile fits inside
+    ("dtype bogus", ["ptx", *SHAPE, "--dtype", "bogus"], {}, False,
+     "argument --dtype: 'bogus' is not a dtype; choose fp32 (FFMA), tf32, bf16 or fp16"),
+    ("check dtype bogus", ["check", *SHAPE, "--dtype", "bogus"], {}, False, "argument --dtype: 'bogus' is not a dtype"),
+    ("out-dtype tf32", ["ptx", *SHAPE, "--out-dtype", "tf32"], {}, False,
+     "argument --out-dtype: tf32 is a way of multiplying float32, not a storage type"),
+    ("check out-dtype tf32", ["check", *SHAPE, "--interpret", "--out-dtype", "tf32"], {}, False,
+     "argument --out-dtype: tf32 is a way"),
+    ("dtype bf16 vector 4", ["check", *SHAPE, "--dtype", "bf16", "--vector", "4"], {}, False,
+     "--dtype bf16 multiplies on the tensor cores, whose 8-column mma tiles must each lie inside one vector of "
+     "columns sharing kept rows: V=4 is no multiple of 8; use --vector 8, 16, 32, ... or --dtype fp32 (the FFMA "
+     "path) for V=4"),
+    ("ptx fp16 vector 1", ["ptx", *SHAPE, "--dtype", "fp16"], {}, False, "V=1 is no multiple of 8"),
+    ("search tf32 vector 12", ["search", *SHAPE, "--vector", "12", "--dtype", "tf32", "--dry-run"], {}, False,
+     "--dtype tf32 multiplies on the tensor cores"),
+    ("shapes bf16 vector 4", ["search", "--shapes", "{bad_shape.txt}", "--dtype", "bf16"], {}, False,
+     ":2: --dtype bf16 multiplies on the tensor cores"),
+    ("db best dtype bogus", ["db", "best", *SHAPE, "--dtype", "bf32"], {}, False, "'bf32' is not a dtype"),
+    ("bench dtype bogus", ["bench", "--dtype", "int8"], {}, False, "argument --dtype: 'int8' is not a dtype"),
+    ("bench bf16 vector 4", ["bench", "--dtype", "bf16", "--vector", "4"], {}, False,
+     "the FFMA path) for V=4"),
+    ("fuzz dtypes bogus", ["fuzz", "--interpret", "--dtypes", "f32,int8"], {}, False,
+     "--dtypes 'f32,int8': 'int8' is not a dtype"),
+    ("fuzz dtypes empty", ["fuzz", "--interpret", "--dtypes", ","], {}, False, "--dtypes ',' lists no dtype"),
+    ("schedule cannot run", ["ptx", *SHAPE, "--schedule", '{"warp_m": 48}'], {}, False,
+     "cannot run 64x64x64 2:4x1 on H100 SXM (typical): warp tile 48x16 does not divide block tile"),
 ]
 
 

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from nmgen import fuzz
+from nmgen import Pattern, fuzz
 from nmgen.ir.device import for_arch
 from nmgen.ir.validate import problems
 
@@ -25,13 +26,15 @@ def test_interpreted_fuzz_has_no_failures(tmp_path):
     assert s["cases"] >= 140
     kinds = s["counts"]
     for key, values in (("split_k", "True"), ("sliced_k", "True"), ("a_load", "rows"), ("prefetch", "True"),
-                        ("refill_row", "True"), ("a_major", "col"), ("empty_batch", "True")):
+                        ("refill_row", "True"), ("a_major", "col"), ("empty_batch", "True"), ("dtype", "f32"),
+                        ("dtype", "bf16"), ("dtype", "tf32"), ("dtype", "f16"), ("out_dtype", "f32"),
+                        ("out_dtype", "bf16"), ("a_load", "gather")):
         assert kinds[key].get(values, 0) > 0, (key, kinds)
 
 
 def test_drawn_cases_are_valid_and_varied():
     rng = np.random.default_rng(0)
-    cases = [fuzz.draw_case(rng, H100, fuzz.GPU_LIMITS, ("numpy", "torch")) for _ in range(300)]
+    cases = [fuzz.draw_case(rng, H100, fuzz.GPU_LIMITS, ("numpy", "torch"), ("f32",)) for _ in range(300)]
     for c in cases:
         assert c.M * c.N * c.K <= fuzz.GPU_LIMITS.macs and c.K % c.pattern.m == 0
         if c.schedule is not None:
@@ -42,6 +45,31 @@ def test_drawn_cases_are_valid_and_varied():
     assert any(c.N % 8 for c in cases) and {c.array for c in cases} == {"numpy", "torch"}
     assert any(c.schedule is None for c in cases)
     assert any(c.schedule and c.schedule.split_k > 1 and fuzz_uneven(c) for c in cases)
+
+
+def test_drawn_dtypes_are_valid_and_varied():
+    """Every dtype is drawn; the tensor-core ones only with V a multiple of 8 and mma schedules."""
+    rng = np.random.default_rng(0)
+    cases = [fuzz.draw_case(rng, H100, fuzz.GPU_LIMITS, ("numpy", "torch")) for _ in range(80)]
+    for c in cases:
+        if c.schedule is not None:
+            assert problems(c.problem, c.schedule, H100) == []
+    assert {c.dtype for c in cases} == {"f32", "tf32", "bf16", "f16"}
+    assert all(c.pattern.vector % 8 == 0 and (c.schedule is None or c.schedule.mma) for c in cases if c.dtype != "f32")
+    assert any(c.c_dtype for c in cases) and any(c.dtype == "f32" and c.pattern.vector % 8 for c in cases)
+
+
+def test_without_f32_every_case_takes_a_tensor_core_vector():
+    rng = np.random.default_rng(1)
+    cases = [fuzz.draw_case(rng, H100, fuzz.CPU_LIMITS, dtypes=("bf16", "tf32")) for _ in range(100)]
+    assert {c.dtype for c in cases} == {"bf16", "tf32"} and all(c.pattern.vector % 8 == 0 for c in cases)
+    assert {c.pattern.vector for c in cases} <= set(fuzz.MMA_VECTORS)
+
+
+def test_a_case_round_trips_through_its_dict():
+    rng = np.random.default_rng(2)
+    for c in (fuzz.draw_case(rng, H100, fuzz.CPU_LIMITS) for _ in range(40)):
+        assert fuzz.case_from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
 def fuzz_uneven(c):
@@ -61,4 +89,38 @@ def test_a_failure_is_reported_with_a_command_that_replays_it(monkeypatch):
     line = failed[0].case.command(interpret=True)
     args = shlex.split(line)
     assert args[:2] == ["nmgen", "check"] and "--seed" in args and "--interpret" in args
-    assert str(failed[0].case.seed) in args
+    assert str(failed[0].case.seed) in args and "--dtype" in args
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """The API on a fake H100 (tests/fake_gpu.py): launches run the kernel IR in the interpreter."""
+    import fake_gpu
+    return fake_gpu.install(monkeypatch)
+
+
+def test_gpu_cases_run_spmm_in_their_dtype(gpu, monkeypatch):
+    """The GPU path of run_case (on the fake GPU): numpy A and B stored in the case's dtype, C of
+    its output dtype, tf32 with allow_tf32; the empty batch gives an empty C of A's dtype."""
+    import nmgen.api as api
+    from nmgen.ir.dtypes import DTYPES
+    seen = []
+    real = api.spmm
+
+    def spy(A, B, out=None, **kw):
+        seen.append((str(A.dtype), B.dtype, None if out is None else str(out.dtype), kw.get("allow_tf32", False)))
+        return real(A, B, out=out, **kw)
+    monkeypatch.setattr(api, "spmm", spy)
+    rng = np.random.default_rng(5)
+    cases = [c for c in (fuzz.draw_case(rng, H100, fuzz.CPU_LIMITS, dtypes=(d,)) for d in ("bf16", "f16", "tf32")
+                         for _ in range(12)) if c.M == 0 or fuzz._fits_interpreter(c)]
+    cases.append(fuzz.Case(0, 40, 64, Pattern(2, 32, 8), "col", None, 3, dtype="bf16"))
+    for c in cases:
+        seen.clear()
+        o = fuzz.run_case(c, H100, interpret=False)
+        assert o.ok, (c, o.detail)
+        store = "f32" if c.dtype == "tf32" else c.dtype
+        want = (str(DTYPES[store].storage), store, None if c.M == 0 else str(DTYPES[c.out_dtype].storage),
+                c.dtype == "tf32")
+        assert seen == [want], (c, seen)
+    assert {c.dtype for c in cases} == {"bf16", "f16", "tf32"} and any(c.c_dtype for c in cases)

@@ -281,3 +281,116 @@ def test_tuner_refines_its_best_schedules(tmp_path):
     again = t2.measure = FasterWithPrefetch(t2)
     t2.run("model-topk", topk=5, remeasure=0, refine=2, budget=7)
     assert again.calls == gpu.calls[:7]                                         # the budget holds for refinements
+
+
+# ---- dtypes: the problem key carries them; records of two dtypes never mix ----------------------------
+@pytest.mark.parametrize("problem", [SMALL, Problem(5, 7, 96, Pattern(3, 32, 8), "bf16", "col", "f32"),
+                                     Problem(5, 7, 96, Pattern(3, 32, 8), "tf32", "row", "bf16"),
+                                     Problem(5, 7, 96, Pattern(3, 32, 8), "f16", "col")])
+def test_problem_of_a_key_is_the_problem(problem):
+    assert Problem.from_key(problem.key()) == problem
+
+
+@pytest.mark.parametrize("key", ["64x64x64", "64x64x64:2:4:1:f32:Arow", "64x64x64:2:4:1:f32:Cf32",
+                                 "64x64x64:2:4:1:fp32", "64x64x64:2:4:1:bf16:Cf32:Acol", "64x64x64: 2:4:1:f32",
+                                 "64x64x64:2:4:1:f32:Acol:Cbf16:x", "64x64x64:2:4:1:bf16:Ctf32"])
+def test_a_key_no_problem_writes_is_refused(key):
+    from nmgen.errors import ShapeError
+    with pytest.raises(ShapeError, match="is not a problem key"):
+        Problem.from_key(key)
+
+
+def test_neighbours_are_of_the_same_dtype():
+    """A bf16 problem's neighbours are the bf16 records; the f32 record of the same shape is not one."""
+    from nmgen.search.neighbours import _problem_of, neighbour_schedules
+    bf16 = Problem(64, 256, 256, Pattern(8, 32, 32), "bf16")
+    near_bf16 = Problem(64, 256, 512, Pattern(8, 32, 32), "bf16")
+    near_f32 = Problem(64, 256, 512, Pattern(8, 32, 32))
+    near_f32_out = Problem(64, 256, 512, Pattern(8, 32, 32), "bf16", c_dtype="f32")
+    s_bf16, s_f32, s_out = (Schedule(thread_m=0, thread_n=0, a_pad=8, stages=st) for st in (2, 3, 4))
+    records = [{"problem_key": p.key(), "schedule": s.to_json(), "median_us": 1.0}
+               for p, s in ((near_bf16, s_bf16), (near_f32, s_f32), (near_f32_out, s_out))]
+    assert [_problem_of(r) for r in records] == [near_bf16, near_f32, near_f32_out]
+    assert neighbour_schedules(bf16, records) == [s_bf16]
+    assert neighbour_schedules(SMALL, records) == [s_f32]
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    """The tuner's GPU path on the fake H100 (tests/fake_gpu.py: kernels run in the interpreter);
+    timing is one run, 1 ms."""
+    import fake_gpu
+    import nmgen.api as api
+    from nmgen.runtime import timing
+    mem = fake_gpu.install(monkeypatch)
+    init = api.Kernel.__init__
+
+    def registered(self, *a, **kw):            # the fake GPU loads the kernels it knows: the tuner's too
+        init(self, *a, **kw)
+        api._kernels[("tuner", id(self))] = self
+    monkeypatch.setattr(api.Kernel, "__init__", registered)
+
+    def once(run, stream=0, warmup=10, reps=30, flush=None, batch=None):
+        run()
+        return timing.Timing(1.0, 1.0, 1.0, 1.0, reps, warmup, "flushed")
+    monkeypatch.setattr(timing, "time_gpu", once)
+    monkeypatch.setattr(timing, "L2Flush", lambda l2_bytes, stream=0: (lambda: None))
+    return mem
+
+
+@pytest.mark.parametrize("dtype,c_dtype,a_major", [("bf16", None, "col"), ("f16", "f32", "row"), ("tf32", None, "row"),
+                                                   ("bf16", "f16", "row"), ("f32", None, "col")])
+def test_tuner_measures_and_checks_in_the_problems_dtype(tmp_path, fake_device, dtype, c_dtype, a_major):
+    """Inputs of the dtype (A in the kernel's layout: odd 16-bit rows padded), C of the C dtype,
+    every candidate checked against the tensor-core bound, recorded under the dtype's key."""
+    from nmgen.ir.dtypes import DTYPES
+    p = Problem(17, 48, 96, Pattern(4, 32, 16), dtype, a_major, c_dtype)
+    db = TuningDB(tmp_path / "t.db")
+    t = Tuner(p, H100.replace(driver=13000), db, workers=0, progress=False, rng=np.random.default_rng(1))
+    results = t.run("model-topk", topk=2, remeasure=1, refine=0)
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    store = "f32" if dtype == "tf32" else dtype
+    assert t.B.dtype == store and t.A.dtype == DTYPES[store].storage
+    assert t.c_dev.nbytes == 17 * 48 * DTYPES[p.c_dtype].itemsize
+    assert {r["problem_key"] for r in db.rows()} == {p.key()}
+    assert all(Schedule.from_json(r["schedule"]).mma == (dtype != "f32") for r in db.rows())
+
+
+def test_tuner_catches_a_wrong_bf16_result(tmp_path, fake_device, monkeypatch):
+    import fake_gpu
+    real = fake_gpu.interpret
+
+    def off_by_one_product(ir, arrays):
+        C = real(ir, arrays)
+        C[3, 5] += 0.5                       # about one product of normal values: far above the bound
+        return C
+    monkeypatch.setattr(fake_gpu, "interpret", off_by_one_product)
+    p = Problem(17, 48, 96, Pattern(4, 32, 16), "bf16")
+    t = Tuner(p, H100.replace(driver=13000), TuningDB(tmp_path / "t.db"), workers=0, progress=False)
+    results = t.run("model-topk", topk=1, remeasure=0, refine=0)
+    assert [r.status for r in results] == ["wrong_result"] and "(3, 5)" in results[0].error
+
+
+def test_records_of_two_dtypes_never_mix(tmp_path):
+    """One shape tuned as f32 and as bf16 into one database: two problems, each with its own
+    records, plans and best; neither skips a schedule because the other measured it."""
+    from nmgen.search.choose import recorded_best, recorded_top
+    db = TuningDB(tmp_path / "t.db")
+    dev = H100.replace(driver=13000)
+    B = NMMatrix.from_dense(np.random.default_rng(0).standard_normal((256, 256)), SMALL.pattern, prune_first=True)
+    bf16 = Problem(SMALL.M, SMALL.N, SMALL.K, SMALL.pattern, "bf16")
+    tuners = {}
+    for p in (SMALL, bf16, Problem(SMALL.M, SMALL.N, SMALL.K, SMALL.pattern, "bf16", c_dtype="f32")):
+        t = Tuner(p, dev, db, B, workers=0, progress=False, compile_fn=fake_compile)
+        t.measure = FakeGPU(t)
+        before = t.plan("model-topk", topk=4)[0]
+        t.run("model-topk", topk=4, remeasure=0, refine=0)
+        assert len(t.measure.calls) == 4 and [s.hash() for s, _ in before] == t.measure.calls
+        tuners[p] = t
+    assert len({t.keys[0] for t in tuners.values()}) == 3
+    for p, t in tuners.items():
+        rows = db.rows(p.key())
+        assert len(rows) == 4 and {r["problem_key"] for r in rows} == {p.key()}
+        best = recorded_best(p, dev, db)
+        assert best is not None and best.mma == (p.dtype == "bf16") and best in recorded_top(p, dev, db, 4)
+    assert tuners[bf16].B.dtype == "bf16" and tuners[SMALL].B.dtype == "f32"

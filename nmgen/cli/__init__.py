@@ -27,13 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(message: str) -> str:
+    """An error message as one line: a list of reasons ("...:\n  - a\n  - b", as ir.validate
+    writes them) becomes "...: a; b"."""
+    lines = [x.strip() for x in message.strip().splitlines() if x.strip()]
+    if len(lines) <= 1:
+        return "".join(lines)
+    reasons = [x[2:] if x.startswith("- ") else x for x in lines[1:]]
+    return f"{lines[0].rstrip(':')}: {'; '.join(reasons)}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except NMGenError as e:
-        msg = str(e).strip()
-        print(f"nmgen {args.command}: error: {msg}", file=sys.stderr)
+        print(f"nmgen {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nmgen {args.command}: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""nmgen bench: nmgen's best kernels next to cuBLAS FP32, in the same run; table, JSON, plot."""
+"""nmgen bench: nmgen's best kernels next to cuBLAS of the same dtype (and torch's semi-structured 2:4
+for patterns keeping half the rows), in the same run; table, JSON, plot."""
 from __future__ import annotations
 
 import json
@@ -7,20 +8,25 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..bench import PAPER_PATTERNS, SUITES
-from .common import add_db_arg, at_least, atomic_output, output_file, positive_int, read_text
+from .common import (add_db_arg, add_dtype_arg, at_least, atomic_output, check_tensor_core_vector, option_name,
+                     output_file, positive_int, read_text)
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="benchmark the best kernels against cuBLAS FP32 (table, JSON, plot)",
+    p = sub.add_parser("bench", help="benchmark the best kernels against cuBLAS of the same dtype (table, JSON, plot)",
                        description="For each shape and pattern: the tuning database's best schedule (tuning "
-                                   "first, model-topk, where there is none), then nmgen and cuBLAS FP32 dense "
-                                   "GEMM of the same M, N, K in the same run. CUDA events, warm-up, median of "
-                                   "--reps runs, L2 warm (the NM-SpMM paper's method).")
+                                   "first, model-topk, where there is none), then nmgen and cuBLAS dense GEMM of "
+                                   "the same M, N, K and dtype (FP32 without TF32, TF32, BF16 or FP16, through "
+                                   "torch; FP32/FP16 also through cupy) in the same run, and for patterns keeping "
+                                   "half the rows (16:32, 2:4) torch's semi-structured 2:4 of the same shape and "
+                                   "dtype (its refusal recorded where it does not run). CUDA events, warm-up, "
+                                   "median of --reps runs, L2 warm (the NM-SpMM paper's method).")
     p.add_argument("--suite", default="paper6", help="paper6 (default), decode, odd, or a FILE of MxNxK lines")
     p.add_argument("--patterns", default=",".join(PAPER_PATTERNS), help="comma-separated n:m (default the paper's)")
     p.add_argument("--vector", type=int, default=32, help="vector length V (default 32)")
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
+    add_dtype_arg(p)
     add_db_arg(p)
     p.add_argument("--tune-topk", type=positive_int, default=24, metavar="K",
                    help="schedules the model-topk search measures for a problem the database lacks (default 24)")
@@ -69,8 +75,10 @@ def check_plot(path: str) -> None:
 def run(args):
     import numpy as np
     from ..api import compile, current_device
-    from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel, problem_of,
-                         random_nm, row, summarize, today)
+    from ..bench import (ODD_PAIRS, bytes_moved, copy_bandwidth, measure_cublas, measure_kernel,
+                         measure_semi_structured, problem_of, random_nm, row, summarize, today)
+    from ..checking import stored
+    from ..cublas import baseline, baseline_title
     from ..search.choose import open_db, recorded_best, recorded_top
     from ..search.tuner import Tuner
     # every argument is checked before the GPU is asked for, so bad ones are reported as such
@@ -78,11 +86,12 @@ def run(args):
     patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
     if not patterns:
         raise NMGenError(f"--patterns {args.patterns!r} lists no pattern; give comma-separated n:m, e.g. 8:32,4:32")
+    check_tensor_core_vector(args.dtype, args.vector)
     problems = {}
     for shape in shapes:
         for pat in patterns:
             try:
-                problems[shape, pat] = problem_of(shape, pat, args.vector, args.a_major)
+                problems[shape, pat] = problem_of(shape, pat, args.vector, args.a_major, args.dtype)
             except NMGenError as e:
                 raise NMGenError(f"--patterns {pat} with --suite {args.suite} shape {'x'.join(map(str, shape))}: "
                                  f"{e}") from None
@@ -97,22 +106,33 @@ def run(args):
         raise CudaUnavailable("no GPU here: benchmarks need one")
     rng = np.random.default_rng(0)
     bw = copy_bandwidth() if args.suite == "decode" else None
-    rows, lib = [], None
+    rows, lib, semi_libs, unrun = [], None, set(), []
+    title = baseline_title(args.dtype)
     for shape in shapes:
-        cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng)
+        cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng, dtype=args.dtype)
+        # torch's 2:4 beside the patterns of the same density only: it depends on the shape and dtype alone
+        semi = None
+        if any(problems[shape, pat].pattern.density == 0.5 for pat in patterns):
+            semi = measure_semi_structured(*shape, reps=args.reps, rng=rng, dtype=args.dtype)
+            semi_libs.add(semi[1])
         for pat in patterns:
             p = problems[shape, pat]
-            B = random_nm(p, rng)
+            # A and the weights in the dtype (tf32: float32, rounded by the kernel as the reference does)
+            A, B = stored(p, rng.standard_normal((p.M, p.K), dtype=np.float32), random_nm(p, rng))
             if recorded_best(p, dev, db) is None:
                 Tuner(p, dev, db, B, progress=not args.quiet, rng=rng).run("model-topk", topk=args.tune_topk)
-            A = rng.standard_normal((p.M, p.K), dtype=np.float32)
             # the tuner ranks with L2 flushed; this benchmark (like the anchors) runs L2 warm
             timed = []
             for s in recorded_top(p, dev, db, args.candidates):
                 k = compile(p, schedule=s, B=B)
                 timed.append((k, *measure_kernel(k, A, B, reps=args.reps, rng=rng)))
+            if not timed:                  # the tuner measured no schedule that ran correctly: nothing to time
+                unrun.append({"problem": p.to_dict(), "why": f"no schedule of {p} ran correctly on {dev.name}; "
+                                                              f"`nmgen db show` lists what the tuner recorded"})
+                print(f"FAIL {unrun[-1]['why']}", file=sys.stderr, flush=True)
+                continue
             k, t, err = min(timed, key=lambda x: x[1].median_ms)
-            r = row(p, k, t, err, cublas_ms, args.suite)
+            r = row(p, k, t, err, cublas_ms, args.suite, semi if p.pattern.density == 0.5 else None)
             r["candidates"] = [{"schedule": c.schedule.to_dict(), "ms": ct.median_ms, "rel_err": cv.rel_err,
                                 "check": "pass" if cv.ok else "FAIL"} for c, ct, cv in timed]
             if not all(cv.ok for _, _, cv in timed):
@@ -131,14 +151,21 @@ def run(args):
                     r["fraction_of_aligned_eff"] = r["tflops_eff"] / ref[0]["tflops_eff"]
     summary = summarize(rows)
     bad = [r for r in rows if r["check"] != "pass"]
-    print(f"\n{dev.name}, {today()}, cuBLAS: {lib}; L2 warm, median of {args.reps} runs")
+    print(f"\n{dev.name}, {today()}, {option_name(args.dtype)}, {title}: {lib}; L2 warm, median of {args.reps} runs")
     for pat, s in summary.items():
-        print(f"  {pat}: geomean speedup over cuBLAS FP32 {s['geomean_speedup']:.2f} (ideal {s['ideal']:.2f}, "
-              f"{s['shapes']} shapes)")
+        ss = s.get("geomean_speedup_vs_semi_structured_2_4")
+        print(f"  {pat}: geomean speedup over {title} {s['geomean_speedup']:.2f} (ideal {s['ideal']:.2f}, "
+              f"{s['shapes']} shapes)" + (f"; over torch's semi-structured 2:4 {ss:.2f}" if ss else ""))
+    for what in sorted(semi_libs):
+        print(f"  torch's semi-structured 2:4: {what}")
     if bad:
         print(f"  {len(bad)} kernel(s) FAILED the float64 check", file=sys.stderr)
-    data = {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major, "cublas": lib,
-            "l2": "warm", "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows}
+    if unrun:
+        print(f"  {len(unrun)} problem(s) without a schedule that ran correctly", file=sys.stderr)
+    data = {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major, "dtype": args.dtype,
+            "baseline": baseline(args.dtype), "cublas": lib, "semi_structured_2_4": sorted(semi_libs),
+            "l2": "warm", "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows,
+            "unrun": unrun}
     if args.json:
         with atomic_output(args.json) as f:
             json.dump(data, f, indent=1)
@@ -147,19 +174,24 @@ def run(args):
         with atomic_output(args.markdown) as f:
             f.write(markdown(data))
     if args.plot:
-        plot(rows, args.plot, f"{args.suite}, A {args.a_major}-major, on {dev.name}, {today()}")
-    return 1 if bad else 0
+        plot(rows, args.plot, f"{args.suite}, A {args.a_major}-major, {option_name(args.dtype)}, on {dev.name}, "
+                              f"{today()}", title)
+    return 1 if bad or unrun else 0
 
 
 def _line(r) -> str:
     sp = f"{r['speedup_vs_cublas']:5.2f}x" if r["speedup_vs_cublas"] else "   - "
     extra = f"  {r['time_over_bytes']:.2f}x bytes-time" if "time_over_bytes" in r else ""
+    if "semi_structured_2_4_ms" in r:
+        extra += f"  torch 2:4 {r['semi_structured_2_4_ms']:.4f} ms ({r['speedup_vs_semi_structured_2_4']:.2f}x)"
+    elif "semi_structured_2_4_error" in r:
+        extra += "  torch 2:4 refused"
     return (f"{r['M']:>5}x{r['N']:<5}x{r['K']:<5} {r['pattern']:>5}  {r['ms']:8.4f} ms  "
             f"{r['tflops_dense']:6.1f} TF/s dense  {r['tflops_eff']:5.1f} eff  cuBLAS {r['cublas_ms'] or 0:8.4f} ms  "
             f"{sp} (ideal {r['ideal_speedup']:.2f})  err {r['rel_err']:.1e} {r['check']}{extra}")
 
 
-def plot(rows, path, title):
+def plot(rows, path, title, baseline="cuBLAS FP32"):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -180,7 +212,7 @@ def plot(rows, path, title):
         ax.hlines(ideal, -0.5, len(shapes) - 0.5, colors=bars.patches[0].get_facecolor(), linestyles="dashed", lw=1)
     ax.set_xticks(range(len(shapes)))
     ax.set_xticklabels(["x".join(map(str, s)) for s in shapes], rotation=20, fontsize=8)
-    ax.set_ylabel("speedup over cuBLAS FP32")
+    ax.set_ylabel(f"speedup over {baseline}")
     ax.set_title(title + " (dashed: ideal 1/(1-s))", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()

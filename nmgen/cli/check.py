@@ -13,12 +13,13 @@ INTERPRETER_BYTES = 2 << 30
 
 def register(sub):
     p = sub.add_parser("check", help="run a kernel on random data and compare with float64",
-                       description="Build random inputs (A normal; B of the pattern, normal values at random kept "
-                                   "rows), run the kernel that nmgen.spmm would run (the tuning database's best or "
-                                   "the model's choice; or --schedule) on the GPU or in the CPU interpreter, and "
-                                   "compare every checked element of C with a float64 reference, within the error "
-                                   "bound of its K-long fp32 sum (nmgen.reference). Exits 1 on FAIL (an element "
-                                   "over its bound, or never written).")
+                       description="Build random inputs of --dtype (A normal; B of the pattern, normal values at "
+                                   "random kept rows; both rounded to the dtype), run the kernel that nmgen.spmm would "
+                                   "run (the tuning database's best or the model's choice; or --schedule) on the GPU "
+                                   "or in the CPU interpreter, and compare every checked element of C with a float64 "
+                                   "reference of the same inputs, within the error bound of its K-long fp32 sum on "
+                                   "FFMA or the tensor cores and of C's rounding to --out-dtype (nmgen.reference). "
+                                   "Exits 1 on FAIL (an element over its bound, or never written).")
     add_problem_args(p)
     add_schedule_arg(p)
     p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter (no GPU)")
@@ -60,7 +61,9 @@ def run(args):
         C, where = run_interpreter(problem, schedule, A, B), "CPU interpreter"
     else:
         from ..api import compile
-        C = run_gpu(compile(problem, schedule=schedule, B=B), A, B, args.array)
+        from ..checking import stored_weights
+        B_run = stored_weights(problem, B)                 # the weights in the problem's dtype
+        C = run_gpu(compile(problem, schedule=schedule, B=B_run), A, B_run, args.array)
         where = f"{dev.name} ({args.array})"
     v = verdict(problem, C, A, B, rng)
     print(f"{problem}  schedule {schedule.short()}  on {where}  seed {seed}")
@@ -78,9 +81,9 @@ def within_interpreter_limits(problem, seconds: float, nbytes: int, seed: int) -
 
 
 def smaller(problem):
-    """A problem of the same pattern, vector and A order small enough for the CPU interpreter."""
+    """A problem of the same pattern, vector, A order and dtypes small enough for the CPU interpreter."""
     from ..ir.problem import Problem
     p = problem.pattern
     windows = min(problem.windows, max(1, -(-128 // p.m)))
-    return Problem(min(problem.M, 33), min(problem.N, max(96, 2 * p.vector + 3)), windows * p.m, p,
-                   a_major=problem.a_major)
+    return Problem(min(problem.M, 33), min(problem.N, max(96, 2 * p.vector + 3)), windows * p.m, p, problem.dtype,
+                   problem.a_major, problem.c_dtype)

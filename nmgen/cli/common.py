@@ -1,6 +1,6 @@
-"""Arguments several commands share: the problem (--shape/--pattern/--vector) and --schedule, and
-the checks every path, file and number given on the command line goes through, each ending in one
-line that says what was wrong, with the value, and what to do."""
+"""Arguments several commands share: the problem (--shape/--pattern/--vector/--a-major/--dtype/
+--out-dtype) and --schedule, and the checks every path, file and number given on the command line
+goes through, each ending in one line that says what was wrong, with the value, and what to do."""
 from __future__ import annotations
 
 import argparse
@@ -121,6 +121,62 @@ def same_file(a, b) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+# ---- dtypes --------------------------------------------------------------------------------------
+# --dtype on the command line (the names torch users know) -> nmgen's (ir.dtypes); nmgen's own and
+# numpy's spellings are taken too
+DTYPE_OPTIONS = {"fp32": "f32", "tf32": "tf32", "bf16": "bf16", "fp16": "f16"}
+
+
+def option_name(dtype: str) -> str:
+    """The command line's name of nmgen's dtype `dtype` (f32 -> fp32, f16 -> fp16)."""
+    return {v: k for k, v in DTYPE_OPTIONS.items()}[dtype]
+
+
+def dtype_arg(text: str) -> str:
+    """An argparse type: A's and B's dtype, as nmgen names it (f32, tf32, bf16, f16)."""
+    from ..ir.dtypes import ALIASES
+    name = ALIASES.get(text.strip().lower())
+    if name is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dtype; choose fp32 (FFMA), tf32, bf16 or fp16 "
+                                         f"(tensor cores)")
+    return name
+
+
+dtype_arg.__name__ = "dtype"
+
+
+def out_dtype_arg(text: str) -> str:
+    """An argparse type: C's dtype, as nmgen names it (f32, bf16, f16)."""
+    name = dtype_arg(text)
+    if name == "tf32":
+        raise argparse.ArgumentTypeError("tf32 is a way of multiplying float32, not a storage type: C is fp32, "
+                                         "bf16 or fp16")
+    return name
+
+
+out_dtype_arg.__name__ = "output dtype"
+
+
+def add_dtype_arg(p, out: bool = False):
+    """--dtype (and with `out`, --out-dtype)."""
+    p.add_argument("--dtype", type=dtype_arg, default="f32", metavar="{fp32,tf32,bf16,fp16}",
+                   help="what A and B hold and how they multiply: fp32 on the CUDA cores (FFMA, default); tf32 "
+                        "(float32 operands rounded to TF32), bf16 or fp16 on the tensor cores (needs --vector "
+                        "a multiple of 8); products accumulate in fp32")
+    if out:
+        p.add_argument("--out-dtype", type=out_dtype_arg, default=None, metavar="{fp32,bf16,fp16}",
+                       help="what C holds (default A's: fp32 for fp32 and tf32, else --dtype)")
+
+
+def check_tensor_core_vector(dtype: str, vector: int) -> None:
+    """NMGenError, one line, for a tensor-core dtype with a V no 8-column mma tile fits inside."""
+    from ..ir.dtypes import dtype as dtype_of
+    if dtype_of(dtype).compute == "mma" and vector % 8:
+        raise NMGenError(f"--dtype {option_name(dtype)} multiplies on the tensor cores, whose 8-column mma tiles "
+                         f"must each lie inside one vector of columns sharing kept rows: V={vector} is no multiple "
+                         f"of 8; use --vector 8, 16, 32, ... or --dtype fp32 (the FFMA path) for V={vector}")
+
+
 # ---- the problem ---------------------------------------------------------------------------------
 def add_problem_args(p, required=True):
     p.add_argument("--shape", required=required, metavar="MxNxK", help="C is MxN, A is MxK, B is KxN (e.g. 4096x4096x4096)")
@@ -129,11 +185,14 @@ def add_problem_args(p, required=True):
                    help="consecutive columns sharing one choice of rows (default 1: element-wise n:m)")
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major M x K (default) or column-major (K x M in memory)")
+    add_dtype_arg(p, out=True)
 
 
 def problem_from(args) -> Problem:
     M, N, K = parse_shape(args.shape)
-    return Problem(M, N, K, Pattern.parse(args.pattern, args.vector), a_major=args.a_major)
+    pattern = Pattern.parse(args.pattern, args.vector)
+    check_tensor_core_vector(args.dtype, pattern.vector)
+    return Problem(M, N, K, pattern, args.dtype, args.a_major, args.out_dtype)
 
 
 def add_schedule_arg(p):

@@ -119,12 +119,10 @@ def _not_the_database(output: str, db_path) -> None:
 def _predict_again(r: dict) -> float:
     """The current model's prediction for a record (its device rebuilt from the record's facts)."""
     from ..ir.device import for_arch
-    from ..ir.problem import Pattern, Problem
+    from ..ir.problem import Problem
     from ..search.model import predict
     arch = "sm_" + r["cc"].replace(".", "") if r.get("cc") else "sm_90"
     dev = for_arch(arch if arch in ("sm_80", "sm_86", "sm_89", "sm_90") else "sm_90").replace(
         name=r["device_name"] or "", sms=r["sms"] or 132)
-    key = r["problem_key"].split(":")
-    p = Problem(r["M"], r["N"], r["K"], Pattern(r["keep_n"], r["window_m"], r["vector"]),
-                a_major="col" if key[-1] == "Acol" else "row")
+    p = Problem.from_key(r["problem_key"])            # the database reads back only records whose key is one
     return predict(p, Schedule.from_json(r["schedule"]), dev, r["registers"]).time_us

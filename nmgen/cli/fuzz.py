@@ -9,7 +9,9 @@ from .common import at_least, positive_int
 def register(sub):
     p = sub.add_parser("fuzz", help="check many random problems and schedules against float64",
                        description="Draw random problems (M from 0 to thousands, N off every tile, K an odd number "
-                                   "of windows, n:m with m up to 64, V from 1 to 128, both A layouts) under random "
+                                   "of windows, n:m with m up to 64, V from 1 to 128, both A layouts, every dtype: "
+                                   "f32 on FFMA, tf32, bf16 and f16 on the tensor cores where V is a multiple of 8, "
+                                   "C now and then in another dtype) under random "
                                    "schedules of the search space (split-K, sliced K, rows/window, the rotated loop, "
                                    "refill_row, stages), run each on the GPU (or the CPU interpreter) with C poisoned "
                                    "with NaN, and compare with float64 within the error bound of the sum. Every "
@@ -21,6 +23,9 @@ def register(sub):
     p.add_argument("--arrays", default="numpy,torch",
                    help="array libraries to pass the inputs as on the GPU, comma-separated (default numpy,torch; "
                         "torch where installed)")
+    p.add_argument("--dtypes", default="f32,tf32,bf16,f16", metavar="LIST",
+                   help="dtypes a case may take, comma-separated (fp32/f32, tf32, bf16, fp16/f16; default all four); "
+                        "a case whose V is no multiple of 8 runs in f32 where it is listed")
     p.add_argument("--max-macs", type=float, default=None, metavar="X",
                    help="largest dense product M*N*K a case draws (default 4e9 on the GPU, 2e6 interpreted)")
     p.add_argument("--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
@@ -39,6 +44,7 @@ def run(args):
     unknown = [a for a in arrays if a not in ("numpy", "torch")]
     if unknown or not arrays:
         raise NMGenError(f"--arrays {args.arrays!r}: choose from numpy, torch")
+    dtypes = dtypes_of(args.dtypes)
     if args.max_macs is not None and not args.max_macs >= 1:
         raise NMGenError(f"--max-macs {args.max_macs} must be at least 1")
     gpu = None if args.interpret else current_device()
@@ -61,7 +67,7 @@ def run(args):
         print(f"FAIL {o.detail}\n  reproduce: {o.case.command(args.interpret)}", file=sys.stderr, flush=True)
 
     outcomes = fz.fuzz(args.cases, args.seed, dev, interpret=args.interpret, limits=limits, arrays=arrays,
-                       progress=not args.quiet, on_failure=report)
+                       dtypes=dtypes, progress=not args.quiet, on_failure=report)
     s = fz.summary(outcomes, args.seed, dev, args.interpret)
     print(f"{s['cases']} cases on {s['where']} (seed {args.seed}): {s['failures']} failed")
     for key, c in s["counts"].items():
@@ -69,3 +75,25 @@ def run(args):
     if args.json:
         fz.write_json(args.json, s)
     return 1 if s["failures"] else 0
+
+
+def dtypes_of(text: str) -> tuple[str, ...]:
+    """The --dtypes list as nmgen's names (f32, tf32, bf16, f16), each once; NMGenError, one line,
+    for an unknown or empty one."""
+    import argparse
+
+    from ..errors import NMGenError
+    from .common import dtype_arg
+    out = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        try:
+            name = dtype_arg(word)
+        except argparse.ArgumentTypeError as e:
+            raise NMGenError(f"--dtypes {text!r}: {e}") from None
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise NMGenError(f"--dtypes {text!r} lists no dtype; give comma-separated fp32, tf32, bf16, fp16")
+    return tuple(out)

@@ -6,7 +6,8 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..ir.problem import Pattern, Problem, parse_shape
-from .common import add_db_arg, add_problem_args, at_least, positive_int, problem_from, read_text
+from .common import (add_db_arg, add_problem_args, at_least, check_tensor_core_vector, positive_int, problem_from,
+                     read_text)
 
 
 def register(sub):
@@ -16,7 +17,8 @@ def register(sub):
                                    "database; nmgen.spmm then runs the best without measuring. A search that was "
                                    "stopped resumes where it stopped.")
     add_problem_args(p, required=False)
-    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line")
+    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line (in "
+                                                    "--dtype, with --a-major and --out-dtype)")
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",
@@ -45,7 +47,7 @@ def problems_from(args) -> list[Problem]:
             if not line:
                 continue
             try:
-                out.append(_problem_of_line(line, args.a_major))
+                out.append(_problem_of_line(line, args.a_major, args.dtype, args.out_dtype))
             except NMGenError as e:
                 raise NMGenError(f"{args.shapes}:{no}: {e}") from None
         if not out:
@@ -56,8 +58,8 @@ def problems_from(args) -> list[Problem]:
     return [problem_from(args)]
 
 
-def _problem_of_line(line: str, a_major: str) -> Problem:
-    """The problem of a --shapes line `MxNxK n:m [V]`."""
+def _problem_of_line(line: str, a_major: str, dtype: str = "f32", c_dtype: str | None = None) -> Problem:
+    """The problem of a --shapes line `MxNxK n:m [V]` (A's order and the dtypes: the options')."""
     parts = line.split()
     if len(parts) not in (2, 3):
         raise NMGenError(f"expected `MxNxK n:m V`, got {line!r}")
@@ -66,7 +68,9 @@ def _problem_of_line(line: str, a_major: str) -> Problem:
     except ValueError:
         raise NMGenError(f"vector length V={parts[2]!r} is not an integer (line {line!r})") from None
     M, N, K = parse_shape(parts[0])
-    return Problem(M, N, K, Pattern.parse(parts[1], V), a_major=a_major)
+    pattern = Pattern.parse(parts[1], V)
+    check_tensor_core_vector(dtype, pattern.vector)
+    return Problem(M, N, K, pattern, dtype, a_major, c_dtype)
 
 
 def run(args):
@@ -108,9 +112,8 @@ def print_table(p: Problem, rows, recorded: int, device: str, args):
         tf = p.flops_dense / (r["median_us"] * 1e-6) / 1e12
         model = f"{r['model_us']:9.1f}" if r["model_us"] is not None else f"{'-':>9}"
         print(f"{i:>3} {r['median_us']:12.1f} {tf:10.1f} {model}  {Schedule.from_json(r['schedule']).short()}")
-    best = rows[0]["schedule"]
-    print(f"reproduce the best: nmgen check --shape {p.M}x{p.N}x{p.K} --pattern {p.pattern.n}:{p.pattern.m} "
-          f"--vector {p.pattern.vector} --schedule '{best}'")
+    from ..checking import command
+    print(f"reproduce the best: {command(p, Schedule.from_json(rows[0]['schedule']), None)}")
 
 
 def dry_run(args, problems):
@@ -165,5 +168,5 @@ def random_rows_lengths(p: Problem, rng):
     n, m = p.pattern.n, p.pattern.m
     N = min(p.N, 4096)
     windows = min(p.windows, max(1, SAMPLE_ELEMENTS // (n * N)))
-    sample = Problem(1, N, windows * m, p.pattern, a_major=p.a_major)
+    sample = Problem(1, N, windows * m, p.pattern, p.dtype, p.a_major, p.c_dtype)
     return rows_lengths(sample, random_nm(sample, rng))
