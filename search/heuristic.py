@@ -13,6 +13,7 @@ from math import gcd
 
 from ..ir.device import Device
 from ..ir.instructions import for_dtype
+from .space import copyable_k_windows
 from ..ir.operands import geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
@@ -51,7 +52,8 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
         wn = min(32, max(8, gcd(p.vector, 32)))       # 8-column mma tiles inside one vector
         tiles = dict(tiles, warp_n=wn, block_n=4 * wn, thread_m=0, thread_n=0, a_pad=8,
                      a_smem="mk" if problem.a_major == "row" and ins.per_reg == 2 else "km")
-        kw = max(1, min(problem.windows, ins.k // gcd(ins.k, p.n) if p.n * p.m <= 256 else ceil_div(ins.k, p.n)))
+        kw = copyable_k_windows(problem, max(1, min(problem.windows, ins.k // gcd(ins.k, p.n) if p.n * p.m <= 256
+                                                   else ceil_div(ins.k, p.n))))
     else:
         table = _TILES if p.vector >= 8 else _TILES_NARROW
         tiles = next(t for limit, t in table if limit is None or problem.M <= limit)
@@ -69,7 +71,7 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
         if s.stages > 2:
             s = s.replace(stages=s.stages - 1)
         elif s.k_windows > 1:
-            s = s.replace(k_windows=max(1, s.k_windows // 2))
+            s = s.replace(k_windows=copyable_k_windows(problem, max(1, s.k_windows // 2)))
         elif s.split_k > 1:
             s = s.replace(split_k=max(1, s.split_k // 2))
         else:

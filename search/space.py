@@ -123,9 +123,18 @@ def k_windows_choices(problem: Problem) -> list[int]:
     if ins.is_mma:
         first, exact = ceil_div(ins.k, p.n), ins.k // gcd(ins.k, p.n)
         fits = [kw for kw in (first, exact, 2 * first) if kw * p.m * 128 * dtype_of(problem.dtype).itemsize <= 65536]
-        return sorted({min(kw, problem.windows) for kw in fits or [first]})
+        return sorted({copyable_k_windows(problem, min(kw, problem.windows)) for kw in fits or [first]})
     kw = max(1, ceil_div(32, p.m), ceil_div(8, p.n))
     return sorted({min(kw, problem.windows), min(2 * kw, problem.windows)})
+
+
+def copyable_k_windows(problem: Problem, kw: int) -> int:
+    """`kw`, or the next even number where a row-major 16-bit A is copied whole (cp.async moves pairs
+    of its elements, so a K tile of an odd window m needs an even number of windows; a K tile may
+    reach past K: its missing rows are zero-filled)."""
+    if problem.a_major == "row" and dtype_of(problem.dtype).itemsize == 2 and problem.pattern.m % 2:
+        return kw + kw % 2
+    return kw
 
 
 def a_choices(problem: Problem) -> list[tuple[str, str]]:
