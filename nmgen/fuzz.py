@@ -157,17 +157,16 @@ def draw_schedule(rng, problem: Problem, device: Device):
     from .ir.operands import geometry
     from .ir.validate import problems
     from .search.heuristic import default_schedule
-    from .search.space import enumerate_space
+    from .search.space import sample_space
     if rng.random() < 0.15:
         try:
             default_schedule(problem, device)       # what nmgen's choice falls back to: none fits, none chosen
         except ScheduleError:
             return False
         return None
-    space = enumerate_space(problem, device)
-    if not space:
+    s = sample_space(problem, device, rng)
+    if s is None:
         return False
-    s = space[int(rng.integers(len(space)))]
     T = geometry(problem, s).T
     moves = {
         "split_k": lambda: int(rng.integers(1, min(T, 16) + 1)),

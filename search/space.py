@@ -198,6 +198,42 @@ def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> 
     return out
 
 
+def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Schedule | None:
+    """One schedule of `enumerate_space` drawn at random (None when the space is empty), without
+    enumerating it: each axis drawn independently and the combination kept when it validates (the
+    fuzzer draws thousands; enumerating validates ~2000 schedules a problem). Warpgroup tiles make
+    about a third of the draws where they exist."""
+    def pick(xs):
+        return xs[int(rng.integers(len(xs)))]
+    mma = for_dtype(problem.dtype).is_mma
+    tiles = list(tile_shapes(problem))
+    wg = [t for t in WGMMA_TILES if device.cc == (9, 0) and problem.dtype in ("bf16", "f16")
+          and t[0] <= max(64, _pow2_at_least(problem.M)) and t[1] <= max(128, _pow2_at_least(problem.N))]
+    for _ in range(tries):
+        if wg and (not tiles or rng.random() < 0.33):
+            bm, bn, wm_, wn_ = pick(wg)
+            base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=0, thread_n=0, a_pad=MMA_PAD,
+                            wgmma=1)
+            stages = WGMMA_STAGES
+        elif tiles:
+            bm, bn, wm_, wn_, tm, tn = pick(tiles)
+            base = Schedule(block_m=bm, block_n=bn, warp_m=wm_, warp_n=wn_, thread_m=tm, thread_n=tn,
+                            **({"a_pad": MMA_PAD} if mma else {}))
+            stages = MMA_STAGES if mma else STAGES
+        else:
+            break
+        g = geometry(problem, base)
+        kw = pick(k_windows_choices(problem))
+        a_load, a_smem = pick(a_choices(problem))
+        split = pick(split_choices(g.tiles_m * g.tiles_n, ceil_div(problem.windows, kw), device.sms))
+        wk = 1 if split > 1 or base.wgmma else pick(warps_k_choices(g.tiles_m * g.tiles_n, base.warps, device.sms))
+        s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk)
+        if not problems(problem, s, device):
+            return s
+    space = enumerate_space(problem, device)
+    return pick(space) if space else None
+
+
 def rows_lengths(problem: Problem, B):
     """A function schedule -> compacted A-list length of the "rows" strategy for the weights B
     (None for other strategies, or without B), computed once per layout that decides it."""

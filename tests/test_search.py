@@ -394,3 +394,22 @@ def test_records_of_two_dtypes_never_mix(tmp_path):
         best = recorded_best(p, dev, db)
         assert best is not None and best.mma == (p.dtype == "bf16") and best in recorded_top(p, dev, db, 4)
     assert tuners[bf16].B.dtype == "bf16" and tuners[SMALL].B.dtype == "f32"
+
+
+@pytest.mark.parametrize("shape,pattern,dtype", [((4096, 4096, 4096), (16, 32, 32), "f32"),
+                                                 ((17, 100, 64), (2, 4, 1), "f32"),
+                                                 ((256, 2048, 2048), (8, 32, 32), "bf16"),
+                                                 ((33, 520, 96), (4, 8, 8), "f16"),
+                                                 ((128, 1024, 512), (2, 4, 8), "tf32")])
+def test_sampled_schedules_are_schedules_of_the_space(shape, pattern, dtype):
+    # The fuzzer draws with sample_space; every draw must be one enumerate_space would list, and
+    # warpgroup tiles among the draws where the space has them.
+    from nmgen.search.space import sample_space
+    p = Problem(*shape, Pattern(*pattern), dtype=dtype)
+    listed = enumerate_space(p, H100)
+    space = {s.hash() for s in listed}
+    rng = np.random.default_rng(1)
+    draws = [sample_space(p, H100, rng) for _ in range(60)]
+    assert all(s is not None and s.hash() in space for s in draws)
+    assert any(s.wgmma for s in draws) == any(s.wgmma for s in listed)
+    assert len({s.hash() for s in draws}) > 20
