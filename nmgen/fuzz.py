@@ -277,11 +277,15 @@ def _run_empty_batch(case: Case, interpret: bool) -> Outcome:
 
 def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limits | None = None,
          arrays=("numpy",), dtypes=DTYPES, workers: int | None = None, progress: bool = True,
-         on_failure=None) -> list[Outcome]:
+         on_failure=None, time_limit_s: float | None = None) -> list[Outcome]:
     """Draw and check `cases` cases of `dtypes` from `seed`; `on_failure(outcome)` is called as
     failures happen.
     A launch that leaves the CUDA context unusable (an illegal address) ends the run: it is the
-    last outcome, failed."""
+    last outcome, failed. After `time_limit_s` seconds (wall clock), or on Ctrl-C, no further case
+    starts and the cases run so far are returned (the same seed draws the same cases, so a shorter
+    run checks a prefix of a longer one)."""
+    import time
+
     from tqdm import tqdm
     from .errors import CudaError
     rng = np.random.default_rng(seed)
@@ -290,9 +294,12 @@ def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limi
     if interpret:
         drawn = [c for c in drawn if c.M == 0 or _fits_interpreter(c)]
     out = []
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     bar = tqdm(total=len(drawn), desc="fuzz", unit="case", disable=not progress, dynamic_ncols=True)
     try:
         for case, compiled in _compiled(drawn, device, interpret, workers):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             try:
                 o = run_case(case, device, interpret, compiled)
             except CudaError as e:
@@ -310,6 +317,8 @@ def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limi
             if not o.ok and on_failure:
                 on_failure(o)
             bar.update(1)
+    except KeyboardInterrupt:
+        pass                                  # the cases run so far are the result
     finally:
         bar.close()
     return out
@@ -350,7 +359,7 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
         k = {"dtype": c.dtype, "out_dtype": c.out_dtype, "a_major": c.a_major, "array": c.array,
              "empty_batch": c.M == 0}
         if s is not None:
-            k.update(split_k=s.split_k > 1, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
+            k.update(instruction="wgmma" if s.wgmma else "mma" if s.thread_m == 0 else "ffma", split_k=s.split_k > 1, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
                      refill_row=bool(s.refill_row), stages=s.stages)
         return k
     counts: dict = {}

@@ -3,7 +3,9 @@
 # record the GPU's state, then run the steps named in $@ (gpu-tests, profile, search3, bench-*).
 # Everything lands in $OUT.   Usage: scripts/device_run.sh gpu-tests search3
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# (once per machine: a second invocation running beside the first must not reinstall under it)
+[ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; } || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,driver_version,temperature.gpu,power.draw --format=csv | tee $OUT/gpu.txt
 python3 -c "import llvmlite, numpy, torch; print('llvmlite', llvmlite.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
@@ -19,15 +21,18 @@ for step in "$@"; do
                python3 -m pytest -q -p no:cacheprovider tests/gpu -k "${step#gpu-tests-}" 2>&1 \
                  | tee $OUT/gpu_tests_${step#gpu-tests-}.log | tail -25 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
-    gpu-tests-parallel) # the whole GPU tier on 8 worker processes (pytest-xdist is on the machine)
-               python3 -m pytest -q -p no:cacheprovider -n 8 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
-    fuzz-*)    # fuzz-N: N random cases (every dtype, both arrays) from a fixed seed; the summary as JSON
-               python3 -m nmgen.cli fuzz --cases ${step#fuzz-} --seed 20261130 --quiet --json $OUT/fuzz.json \
-                 2>&1 | tee $OUT/fuzz.log | tail -25 ;;
+    gpu-tests-parallel) # the whole GPU tier on 6 worker processes (pytest-xdist is on the machine), 8 min at most
+               timeout 480 python3 -m pytest -q -p no:cacheprovider -n 6 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
+    fuzz-tc-*) # fuzz-tc-N: N random tensor-core cases (tf32, bf16, f16), at most $FUZZ_S seconds (default 240)
+               python3 -m nmgen.cli fuzz --cases ${step#fuzz-tc-} --dtypes tf32,bf16,f16 --seed 20261201 --quiet \
+                 --time-limit ${FUZZ_S:-240} --json $OUT/fuzz_tc.json 2>&1 | tee $OUT/fuzz_tc.log | tail -25 ;;
+    fuzz-*)    # fuzz-N: N random cases (every dtype, both arrays) from a fixed seed, at most $FUZZ_S seconds
+               python3 -m nmgen.cli fuzz --cases ${step#fuzz-} --seed 20261130 --quiet --time-limit ${FUZZ_S:-240} \
+                 --json $OUT/fuzz.json 2>&1 | tee $OUT/fuzz.log | tail -25 ;;
     sanitize)  # compute-sanitizer's memcheck, racecheck and synccheck on 50 fuzz cases each (small sizes)
                for tool in memcheck racecheck synccheck; do
-                 compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 \
-                   python3 -m nmgen.cli fuzz --cases 50 --seed 7 --max-macs 3e7 --arrays numpy --quiet \
+                 timeout 75 compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 \
+                   python3 -m nmgen.cli fuzz --cases 50 --seed 7 --max-macs 3e7 --arrays numpy --quiet --time-limit 45 \
                    --json $OUT/sanitize_$tool.json > $OUT/sanitize_$tool.log 2>&1
                  echo "$tool: exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' $OUT/sanitize_$tool.log) clean summaries)"
                  grep -E "ERROR SUMMARY|cases on" $OUT/sanitize_$tool.log | tail -3

@@ -92,6 +92,23 @@ def test_a_failure_is_reported_with_a_command_that_replays_it(monkeypatch):
     assert str(failed[0].case.seed) in args and "--dtype" in args
 
 
+def test_a_time_limit_or_ctrl_c_stops_with_the_cases_run_so_far(monkeypatch):
+    """Both stop before the drawn count; what ran is a prefix of the same seed's full run."""
+    import nmgen.checking as checking
+    full = fuzz.fuzz(6, 4, H100, interpret=True, progress=False)
+    assert fuzz.fuzz(6, 4, H100, interpret=True, progress=False, time_limit_s=1e-9) == []
+    real, calls = checking.run_interpreter, []
+
+    def interrupted_on_the_third(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(checking, "run_interpreter", interrupted_on_the_third)
+    part = fuzz.fuzz(6, 4, H100, interpret=True, progress=False)
+    assert 0 < len(part) < len(full) and [o.case for o in part] == [o.case for o in full[:len(part)]]
+
+
 @pytest.fixture
 def gpu(monkeypatch):
     """The API on a fake H100 (tests/fake_gpu.py): launches run the kernel IR in the interpreter."""

@@ -28,6 +28,9 @@ def register(sub):
                         "a case whose V is no multiple of 8 runs in f32 where it is listed")
     p.add_argument("--max-macs", type=float, default=None, metavar="X",
                    help="largest dense product M*N*K a case draws (default 4e9 on the GPU, 2e6 interpreted)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no case after this many seconds; the summary covers the cases run (Ctrl-C "
+                        "does the same)")
     p.add_argument("--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -66,10 +69,14 @@ def run(args):
     def report(o):
         print(f"FAIL {o.detail}\n  reproduce: {o.case.command(args.interpret)}", file=sys.stderr, flush=True)
 
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise NMGenError(f"--time-limit {args.time_limit} must be a positive number of seconds")
     outcomes = fz.fuzz(args.cases, args.seed, dev, interpret=args.interpret, limits=limits, arrays=arrays,
-                       dtypes=dtypes, progress=not args.quiet, on_failure=report)
+                       dtypes=dtypes, progress=not args.quiet, on_failure=report, time_limit_s=args.time_limit)
     s = fz.summary(outcomes, args.seed, dev, args.interpret)
-    print(f"{s['cases']} cases on {s['where']} (seed {args.seed}): {s['failures']} failed")
+    s["drawn"] = args.cases
+    stopped = f" (stopped after {s['cases']} of {args.cases})" if s["cases"] < args.cases else ""
+    print(f"{s['cases']} cases on {s['where']} (seed {args.seed}): {s['failures']} failed{stopped}")
     for key, c in s["counts"].items():
         print(f"  {key:12s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     if args.json:
