@@ -66,6 +66,21 @@ def test_from_linear_prunes_by_magnitude(pattern, V):
     assert layer.indices.dtype == torch.uint8 and layer.dtype == torch.float32
 
 
+@pytest.mark.parametrize("pattern,V,out_f", [("2:8", 4, 42), ("8:32", 32, 70), ("3:4", 1, 5)])
+def test_torch_pruning_is_nmgen_prune_with_ties(pattern, V, out_f):
+    """Small integer weights tie often (and whole rows are zero): the kept rows are nmgen.prune's,
+    ties to the lower row; outputs that are no multiple of V form a partial last vector."""
+    import nmgen
+    lin = linear(64, out_f)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randint(-2, 3, lin.weight.shape).float())
+        lin.weight[:, 8:16] = 0
+    layer = NMLinear.from_linear(lin, pattern, V)
+    expect = nmgen.compress(nmgen.prune(lin.weight.detach().numpy().T, pattern, V), pattern, V)
+    assert torch.equal(layer.to_dense(), torch.from_numpy(expect.to_dense().T.copy()))
+    assert np.array_equal(layer.indices.numpy(), expect.indices)
+
+
 def test_from_linear_with_a_mask_keeps_exactly_the_mask():
     lin = linear(16, 12, bias=False)
     mask = torch.zeros(12, 16, dtype=torch.bool)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PatternError, ShapeError
-from ..format import NMMatrix, _pattern, compress, prune
+from ..errors import ShapeError
+from ..format import NMMatrix, _pattern
 from ..ir.problem import Pattern, ceil_div
 from . import kernels
+from .compress import compress_weight
 from .ops import spmm_cuda, to_tensors
 
 FORMAT = 1      # nm_config[0]: the layout of NMLinear's state
@@ -84,31 +85,36 @@ class NMLinear(nn.Module):
         out_f, in_f = W.shape
         _check_features(in_f, out_f, p)
         dtype = _module_dtype(dtype if dtype is not None else W.dtype)
+        _check_vector(dtype, p)
         if W.device.type == "meta":
             raise ShapeError("linear's weight is on the meta device (no values to prune): build the layer with "
                              "real weights, or construct NMLinear(in, out, pattern, V) and load a state_dict")
-        BT = W.float().cpu().numpy().T                          # B = W.T: (K, N) = (in, out)
-        if mask is None:
-            B = compress(prune(BT, p), p)
-        else:
-            keep = check_mask(mask, (out_f, in_f), p)          # (K, N) bool
-            B = compress(np.where(keep, BT, np.float32(0)), p)
-        layer = cls.from_matrix(B.astype(kernels.dtype_name(dtype)),
-                                bias=None if linear.bias is None else linear.bias.detach(), device=W.device,
-                                allow_tf32=allow_tf32)
-        return layer
+        values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls._assemble(values.to(dtype), indices, p, in_f, bias, allow_tf32)
 
     @classmethod
     def from_matrix(cls, B: NMMatrix, bias=None, *, device=None, allow_tf32: bool = False) -> "NMLinear":
-        """An NMLinear computing x @ B (+ bias) for an NMMatrix B (K x N = in x out) in B's dtype."""
-        layer = cls(B.K, B.N, B.pattern, bias=bias is not None, dtype=kernels.TORCH_DTYPES[B.dtype], device="meta",
-                    allow_tf32=allow_tf32)
+        """An NMLinear computing x @ B (+ bias) for an NMMatrix B (K x N = in x out) in B's dtype,
+        on `device`."""
         values, indices = to_tensors(B, device)
-        layer.values, layer.indices = values, indices.to(layer.indices.dtype)
+        if bias is not None:
+            bias = torch.as_tensor(bias).detach().to(device)
+        return cls._assemble(values, indices, B.pattern, B.K, bias, allow_tf32)
+
+    @classmethod
+    def _assemble(cls, values: torch.Tensor, indices: torch.Tensor, p: Pattern, in_features: int, bias,
+                  allow_tf32: bool) -> "NMLinear":
+        """An NMLinear holding these compressed tensors (on their device) and bias."""
+        device = values.device
+        layer = cls(in_features, values.shape[1], p, bias=bias is not None, dtype=values.dtype, device="meta",
+                    allow_tf32=allow_tf32)
+        layer.values = values.contiguous()
+        layer.indices = indices.to(device=device, dtype=layer.indices.dtype).contiguous()
         layer.nm_config = torch.tensor(layer.config(), dtype=torch.int64, device=device)
         if bias is not None:
-            b = torch.as_tensor(bias).detach().to(device=device, dtype=values.dtype).reshape(B.N)
-            layer.bias = nn.Parameter(b.clone(), requires_grad=False)
+            b = bias.to(device=device, dtype=values.dtype).reshape(values.shape[1]).clone()
+            layer.bias = nn.Parameter(b, requires_grad=False)
         return layer
 
     # ---- the computation ----
@@ -244,32 +250,3 @@ def tensor_core_vector_problem(dtype: torch.dtype, p: Pattern) -> str | None:
         return (f"{str(dtype).replace('torch.', '')} runs on the tensor cores, whose 8-column tiles need V a multiple "
                 f"of 8, got V={p.vector}: use V=8, 16 or 32, or dtype=torch.float32 (FFMA)")
     return None
-
-
-def check_mask(mask, shape: tuple[int, int], p: Pattern) -> np.ndarray:
-    """A keep-mask of an nn.Linear weight (out_features, in_features) checked to be n:m with vectors
-    of V output features, returned transposed as a (in, out) = (K, N) bool array.
-
-    The rows kept by a group of V outputs in a window of m inputs are those any of them keeps;
-    there may be at most n. PatternError names the first window that keeps more."""
-    from ..arrays import to_numpy
-    keep = to_numpy(mask)
-    if keep.shape != tuple(shape):
-        raise ShapeError(f"mask has shape {tuple(keep.shape)} but the weight is {tuple(shape)} (out_features, "
-                         f"in_features)")
-    if keep.dtype != np.bool_:
-        raise ShapeError(f"mask must be boolean (True = keep), got {keep.dtype}; e.g. mask = weight != 0")
-    out_f, in_f = shape
-    nv = ceil_div(out_f, p.vector)
-    padded = np.zeros((in_f, nv * p.vector), bool)
-    padded[:, :out_f] = keep.T
-    rows = padded.reshape(in_f // p.m, p.m, nv, p.vector).any(axis=3)        # (windows, m, vectors)
-    count = rows.sum(axis=1)
-    if (count > p.n).any():
-        w, j = (int(i) for i in np.argwhere(count > p.n)[0])
-        raise PatternError(
-            f"mask is not {p.n}:{p.m} with vectors of {p.vector}: output features {j * p.vector}.."
-            f"{min(out_f, (j + 1) * p.vector) - 1} keep {int(count[w, j])} of the input features "
-            f"{w * p.m}..{w * p.m + p.m - 1} (window {w}); at most {p.n} per window, the same for the {p.vector} "
-            f"outputs of a group")
-    return keep.T.copy()
