@@ -511,3 +511,36 @@ def test_emulated_launch_error_names_the_kernel(emu, monkeypatch):
         p.core._main._launch = lambda stream, params, extra: 1
     with pytest.raises(CudaError, match=r"launching kernel nmspmm.* failed: CUDA_ERROR_INVALID_VALUE"):
         _spmm(layer, x)
+
+
+# ---- the end-to-end benchmark's use of transformers ---------------------------------------------------------------
+def test_e2e_benchmark_decoding_matches_a_full_forward():
+    """examples/llama_e2e.py drives transformers with explicit positions, 4-D masks and a static
+    cache (so CUDA graphs can capture a decode step): on the CPU, a prefill and teacher-forced
+    decode steps must give the logits of one forward over the whole sequence."""
+    import importlib.util
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (not an nmgen "
+                                                              "dependency): the benchmark's decoding test needs it")
+    spec = importlib.util.spec_from_file_location("llama_e2e", os.path.join(ROOT, "examples", "llama_e2e.py"))
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert e2e.parse_args(["--tiny"]).hidden == 256
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                   num_key_value_heads=2, num_hidden_layers=2, vocab_size=100,
+                                   attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    runner = e2e.Runner(model, torch, transformers)
+    B, P, G = 2, 5, 4
+    with torch.no_grad():
+        dec = e2e.GraphDecoder(runner, B, P, G, 100, seed=1, device="cpu")
+        ids = torch.cat([dec.prompt_ids, torch.randint(0, 100, (B, G))], dim=1)
+        full = runner.full(ids)
+        torch.testing.assert_close(full, model(ids, use_cache=False).logits)
+        for _ in range(2):                                  # the second time after cache.reset()
+            torch.testing.assert_close(dec.prefill(), full[:, :P])
+            assert dec.position.tolist() == [[P]] * B
+            assert torch.equal(dec.token[:, 0], full[:, P - 1].argmax(-1))       # greedy
+            for g in range(G):
+                dec.token.copy_(ids[:, P + g:P + g + 1])                            # teacher forcing
+                logits = dec.step()
+                torch.testing.assert_close(logits[:, 0], full[:, P + g], rtol=1e-4, atol=1e-5)
