@@ -363,21 +363,6 @@ def test_forward_traces_without_graph_breaks():
     assert code.count("torch.ops.nmgen.spmm.default") == 2, code
 
 
-def test_tiny_llama_traces_without_graph_breaks():
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed (not an nmgen "
-                                                              "dependency): the LLaMA tracing test needs it")
-    if not torch.backends.cuda.is_built():
-        pytest.skip("a CPU-only torch cannot trace transformers' indexing on fake CUDA tensors; the GPU tier "
-                    "compiles the model (tests/gpu/test_torch_gpu.py)")
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                   num_key_value_heads=2, num_hidden_layers=2, vocab_size=100)
-    model = transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
-    report = nmt.sparsify(model, "8:32", 32, exclude="lm_head")
-    assert len(report.replaced) == 14, report
-    ep = _export(model, torch.zeros(1, 7, dtype=torch.long))
-    assert ep.graph_module.code.count("torch.ops.nmgen.spmm.default") == 14
-
-
 # ---- the launch path on an emulated GPU ------------------------------------------------------------------------
 @pytest.fixture
 def emu(monkeypatch, tmp_path):
