@@ -67,6 +67,8 @@ class PreparedSpMM:
             fn = load(PTX[self.convert], NAMES[self.convert], 0, self.device)
             blocks = min(ceil_div(count, THREADS), 8 * 1024)
             self._convert = PackedLaunch(int(fn.function), (blocks, 1, 1), THREADS, 0, [0, 0, count])
+        self._plain = not (self.zero_words or self.convert)
+        self._slots = self._main.slots
         self.lda = a_leading_dim(kernel.problem)
         self.a_alignment = k.a_alignment
         self.c_alignment = k.c_alignment
@@ -108,6 +110,15 @@ class PreparedSpMM:
 
         Raises CudaError (naming the CUDA error) if the driver refuses the launch; a launch made
         while another GPU's context is current in this thread is retried once in the right one."""
+        if self._plain:                 # one launch, nothing zeroed or converted: the common case, inlined
+            with self._lock:
+                slots = self._slots
+                slots[self._a] = a_ptr
+                slots[self._c] = c_ptr
+                rc = self._main(stream)
+                if rc:
+                    self._recover(rc, a_ptr, c_ptr, stream, workspace)
+            return
         if self.workspace_bytes and not workspace:
             workspace = self._own_workspace(stream)
         with self._lock:

@@ -529,3 +529,19 @@ def test_e2e_benchmark_decoding_matches_a_full_forward():
                 dec.token.copy_(ids[:, P + g:P + g + 1])                            # teacher forcing
                 logits = dec.step()
                 torch.testing.assert_close(logits[:, 0], full[:, P + g], rtol=1e-4, atol=1e-5)
+
+
+def test_emulated_eager_linear_takes_any_leading_dims(emu):
+    """NMLinear's eager path (ops.linear_eager): no reshape of the input or the output; a
+    non-contiguous input is copied; M = 0 launches nothing."""
+    from nmgen.torch.ops import linear_eager
+    layer = _rand_layer(64, 40, "8:32", 8, torch.bfloat16, bias=False)
+    args = (layer.values, layer.indices, 8, 32, 8, False, 64)
+    for x in (torch.randn(64), torch.randn(2, 3, 64), torch.randn(3, 64, 2).transpose(1, 2), torch.randn(5, 64)):
+        x = x.to(torch.bfloat16)
+        y = linear_eager(x, *args)
+        assert y.shape == (*x.shape[:-1], 40) and y.is_contiguous()
+        _check_product(y.reshape(-1, 40), x.reshape(-1, 64), layer, "mma")
+    launches = len(emu.calls)
+    assert linear_eager(torch.empty(2, 0, 64, dtype=torch.bfloat16), *args).shape == (2, 0, 40)
+    assert len(emu.calls) == launches

@@ -210,15 +210,18 @@ class Weights:
         return Prepared(core, ops)
 
     # ---- launching ----
-    def run(self, a: torch.Tensor, c: torch.Tensor, allow_tf32: bool = False) -> None:
+    def run(self, a: torch.Tensor, c: torch.Tensor, allow_tf32: bool = False, M: int | None = None) -> None:
         """Enqueue c = a @ B on torch's current stream of the weights' GPU. `a` (M, K) of the
         weights' dtype and `c` (M, N), M >= 1, on that GPU, checked by the caller; `c` must not
-        overlap `a` (the caller's output). Nothing is synchronised."""
-        p = self.prepared.get((a.shape[0], allow_tf32, c.dtype)) or self.prepare(a.shape[0], allow_tf32, c.dtype)
+        overlap `a` (the caller's output). With `M` given, `a` (..., K) and `c` (..., N) may have
+        any leading dimensions holding M rows, `c` contiguous. Nothing is synchronised."""
+        if M is None:
+            M = a.shape[0]
+        p = self.prepared.get((M, allow_tf32, c.dtype)) or self.prepare(M, allow_tf32, c.dtype)
         stream = current_stream(self.device)
         a_ptr = a.data_ptr()
         if p.pad_to or a_ptr % p.a_alignment or not a.is_contiguous():
-            a = _pitched(a, p.pad_to or self.K)   # kept referenced until the launch is enqueued
+            a = _pitched(a.reshape(M, self.K), p.pad_to or self.K)   # referenced until the launch is enqueued
             a_ptr = a.data_ptr()
         c_ptr = c.data_ptr()
         if c_ptr % p.c_alignment:
