@@ -42,12 +42,28 @@ def libcuda():
         if _lib is None:
             from .driver import init
             init()
-            try:
-                lib = ctypes.CDLL(_library_name())
-            except OSError as e:   # pragma: no cover - init() succeeded, so the library is there
-                raise CudaUnavailable(f"cannot load the CUDA driver library {_library_name()}: {e}") from None
-            _lib = bind(lib)
+            _lib = bind(_open())
     return _lib
+
+
+def _open():
+    """The driver library cuda-python loaded: by its name, else by the path this process mapped it
+    from (a driver outside the loader's search path, found by cuda-python's own search)."""
+    try:
+        return ctypes.CDLL(_library_name())
+    except OSError as e:
+        first = e
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libcuda.so" in line and line.split()[-1].startswith("/")}
+    except OSError:
+        paths = set()
+    for path in sorted(paths):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    raise CudaUnavailable(f"cannot load the CUDA driver library {_library_name()} for nmgen's launches: {first}")
 
 
 def bind(lib):
