@@ -173,11 +173,14 @@ def test_state_dict_round_trip():
         other.load_state_dict(sd)
 
 
-def test_to_nmmatrix_is_the_transposed_weight():
+def test_to_nmmatrix_and_from_matrix():
     layer = NMLinear.from_linear(linear(64, 40), "8:32", 8)
     B = layer.to_nmmatrix()
     assert isinstance(B, NMMatrix) and B.shape == (64, 40)
     assert np.array_equal(B.to_dense(), layer.to_dense().numpy().T)
+    again = NMLinear.from_matrix(B.astype("bf16"), bias=layer.bias)
+    assert again.dtype == torch.bfloat16 and again.bias.dtype == torch.bfloat16 and again.vector == 8
+    assert torch.equal(again.to_dense(), layer.to_dense().to(torch.bfloat16))
 
 
 # ---- sparsify ------------------------------------------------------------------------------------------------
@@ -545,3 +548,29 @@ def test_emulated_eager_linear_takes_any_leading_dims(emu):
     launches = len(emu.calls)
     assert linear_eager(torch.empty(2, 0, 64, dtype=torch.bfloat16), *args).shape == (2, 0, 40)
     assert len(emu.calls) == launches
+
+
+@pytest.mark.filterwarnings("ignore:Warning only once for all operators")
+def test_emulated_opcheck(emu):
+    """torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch with dynamic
+    shapes) on the emulated GPU: the CUDA implementation stands in for the CPU refusal meanwhile."""
+    from nmgen.torch.ops import spmm_cuda, spmm_out_cuda
+    lib = torch.library.Library("nmgen", "IMPL")
+    try:
+        lib.impl("spmm", spmm_cuda, "CPU")
+        lib.impl("spmm_out", spmm_out_cuda, "CPU")
+    except RuntimeError as e:       # torch versions that refuse to override a Python kernel
+        lib._destroy()
+        pytest.skip(f"this torch cannot override the CPU kernel for the test ({e})")
+    try:
+        for dtype, pattern, V in ((torch.bfloat16, "8:32", 8), (torch.float32, "2:8", 4)):
+            layer = _rand_layer(64, 40, pattern, V, dtype)
+            p = layer.pattern
+            a = torch.randn(5, 64).to(dtype)
+            args = (a, layer.values, layer.indices, p.n, p.m, p.vector, False)
+            torch.library.opcheck(torch.ops.nmgen.spmm.default, args)
+            torch.library.opcheck(torch.ops.nmgen.spmm_out.default, args + (torch.empty(5, 40, dtype=dtype),))
+    finally:
+        lib._destroy()
+    with pytest.raises(ShapeError, match="runs on CUDA tensors"):
+        torch.ops.nmgen.spmm(a, layer.values, layer.indices, p.n, p.m, p.vector)
