@@ -574,3 +574,67 @@ def test_emulated_opcheck(emu):
         lib._destroy()
     with pytest.raises(ShapeError, match="runs on CUDA tensors"):
         torch.ops.nmgen.spmm(a, layer.values, layer.indices, p.n, p.m, p.vector)
+
+
+@pytest.fixture
+def emu_cpu_layers(emu, monkeypatch):
+    """The emulated GPU with NMLinear accepting CPU inputs and the op's CPU kernel replaced by its
+    CUDA implementation: whole models run on the CPU through nmgen's launch path."""
+    from nmgen.torch.ops import spmm_cuda, spmm_out_cuda
+    lib = torch.library.Library("nmgen", "IMPL")
+    try:
+        lib.impl("spmm", spmm_cuda, "CPU")
+        lib.impl("spmm_out", spmm_out_cuda, "CPU")
+    except RuntimeError as e:
+        lib._destroy()
+        pytest.skip(f"this torch cannot override the CPU kernel for the test ({e})")
+    refuse = NMLinear._refuse
+
+    def refuse_but_cpu(self, x):
+        if x.is_cuda or x.device.type != "cpu":
+            refuse(self, x)
+        if x.dtype != self.values.dtype or x.shape[-1] != self.in_features or (
+                x.requires_grad and torch.is_grad_enabled()):
+            refuse(self, x)
+    monkeypatch.setattr(NMLinear, "_refuse", refuse_but_cpu)
+    src = NMLinear._eager
+    import inspect
+    import textwrap
+    namespace = {}
+    exec(textwrap.dedent(inspect.getsource(src)).replace("not x.is_cuda", "x.device.type != 'cpu'"),
+         vars(sys.modules[NMLinear.__module__]), namespace)
+    monkeypatch.setattr(NMLinear, "_eager", namespace["_eager"])
+    yield emu
+    lib._destroy()
+
+
+@pytest.mark.filterwarnings("ignore:Warning only once for all operators")
+def test_emulated_compile_fullgraph_matches_eager(emu_cpu_layers):
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64, bias=False))
+    nmt.sparsify(model, "8:32", 32, dtype=torch.bfloat16)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for shape in ((3, 64), (2, 5, 64), (7, 64)):
+            x = torch.randn(shape).to(torch.bfloat16)
+            torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.filterwarnings("ignore:Warning only once for all operators")
+def test_emulated_tiny_llama_matches_its_masked_dense_model(emu_cpu_layers):
+    import copy
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed (not an nmgen "
+                                                              "dependency): the LLaMA test needs it")
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                   num_key_value_heads=2, num_hidden_layers=2, vocab_size=100,
+                                   attn_implementation="sdpa")
+    dense = transformers.LlamaForCausalLM(cfg).eval()
+    sparse, masked = copy.deepcopy(dense), copy.deepcopy(dense)
+    report = nmt.sparsify(sparse, "16:32", 16, include=["*_proj"])
+    assert len(report.replaced) == 14 and not report.skipped, report
+    with torch.no_grad():
+        for name in report.replaced:
+            masked.get_submodule(name).weight.copy_(sparse.get_submodule(name).to_dense())
+        ids = torch.randint(0, 100, (2, 9))
+        ls = sparse(ids, use_cache=False).logits
+        lm = masked(ids, use_cache=False).logits
+    assert ((ls - lm).abs().max() / lm.abs().max()).item() < 1e-4
