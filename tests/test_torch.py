@@ -525,7 +525,8 @@ def test_e2e_benchmark_decoding_matches_a_full_forward():
         full = runner.full(ids)
         torch.testing.assert_close(full, model(ids, use_cache=False).logits)
         for _ in range(2):                                  # the second time after cache.reset()
-            torch.testing.assert_close(dec.prefill(), full[:, :P])
+            torch.testing.assert_close(dec.prefill(), full[:, P - 1:P])
+            torch.testing.assert_close(runner.full(ids, last_only=True), full[:, -1:])
             assert dec.position.tolist() == [[P]] * B
             assert torch.equal(dec.token[:, 0], full[:, P - 1].argmax(-1))       # greedy
             for g in range(G):
