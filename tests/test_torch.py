@@ -1,36 +1,16 @@
-"""nmgen.torch on the CPU: the install message without torch, and with torch (skipped, saying so,
-where it is absent) everything that needs no GPU: NMLinear from a Linear and its mask checks,
+"""nmgen.torch on the CPU with torch (skipped, saying so, where it is absent; the install message
+without torch is tests/test_torch_install.py): NMLinear from a Linear and its mask checks,
 state_dict and safetensors round trips, sparsify's report, the fake (meta) kernel, tracing with
 torch.export(strict) as torch.compile(fullgraph=True) does, and the launch path itself on an
-emulated GPU (tests/fake_torch_gpu.py: the kernels run in nmgen's interpreter on CPU tensors)."""
+emulated GPU (tests/fake_torch_gpu.py: the kernels run in nmgen's interpreter on CPU tensors),
+opcheck, torch.compile and a tiny LLaMA included."""
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-
-
-# ---- without torch (runs in CI, which has none) --------------------------------------------------------
-def test_import_without_torch_says_how_to_install():
-    r = _run("import sys; sys.modules['torch'] = None\n"
-             "try:\n    import nmgen.torch\nexcept ImportError as e:\n    print('MESSAGE', e)\n"
-             "else:\n    print('imported')")
-    assert r.returncode == 0, r.stderr
-    assert "MESSAGE" in r.stdout and "pip install 'nmgen[torch]'" in r.stdout, r.stdout
-
-
-def test_core_never_imports_torch():
-    r = _run("import sys; import nmgen, nmgen.api, nmgen.prepared, nmgen.runtime.launch, nmgen.format, "
-             "nmgen.reference, nmgen.cli\n"
-             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
-    assert r.returncode == 0, r.stderr
 
 
 # ---- with torch ----------------------------------------------------------------------------------------
