@@ -131,8 +131,8 @@ def _install(model: nn.Module, name: str, cfg: dict, path) -> None:
     if isinstance(mod, NMLinear):
         have = (mod.n, mod.m, mod.vector, mod.in_features, mod.out_features)
         if have != want:
-            raise ShapeError(f"{name}: the model's NMLinear is {have[3]}->{have[4]} {have[0]}:{have[1]} V={have[2]} but "
-                             f"{path} holds {shape[0]}->{shape[1]} {want[0]}:{want[1]} V={want[2]}")
+            raise ShapeError(f"{name}: the model's NMLinear is {have[3]}->{have[4]} {have[0]}:{have[1]} V={have[2]} "
+                             f"but {path} holds {shape[0]}->{shape[1]} {want[0]}:{want[1]} V={want[2]}")
         return
     if not isinstance(mod, nn.Linear) or (mod.in_features, mod.out_features) != shape:
         raise ShapeError(f"{name}: {path} holds an NMLinear {shape[0]}->{shape[1]} there, but the model has "
