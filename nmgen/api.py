@@ -64,10 +64,7 @@ class Kernel:
         for a 16-bit C, an fp32 workspace then converted into C) is zeroed first. Prefer `spmm`."""
         from .runtime.memory import memset32
         k = self.ir
-        loaded = self._loaded.get(device)
-        if loaded is None:    # once per device: loading hashes the image, too slow for every launch
-            from .runtime.module import load
-            loaded = self._loaded[device] = load(self.cubin or self.ptx, self.name, k.smem_bytes, device)
+        loaded = self.loaded(device)
         out = C_ptr
         if k.convert_output:  # split-K into fp32 partial sums, rounded into C afterwards
             C_ptr = self._workspace(device, stream)
@@ -80,6 +77,16 @@ class Kernel:
         if k.convert_output:
             from .runtime.convert import convert
             convert(C_ptr, out, k.M * k.N, k.convert_output, stream, device)
+
+    def loaded(self, device: int = 0):
+        """The kernel loaded into `device`'s primary context (runtime.module.LoadedKernel: its
+        CUfunction handle, dynamic shared memory), loaded once per device (loading hashes the image,
+        too slow for every launch). Makes that context current in this thread."""
+        loaded = self._loaded.get(device)
+        if loaded is None:
+            from .runtime.module import load
+            loaded = self._loaded[device] = load(self.cubin or self.ptx, self.name, self.ir.smem_bytes, device)
+        return loaded
 
     def _workspace(self, device: int, stream: int) -> int:
         """The fp32 (M, N) workspace of a split-K kernel with a 16-bit C, one per device and stream

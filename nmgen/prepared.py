@@ -1,0 +1,174 @@
+"""A kernel bound to one weight matrix, one M and one GPU, launched with one driver call.
+
+`nmgen.spmm` checks its inputs, looks up the kernel and the weights' device copies, and packs the
+launch arguments on every call (about 140 us of host time at 1x4096x4096). A `PreparedSpMM` does
+all of that once: it holds the loaded CUfunction, the weights' device addresses, grid, block,
+shared memory and a packed argument block in which only A and C are patched per call. A launch is
+then one cuLaunchKernel (plus, under split-K, the memset that zeroes C first, and for a 16-bit C
+the conversion of the fp32 partial sums): a few microseconds of host time, nothing allocated,
+nothing synchronised, nothing compiled. CUDA graphs capture it like any other launch.
+
+It checks nothing per call: the caller passes device addresses of the right size, dtype, order
+and alignment (`a_alignment`, `c_alignment`, `lda`). nmgen.torch builds these for torch tensors.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Mapping
+
+from .errors import ShapeError
+from .ir.build import a_leading_dim
+from .ir.problem import ceil_div
+from .runtime.launch import CONTEXT_ERRORS, PackedLaunch, memset32, raise_for
+
+_POINTERS = ("A", "C")
+
+
+class PreparedSpMM:
+    """C (M x N) = A (M x K) @ B for one compiled kernel and one weight matrix on one GPU.
+
+    kernel:   a nmgen.Kernel (nmgen.compile): its problem fixes M, N, K, the pattern, A's dtype
+              and order, and C's dtype.
+    operands: device addresses (ints) of the kernel's weight operands by parameter name: "Bv"
+              and, where the kernel has them, "Bi" and "Arows" (B laid out for the kernel's
+              schedule: nmgen.api.host_operands / device_operands). The caller keeps that memory
+              alive as long as this object launches.
+    device:   the GPU's ordinal; the kernel is loaded into its primary context (the one torch and
+              cupy use) when this object is made.
+
+    Attributes a caller needs to feed it: `lda` (elements from one row of A to the next as the
+    kernel reads it), `a_alignment` / `c_alignment` (bytes A's and C's addresses must be aligned
+    to), `workspace_bytes` (an fp32 (M, N) scratch buffer a split-K kernel with a 16-bit C needs;
+    0 otherwise).
+
+    Raises ShapeError when an operand the kernel reads is missing."""
+
+    def __init__(self, kernel, operands: Mapping[str, int], device: int = 0):
+        k = kernel.ir
+        self.kernel, self.problem, self.device = kernel, kernel.problem, int(device)
+        self.M, self.N, self.K = kernel.problem.M, kernel.problem.N, kernel.problem.K
+        names = [p.name for p in k.params]
+        missing = [n for n in names if n not in _POINTERS and not operands.get(n)]
+        if missing:
+            raise ShapeError(f"kernel {kernel.name} reads the operands {names}; no device address was given for "
+                             f"{', '.join(missing)} (got {sorted(operands)})")
+        loaded = kernel.loaded(self.device)
+        self._a, self._c = names.index("A"), names.index("C")
+        self._main = PackedLaunch(int(loaded.function), k.grid, k.threads, loaded.smem,
+                                  [0 if n in _POINTERS else int(operands[n]) for n in names])
+        count = self.M * self.N
+        self.zero_words = count if k.zero_output else 0
+        self.convert = k.convert_output
+        self.workspace_bytes = 4 * count if self.convert else 0
+        self._convert = None
+        if self.convert:
+            from .runtime.convert import NAMES, PTX, THREADS
+            from .runtime.module import load
+            fn = load(PTX[self.convert], NAMES[self.convert], 0, self.device)
+            blocks = min(ceil_div(count, THREADS), 8 * 1024)
+            self._convert = PackedLaunch(int(fn.function), (blocks, 1, 1), THREADS, 0, [0, 0, count])
+        self._plain = not (self.zero_words or self.convert)
+        self._slots = self._main.slots
+        self.lda = a_leading_dim(kernel.problem)
+        self.a_alignment = k.a_alignment
+        self.c_alignment = k.c_alignment
+        self._what = (f"launching kernel {kernel.name} (grid {k.grid[0]}x{k.grid[1]}x{k.grid[2]}, {k.threads} "
+                      f"threads, {loaded.smem} B shared)")
+        self._lock = threading.Lock()
+        self._workspaces: dict = {}     # stream -> DeviceBuffer, when the caller passes none
+
+    @classmethod
+    def for_matrix(cls, B, M: int, *, dtype=None, c_dtype=None, allow_tf32: bool = False, a_major: str = "row",
+                   schedule=None, device: int = 0) -> "PreparedSpMM":
+        """Compile (or fetch) the kernel for an (M, K) A times the NMMatrix `B` and bind it to B's
+        device copies on GPU `device` (made once and cached on B). A and B hold B's dtype (float32
+        runs on FFMA, or TF32 tensor cores with allow_tf32); C `c_dtype`, by default A's."""
+        from .api import compile, device_operands
+        from .ir.dtypes import dtype as dtype_of
+        storage = dtype_of(dtype).name if dtype is not None else B.dtype
+        if storage != B.dtype:
+            raise ShapeError(f"dtype={storage!r} but B holds {B.dtype} values: convert B once (B.astype({storage!r}))")
+        compute = "tf32" if storage == "f32" and allow_tf32 else storage
+        k = compile((M, B.N, B.K), B.pattern, schedule=schedule, B=B, device=device, a_major=a_major, dtype=compute,
+                    c_dtype=c_dtype)
+        ops = device_operands(B, k.problem, k.schedule, device)
+        p = cls(k, {"Bv": ops.bv.ptr, "Bi": ops.bi.ptr if ops.bi else 0, "Arows": ops.arows.ptr if ops.arows else 0},
+                device)
+        p._keep = ops       # the device copies live as long as B's cache and this object
+        return p
+
+    def launch(self, a_ptr: int, c_ptr: int, stream: int = 0, workspace: int = 0) -> None:
+        """Enqueue C = A @ B on `stream` (a CUstream handle as an int; 0: the legacy default stream).
+
+        a_ptr: A as the kernel reads it (its dtype; rows of `lda` elements; `a_alignment`-aligned).
+        c_ptr: C, (M, N) row-major of the problem's c_dtype, `c_alignment`-aligned; it must not
+               overlap A.
+        workspace: address of `workspace_bytes` bytes of fp32 scratch for a split-K kernel with a
+               16-bit C, used in stream order (one per stream launched on concurrently); 0: this
+               object's own buffer for `stream`, allocated on first use (not while a CUDA graph
+               is being captured: pass one then).
+
+        Raises CudaError (naming the CUDA error) if the driver refuses the launch; a launch made
+        while another GPU's context is current in this thread is retried once in the right one."""
+        if self._plain:                 # one launch, nothing zeroed or converted: the common case, inlined
+            with self._lock:
+                slots = self._slots
+                slots[self._a] = a_ptr
+                slots[self._c] = c_ptr
+                rc = self._main(stream)
+                if rc:
+                    self._recover(rc, a_ptr, c_ptr, stream, workspace)
+            return
+        if self.workspace_bytes and not workspace:
+            workspace = self._own_workspace(stream)
+        with self._lock:
+            rc = self._enqueue(a_ptr, c_ptr, stream, workspace)
+            if rc:
+                self._recover(rc, a_ptr, c_ptr, stream, workspace)
+
+    def _enqueue(self, a_ptr: int, c_ptr: int, stream: int, workspace: int) -> int:
+        main = self._main
+        main.set(self._a, a_ptr)
+        target = workspace if self.convert else c_ptr
+        main.set(self._c, target)
+        if self.zero_words:         # split-K adds its partial sums atomically: zero the target first
+            rc = memset32(target, self.zero_words, stream)
+            if rc:
+                return rc
+        rc = main(stream)
+        if rc or not self.convert:
+            return rc
+        conv = self._convert        # fp32 partial sums rounded into the 16-bit C
+        conv.set(0, workspace)
+        conv.set(1, c_ptr)
+        return conv(stream)
+
+    def _recover(self, rc: int, a_ptr: int, c_ptr: int, stream: int, workspace: int) -> None:
+        """A launch refused for the context (none current in this thread, or another GPU's) is made
+        again in this GPU's primary context, the caller's context restored after; others raise."""
+        if rc not in CONTEXT_ERRORS:
+            raise_for(rc, self._what)
+        from .runtime.driver import check, driver, use_device
+        drv = driver()
+        previous = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        ctx = use_device(self.device)
+        try:
+            rc = self._enqueue(a_ptr, c_ptr, stream, workspace)
+        finally:
+            if previous is None or int(previous) != int(ctx):
+                check(drv.cuCtxSetCurrent(previous if previous is not None else drv.CUcontext(0)),
+                      "cuCtxSetCurrent (restoring the caller's context)")
+        raise_for(rc, self._what)
+
+    def _own_workspace(self, stream: int) -> int:
+        from .runtime.memory import DeviceBuffer
+        buf = self._workspaces.get(stream)
+        if buf is None:
+            buf = self._workspaces[stream] = DeviceBuffer(self.workspace_bytes, self.device)
+        return buf.ptr
+
+    def __repr__(self):
+        return f"PreparedSpMM({self.kernel.name}, {self.problem}, {self.kernel.schedule.short()}, GPU {self.device})"
+
+
+__all__ = ["PreparedSpMM"]
