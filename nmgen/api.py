@@ -37,7 +37,8 @@ class Kernel:
         """`ptx`, `cubin` and `resources`, when given, were made elsewhere (the tuner's workers)."""
         self.problem, self.schedule = problem, schedule
         self.ir = build(problem, schedule, a_rows)
-        self.arch = codegen.arch_of(self.ir, arch)     # sm_90a for wgmma kernels
+        self.gpu_arch = arch                           # the GPU's architecture it was made for
+        self.arch = codegen.arch_of(self.ir, arch)     # the PTX target: sm_90a for wgmma kernels
         self.name = self.ir.name
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
@@ -324,7 +325,7 @@ def _kernel_for(M, B, schedule, kernel, device, a_major="row", dtype="f32", c_dt
             raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
                              f"this A and B, or call spmm without kernel= to have it compiled")
         if kernel.schedule.a_load == "rows":  # its row lists must be those of this B
-            return compile(problem, schedule=kernel.schedule, arch=kernel.arch, B=B, device=device)
+            return compile(problem, schedule=kernel.schedule, arch=kernel.gpu_arch, B=B, device=device)
         return kernel
     return compile(problem, schedule=schedule, B=B, device=device)
 

@@ -281,6 +281,21 @@ def test_a_kernel_of_the_other_layout(rng, gpu):
                    out=fake.FakeCudaArray.from_numpy(gpu, np.empty((17, 100), np.float32)))
 
 
+def test_a_given_wgmma_kernel_of_row_lists_is_remade_for_these_weights(gpu):
+    """spmm(kernel=k) recompiles a "rows" kernel for the B it is given: for the GPU's architecture
+    (sm_90), not the wgmma PTX target (sm_90a) the kernel records (the fuzzer's first H200 run)."""
+    from nmgen.checking import random_inputs, run_gpu, stored_weights, verdict
+    rng = np.random.default_rng(5)
+    p = nmgen.Problem(70, 100, 256, nmgen.Pattern(4, 32, 16), "bf16", "col")
+    s = nmgen.Schedule(block_m=64, block_n=64, warp_m=64, warp_n=64, thread_m=0, thread_n=0, k_windows=4,
+                       a_pad=8, a_load="rows", wgmma=1)
+    A, B = random_inputs(p, rng)
+    B = stored_weights(p, B)
+    k = nmgen.compile(p, schedule=s, B=B)
+    assert (k.arch, k.gpu_arch) == ("sm_90a", "sm_90")
+    assert (v := verdict(p, run_gpu(k, A, B), A, B, rng)), v.summary()
+
+
 # ---- 5. an empty batch (M = 0) is an empty product, with no GPU at all ------------------------------
 @pytest.fixture
 def no_gpu_work(monkeypatch):
