@@ -177,6 +177,16 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
     if s.warps_k != 1 or s.prefetch or s.refill_row:
         why.append("wgmma schedules issue each K tile's products as one asynchronous group: warps_k=1, prefetch=0, "
                    "refill_row=0")
+    if s.min_blocks and s.warp_m % 64 == 0:
+        # wgmma's accumulators cannot spill: ptxas refuses a register bound below them plus ~30
+        # (13.0, sm_90a: 94 asked for a 64x128 warpgroup tile's 64 under min_blocks=3 of 256 threads)
+        cap = min(255, device.regs_per_sm // (s.min_blocks * s.threads) // 8 * 8)
+        acc = s.warp_m * s.warp_n // 128
+        if cap < acc + 30:
+            fits = max(0, device.regs_per_sm // (s.threads * (acc + 30 + 7) // 8 * 8))
+            why.append(f"min_blocks={s.min_blocks} bounds {s.threads} threads to {cap} registers, fewer than the "
+                       f"{acc} fp32 accumulators of a {s.warp_m}x{s.warp_n} warpgroup tile need plus ~30: "
+                       f"use min_blocks <= {fits} (0 for no bound)")
     return why
 
 

@@ -10,7 +10,9 @@ and with or without fused multiply-adds, gives
 with u the unit roundoff of the accumulation. It is applied to every element of C separately:
 k is the number of kept rows summed into C[i, j] plus one (the zero, or the zeroed C that split-K
 adds into), |x| . |y| is the product of the absolute values, and a C stored in a narrower dtype
-adds its own rounding (u_out * |C|). A kernel that drops, repeats or misplaces products misses by
+adds its own rounding: u_out * |C|, plus half the spacing of its subnormals for a C that rounds
+into that range (Higham section 2.1, the model with gradual underflow: fl(x) = x(1 + d) + e,
+|e| <= u_out * smallest normal). A kernel that drops, repeats or misplaces products misses by
 about the size of the products themselves, which for the sizes tested is far above the bound.
 """
 from __future__ import annotations
@@ -29,6 +31,10 @@ from .format import NMMatrix
 ACCUMULATION_U = {"ffma": 2.0 ** -24, "mma": 2.0 ** -23}
 # Unit roundoff of the stored output (rounding the fp32 sum once, to nearest).
 OUTPUT_U = {"f32": 0.0, "bf16": 2.0 ** -8, "f16": 2.0 ** -11}
+# Absolute error of that rounding where C falls below the smallest normal: half the subnormals'
+# spacing, u_out * 2^emin (f16: 2^-11 * 2^-14; bf16: 2^-8 * 2^-126). An f16 C of |C| < 6.1e-5 is
+# common: a product of two standard normal values lands there about one time in 10^4.
+OUTPUT_UNDERFLOW = {"f32": 0.0, "bf16": 2.0 ** -134, "f16": 2.0 ** -25}
 # Products of values near the bottom of fp32 may flush to zero (vector reductions flush denormals):
 # at most the smallest normal float per operation.
 FLUSH_ABS = 2.0 ** -126
@@ -84,7 +90,8 @@ def error_bound(A64: np.ndarray, B64: np.ndarray, ref: np.ndarray, terms: int, c
     absprod = np.abs(A64) @ np.abs(B64)
     g = gamma(terms, ACCUMULATION_U[compute])
     u_out = OUTPUT_U[out_dtype]
-    return g * absprod * (1 + u_out) + u_out * np.abs(ref) + terms * FLUSH_ABS + 2.0 ** -50 * absprod
+    return (g * absprod * (1 + u_out) + u_out * np.abs(ref) + OUTPUT_UNDERFLOW[out_dtype] + terms * FLUSH_ABS
+            + 2.0 ** -50 * absprod)
 
 
 class Expected:

@@ -17,12 +17,12 @@ for step in "$@"; do
   echo "=== $step"
   case $step in
     gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
-    gpu-tests-*) # the GPU tests whose names match the rest of the step (pytest -k)
+    gpu-tests-parallel) # the whole GPU tier on 6 worker processes (pytest-xdist is on the machine), at most $TESTS_S seconds (default 480)
+               timeout ${TESTS_S:-480} python3 -m pytest -q -rs -p no:cacheprovider -n 6 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
+    cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
+    gpu-tests-*) # (after gpu-tests-parallel: bash takes the first pattern that matches) the GPU tests whose names match the rest of the step (pytest -k)
                python3 -m pytest -q -p no:cacheprovider tests/gpu -k "${step#gpu-tests-}" 2>&1 \
                  | tee $OUT/gpu_tests_${step#gpu-tests-}.log | tail -25 ;;
-    cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
-    gpu-tests-parallel) # the whole GPU tier on 6 worker processes (pytest-xdist is on the machine), 8 min at most
-               timeout 480 python3 -m pytest -q -rs -p no:cacheprovider -n 6 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
     fuzz-tc-*) # fuzz-tc-N: N random tensor-core cases (tf32, bf16, f16), at most $FUZZ_S seconds (default 240)
                python3 -m nmgen.cli fuzz --cases ${step#fuzz-tc-} --dtypes tf32,bf16,f16 --seed 20261201 --quiet \
                  --time-limit ${FUZZ_S:-240} --json $OUT/fuzz_tc.json 2>&1 | tee $OUT/fuzz_tc.log | tail -25 ;;

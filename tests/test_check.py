@@ -169,6 +169,20 @@ def test_the_tensor_core_check_catches_one_missing_product(rng):
     assert not v.ok and v.where == (2, 5), v.summary()
 
 
+def test_an_f16_c_rounded_into_the_subnormals_passes(rng):
+    """One product per element (1:5, K = 5) puts ~1e-4 of the f16 C below the smallest normal:
+    rounded to nearest there it is off by up to half the subnormals' spacing (2^-25), more than
+    u * |C|; the H200 fuzzer's first run failed such cases. One product too small still fails."""
+    p = Problem(1399, 300, 5, Pattern(1, 5, 8), "f16")
+    A, B = random_inputs(p, rng)
+    C = (A.astype(np.float32) @ B.to_dense()).astype(np.float16)      # exact products, rounded once
+    assert np.count_nonzero((C != 0) & (np.abs(C) < np.finfo(np.float16).tiny)) > 0
+    v = compare(C, A, B, compute="mma", out_dtype="f16")
+    assert v.ok, v.summary()
+    C[4, 7] = np.float16(C[4, 7] * 0.99) if abs(C[4, 7]) > 1e-2 else np.float16(1)
+    assert not compare(C, A, B, compute="mma", out_dtype="f16").ok
+
+
 @pytest.mark.parametrize("dtype,out", [("bf16", None), ("tf32", None), ("fp16", "fp32"), ("bf16", "fp16")])
 def test_command_carries_the_dtypes_and_replays(dtype, out):
     from nmgen.cli.common import DTYPE_OPTIONS

@@ -244,3 +244,21 @@ def test_wgmma_schedules_of_the_space_assemble_for_sm_90a():
             r = assemble(generate_ptx(k, "sm_90"), arch_of(k, "sm_90"))
             assert r.spill_stores == 0 and r.stack_frame == 0 and "serialized" not in r.log, (p, s.short(), r.log)
     assert len(seen) >= 10
+
+
+def test_a_register_bound_below_the_wgmma_accumulators_is_refused_before_ptxas():
+    """ptxas 13.0 aborts (C7602) on a wgmma kernel whose min_blocks leaves fewer registers than its
+    accumulators need (the H200 fuzzer's case: 64x128 warpgroup tiles, 256 threads, min_blocks=3,
+    80 registers); validation says so and names the bound that fits, which assembles."""
+    from nmgen.codegen import arch_of, assemble, generate_ptx
+    from nmgen.ir import build
+    p = Problem(60, 171, 5, Pattern(5, 5, 128), "f16", "col")
+    s = Schedule(block_m=64, block_n=256, warp_m=64, warp_n=128, thread_m=0, thread_n=0, k_windows=1, stages=3,
+                 a_load="gather", a_pad=8, min_blocks=3, wgmma=1)
+    dev = for_arch("sm_90")
+    assert problems(p, s, dev) == ["min_blocks=3 bounds 256 threads to 80 registers, fewer than the 64 fp32 "
+                                   "accumulators of a 64x128 warpgroup tile need plus ~30: use min_blocks <= 2 "
+                                   "(0 for no bound)"]
+    k = build(p, s.replace(min_blocks=2))
+    r = assemble(generate_ptx(k, "sm_90"), arch_of(k, "sm_90"))
+    assert r.registers <= 128 and r.spill_stores == 0
