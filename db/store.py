@@ -500,7 +500,8 @@ def schedule_problems(problem, s, device=None) -> list[str]:
     from ..ir.validate import problems
     if device is None:
         devices = [for_arch(a) for a in ARCHS]
-        device = devices[0].replace(name="any GPU nmgen targets", **{
+        # the newest architecture (what only it runs, wgmma on sm_90, may run) with every limit at its largest
+        device = max(devices, key=lambda d: d.cc).replace(name="any GPU nmgen targets", **{
             f: max(getattr(d, f) for d in devices)
             for f in ("smem_per_block", "smem_per_sm", "regs_per_sm", "max_threads_per_block")})
     # every vector keeps KR distinct rows of a K tile: no list is shorter (padded to 8 entries)

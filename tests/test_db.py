@@ -330,6 +330,27 @@ def test_an_invalid_record_is_skipped_on_read_for_the_next_valid_one(tmp_path, c
     assert r.returncode == 0 and "5 records" in r.stdout and "best 2.0 us" in r.stdout, r.stdout + r.stderr
 
 
+def test_a_wgmma_record_of_a_hopper_gpu_is_read_back(tmp_path, caplog):
+    """Records are checked against the GPUs nmgen targets taken together: a warpgroup (wgmma)
+    schedule, which only sm_90 runs, is valid (the H200 bench of 2026-11-30 ignored every wgmma
+    record of a problem, then found none that ran). On an sm_80 it is still not chosen."""
+    from nmgen.search.choose import recorded_best
+    from nmgen.toolchain import toolchain_key
+    p = Problem(512, 4096, 11008, Pattern(8, 32, 32), "bf16", "col")
+    s = Schedule(block_m=128, block_n=256, warp_m=64, warp_n=256, thread_m=0, thread_n=0, k_windows=4, stages=4,
+                 a_pad=8, wgmma=1)
+    db = TuningDB(tmp_path / "t.db")
+    for arch in ("sm_90", "sm_80"):
+        dev = for_arch(arch)
+        db.record({**rec("w" + arch, 70.0, problem=p.key(), schedule=s), "device_key": dev.key(),
+                   "toolchain_key": toolchain_key(dev.arch, dev.driver)})
+    h100, a100 = for_arch("sm_90"), for_arch("sm_80")
+    with caplog.at_level(logging.WARNING, logger="nmgen.db"):
+        assert recorded_best(p, h100, db) == s
+        assert recorded_best(p, a100, db) is None
+    assert f"ignoring the record of {p.key()}, schedule wsm_90" not in caplog.text
+
+
 def test_lookup_is_well_under_a_millisecond(tmp_path):
     db = TuningDB(tmp_path / "t.db")
     db.record_many(rec(f"h{i}", float(i + 1), problem=f"{64 * (i % 50 + 1)}x64x64:2:4:1:f32") for i in range(5000))
