@@ -17,8 +17,9 @@ for step in "$@"; do
   echo "=== $step"
   case $step in
     gpu-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -25 ;;
-    gpu-tests-parallel) # the whole GPU tier on 6 worker processes (pytest-xdist is on the machine), at most $TESTS_S seconds (default 480)
-               timeout ${TESTS_S:-480} python3 -m pytest -q -rs -p no:cacheprovider -n 6 tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
+    gpu-tests-parallel) # the whole GPU tier (650 tests; 543 ran in 165 s on 14 workers, 2026-11-30) on $TESTS_N worker processes
+               # (default 14; pytest-xdist is on the machine), at most $TESTS_S seconds (default 480)
+               timeout ${TESTS_S:-480} python3 -m pytest -q -rs -p no:cacheprovider -p no:benchmark -n ${TESTS_N:-14} tests/gpu 2>&1 | tee $OUT/gpu_tests.log | tail -30 ;;
     cpu-tests) python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -5 ;;
     gpu-tests-*) # (after gpu-tests-parallel: bash takes the first pattern that matches) the GPU tests whose names match the rest of the step (pytest -k)
                python3 -m pytest -q -p no:cacheprovider tests/gpu -k "${step#gpu-tests-}" 2>&1 \
