@@ -562,8 +562,9 @@ SECONDS_PER_MAC = 60e-9
 def estimate_cost(problem, s=None) -> tuple[float, int]:
     """(seconds, bytes) an interpreter run of `problem` under schedule `s` takes, roughly (an upper
     estimate): the host operands (prepared B padded to whole tiles, A, C, the float64 reference's
-    dense B) and the per-tile work of every block. Without `s`, the least any schedule needs (one
-    block tile of 16 x 32, one window a K tile)."""
+    dense B) and the per-tile work of every block. Without `s`, under a 16 x 32 block tile with one
+    window a K tile: its bytes are about any schedule's, but its time far exceeds that of the larger
+    tiles schedules have (many small tiles): judge time under the schedule that will run."""
     from .operands import geometry
     from .schedule import Schedule
     if s is None:

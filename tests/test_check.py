@@ -109,6 +109,26 @@ def test_without_a_gpu_the_readme_command_suggests_one_that_works():
     assert again.returncode == 0 and "PASS" in again.stdout, again.stdout + again.stderr
 
 
+def test_the_interpreter_runs_what_its_chosen_schedule_can_finish():
+    """512^3 2:4 runs in seconds under the schedule check chooses; it was refused as "about 201 s"
+    when the time was judged under a 16x32 tile with one window a K tile."""
+    r = nmgen("check", "--shape", "512x512x512", "--pattern", "2:4", "--interpret", "--seed", "1")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    seconds = float(re.search(r"CPU interpreter: about ([\d.]+) s", r.stdout).group(1))
+    assert seconds < 30
+
+
+def test_without_a_gpu_a_problem_the_interpreter_runs_is_suggested_as_it_is():
+    """The suggested line keeps the user's shape, seed and schedule when the interpreter can run them."""
+    r = nmgen("check", "--shape", "17x100x64", "--pattern", "2:4", "--seed", "4", "--schedule", '{"split_k": 2}')
+    assert r.returncode == 2 and "checks this problem on the CPU" in r.stderr, r.stderr
+    args = shlex.split(re.search(r"`(nmgen check [^`]+)`", r.stderr).group(1))
+    assert args[args.index("--shape") + 1] == "17x100x64" and args[args.index("--seed") + 1] == "4"
+    assert json.loads(args[args.index("--schedule") + 1])["split_k"] == 2
+    again = nmgen(*args[1:])
+    assert again.returncode == 0 and "PASS" in again.stdout and "sk2" in again.stdout, again.stdout + again.stderr
+
+
 def test_command_replays_a_case(tmp_path):
     p = Problem(9, 33, 96, Pattern(3, 6, 3), a_major="col")
     from nmgen import Schedule

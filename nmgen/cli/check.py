@@ -39,15 +39,16 @@ def run(args):
     given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
     if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
-        small = smaller(problem)
-        raise CudaUnavailable(f"no GPU here: `{command(small, None, 0, interpret=True)}` checks the same pattern "
-                              f"on the CPU (the interpreter runs small shapes)")
+        line, same = interpreter_command(problem, given, args.seed)
+        raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
+                              f"CPU{'' if same else ' (the interpreter runs small shapes)'}")
     dev = gpu or for_arch("sm_90")
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
-    if args.interpret:   # before any input exists: the operands alone can exceed the memory bound
+    if args.interpret:   # before any input exists: the operands alone can exceed the memory bound (the
+        # time is judged once the schedule is known: a bound for every schedule would refuse what runs)
         from ..ir.interpret import estimate_cost
-        within_interpreter_limits(problem, *estimate_cost(problem), seed)
+        within_interpreter_limits(problem, 0.0, estimate_cost(problem)[1], seed)
     A, B = random_inputs(problem, rng)
     schedule = given or choose_schedule(problem, dev, B)
     if args.interpret:
@@ -78,6 +79,20 @@ def within_interpreter_limits(problem, seconds: float, nbytes: int, seed: int) -
         raise NMGenError(f"{problem} would take the CPU interpreter about {seconds:.0f} s and {nbytes / 2**20:.0f} MB "
                          f"(limits {INTERPRETER_SECONDS} s, {INTERPRETER_BYTES >> 20} MB); check a smaller shape, "
                          f"e.g. `{command(smaller(problem), None, seed, interpret=True)}`, or run on a GPU")
+
+
+def interpreter_command(problem, schedule, seed) -> tuple[str, bool]:
+    """(the `nmgen check --interpret` line for a machine without a GPU, whether it is this very
+    problem): the problem itself, with its schedule and seed, where the interpreter can run it
+    (judged under `schedule`, else the heuristic's default), else `smaller(problem)`."""
+    from ..checking import command
+    from ..ir.device import for_arch
+    from ..ir.interpret import estimate_cost
+    from ..search.heuristic import default_schedule
+    seconds, nbytes = estimate_cost(problem, schedule or default_schedule(problem, for_arch("sm_90")))
+    if seconds <= INTERPRETER_SECONDS and nbytes <= INTERPRETER_BYTES:
+        return command(problem, schedule, seed, interpret=True), True
+    return command(smaller(problem), None, seed, interpret=True), False
 
 
 def smaller(problem):
