@@ -220,3 +220,10 @@ def test_default_out_dtype_is_left_out_of_the_command():
     line = command(Problem(9, 48, 96, Pattern(3, 32, 16), "tf32", c_dtype="f32"), None, 7)
     assert "--dtype tf32" in line and "--out-dtype" not in line
     assert "--dtype fp32" in command(Problem(9, 48, 96, Pattern(3, 32, 16)), None, 7)
+
+
+def test_torch_arrays_and_the_interpreter_are_refused_together():
+    r = nmgen("check", "--shape", "17x100x64", "--pattern", "2:4", "--interpret", "--array", "torch")
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "--array torch passes GPU tensors; the CPU interpreter (--interpret) takes numpy arrays: leave out one of "
+        "the two") and "Traceback" not in r.stderr, r.stderr

@@ -35,6 +35,9 @@ def run(args):
     from ..checking import command, random_inputs, run_gpu, run_interpreter, verdict
     from ..ir.device import for_arch
     problem = problem_from(args)
+    if args.interpret and args.array != "numpy":
+        raise NMGenError(f"--array {args.array} passes GPU tensors; the CPU interpreter (--interpret) takes numpy "
+                         f"arrays: leave out one of the two")
     gpu = current_device()
     given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
     if not args.interpret and gpu is None:
@@ -58,7 +61,7 @@ def run(args):
         validate(problem, schedule, dev, a_rows)
         seconds, nbytes = estimate_cost(problem, schedule)
         within_interpreter_limits(problem, seconds, nbytes, seed)
-        print(f"CPU interpreter: about {seconds:.1f} s and {nbytes / 2**20:.0f} MB at most", flush=True)
+        print(f"CPU interpreter: about {max(seconds, 0.1):.1f} s and {max(nbytes / 2**20, 1):.0f} MB at most", flush=True)
         C, where = run_interpreter(problem, schedule, A, B), "CPU interpreter"
     else:
         from ..api import compile
