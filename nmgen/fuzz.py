@@ -20,7 +20,6 @@ interpreter runs small cases.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -373,7 +372,3 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
             "failed": [{"case": o.case.to_dict(), "detail": o.detail, "reproduce": o.case.command(interpret)}
                        for o in failed]}
 
-
-def write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)

@@ -140,8 +140,10 @@ GUARD = [
     ("ptx -o no dir", ["ptx", *SHAPE, "-o", "/no/such/dir/k.ptx"], {}, False, "/no/such/dir of /no/such/dir/k.ptx does not exist"),
     ("export -o no dir", ["db", "export", "-o", "/no/such/dir/x"], {}, False, "/no/such/dir of /no/such/dir/x does not exist"),
     ("ptx -o under a file", ["ptx", *SHAPE, "-o", "{random}/k.ptx"], {}, False, "{random} (in {random}/k.ptx) is not a directory"),
-    ("export -o db", ["db", "export", "--db", "{t.db}", "-o", "{t.db}"], {}, False, "is the tuning database itself"),
-    ("export -o NMGEN_DB", ["db", "export", "-o", "{t.db}"], {"NMGEN_DB": "{t.db}"}, False, "is the tuning database itself"),
+    ("export -o db", ["db", "export", "--db", "{t.db}", "-o", "{t.db}", "--force"], {}, False,
+     "is the tuning database itself"),
+    ("export -o NMGEN_DB", ["db", "export", "-o", "{t.db}", "--force"], {"NMGEN_DB": "{t.db}"}, False,
+     "is the tuning database itself"),
     ("export -o read-only", ["db", "export", "-o", "{out}/ro.txt"], {"NMGEN_DB": os.devnull}, True,
      "{out}/ro.txt is read-only"),
     ("export -o unwritable dir", ["db", "export", "-o", "{ro_home}/x"], {"NMGEN_DB": os.devnull}, True,
@@ -334,6 +336,49 @@ def test_export_to_a_device_writes_through_it(tmp_path):
     r = nmgen("db", "export", "--db", str(tmp_path / "t.db"), "-o", os.devnull)
     assert r.returncode == 0 and "exported 1 records" in r.stdout, r.stderr
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)                    # still the device, not a file
+
+
+# ---- an output file that exists is replaced only with --force ----------------------------------------
+OUTPUTS = {"ptx -o": ["ptx", *SHAPE, "-o"], "db export -o": ["db", "export", "-o"],
+           "db quality --json": ["db", "quality", "--json"], "bench --json": ["bench", "--json"],
+           "bench --markdown": ["bench", "--markdown"], "bench --plot": ["bench", "--plot"],
+           "fuzz --json": ["fuzz", "--interpret", "--cases", "1", "--quiet", "--json"]}
+
+
+@pytest.mark.parametrize("args", OUTPUTS.values(), ids=OUTPUTS.keys())
+def test_an_existing_output_file_is_refused_without_force(tmp_path, args):
+    mine = tmp_path / "mine.png"
+    mine.write_text("keep\n")
+    line = error_line(nmgen(*args, str(mine)))
+    assert line.endswith(f"error: {mine} already exists; pass --force to replace it, or give another file"), line
+    assert mine.read_text() == "keep\n"
+
+
+def test_force_replaces_an_existing_output_file(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep\n")
+    r = nmgen("ptx", *SHAPE, "-o", str(mine), "--force")
+    assert r.returncode == 0, r.stderr
+    assert ".visible .entry" in mine.read_text()
+
+
+def test_every_output_option_comes_with_force():
+    """Every option whose value is a file nmgen writes is declared through add_output_arg, with --force."""
+    from nmgen.cli import build_parser
+    from nmgen.cli.common import output_file
+
+    def commands(parser, name):
+        yield name, parser
+        for a in parser._actions:
+            if isinstance(a.choices, dict):                  # the sub-commands
+                for sub, q in a.choices.items():
+                    yield from commands(q, f"{name} {sub}")
+    seen = 0
+    for name, parser in commands(build_parser(), "nmgen"):
+        if any(a.type is output_file for a in parser._actions):
+            seen += 1
+            assert any(a.option_strings == ["--force"] for a in parser._actions), name
+    assert seen == 5                        # ptx, db export, db quality, bench, fuzz
 
 
 def test_schedule_that_looks_like_json_is_not_taken_for_a_path():

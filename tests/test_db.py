@@ -366,7 +366,7 @@ def test_export_onto_the_database_itself_is_refused(tmp_path):
     TuningDB(path).record(rec("h", 3.0))
     before = path.read_bytes()
     for out in (str(path), str(tmp_path / "." / "t.db"), str(path) + "-wal"):
-        line = one_line_error(nmgen("db", "export", "--db", str(path), "-o", out))
+        line = one_line_error(nmgen("db", "export", "--db", str(path), "-o", out, "--force"))
         assert "is the tuning database itself" in line, line
     assert path.read_bytes() == before
     assert TuningDB(path).best(P, "dev", "tc")["median_us"] == 3.0
@@ -384,11 +384,11 @@ def test_an_export_that_fails_midway_leaves_the_old_output(tmp_path, monkeypatch
 
     with monkeypatch.context() as m:
         m.setattr(TuningDB, "export", broken)
-        assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 2
+        assert main(["db", "export", "--db", str(path), "-o", str(out), "--force"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert out.read_text() == "the previous export\n"
     assert [f for f in os.listdir(tmp_path) if not f.startswith("t.db")] == ["x.jsonl"]   # no temporary left
-    assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 0
+    assert main(["db", "export", "--db", str(path), "-o", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["schedule_hash"] == "h"
 
 

@@ -38,8 +38,10 @@ def one_line(message: str) -> str:
 
 
 def main(argv=None) -> int:
+    from .common import refuse_existing_outputs
     args = build_parser().parse_args(argv)
     try:
+        refuse_existing_outputs(args)          # before any work: nothing the user has is replaced unasked
         return int(args.run(args) or 0)
     except NMGenError as e:
         print(f"nmgen {args.command}: error: {one_line(str(e))}", file=sys.stderr)

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
-from .common import add_db_arg, add_problem_args, atomic_output, output_file, problem_from, read_text, same_file
+from .common import add_db_arg, add_output_arg, add_problem_args, atomic_output, problem_from, read_text, same_file
 
 
 def register(sub):
@@ -29,11 +29,11 @@ def register(sub):
         if name in ("best", "show"):
             add_problem_args(q)
         if name == "export":
-            q.add_argument("-o", "--output", metavar="FILE", type=output_file)
+            add_output_arg(q, "-o", "--output", metavar="FILE", help="write the records here instead of standard output")
         if name == "import":
             q.add_argument("file", metavar="FILE")
         if name == "quality":
-            q.add_argument("--json", metavar="FILE", type=output_file, help="also write the numbers as JSON")
+            add_output_arg(q, "--json", metavar="FILE", help="also write the numbers as JSON")
             q.add_argument("--current-model", action="store_true",
                            help="judge today's model: predict again from each record's schedule and registers")
         q.set_defaults(run=run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import at_least, positive_int
+from .common import add_output_arg, at_least, atomic_output, positive_int
 
 
 def register(sub):
@@ -31,7 +31,7 @@ def register(sub):
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="start no case after this many seconds; the summary covers the cases run (Ctrl-C "
                         "does the same)")
-    p.add_argument("--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
+    add_output_arg(p, "--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -80,7 +80,9 @@ def run(args):
     for key, c in s["counts"].items():
         print(f"  {key:12s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     if args.json:
-        fz.write_json(args.json, s)
+        import json
+        with atomic_output(args.json) as f:
+            json.dump(s, f, indent=1)
     return 1 if s["failures"] else 0
 
 
