@@ -177,6 +177,19 @@ def test_a_file_that_is_not_an_nmgen_database_is_refused_unchanged(tmp_path, mak
     assert path.read_bytes() == before
 
 
+def test_a_reader_creates_neither_the_file_nor_its_directory(tmp_path):
+    from nmgen.db import MissingDatabase
+    from nmgen.search.choose import open_db
+    path = tmp_path / "zz" / "x.db"
+    with pytest.raises(MissingDatabase, match=f"no tuning database at {path}"):
+        TuningDB(path, create=False)
+    with pytest.raises(MissingDatabase):
+        open_db(path, create=False)
+    assert list(tmp_path.iterdir()) == []
+    TuningDB(path).record(rec("h", 3.0))                      # a writer creates it; then a reader reads it
+    assert TuningDB(path, create=False).best(P, "dev", "tc")["median_us"] == 3.0
+
+
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(DatabaseError, match="is a directory"):
         TuningDB(tmp_path)

@@ -46,7 +46,7 @@ def run(args):
     if args.op == "export" and args.output:
         _not_the_database(args.output, args.db or default_path())
     text = read_text(args.file, "import file") if args.op == "import" else None   # before touching the database
-    db = open_db(args.db)
+    db = open_db(args.db, create=args.op == "import")     # the others only read: a missing database is an error
     if args.op == "list":
         rows = db.summary()
         print(f"{db.path}: {len(rows)} problem/device/toolchain group(s)")
