@@ -185,6 +185,8 @@ GUARD = [
     # NMGEN_PTXAS
     ("ptxas missing", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/no/such/ptxas"}, False,
      "NMGEN_PTXAS=/no/such/ptxas does not exist"),
+    ("ptxas fails silently", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/bin/false"}, False,
+     "error: ptxas at /bin/false exited with status 1 and printed nothing: is NMGEN_PTXAS a ptxas?"),
     ("ptxas no cubin", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/bin/true"}, False, "wrote no cubin"),
     ("ptxas not executable", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{not_exec}"}, False, "is not executable"),
     ("ptxas dir", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{dir}"}, False, "does not exist (or is not a file)"),
