@@ -169,6 +169,10 @@ GUARD = [
     ("shapes random", ["search", "--shapes", "{random}", "--dry-run"], {}, False, "is not a"),
     ("shapes dir", ["search", "--shapes", "{dir}"], {}, False, "--shapes {dir} is a directory"),
     ("shapes empty", ["search", "--shapes", "{empty.txt}"], {}, False, "lists no problems"),
+    ("shapes and shape", ["search", "--shape", "128x128x128", "--pattern", "2:4", "--shapes", "{bad_v.txt}",
+                          "--dry-run"], {}, False,
+     "--shape 128x128x128 --pattern 2:4 and --shapes {bad_v.txt} both name problems; give one problem with "
+     "--shape/--pattern or a file of them with --shapes, not both"),
     ("shapes missing", ["search", "--shapes", "/no/such/shapes.txt"], {}, False, "/no/such/shapes.txt does not exist"),
     ("suite bogus", ["bench", "--suite", "bogus"], {}, False, "--suite 'bogus' is neither paper6, decode, odd"),
     ("suite dir", ["bench", "--suite", "{dir}"], {}, False, "--suite {dir} is a directory"),
