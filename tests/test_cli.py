@@ -447,6 +447,14 @@ def test_help_lists_the_commands():
     assert r.returncode == 0 and "ptx" in r.stdout and "check" in r.stdout
 
 
+def test_python_m_nmgen_is_the_nmgen_command():
+    r = subprocess.run([sys.executable, "-m", "nmgen", "ptx", *SHAPE], capture_output=True, text=True)
+    assert r.returncode == 0 and ".visible .entry nmspmm_64x64x64_2_4" in r.stdout, r.stderr
+    assert "nmgen ptx: error: argument --pattern" in error_line(
+        subprocess.run([sys.executable, "-m", "nmgen", "ptx", "--shape", "64x64x64", "--pattern"],
+                       capture_output=True, text=True))
+
+
 def test_search_dry_run_needs_no_gpu(tmp_path):
     r = nmgen("search", "--shape", "256x2048x2048", "--pattern", "8:32", "--vector", "32", "--dry-run", "--topk", "3",
               "--db", str(tmp_path / "t.db"))
