@@ -479,6 +479,28 @@ def test_search_and_db_bad_input(tmp_path, args, match):
     assert match in error_line(r)
 
 
+def test_db_quality_of_an_empty_database_says_there_is_nothing_to_judge(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "t.db").close()
+    line = error_line(nmgen("db", "quality", "--db", str(tmp_path / "t.db"), "--json", str(tmp_path / "q.json")))
+    assert line == f"nmgen db: error: no records to judge in {tmp_path / 't.db'}; run `nmgen search` first"
+    assert not (tmp_path / "q.json").exists()
+
+
+def test_db_import_reads_standard_input(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "a.db").record({"problem_key": "64x64x64:2:4:1:f32", "schedule_hash": "h", "device_key": "d",
+                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0,
+                                        "schedule": '{"stages": 2}'})
+    exported = nmgen("db", "export", "--db", str(tmp_path / "a.db")).stdout
+    r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "b.db")],
+                       input=exported, capture_output=True, text=True)
+    assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "b.db")],
+                       input="[1]\n", capture_output=True, text=True)
+    assert "error: standard input: 1 bad line(s), nothing imported: line 1 is a JSON list" in error_line(r)
+
+
 def test_db_export_import_round_trip(tmp_path):
     from nmgen.db import TuningDB
     TuningDB(tmp_path / "a.db").record({"problem_key": "64x64x64:2:4:1:f32", "schedule_hash": "h", "device_key": "d",

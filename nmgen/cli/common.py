@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
 
 from ..errors import NMGenError, ScheduleError
@@ -119,8 +120,19 @@ def _mode_for(target: str) -> int:
 
 
 def read_text(path: str, what: str) -> str:
-    """The text of the file `path` (`what` names it in errors, e.g. "--shapes"); NMGenError, one
-    line, for a missing, unreadable, binary or non-UTF-8 file, or a directory."""
+    """The text of the file `path`, or of standard input for "-" (`what` names it in errors, e.g.
+    "--shapes"); NMGenError, one line, for a missing, unreadable, binary or non-UTF-8 file, or a
+    directory."""
+    if path == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NMGenError(f"{what} on standard input is not UTF-8 text (byte {e.start}); give text") from None
+        except (OSError, AttributeError, ValueError) as e:           # closed, or no standard input at all
+            raise NMGenError(f"cannot read {what} from standard input ({e})") from None
+        if "\x00" in text:
+            raise NMGenError(f"{what} on standard input is not text (it holds NUL bytes); give text")
+        return text
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

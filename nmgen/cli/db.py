@@ -31,7 +31,7 @@ def register(sub):
         if name == "export":
             add_output_arg(q, "-o", "--output", metavar="FILE", help="write the records here instead of standard output")
         if name == "import":
-            q.add_argument("file", metavar="FILE")
+            q.add_argument("file", metavar="FILE", help="JSON lines of `nmgen db export`; - for standard input")
         if name == "quality":
             add_output_arg(q, "--json", metavar="FILE", help="also write the numbers as JSON")
             q.add_argument("--current-model", action="store_true",
@@ -72,8 +72,11 @@ def run(args):
     if args.op == "quality":
         import json
         from ..search.quality import quality
+        groups = db.summary()
+        if not groups:                   # as `db best`: nothing recorded is an error, not a silent success
+            raise NMGenError(f"no records to judge in {db.path}; run `nmgen search` first")
         out = []
-        for g in db.summary():
+        for g in groups:
             rows = db.rows(g["problem_key"], g["device_key"], toolchain_key=g["toolchain_key"])
             if args.current_model:
                 rows = [dict(r, model_us=_predict_again(r)) for r in rows]
@@ -102,7 +105,7 @@ def run(args):
         try:
             n = db.import_(io.StringIO(text))
         except NMGenError as e:
-            raise NMGenError(f"{args.file}: {e}") from None
+            raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
         print(f"imported {n} records into {db.path}")
         return 0
 
