@@ -53,6 +53,8 @@ def unprivileged() -> list[str]:
     (["ptx", "--shape", "64x64x64", "--pattern", "2:4", "--schedule", '{"warp_m": 48}'], "cannot run"),
     (["check", "--shape", "4096x4096x4096", "--pattern", "2:4", "--interpret"], "would take the CPU interpreter about"),
     (["ptx", "--shape", "64x64x64"], "required: --pattern"),
+    (["ptx", "--shape", "64x64x64", "--pattern", "-1:32"], "error: pattern n=-1 must be between 1 and m=32"),
+    (["ptx", "--shape", "-64x64x64", "--pattern", "2:4"], "error: shape '-64x64x64': M, N and K must all be at least 1"),
 ])
 def test_bad_input_is_one_clear_line(args, match):
     r = nmgen(*args)

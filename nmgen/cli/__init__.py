@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..errors import NMGenError
@@ -9,9 +10,19 @@ from ..errors import NMGenError
 COMMANDS = ("ptx", "check", "search", "db", "bench", "fuzz")
 
 
+# a negative shape or pattern (-64x64x64, -1:32): argparse would take it for an option and say only
+# "expected one argument"; as a value it reaches nmgen's own check, which says what is wrong with it
+_NEGATIVE_VALUE = re.compile(r"-\d+[x:][-\dx:]*")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit status 2
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _parse_optional(self, arg_string):
+        if _NEGATIVE_VALUE.fullmatch(arg_string):
+            return None                     # a value, not an option
+        return super()._parse_optional(arg_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
