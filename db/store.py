@@ -74,6 +74,10 @@ class DatabaseError(NMGenError, RuntimeError):
     """A tuning database file that cannot be opened, read or written as asked; the message names it."""
 
 
+class MissingDatabase(DatabaseError):
+    """No tuning database at the path a reader asked for (nothing was created there)."""
+
+
 class RecordError(NMGenError, ValueError):
     """A tuning record (or a line of an import) that is not what nmgen writes; the message says why."""
 
@@ -88,13 +92,16 @@ def default_path() -> Path:
 
 
 class TuningDB:
-    def __init__(self, path: str | os.PathLike | None = None):
-        """Open (or create) the tuning database at `path` (default: `default_path()`).
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
+        """Open (or, with `create`, create) the tuning database at `path` (default: `default_path()`).
 
         Raises DatabaseError, having changed nothing, for a directory, a file that is not SQLite,
         an SQLite file of another application, a database of a newer nmgen or with changed
-        columns, or a file it can neither open nor create. A read-only file opens for reading."""
+        columns, or a file it can neither open nor create; MissingDatabase, creating neither the
+        file nor its directory, where there is no file and not `create` (a reader: `nmgen db
+        list`, the lookups of nmgen.compile). A read-only file opens for reading."""
         self.path = Path(path) if path else default_path()
+        self.create = create
         self._lock = threading.RLock()
         self._warned: set = set()
         self.readonly = False
@@ -120,6 +127,9 @@ class TuningDB:
                 raise DatabaseError(f"the tuning database {p} is not a regular file; give a file path (--db FILE)")
             wal = _check_header(p)
             self.readonly = not (os.access(p, os.W_OK) and os.access(p.parent, os.W_OK))
+        elif not self.create:
+            raise MissingDatabase(f"no tuning database at {p} (`nmgen search` or `nmgen db import` creates one); "
+                                  f"check --db or NMGEN_DB")
         else:
             wal = False
             if p.parent.exists() and not p.parent.is_dir():
@@ -133,7 +143,8 @@ class TuningDB:
             if not os.access(p.parent, os.W_OK):
                 raise DatabaseError(f"cannot create the tuning database {p}: {p.parent} is not writable; "
                                     f"give a writable --db or NMGEN_DB")
-        uri = f"file:{urllib.parse.quote(str(p.absolute()))}?mode={'ro' if self.readonly else 'rwc'}"
+        mode = "ro" if self.readonly else "rwc" if self.create else "rw"      # rw: never creates the file
+        uri = f"file:{urllib.parse.quote(str(p.absolute()))}?mode={mode}"
         if self.readonly and wal and not Path(f"{p}-shm").exists():
             # reading a WAL file needs its -shm index, which cannot be created here; with no -wal
             # content the main file is the whole database, and SQLite may read it as unchanging

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from .errors import NMGenError, PatternError, ShapeError
 
-_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-_SHAPE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+_PATTERN_RE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")     # a sign: the range checks say what is wrong
+_SHAPE_RE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 
 # Indices are stored as uint8 up to m=256 and uint16 beyond; a window larger than this is no
 # longer "structured" sparsity in any useful sense.

@@ -20,7 +20,6 @@ interpreter runs small cases.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -275,11 +274,19 @@ def _run_empty_batch(case: Case, interpret: bool) -> Outcome:
     return Outcome(case, ok, f"empty batch gave {type(C).__name__} {shape} {dtype}")
 
 
+class Outcomes(list):
+    """A fuzz run's outcomes, in order, and why fewer than the drawn cases ran: `skipped`, drawn
+    cases too large for the interpreter (not run); `stopped`, what ended the run before its last
+    case (the time limit, Ctrl-C, a CUDA error that left the context unusable), else None."""
+    skipped: int = 0
+    stopped: str | None = None
+
+
 def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limits | None = None,
          arrays=("numpy",), dtypes=DTYPES, workers: int | None = None, progress: bool = True,
-         on_failure=None, time_limit_s: float | None = None) -> list[Outcome]:
+         on_failure=None, time_limit_s: float | None = None) -> Outcomes:
     """Draw and check `cases` cases of `dtypes` from `seed`; `on_failure(outcome)` is called as
-    failures happen.
+    failures happen. Interpreted, a drawn case too large for the interpreter is skipped (counted).
     A launch that leaves the CUDA context unusable (an illegal address) ends the run: it is the
     last outcome, failed. After `time_limit_s` seconds (wall clock), or on Ctrl-C, no further case
     starts and the cases run so far are returned (the same seed draws the same cases, so a shorter
@@ -291,14 +298,17 @@ def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limi
     rng = np.random.default_rng(seed)
     limits = limits or (CPU_LIMITS if interpret else GPU_LIMITS)
     drawn = [draw_case(rng, device, limits, arrays, dtypes) for _ in range(cases)]
+    out = Outcomes()
     if interpret:
-        drawn = [c for c in drawn if c.M == 0 or _fits_interpreter(c)]
-    out = []
+        fits = [c for c in drawn if c.M == 0 or _fits_interpreter(c)]
+        out.skipped = len(drawn) - len(fits)
+        drawn = fits
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     bar = tqdm(total=len(drawn), desc="fuzz", unit="case", disable=not progress, dynamic_ncols=True)
     try:
         for case, compiled in _compiled(drawn, device, interpret, workers):
             if deadline is not None and time.monotonic() > deadline:
+                out.stopped = "the time limit"
                 break
             try:
                 o = run_case(case, device, interpret, compiled)
@@ -309,6 +319,7 @@ def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limi
                     on_failure(o)
                 if e.code in ("CUDA_ERROR_ILLEGAL_ADDRESS", "CUDA_ERROR_LAUNCH_FAILED", "CUDA_ERROR_MISALIGNED_ADDRESS",
                               "CUDA_ERROR_ILLEGAL_INSTRUCTION"):
+                    out.stopped = f"{e.code}, which leaves the GPU unusable"
                     break
                 continue
             except Exception as e:  # noqa: BLE001 - any error of a case is its failure, reported, not a crash
@@ -318,7 +329,7 @@ def fuzz(cases: int, seed: int, device: Device, *, interpret: bool, limits: Limi
                 on_failure(o)
             bar.update(1)
     except KeyboardInterrupt:
-        pass                                  # the cases run so far are the result
+        out.stopped = "Ctrl-C"                # the cases run so far are the result
     finally:
         bar.close()
     return out
@@ -369,11 +380,8 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
             counts[key][str(v)] += 1
     failed = [o for o in outcomes if not o.ok]
     return {"device": device.name, "where": "CPU interpreter" if interpret else device.name, "seed": seed,
-            "cases": len(outcomes), "failures": len(failed), "counts": counts,
+            "cases": len(outcomes), "failures": len(failed), "skipped": getattr(outcomes, "skipped", 0),
+            "stopped": getattr(outcomes, "stopped", None), "counts": counts,
             "failed": [{"case": o.case.to_dict(), "detail": o.detail, "reproduce": o.case.command(interpret)}
                        for o in failed]}
 
-
-def write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)

@@ -23,16 +23,29 @@ _model_choice_by_b: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _model_lock = threading.Lock()
 
 
-def open_db(path=None):
+def open_db(path=None, create: bool = True):
     """The tuning database at `path` (default: $NMGEN_DB or the user cache), opened once per process
-    and usable from any thread. DatabaseError (nmgen.db) if the file cannot be nmgen's database."""
+    and usable from any thread. DatabaseError (nmgen.db) if the file cannot be nmgen's database;
+    MissingDatabase, creating nothing, if there is none and not `create` (only writers create it)."""
     from ..db import TuningDB, default_path
     key = str(path or default_path())
     with _lock:
         db = _dbs.get(key)
         if db is None:
-            db = _dbs[key] = TuningDB(key)
+            db = _dbs[key] = TuningDB(key, create=create)
         return db
+
+
+def _for_reading(db):
+    """`db`, else the default database opened for reading; None where there is no file (no
+    records: a lookup creates neither the database nor its directory)."""
+    from ..db import MissingDatabase
+    if db is not None:
+        return db
+    try:
+        return open_db(create=False)
+    except MissingDatabase:
+        return None
 
 
 def close_dbs() -> None:
@@ -64,7 +77,9 @@ def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
     """The database's fastest schedule for this problem, device and toolchain, or None; invalid
     records are skipped (with a warning naming the database) for the next valid one."""
     from ..toolchain import toolchain_key
-    db = db or open_db()
+    db = _for_reading(db)
+    if db is None:
+        return None
     keys = (problem.key(), device.key(), toolchain_key(device.arch, device.driver))
     rec = db.best(*keys)
     if rec is None:
@@ -79,7 +94,9 @@ def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[
     """The database's n fastest schedules for this problem, device and toolchain (distinct: a
     schedule has one record per problem, device and toolchain); invalid records are skipped."""
     from ..toolchain import toolchain_key
-    db = db or open_db()
+    db = _for_reading(db)
+    if db is None:
+        return []
     rows = db.rows(problem.key(), device.key(), status="ok", toolchain_key=toolchain_key(device.arch, device.driver))
     return _usable(db, problem, device, rows, n)
 

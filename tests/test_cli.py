@@ -53,6 +53,8 @@ def unprivileged() -> list[str]:
     (["ptx", "--shape", "64x64x64", "--pattern", "2:4", "--schedule", '{"warp_m": 48}'], "cannot run"),
     (["check", "--shape", "4096x4096x4096", "--pattern", "2:4", "--interpret"], "would take the CPU interpreter about"),
     (["ptx", "--shape", "64x64x64"], "required: --pattern"),
+    (["ptx", "--shape", "64x64x64", "--pattern", "-1:32"], "error: pattern n=-1 must be between 1 and m=32"),
+    (["ptx", "--shape", "-64x64x64", "--pattern", "2:4"], "error: shape '-64x64x64': M, N and K must all be at least 1"),
 ])
 def test_bad_input_is_one_clear_line(args, match):
     r = nmgen(*args)
@@ -129,10 +131,11 @@ GUARD = [
     ("db import into read-only", ["db", "import", os.devnull, "--db", "{ro.db}"], {}, True, "is read-only"),
     ("search read-only db", ["search", *SHAPE, "--db", "{ro.db}"], {}, True, "is read-only"),
     ("bench read-only db", ["bench", "--db", "{ro.db}"], {}, True, "is read-only"),
-    ("db list unwritable home", ["db", "list"], {**NO_DB, "HOME": "{ro_home}"}, True,
+    ("db import unwritable home", ["db", "import", os.devnull], {**NO_DB, "HOME": "{ro_home}"}, True,
      "cannot create the tuning database's directory"),
-    ("db parent is a file", ["db", "list", "--db", "{random}/t.db"], {}, False,
+    ("db parent is a file", ["db", "import", os.devnull, "--db", "{random}/t.db"], {}, False,
      "cannot create the tuning database {random}/t.db: {random} is not a directory"),
+    ("db list missing", ["db", "list", "--db", "{random}/t.db"], {}, False, "no tuning database at {random}/t.db"),
     ("search db dir", ["search", *SHAPE, "--db", "{dir}"], {}, False, "is a directory"),
     ("bench db random", ["bench", "--db", "{random}"], {}, False, "is not an SQLite database"),
     # outputs
@@ -140,8 +143,10 @@ GUARD = [
     ("ptx -o no dir", ["ptx", *SHAPE, "-o", "/no/such/dir/k.ptx"], {}, False, "/no/such/dir of /no/such/dir/k.ptx does not exist"),
     ("export -o no dir", ["db", "export", "-o", "/no/such/dir/x"], {}, False, "/no/such/dir of /no/such/dir/x does not exist"),
     ("ptx -o under a file", ["ptx", *SHAPE, "-o", "{random}/k.ptx"], {}, False, "{random} (in {random}/k.ptx) is not a directory"),
-    ("export -o db", ["db", "export", "--db", "{t.db}", "-o", "{t.db}"], {}, False, "is the tuning database itself"),
-    ("export -o NMGEN_DB", ["db", "export", "-o", "{t.db}"], {"NMGEN_DB": "{t.db}"}, False, "is the tuning database itself"),
+    ("export -o db", ["db", "export", "--db", "{t.db}", "-o", "{t.db}", "--force"], {}, False,
+     "is the tuning database itself"),
+    ("export -o NMGEN_DB", ["db", "export", "-o", "{t.db}", "--force"], {"NMGEN_DB": "{t.db}"}, False,
+     "is the tuning database itself"),
     ("export -o read-only", ["db", "export", "-o", "{out}/ro.txt"], {"NMGEN_DB": os.devnull}, True,
      "{out}/ro.txt is read-only"),
     ("export -o unwritable dir", ["db", "export", "-o", "{ro_home}/x"], {"NMGEN_DB": os.devnull}, True,
@@ -166,6 +171,10 @@ GUARD = [
     ("shapes random", ["search", "--shapes", "{random}", "--dry-run"], {}, False, "is not a"),
     ("shapes dir", ["search", "--shapes", "{dir}"], {}, False, "--shapes {dir} is a directory"),
     ("shapes empty", ["search", "--shapes", "{empty.txt}"], {}, False, "lists no problems"),
+    ("shapes and shape", ["search", "--shape", "128x128x128", "--pattern", "2:4", "--shapes", "{bad_v.txt}",
+                          "--dry-run"], {}, False,
+     "--shape 128x128x128 --pattern 2:4 and --shapes {bad_v.txt} both name problems; give one problem with "
+     "--shape/--pattern or a file of them with --shapes, not both"),
     ("shapes missing", ["search", "--shapes", "/no/such/shapes.txt"], {}, False, "/no/such/shapes.txt does not exist"),
     ("suite bogus", ["bench", "--suite", "bogus"], {}, False, "--suite 'bogus' is neither paper6, decode, odd"),
     ("suite dir", ["bench", "--suite", "{dir}"], {}, False, "--suite {dir} is a directory"),
@@ -182,6 +191,8 @@ GUARD = [
     # NMGEN_PTXAS
     ("ptxas missing", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/no/such/ptxas"}, False,
      "NMGEN_PTXAS=/no/such/ptxas does not exist"),
+    ("ptxas fails silently", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/bin/false"}, False,
+     "error: ptxas at /bin/false exited with status 1 and printed nothing: is NMGEN_PTXAS a ptxas?"),
     ("ptxas no cubin", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/bin/true"}, False, "wrote no cubin"),
     ("ptxas not executable", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{not_exec}"}, False, "is not executable"),
     ("ptxas dir", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{dir}"}, False, "does not exist (or is not a file)"),
@@ -262,8 +273,7 @@ def test_ptx_works_when_the_cache_directory_cannot_be_written(inputs):
     r = nmgen("ptx", *SHAPE, "-o", str(out), env={**NO_DB, "HOME": inputs["ro_home"]}, prefix=unprivileged())
     assert r.returncode == 0, r.stderr
     assert ".visible .entry" in out.read_text()
-    warning = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(warning) == 1 and "using the model's choice" in warning[0] and "Permission denied" in warning[0], r.stderr
+    assert not r.stderr.strip()                    # the database is only read: a missing one has no records
     assert os.listdir(inputs["ro_home"]) == []
 
 
@@ -284,7 +294,7 @@ def test_the_tests_use_a_private_database_and_never_the_home_cache(tmp_path, pri
     r = nmgen("ptx", *SHAPE, env={"HOME": str(home)})        # opens the default database (NMGEN_DB: this test's)
     assert r.returncode == 0 and not r.stderr, r.stderr
     assert list(home.iterdir()) == []                         # nothing under $HOME/.cache
-    assert private_tuning_db.exists()
+    assert not private_tuning_db.exists()                     # and ptx only reads: nothing created there either
 
 
 # ---- item 14: options read as given ----------------------------------------------------------------
@@ -336,6 +346,80 @@ def test_export_to_a_device_writes_through_it(tmp_path):
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)                    # still the device, not a file
 
 
+# ---- a database is created only by a command that writes records ------------------------------------
+@pytest.mark.parametrize("op", [["list"], ["best", *SHAPE], ["show", *SHAPE], ["quality"], ["export"]])
+def test_a_db_reader_reports_a_missing_database_and_creates_nothing(tmp_path, op):
+    path = tmp_path / "zz" / "sub" / "x.db"
+    for how in (["--db", str(path)], []):
+        line = error_line(nmgen("db", *op, *how, env={"NMGEN_DB": str(path)}))
+        assert f"error: no tuning database at {path} (`nmgen search` or `nmgen db import` creates one)" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["ptx", *SHAPE], ["check", *SHAPE, "--interpret"]], ids=["ptx", "check"])
+def test_a_lookup_creates_no_database(tmp_path, args):
+    r = nmgen(*args, env={"NMGEN_DB": str(tmp_path / "zz" / "sub" / "x.db")})
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_creates_no_database(tmp_path, monkeypatch):
+    import nmgen
+    monkeypatch.setenv("NMGEN_DB", str(tmp_path / "zz" / "x.db"))
+    assert nmgen.compile("64x64x64", pattern="2:4").ptx
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_import_creates_the_database_and_its_folders(tmp_path):
+    path = tmp_path / "zz" / "sub" / "x.db"
+    r = nmgen("db", "import", os.devnull, "--db", str(path))
+    assert r.returncode == 0 and "imported 0 records" in r.stdout, r.stderr
+    assert path.is_file()
+
+
+# ---- an output file that exists is replaced only with --force ----------------------------------------
+OUTPUTS = {"ptx -o": ["ptx", *SHAPE, "-o"], "db export -o": ["db", "export", "-o"],
+           "db quality --json": ["db", "quality", "--json"], "bench --json": ["bench", "--json"],
+           "bench --markdown": ["bench", "--markdown"], "bench --plot": ["bench", "--plot"],
+           "fuzz --json": ["fuzz", "--interpret", "--cases", "1", "--quiet", "--json"]}
+
+
+@pytest.mark.parametrize("args", OUTPUTS.values(), ids=OUTPUTS.keys())
+def test_an_existing_output_file_is_refused_without_force(tmp_path, args):
+    mine = tmp_path / "mine.png"
+    mine.write_text("keep\n")
+    line = error_line(nmgen(*args, str(mine)))
+    assert line.endswith(f"error: {mine} already exists; pass --force to replace it, or give another file"), line
+    assert mine.read_text() == "keep\n"
+
+
+def test_force_replaces_an_existing_output_file(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("keep\n")
+    r = nmgen("ptx", *SHAPE, "-o", str(mine), "--force")
+    assert r.returncode == 0, r.stderr
+    assert ".visible .entry" in mine.read_text()
+
+
+def test_every_output_option_comes_with_force():
+    """Every option whose value is a file nmgen writes is declared through add_output_arg, with --force."""
+    from nmgen.cli import build_parser
+    from nmgen.cli.common import output_file
+
+    def commands(parser, name):
+        yield name, parser
+        for a in parser._actions:
+            if isinstance(a.choices, dict):                  # the sub-commands
+                for sub, q in a.choices.items():
+                    yield from commands(q, f"{name} {sub}")
+    seen = 0
+    for name, parser in commands(build_parser(), "nmgen"):
+        if any(a.type is output_file for a in parser._actions):
+            seen += 1
+            assert any(a.option_strings == ["--force"] for a in parser._actions), name
+    assert seen == 5                        # ptx, db export, db quality, bench, fuzz
+
+
 def test_schedule_that_looks_like_json_is_not_taken_for_a_path():
     line = error_line(nmgen("ptx", *SHAPE, "--schedule", '{"stages": 2'))
     assert "--schedule is not valid JSON" in line
@@ -365,6 +449,14 @@ def test_help_lists_the_commands():
     assert r.returncode == 0 and "ptx" in r.stdout and "check" in r.stdout
 
 
+def test_python_m_nmgen_is_the_nmgen_command():
+    r = subprocess.run([sys.executable, "-m", "nmgen", "ptx", *SHAPE], capture_output=True, text=True)
+    assert r.returncode == 0 and ".visible .entry nmspmm_64x64x64_2_4" in r.stdout, r.stderr
+    assert "nmgen ptx: error: argument --pattern" in error_line(
+        subprocess.run([sys.executable, "-m", "nmgen", "ptx", "--shape", "64x64x64", "--pattern"],
+                       capture_output=True, text=True))
+
+
 def test_search_dry_run_needs_no_gpu(tmp_path):
     r = nmgen("search", "--shape", "256x2048x2048", "--pattern", "8:32", "--vector", "32", "--dry-run", "--topk", "3",
               "--db", str(tmp_path / "t.db"))
@@ -383,8 +475,32 @@ def test_search_dry_run_needs_no_gpu(tmp_path):
     (["db", "import", "/nonexistent.jsonl"], "does not exist"),
 ])
 def test_search_and_db_bad_input(tmp_path, args, match):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "t.db").close()                     # an empty database: no records
     r = nmgen(*args, *(["--db", str(tmp_path / "t.db")] if args[0] == "db" else []))
     assert match in error_line(r)
+
+
+def test_db_quality_of_an_empty_database_says_there_is_nothing_to_judge(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "t.db").close()
+    line = error_line(nmgen("db", "quality", "--db", str(tmp_path / "t.db"), "--json", str(tmp_path / "q.json")))
+    assert line == f"nmgen db: error: no records to judge in {tmp_path / 't.db'}; run `nmgen search` first"
+    assert not (tmp_path / "q.json").exists()
+
+
+def test_db_import_reads_standard_input(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "a.db").record({"problem_key": "64x64x64:2:4:1:f32", "schedule_hash": "h", "device_key": "d",
+                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0,
+                                        "schedule": '{"stages": 2}'})
+    exported = nmgen("db", "export", "--db", str(tmp_path / "a.db")).stdout
+    r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "b.db")],
+                       input=exported, capture_output=True, text=True)
+    assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "b.db")],
+                       input="[1]\n", capture_output=True, text=True)
+    assert "error: standard input: 1 bad line(s), nothing imported: line 1 is a JSON list" in error_line(r)
 
 
 def test_db_export_import_round_trip(tmp_path):

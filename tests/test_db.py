@@ -177,6 +177,19 @@ def test_a_file_that_is_not_an_nmgen_database_is_refused_unchanged(tmp_path, mak
     assert path.read_bytes() == before
 
 
+def test_a_reader_creates_neither_the_file_nor_its_directory(tmp_path):
+    from nmgen.db import MissingDatabase
+    from nmgen.search.choose import open_db
+    path = tmp_path / "zz" / "x.db"
+    with pytest.raises(MissingDatabase, match=f"no tuning database at {path}"):
+        TuningDB(path, create=False)
+    with pytest.raises(MissingDatabase):
+        open_db(path, create=False)
+    assert list(tmp_path.iterdir()) == []
+    TuningDB(path).record(rec("h", 3.0))                      # a writer creates it; then a reader reads it
+    assert TuningDB(path, create=False).best(P, "dev", "tc")["median_us"] == 3.0
+
+
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(DatabaseError, match="is a directory"):
         TuningDB(tmp_path)
@@ -366,7 +379,7 @@ def test_export_onto_the_database_itself_is_refused(tmp_path):
     TuningDB(path).record(rec("h", 3.0))
     before = path.read_bytes()
     for out in (str(path), str(tmp_path / "." / "t.db"), str(path) + "-wal"):
-        line = one_line_error(nmgen("db", "export", "--db", str(path), "-o", out))
+        line = one_line_error(nmgen("db", "export", "--db", str(path), "-o", out, "--force"))
         assert "is the tuning database itself" in line, line
     assert path.read_bytes() == before
     assert TuningDB(path).best(P, "dev", "tc")["median_us"] == 3.0
@@ -384,11 +397,11 @@ def test_an_export_that_fails_midway_leaves_the_old_output(tmp_path, monkeypatch
 
     with monkeypatch.context() as m:
         m.setattr(TuningDB, "export", broken)
-        assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 2
+        assert main(["db", "export", "--db", str(path), "-o", str(out), "--force"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert out.read_text() == "the previous export\n"
     assert [f for f in os.listdir(tmp_path) if not f.startswith("t.db")] == ["x.jsonl"]   # no temporary left
-    assert main(["db", "export", "--db", str(path), "-o", str(out)]) == 0
+    assert main(["db", "export", "--db", str(path), "-o", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["schedule_hash"] == "h"
 
 

@@ -96,7 +96,9 @@ def test_a_time_limit_or_ctrl_c_stops_with_the_cases_run_so_far(monkeypatch):
     """Both stop before the drawn count; what ran is a prefix of the same seed's full run."""
     import nmgen.checking as checking
     full = fuzz.fuzz(6, 4, H100, interpret=True, progress=False)
-    assert fuzz.fuzz(6, 4, H100, interpret=True, progress=False, time_limit_s=1e-9) == []
+    assert full.stopped is None
+    timed_out = fuzz.fuzz(6, 4, H100, interpret=True, progress=False, time_limit_s=1e-9)
+    assert timed_out == [] and timed_out.stopped == "the time limit"
     real, calls = checking.run_interpreter, []
 
     def interrupted_on_the_third(*a):
@@ -107,6 +109,31 @@ def test_a_time_limit_or_ctrl_c_stops_with_the_cases_run_so_far(monkeypatch):
     monkeypatch.setattr(checking, "run_interpreter", interrupted_on_the_third)
     part = fuzz.fuzz(6, 4, H100, interpret=True, progress=False)
     assert 0 < len(part) < len(full) and [o.case for o in part] == [o.case for o in full[:len(part)]]
+    assert part.stopped == "Ctrl-C"
+
+
+def test_cases_too_large_for_the_interpreter_are_reported_as_skipped_not_stopped(monkeypatch, tmp_path, capsys):
+    from nmgen.cli import main
+    real, calls = fuzz._fits_interpreter, []
+
+    def first_too_large(case):
+        calls.append(case)
+        return len(calls) > 1 and real(case)
+    monkeypatch.setattr(fuzz, "_fits_interpreter", first_too_large)
+    out = tmp_path / "fuzz.json"
+    assert main(["fuzz", "--interpret", "--cases", "3", "--seed", "4", "--quiet", "--json", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == "2 cases on CPU interpreter (seed 4): 0 failed; 1 drawn case too large for the interpreter was skipped"
+    s = json.loads(out.read_text())
+    assert (s["drawn"], s["cases"], s["skipped"], s["stopped"]) == (3, 2, 1, None)
+
+
+def test_the_summary_line_says_what_stopped_the_run():
+    from nmgen.cli.fuzz import summary_line
+    s = {"cases": 50, "where": "CPU interpreter", "seed": 0, "failures": 0, "drawn": 200, "skipped": 2,
+         "stopped": "the time limit"}
+    assert summary_line(s) == ("50 cases on CPU interpreter (seed 0): 0 failed; 2 drawn cases too large for the "
+                               "interpreter were skipped; stopped by the time limit after 50 of 198")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..errors import NMGenError
@@ -9,9 +10,19 @@ from ..errors import NMGenError
 COMMANDS = ("ptx", "check", "search", "db", "bench", "fuzz")
 
 
+# a negative shape or pattern (-64x64x64, -1:32): argparse would take it for an option and say only
+# "expected one argument"; as a value it reaches nmgen's own check, which says what is wrong with it
+_NEGATIVE_VALUE = re.compile(r"-\d+[x:][-\dx:]*")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit status 2
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _parse_optional(self, arg_string):
+        if _NEGATIVE_VALUE.fullmatch(arg_string):
+            return None                     # a value, not an option
+        return super()._parse_optional(arg_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +49,10 @@ def one_line(message: str) -> str:
 
 
 def main(argv=None) -> int:
+    from .common import refuse_existing_outputs
     args = build_parser().parse_args(argv)
     try:
+        refuse_existing_outputs(args)          # before any work: nothing the user has is replaced unasked
         return int(args.run(args) or 0)
     except NMGenError as e:
         print(f"nmgen {args.command}: error: {one_line(str(e))}", file=sys.stderr)

@@ -8,8 +8,8 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..bench import PAPER_PATTERNS, SUITES
-from .common import (add_db_arg, add_dtype_arg, at_least, atomic_output, check_tensor_core_vector, option_name,
-                     output_file, positive_int, read_text)
+from .common import (add_db_arg, add_dtype_arg, add_output_arg, at_least, atomic_output, check_tensor_core_vector,
+                     option_name, positive_int, read_text)
 
 
 def register(sub):
@@ -34,10 +34,9 @@ def register(sub):
                    help="time the database's N best schedules (ranked with L2 flushed) under the benchmark's "
                         "own conditions (L2 warm) and report the fastest; all N are in the JSON (default 3)")
     p.add_argument("--reps", type=at_least(20), default=30, help="timed runs, median reported (default 30, at least 20)")
-    p.add_argument("--json", metavar="FILE", type=output_file, help="write the results as JSON")
-    p.add_argument("--plot", metavar="FILE.png", type=output_file,
-                   help="plot speedup per shape and sparsity beside the ideal")
-    p.add_argument("--markdown", metavar="FILE.md", type=output_file, help="write a short markdown table of the results")
+    add_output_arg(p, "--json", metavar="FILE", help="write the results as JSON")
+    add_output_arg(p, "--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
+    add_output_arg(p, "--markdown", metavar="FILE.md", help="write a short markdown table of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 

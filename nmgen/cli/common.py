@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
 
 from ..errors import NMGenError, ScheduleError
@@ -33,9 +34,33 @@ positive_int = at_least(1)
 
 
 # ---- files -------------------------------------------------------------------------------------------
-def output_file(text: str) -> str:
+class OutputPath(str):
+    """A file named on the command line for nmgen to write (what `output_file` returns): `main`
+    refuses, before any work, one that already exists unless --force is given."""
+
+
+def add_output_arg(p, *flags, **kwargs):
+    """An option naming a file the command writes (type `output_file`), and --force, once per
+    command, to let it replace a file that exists."""
+    p.add_argument(*flags, type=output_file, **kwargs)
+    if not any(a.dest == "force" for a in p._actions):
+        p.add_argument("--force", action="store_true", help="replace output files that already exist")
+
+
+def refuse_existing_outputs(args) -> None:
+    """NMGenError, one line, for an output file (an OutputPath among `args`) that already exists,
+    unless --force: nothing the user has is replaced without asking. A device or a pipe
+    (/dev/null, /dev/stdout) is written through, not replaced, so it is not refused."""
+    if getattr(args, "force", False):
+        return
+    for value in vars(args).values():
+        if isinstance(value, OutputPath) and os.path.isfile(value):
+            raise NMGenError(f"{value} already exists; pass --force to replace it, or give another file")
+
+
+def output_file(text: str) -> OutputPath:
     """An argparse type: a file that can be written (not a directory, in a directory that exists
-    and is writable), checked before any work is done."""
+    and is writable), checked before any work is done (that it exists: `refuse_existing_outputs`)."""
     if not text:
         raise argparse.ArgumentTypeError("the file name is empty")
     if os.path.isdir(text):
@@ -49,7 +74,7 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot write in {parent} (permission denied); give another file")
     if os.path.exists(text) and not os.access(text, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text} is read-only; give another file")
-    return text
+    return OutputPath(text)
 
 
 @contextlib.contextmanager
@@ -95,8 +120,19 @@ def _mode_for(target: str) -> int:
 
 
 def read_text(path: str, what: str) -> str:
-    """The text of the file `path` (`what` names it in errors, e.g. "--shapes"); NMGenError, one
-    line, for a missing, unreadable, binary or non-UTF-8 file, or a directory."""
+    """The text of the file `path`, or of standard input for "-" (`what` names it in errors, e.g.
+    "--shapes"); NMGenError, one line, for a missing, unreadable, binary or non-UTF-8 file, or a
+    directory."""
+    if path == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NMGenError(f"{what} on standard input is not UTF-8 text (byte {e.start}); give text") from None
+        except (OSError, AttributeError, ValueError) as e:           # closed, or no standard input at all
+            raise NMGenError(f"cannot read {what} from standard input ({e})") from None
+        if "\x00" in text:
+            raise NMGenError(f"{what} on standard input is not text (it holds NUL bytes); give text")
+        return text
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
-from .common import add_db_arg, add_problem_args, atomic_output, output_file, problem_from, read_text, same_file
+from .common import add_db_arg, add_output_arg, add_problem_args, atomic_output, problem_from, read_text, same_file
 
 
 def register(sub):
@@ -29,11 +29,11 @@ def register(sub):
         if name in ("best", "show"):
             add_problem_args(q)
         if name == "export":
-            q.add_argument("-o", "--output", metavar="FILE", type=output_file)
+            add_output_arg(q, "-o", "--output", metavar="FILE", help="write the records here instead of standard output")
         if name == "import":
-            q.add_argument("file", metavar="FILE")
+            q.add_argument("file", metavar="FILE", help="JSON lines of `nmgen db export`; - for standard input")
         if name == "quality":
-            q.add_argument("--json", metavar="FILE", type=output_file, help="also write the numbers as JSON")
+            add_output_arg(q, "--json", metavar="FILE", help="also write the numbers as JSON")
             q.add_argument("--current-model", action="store_true",
                            help="judge today's model: predict again from each record's schedule and registers")
         q.set_defaults(run=run)
@@ -46,7 +46,7 @@ def run(args):
     if args.op == "export" and args.output:
         _not_the_database(args.output, args.db or default_path())
     text = read_text(args.file, "import file") if args.op == "import" else None   # before touching the database
-    db = open_db(args.db)
+    db = open_db(args.db, create=args.op == "import")     # the others only read: a missing database is an error
     if args.op == "list":
         rows = db.summary()
         print(f"{db.path}: {len(rows)} problem/device/toolchain group(s)")
@@ -72,8 +72,11 @@ def run(args):
     if args.op == "quality":
         import json
         from ..search.quality import quality
+        groups = db.summary()
+        if not groups:                   # as `db best`: nothing recorded is an error, not a silent success
+            raise NMGenError(f"no records to judge in {db.path}; run `nmgen search` first")
         out = []
-        for g in db.summary():
+        for g in groups:
             rows = db.rows(g["problem_key"], g["device_key"], toolchain_key=g["toolchain_key"])
             if args.current_model:
                 rows = [dict(r, model_us=_predict_again(r)) for r in rows]
@@ -102,7 +105,7 @@ def run(args):
         try:
             n = db.import_(io.StringIO(text))
         except NMGenError as e:
-            raise NMGenError(f"{args.file}: {e}") from None
+            raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
         print(f"imported {n} records into {db.path}")
         return 0
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import at_least, positive_int
+from .common import add_output_arg, at_least, atomic_output, positive_int
 
 
 def register(sub):
@@ -31,7 +31,7 @@ def register(sub):
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="start no case after this many seconds; the summary covers the cases run (Ctrl-C "
                         "does the same)")
-    p.add_argument("--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
+    add_output_arg(p, "--json", metavar="FILE", help="write the summary (counts, failures with their commands) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -75,13 +75,26 @@ def run(args):
                        dtypes=dtypes, progress=not args.quiet, on_failure=report, time_limit_s=args.time_limit)
     s = fz.summary(outcomes, args.seed, dev, args.interpret)
     s["drawn"] = args.cases
-    stopped = f" (stopped after {s['cases']} of {args.cases})" if s["cases"] < args.cases else ""
-    print(f"{s['cases']} cases on {s['where']} (seed {args.seed}): {s['failures']} failed{stopped}")
+    print(summary_line(s))
     for key, c in s["counts"].items():
         print(f"  {key:12s} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     if args.json:
-        fz.write_json(args.json, s)
+        import json
+        with atomic_output(args.json) as f:
+            json.dump(s, f, indent=1)
     return 1 if s["failures"] else 0
+
+
+def summary_line(s: dict) -> str:
+    """The run in one line: cases run and failed, then drawn cases skipped as too large for the
+    interpreter, and what stopped the run early (the time limit, Ctrl-C), each only where it happened."""
+    line = f"{s['cases']} cases on {s['where']} (seed {s['seed']}): {s['failures']} failed"
+    if s["skipped"]:
+        n = s["skipped"]
+        line += f"; {n} drawn case{'s' if n > 1 else ''} too large for the interpreter {'were' if n > 1 else 'was'} skipped"
+    if s["stopped"]:
+        line += f"; stopped by {s['stopped']} after {s['cases']} of {s['drawn'] - s['skipped']}"
+    return line
 
 
 def dtypes_of(text: str) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_problem_args, add_schedule_arg, atomic_output, output_file, problem_from, schedule_from
+from .common import add_output_arg, add_problem_args, add_schedule_arg, atomic_output, problem_from, schedule_from
 
 
 def register(sub):
@@ -13,8 +13,7 @@ def register(sub):
     p.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
                    help="target architecture (default sm_90)")
     add_schedule_arg(p)
-    p.add_argument("-o", "--output", metavar="FILE", type=output_file,
-                   help="write the PTX here instead of standard output")
+    add_output_arg(p, "-o", "--output", metavar="FILE", help="write the PTX here instead of standard output")
     p.add_argument("--resources", action="store_true",
                    help="add ptxas's report: registers, spills, stack frame, shared memory")
     p.add_argument("--ir", action="store_true", help="also show the kernel IR (as PTX comments)")

@@ -18,7 +18,7 @@ def register(sub):
                                    "stopped resumes where it stopped.")
     add_problem_args(p, required=False)
     p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line (in "
-                                                    "--dtype, with --a-major and --out-dtype)")
+                                                    "--dtype, with --a-major and --out-dtype), instead of --shape")
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",
@@ -40,6 +40,10 @@ def register(sub):
 
 
 def problems_from(args) -> list[Problem]:
+    if args.shapes and (args.shape or args.pattern):
+        given = " ".join(f"{o} {v}" for o, v in (("--shape", args.shape), ("--pattern", args.pattern)) if v)
+        raise NMGenError(f"{given} and --shapes {args.shapes} both name problems; give one problem with "
+                         f"--shape/--pattern or a file of them with --shapes, not both")
     if args.shapes:
         out = []
         for no, line in enumerate(read_text(args.shapes, "--shapes").splitlines(), 1):

@@ -113,6 +113,8 @@ def assemble_cubin(ptx: str, arch: str, kernel: str | None = None) -> tuple[Reso
         out = os.path.join(d, "k.cubin")
         r = _run([exe, f"-arch={arch}", "-v", "-O3", src, "-o", out])
         log = r.stdout + r.stderr
+        if r.returncode and not log.strip():
+            raise CompileError(_silent_failure(exe, r.returncode))
         if r.returncode:
             raise CompileError(f"ptxas rejected the PTX{' of ' + kernel if kernel else ''} for {arch}:\n{log.strip()}")
         try:
@@ -124,6 +126,15 @@ def assemble_cubin(ptx: str, arch: str, kernel: str | None = None) -> tuple[Reso
             raise CompileError(f"{exe} exited without error but wrote no cubin for {arch}; it is not CUDA's ptxas: "
                                f"point NMGEN_PTXAS at CUDA's ptxas or unset it")
     return parse_report(log), cubin
+
+
+def _silent_failure(exe: str, returncode: int) -> str:
+    """What to say of a ptxas that failed without a word: no PTX was judged, so the PTX is not blamed."""
+    how = f"exited with status {returncode}" if returncode > 0 else f"was killed by signal {-returncode}"
+    if os.environ.get("NMGEN_PTXAS"):
+        return f"ptxas at {exe} {how} and printed nothing: is NMGEN_PTXAS a ptxas? point it at CUDA's ptxas or unset it"
+    return (f"ptxas at {exe} {how} and printed nothing; reinstall the test extra (pip install 'nmgen[test]') or "
+            f"set NMGEN_PTXAS to CUDA's ptxas")
 
 
 def parse_report(log: str) -> Resources:
