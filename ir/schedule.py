@@ -100,20 +100,27 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise ScheduleError(f"unknown schedule field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**d)
 
-    @classmethod
-    def from_json(cls, text: str) -> "Schedule":
+    @staticmethod
+    def fields_of_json(text: str) -> dict:
+        """The fields a JSON object of schedule fields gives (not checked); ScheduleError if `text`
+        is not JSON or not an object."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}") from None
+            raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}; give a "
+                                f"JSON object of schedule fields, e.g. '{{\"split_k\": 2}}'") from None
         if not isinstance(d, dict):
             raise ScheduleError(f"schedule JSON must be an object of fields, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return d
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        return cls.from_dict(cls.fields_of_json(text))
 
     def hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
