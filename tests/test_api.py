@@ -121,7 +121,7 @@ def test_schedule_fields_mean_the_same_in_the_api_and_on_the_command_line():
     ("garbage", r"schedule is not valid JSON .*'garbage'; give a JSON object of schedule fields"),
     ("[2]", "schedule JSON must be an object of fields, got list"),
     (42, r"schedule must be a nmgen.Schedule, a dict of schedule fields or a JSON object of them .*got int 42"),
-    ({"split_k": 0}, r"split_k=0 is out of range"),
+    ({"split_k": 0}, r"split_k=0 is out of range: it must be at least 1 \(1: no split\)"),
     ({"split_k": "2"}, "split_k='2' must be an integer"),
 ])
 def test_bad_schedule_arguments_are_refused_by_compile_and_spmm(rng, given, match):
