@@ -46,15 +46,32 @@ ALIASES = {"float32": "f32", "fp32": "f32", "float": "f32", "tf32": "tf32", "bfl
 
 
 def dtype(name) -> DType:
-    """The DType named `name` (nmgen, numpy or torch spelling: "bf16", "bfloat16", torch.bfloat16, ...)."""
+    """The DType `name` names: nmgen's names ("f32", "tf32", "bf16", "f16"), their usual spellings
+    ("float16", "fp16", "half", ...), anything numpy takes as one of the stored types (numpy.float16,
+    numpy.dtype("<f2"), "e", ml_dtypes.bfloat16, ...) and torch dtypes (torch.bfloat16, ...).
+    ShapeError naming the supported ones for anything else."""
     if isinstance(name, DType):
         return name
-    key = str(name).replace("torch.", "")
-    try:
-        return DTYPES[ALIASES.get(key, key)]
-    except KeyError:
-        raise ShapeError(f"dtype {name!r} is not supported; nmgen computes with {', '.join(DTYPES)} "
-                         f"(float32, TF32, bfloat16, float16)") from None
+    if isinstance(name, str) or (type(name).__module__ == "torch" and str(name).startswith("torch.")):
+        key = str(name).strip().lower().replace("torch.", "")
+        if key in ALIASES:
+            return DTYPES[ALIASES[key]]
+    np_dtype = None
+    if name is not None:                # np.dtype(None) is float64: None names no dtype here
+        try:
+            np_dtype = np.dtype(str(name).replace("torch.", "") if type(name).__module__ == "torch" else name)
+        except (TypeError, ValueError):
+            pass
+    stored = storage_name(np_dtype) if np_dtype is not None else None
+    if stored is not None:
+        return DTYPES[stored]
+    shown = (repr(name) if not isinstance(name, type) else name.__qualname__ if name.__module__ == "builtins"
+             else f"{name.__module__}.{name.__qualname__}")
+    if np_dtype is not None and str(np_dtype) not in shown:
+        shown += f" ({np_dtype})"
+    raise ShapeError(f"dtype {shown} is not supported: nmgen computes with f32 (float32), tf32 (float32 operands "
+                     f"rounded to TF32), bf16 (bfloat16) and f16 (float16); pass one of those names, numpy.float32, "
+                     f"ml_dtypes.bfloat16, numpy.float16 or a torch dtype of these")
 
 
 def storage_name(np_dtype) -> str | None:

@@ -259,3 +259,40 @@ def test_load_of_the_good_meta_writer_works(tmp_path):
 def test_load_missing_file(tmp_path):
     with pytest.raises(ShapeError, match=r"cannot read .*nothere\.npz: No such file"):
         NMMatrix.load(tmp_path / "nothere.npz")
+
+
+# ---- dtypes: every spelling numpy (and torch) has for the stored types ------------------------------
+def _spellings():
+    import ml_dtypes
+    out = [(np.float16, "f16"), (np.float32, "f32"), (ml_dtypes.bfloat16, "bf16"), (np.dtype("<f2"), "f16"),
+           (np.dtype(ml_dtypes.bfloat16), "bf16"), ("e", "f16"), ("float16", "f16"), ("FP16", "f16"),
+           ("bfloat16", "bf16"), ("f32", "f32")]
+    try:
+        import torch
+    except ImportError:
+        return out
+    return out + [(torch.float16, "f16"), (torch.bfloat16, "bf16"), (torch.float32, "f32")]
+
+
+@pytest.mark.parametrize("spelling,name", _spellings(), ids=repr)
+def test_every_spelling_of_a_stored_dtype_is_taken(rng, spelling, name):
+    from nmgen.ir.dtypes import DTYPES
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    nm = NMMatrix.from_dense(W, "2:4", prune_first=True, dtype=spelling)
+    assert nm.dtype == name and nm.values.dtype == DTYPES[name].storage
+    assert nm.astype(np.float32).dtype == "f32" and nm.astype(spelling).dtype == name
+    assert nmgen.Problem(16, 8, 16, Pattern(2, 4, 8), spelling, c_dtype=spelling) == \
+        nmgen.Problem(16, 8, 16, Pattern(2, 4, 8), name, c_dtype=name)
+    assert nmgen.compile("16x8x16", "2:4", 8, dtype=spelling).problem.dtype == name
+
+
+@pytest.mark.parametrize("spelling,shown", [(np.float64, "numpy.float64"), (np.dtype("float64"), "dtype('float64')"),
+                                            ("float64", "'float64'"), (np.int8, "numpy.int8"),
+                                            (float, "float (float64)"), ("F", "'F' (complex64)"), (None, "None")],
+                         ids=repr)
+def test_an_unsupported_dtype_is_named_with_the_supported_ones(rng, spelling, shown):
+    import re
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    with pytest.raises(ShapeError, match=rf"dtype {re.escape(shown)} is not supported: nmgen computes with f32 \(float32\), "
+                                         rf"tf32 .*bf16 \(bfloat16\) and f16 \(float16\); pass one of those names"):
+        NMMatrix.from_dense(W, "2:4", prune_first=True).astype(spelling)
