@@ -10,6 +10,7 @@ Every one accumulates in float32. numpy has no bfloat16: ml_dtypes provides it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -81,6 +82,27 @@ def storage_name(np_dtype) -> str | None:
         if DTYPES[name].storage == d:
             return name
     return None
+
+
+def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
+    """`x` rounded (to nearest) to the numpy dtype `storage`, or `x` itself when it already is.
+    ShapeError, without numpy's overflow warning, when finite values lie beyond the target's range
+    (they would become infinite); `what` names them ("the weights", "A"). NaN or infinity already
+    in `x` are left for the caller to report."""
+    storage = np.dtype(storage)
+    if x.dtype == storage:
+        return x
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = x.astype(storage)
+    lost = ~np.isfinite(y.astype(np.float32, copy=False)) & np.isfinite(x)
+    if lost.any():
+        top = float(ml_dtypes.finfo(storage).max)
+        wider = [n for n in ("bf16", "f32") if float(ml_dtypes.finfo(DTYPES[n].storage).max) > top * 1.01]
+        fix = "scale them" + (f" or use {' / '.join(wider)}" if wider else "")
+        raise ShapeError(f"{what}: |value| up to {float(np.abs(x[np.isfinite(x)]).max()):.4g} exceeds "
+                         f"{storage.name}'s largest finite {top:.6g}: {fix}")
+    return y
 
 
 def round_tf32(x: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .arrays import host_matrix
 from .errors import NMGenError, PatternError, ShapeError
-from .ir.dtypes import DTYPES, OUTPUT_DTYPES, dtype as dtype_of, storage_name
+from .ir.dtypes import DTYPES, OUTPUT_DTYPES, cast_finite, dtype as dtype_of, storage_name
 from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
 
 FORMAT_VERSION = 2          # 2: a seventh meta entry, the values' dtype (DTYPE_CODES); 1: float32 only
@@ -143,7 +143,8 @@ class NMMatrix:
                              f"float32 values (pass allow_tf32=True to spmm instead)")
         if name == self.dtype:
             return self
-        return NMMatrix(self.values.astype(DTYPES[name].storage), self.indices, self.pattern, self.shape)
+        return NMMatrix(cast_finite(self.values, DTYPES[name].storage, "the weights"), self.indices, self.pattern,
+                        self.shape)
 
     def validate(self) -> None:
         p, (K, N) = self.pattern, self.shape

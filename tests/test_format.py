@@ -296,3 +296,27 @@ def test_an_unsupported_dtype_is_named_with_the_supported_ones(rng, spelling, sh
     with pytest.raises(ShapeError, match=rf"dtype {re.escape(shown)} is not supported: nmgen computes with f32 \(float32\), "
                                          rf"tf32 .*bf16 \(bfloat16\) and f16 \(float16\); pass one of those names"):
         NMMatrix.from_dense(W, "2:4", prune_first=True).astype(spelling)
+
+
+# ---- values beyond the target dtype's range: said so, no numpy warning, before they become infinite -----
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_weights_beyond_float16s_range_are_refused_with_the_range(rng):
+    import re
+    W = rng.standard_normal((64, 48)).astype(np.float32) * 1e6
+    top = np.abs(nmgen.prune(W, "2:4")).max()
+    with pytest.raises(ShapeError, match=rf"the weights: \|value\| up to {re.escape(f'{top:.4g}')} exceeds float16's largest finite "
+                                         r"65504: scale them or use bf16 / f32"):
+        NMMatrix.from_dense(W, "2:4", prune_first=True, dtype="f16")
+    nm = NMMatrix.from_dense(W, "2:4", prune_first=True, dtype="bf16")     # bfloat16 has float32's range
+    assert np.isfinite(nm.values.astype(np.float32)).all()
+    # rounding to the largest finite value is no overflow
+    assert NMMatrix.from_dense(np.full((4, 1), 65519.0, np.float32), "4:4", dtype="f16").values.max() == 65504
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_float64_beyond_float32s_range_is_refused_with_the_range():
+    with pytest.raises(ShapeError, match=r"B: \|value\| up to 1e\+39 exceeds float32's largest finite 3.40282e\+38: "
+                                         r"scale them$"):
+        prune(np.full((4, 4), 1e39), "2:4")
+    with pytest.raises(ShapeError, match="B contains NaN or infinity"):        # a real infinity is still that
+        prune(np.full((4, 4), np.inf), "2:4")
