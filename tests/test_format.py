@@ -320,3 +320,24 @@ def test_float64_beyond_float32s_range_is_refused_with_the_range():
         prune(np.full((4, 4), 1e39), "2:4")
     with pytest.raises(ShapeError, match="B contains NaN or infinity"):        # a real infinity is still that
         prune(np.full((4, 4), np.inf), "2:4")
+
+
+@pytest.mark.parametrize("name,match", [
+    ("", r"cannot write .*: it is a directory; give a file name$"),
+    ("nodir/b.npz", r"cannot write .*nodir/b\.npz: the directory .*nodir does not exist; create it first$"),
+    ("afile/b.npz", r"cannot write .*afile/b\.npz: .*afile is not a directory$"),
+])
+def test_save_to_a_place_it_cannot_write_names_it(tmp_path, rng, name, match):
+    (tmp_path / "afile").write_text("x")
+    nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
+    with pytest.raises(ShapeError, match=match):
+        nm.save(tmp_path / name)
+
+
+def test_save_wraps_an_os_error_during_the_write(tmp_path, rng, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", full)
+    nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
+    with pytest.raises(ShapeError, match=r"cannot write .*b\.npz: No space left on device$"):
+        nm.save(tmp_path / "b.npz")
