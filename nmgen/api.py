@@ -360,10 +360,11 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major, allow
     _check_dtypes(a_dtype, B)
     c_dtype = _out_dtype(out, a_dtype)
     c_np = DTYPES[c_dtype].storage
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != c_np
-                            or not out.flags.c_contiguous or not out.flags.writeable):
+    why = out is not None and (["it is not a numpy array"] if not isinstance(out, np.ndarray) else _out_problems(
+        out.shape, (M, B.N), out.dtype, c_np, out.flags.c_contiguous, out.strides, out.flags.writeable))
+    if why:
         raise ShapeError(f"out must be a writable C-contiguous {c_np} numpy array of shape ({M}, {B.N}), got "
-                         f"{_describe(out)}")
+                         f"{_describe(out)}: {'; '.join(why)}")
     if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
         _check_empty_batch(kernel, B)
         return out if out is not None else np.empty((0, B.N), c_np)
@@ -404,6 +405,23 @@ def poison(ptr: int, count: int, c_dtype: str, stream: int = 0) -> None:
         memset16(ptr, count, _NAN_BITS[c_dtype], stream)
 
 
+def _out_problems(shape, want_shape, dtype, want_dtype, c_contiguous: bool, strides, writable: bool = True) -> list:
+    """Which of `out`'s requirements fail (shape, dtype, C order, writable), each with what to do."""
+    why = []
+    if tuple(shape) != tuple(want_shape):
+        why.append(f"its shape is {tuple(shape)}, not {tuple(want_shape)}")
+    if np.dtype(dtype) != np.dtype(want_dtype):
+        why.append(f"it holds {dtype}, not {want_dtype}")
+    if not c_contiguous:
+        es = np.dtype(dtype).itemsize
+        dense = f", row-major without gaps is {(shape[1] * es, es)}" if len(shape) == 2 else ""
+        why.append(f"it is not C-contiguous: its strides are {tuple(strides)} bytes{dense}; pass a row-major array "
+                   f"(a new one) or none")
+    if not writable:
+        why.append("it is read-only")
+    return why
+
+
 def _describe(x) -> str:
     shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
     return f"{type(x).__name__} {dtype} {tuple(shape)}" if shape is not None else type(x).__name__
@@ -416,9 +434,11 @@ def _device_out(out, dv, N: int, c_dtype: str):
     if out is None:
         return empty_like_owner(dv.owner, (M, N), c_dtype)
     ov = device_view(out)
-    if ov is None or ov.shape != (M, N) or storage_name(ov.dtype) != c_dtype or not ov.c_contiguous:
+    why = ["it is not on a GPU (A is)"] if ov is None else _out_problems(
+        ov.shape, (M, N), ov.dtype, DTYPES[c_dtype].storage, ov.c_contiguous, ov.strides)
+    if why:
         raise ShapeError(f"out must be a C-contiguous {DTYPES[c_dtype].storage} GPU array of shape ({M}, {N}), "
-                         f"got {_describe(out)}" + (f" with strides {ov.strides} bytes" if ov is not None else ""))
+                         f"got {_describe(out)}: {'; '.join(why)}")
     if ov.device != dv.device:
         raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     return out

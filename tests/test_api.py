@@ -473,6 +473,29 @@ def test_numpy_out_may_be_a(rng, gpu):
         nmgen.spmm(A, B, out=frozen)
 
 
+def test_out_refusal_says_which_requirement_failed(rng, gpu):
+    B = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 48)).astype(np.float32), "2:4", prune_first=True)
+    A = rng.standard_normal((8, 64)).astype(np.float32)
+    frozen = np.empty((8, 48), np.float32)
+    frozen.flags.writeable = False
+    for out, why in [(np.empty((48, 8), np.float32).T, r"it is not C-contiguous: its strides are \(4, 32\) bytes, "
+                                                       r"row-major without gaps is \(192, 4\); pass a row-major"),
+                     (np.empty((8, 40), np.float32), r"its shape is \(8, 40\), not \(8, 48\)$"),
+                     (frozen, "it is read-only$")]:
+        with pytest.raises(nmgen.ShapeError, match=r"out must be a writable C-contiguous float32 numpy array of "
+                                                   r"shape \(8, 48\), got ndarray float32 .*: " + why):
+            nmgen.spmm(A, B, out=out)
+    Ad = fake.FakeCudaArray.from_numpy(gpu, A)
+    wide = fake.FakeCudaArray.from_numpy(gpu, np.zeros((8, 96), np.float32))
+    with pytest.raises(nmgen.ShapeError, match=r"out must be a C-contiguous float32 GPU array of shape \(8, 48\), got "
+                                               r".*: it is not C-contiguous: its strides are \(384, 4\) bytes, "
+                                               r"row-major without gaps is \(192, 4\)"):
+        nmgen.spmm(Ad, B, out=wide.view(0, (8, 48), (96, 1)))
+    with pytest.raises(nmgen.ShapeError, match=r"GPU array of shape \(8, 48\), got ndarray float32 \(8, 48\): it "
+                                               r"is not on a GPU \(A is\)"):
+        nmgen.spmm(Ad, B, out=np.empty((8, 48), np.float32))
+
+
 def test_download_refuses_arrays_its_raw_copy_would_corrupt():
     """The device-to-host copy writes nbytes at the data pointer: a strided or read-only array
     would get bytes where they do not belong (checked before any CUDA call: no GPU needed)."""
