@@ -84,6 +84,16 @@ def storage_name(np_dtype) -> str | None:
     return None
 
 
+def out_of_range(what: str, biggest: float, storage) -> ShapeError:
+    """The error for finite values (|value| up to `biggest`) that the numpy dtype `storage` cannot
+    hold: they would become infinite."""
+    storage = np.dtype(storage)
+    top = float(ml_dtypes.finfo(storage).max)
+    wider = [n for n in ("bf16", "f32") if float(ml_dtypes.finfo(DTYPES[n].storage).max) > top * 1.01]
+    fix = "scale them" + (f" or use {' / '.join(wider)}" if wider else "")
+    return ShapeError(f"{what}: |value| up to {biggest:.4g} exceeds {storage.name}'s largest finite {top:.6g}: {fix}")
+
+
 def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
     """`x` rounded (to nearest) to the numpy dtype `storage`, or `x` itself when it already is.
     ShapeError, without numpy's overflow warning, when finite values lie beyond the target's range
@@ -97,11 +107,7 @@ def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
         y = x.astype(storage)
     lost = ~np.isfinite(y.astype(np.float32, copy=False)) & np.isfinite(x)
     if lost.any():
-        top = float(ml_dtypes.finfo(storage).max)
-        wider = [n for n in ("bf16", "f32") if float(ml_dtypes.finfo(DTYPES[n].storage).max) > top * 1.01]
-        fix = "scale them" + (f" or use {' / '.join(wider)}" if wider else "")
-        raise ShapeError(f"{what}: |value| up to {float(np.abs(x[np.isfinite(x)]).max()):.4g} exceeds "
-                         f"{storage.name}'s largest finite {top:.6g}: {fix}")
+        raise out_of_range(what, float(np.abs(x[np.isfinite(x)]).max()), storage)
     return y
 
 

@@ -314,6 +314,17 @@ def test_save_wraps_what_safetensors_raises(tmp_path, monkeypatch):
         nmt.save(Tied(), tmp_path / "m.safetensors")
 
 
+def test_from_linear_refuses_weights_beyond_the_dtypes_range():
+    layer = linear(64, 40)
+    with torch.no_grad():
+        layer.weight.mul_(1e6)
+    top = float(NMLinear.from_linear(layer, "8:32", 8).values.abs().max())
+    with pytest.raises(ShapeError, match=r"the weights: \|value\| up to " + f"{top:.4g}".replace("+", r"\+")
+                                         + r" exceeds float16's largest finite 65504: scale them or use bf16 / f32"):
+        NMLinear.from_linear(layer, "8:32", 8, dtype=torch.float16)
+    assert torch.isfinite(NMLinear.from_linear(layer, "8:32", 8, dtype=torch.bfloat16).values).all()
+
+
 def test_plain_safetensors_round_trip_of_the_compressed_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
     layer = NMLinear.from_linear(linear(64, 40), "8:32", 8, dtype=torch.bfloat16)
