@@ -10,6 +10,7 @@ Every one accumulates in float32. numpy has no bfloat16: ml_dtypes provides it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -46,15 +47,32 @@ ALIASES = {"float32": "f32", "fp32": "f32", "float": "f32", "tf32": "tf32", "bfl
 
 
 def dtype(name) -> DType:
-    """The DType named `name` (nmgen, numpy or torch spelling: "bf16", "bfloat16", torch.bfloat16, ...)."""
+    """The DType `name` names: nmgen's names ("f32", "tf32", "bf16", "f16"), their usual spellings
+    ("float16", "fp16", "half", ...), anything numpy takes as one of the stored types (numpy.float16,
+    numpy.dtype("<f2"), "e", ml_dtypes.bfloat16, ...) and torch dtypes (torch.bfloat16, ...).
+    ShapeError naming the supported ones for anything else."""
     if isinstance(name, DType):
         return name
-    key = str(name).replace("torch.", "")
-    try:
-        return DTYPES[ALIASES.get(key, key)]
-    except KeyError:
-        raise ShapeError(f"dtype {name!r} is not supported; nmgen computes with {', '.join(DTYPES)} "
-                         f"(float32, TF32, bfloat16, float16)") from None
+    if isinstance(name, str) or (type(name).__module__ == "torch" and str(name).startswith("torch.")):
+        key = str(name).strip().lower().replace("torch.", "")
+        if key in ALIASES:
+            return DTYPES[ALIASES[key]]
+    np_dtype = None
+    if name is not None:                # np.dtype(None) is float64: None names no dtype here
+        try:
+            np_dtype = np.dtype(str(name).replace("torch.", "") if type(name).__module__ == "torch" else name)
+        except (TypeError, ValueError):
+            pass
+    stored = storage_name(np_dtype) if np_dtype is not None else None
+    if stored is not None:
+        return DTYPES[stored]
+    shown = (repr(name) if not isinstance(name, type) else name.__qualname__ if name.__module__ == "builtins"
+             else f"{name.__module__}.{name.__qualname__}")
+    if np_dtype is not None and str(np_dtype) not in shown:
+        shown += f" ({np_dtype})"
+    raise ShapeError(f"dtype {shown} is not supported: nmgen computes with f32 (float32), tf32 (float32 operands "
+                     f"rounded to TF32), bf16 (bfloat16) and f16 (float16); pass one of those names, numpy.float32, "
+                     f"ml_dtypes.bfloat16, numpy.float16 or a torch dtype of these")
 
 
 def storage_name(np_dtype) -> str | None:
@@ -64,6 +82,33 @@ def storage_name(np_dtype) -> str | None:
         if DTYPES[name].storage == d:
             return name
     return None
+
+
+def out_of_range(what: str, biggest: float, storage) -> ShapeError:
+    """The error for finite values (|value| up to `biggest`) that the numpy dtype `storage` cannot
+    hold: they would become infinite."""
+    storage = np.dtype(storage)
+    top = float(ml_dtypes.finfo(storage).max)
+    wider = [n for n in ("bf16", "f32") if float(ml_dtypes.finfo(DTYPES[n].storage).max) > top * 1.01]
+    fix = "scale them" + (f" or use {' / '.join(wider)}" if wider else "")
+    return ShapeError(f"{what}: |value| up to {biggest:.4g} exceeds {storage.name}'s largest finite {top:.6g}: {fix}")
+
+
+def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
+    """`x` rounded (to nearest) to the numpy dtype `storage`, or `x` itself when it already is.
+    ShapeError, without numpy's overflow warning, when finite values lie beyond the target's range
+    (they would become infinite); `what` names them ("the weights", "A"). NaN or infinity already
+    in `x` are left for the caller to report."""
+    storage = np.dtype(storage)
+    if x.dtype == storage:
+        return x
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y = x.astype(storage)
+    lost = ~np.isfinite(y.astype(np.float32, copy=False)) & np.isfinite(x)
+    if lost.any():
+        raise out_of_range(what, float(np.abs(x[np.isfinite(x)]).max()), storage)
+    return y
 
 
 def round_tf32(x: np.ndarray) -> np.ndarray:

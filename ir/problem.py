@@ -127,9 +127,10 @@ class Problem:
             object.__setattr__(self, name, v)
             if v < 1:
                 raise ShapeError(f"{name}={v} must be a positive integer: " + _WHY_POSITIVE[name])
-        from .dtypes import DTYPES, OUTPUT_DTYPES
-        if self.dtype not in DTYPES:
-            raise ShapeError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        from .dtypes import OUTPUT_DTYPES, dtype as dtype_of
+        object.__setattr__(self, "dtype", dtype_of(self.dtype).name)      # any spelling: "float16", np.float16, ...
+        if self.c_dtype is not None:
+            object.__setattr__(self, "c_dtype", dtype_of(self.c_dtype).name)
         if self.c_dtype is None:
             object.__setattr__(self, "c_dtype", "f32" if self.dtype == "tf32" else self.dtype)
         if self.c_dtype not in OUTPUT_DTYPES:

@@ -33,6 +33,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import ScheduleError
 
 A_LOADS = ("window", "rows", "gather")
+# what the lowest value of a field means, for the out-of-range message
+_MEANING = {"split_k": " (1: no split)", "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)",
+            "a_pad": " (0: no padding)"}
 A_SMEM = ("km", "mk")
 
 
@@ -67,9 +70,10 @@ class Schedule:
                     raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
-            elif v < (0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n", "wgmma")
-                     else 1):
-                raise ScheduleError(f"schedule field {f.name}={v} is out of range")
+            elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
+                                             "wgmma") else 1):
+                raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
+                                    + _MEANING.get(f.name, ""))
 
     # ---- derived shape of the thread hierarchy --------------------------------------------------
     @property
@@ -100,20 +104,27 @@ class Schedule:
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise ScheduleError(f"unknown schedule field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**d)
 
-    @classmethod
-    def from_json(cls, text: str) -> "Schedule":
+    @staticmethod
+    def fields_of_json(text: str) -> dict:
+        """The fields a JSON object of schedule fields gives (not checked); ScheduleError if `text`
+        is not JSON or not an object."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}") from None
+            raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}; give a "
+                                f"JSON object of schedule fields, e.g. '{{\"split_k\": 2}}'") from None
         if not isinstance(d, dict):
             raise ScheduleError(f"schedule JSON must be an object of fields, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return d
+
+    @classmethod
+    def from_json(cls, text: str) -> "Schedule":
+        return cls.from_dict(cls.fields_of_json(text))
 
     def hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

@@ -166,7 +166,8 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
     if s.wgmma != 1:
         return [f"wgmma={s.wgmma} must be 0 (mma.sync) or 1 (warpgroup mma)"]
     if problem.dtype not in ("bf16", "f16"):
-        why.append(f"wgmma runs bf16 and f16 here; {problem.dtype} uses mma.sync (wgmma=0)")
+        how = "FFMA on the CUDA cores" if dtype_of(problem.dtype).compute == "ffma" else "mma.sync"
+        why.append(f"wgmma runs bf16 and f16 here; {problem.dtype} uses {how} (wgmma=0)")
     if device.cc < (9, 0):
         why.append(f"wgmma needs a Hopper GPU (compute capability 9.0); {device.name} is {device.arch}")
     if s.warp_m % 64:

@@ -20,7 +20,7 @@ from .ir.operands import Geometry, geometry, prepare
 from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
 from .ir.validate import validate
-from .search.heuristic import default_schedule
+from .search.heuristic import as_schedule, default_schedule, schedule_fields
 
 _kernels: dict = {}
 _kernels_lock = threading.Lock()
@@ -141,15 +141,17 @@ def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None)
     return choose(problem, device, B)
 
 
-def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = None, arch: str | None = None,
+def compile(problem, pattern=None, vector=None, *, schedule: Schedule | dict | str | None = None, arch: str | None = None,
             B: NMMatrix | None = None, device: int = 0, a_major: str = "row", dtype="f32", c_dtype=None) -> Kernel:
     """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem; `a_major`
     "col" for an A stored column-major; `dtype` what A and B hold and how they multiply: "f32"
     (FFMA), "tf32", "bf16" or "f16" (tensor cores); `c_dtype` C's dtype, by default A's).
 
     Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
-    tuning database's best for this GPU, or the performance model's best. `B` supplies the real
-    indices, which the "rows" A-loading strategy needs for its compacted row lists."""
+    tuning database's best for this GPU, or the performance model's best; a dict of schedule fields
+    (or a JSON object of them, as the command line's --schedule) is laid over the default schedule
+    for the problem (search.heuristic.default_schedule), e.g. schedule={"split_k": 2}. `B` supplies
+    the real indices, which the "rows" A-loading strategy needs for its compacted row lists."""
     problem = _problem(problem, pattern, vector, a_major, dtype, c_dtype)
     if arch is not None:
         codegen.target_for(arch)
@@ -160,6 +162,8 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | None = N
         _check_b(problem, B)
     if schedule is None:
         schedule = choose_schedule(problem, dev, B)
+    else:
+        schedule = as_schedule(schedule, problem, dev)
     a_rows = None
     if schedule.a_load == "rows" and B is not None:
         a_rows = host_operands(B, problem, schedule).geometry.a_rows
@@ -259,7 +263,7 @@ def _out_dtype(out, a_dtype: str) -> str:
 
 
 # ---- C = A @ B -------------------------------------------------------------------------------------
-def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: Kernel | None = None,
+def spmm(A, B: NMMatrix, out=None, schedule: Schedule | dict | str | None = None, *, kernel: Kernel | None = None,
          stream: int | None = None, allow_tf32: bool = False):
     """C = A @ B for a dense A (M x K) and an n:m sparse B (NMMatrix, K x N).
 
@@ -275,8 +279,12 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | None = None, *, kernel: 
     A GPU A must be in the order of a given `kernel` (an A that is both, such as M = 1, fits either);
     a host A is copied in the kernel's order. A GPU `out` must not overlap A (ShapeError).
     An empty A (M = 0) gives an empty (0, N) C (or `out`) without compiling or launching anything.
+    `schedule`: as `compile`'s (a Schedule, or a dict / JSON object of fields over the default).
 
-    Raises ShapeError for shapes, dtypes, layouts or an `out` that do not fit."""
+    Raises ShapeError for shapes, dtypes, layouts or an `out` that do not fit, ScheduleError for a
+    schedule that cannot run it."""
+    if schedule is not None:
+        schedule_fields(schedule)       # a bad schedule= is reported before A is read or a GPU looked for
     if not isinstance(B, NMMatrix):
         raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
                          f"got {type(B).__name__}")
@@ -352,10 +360,11 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major, allow
     _check_dtypes(a_dtype, B)
     c_dtype = _out_dtype(out, a_dtype)
     c_np = DTYPES[c_dtype].storage
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (M, B.N) or out.dtype != c_np
-                            or not out.flags.c_contiguous or not out.flags.writeable):
+    why = out is not None and (["it is not a numpy array"] if not isinstance(out, np.ndarray) else _out_problems(
+        out.shape, (M, B.N), out.dtype, c_np, out.flags.c_contiguous, out.strides, out.flags.writeable))
+    if why:
         raise ShapeError(f"out must be a writable C-contiguous {c_np} numpy array of shape ({M}, {B.N}), got "
-                         f"{_describe(out)}")
+                         f"{_describe(out)}: {'; '.join(why)}")
     if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
         _check_empty_batch(kernel, B)
         return out if out is not None else np.empty((0, B.N), c_np)
@@ -396,6 +405,23 @@ def poison(ptr: int, count: int, c_dtype: str, stream: int = 0) -> None:
         memset16(ptr, count, _NAN_BITS[c_dtype], stream)
 
 
+def _out_problems(shape, want_shape, dtype, want_dtype, c_contiguous: bool, strides, writable: bool = True) -> list:
+    """Which of `out`'s requirements fail (shape, dtype, C order, writable), each with what to do."""
+    why = []
+    if tuple(shape) != tuple(want_shape):
+        why.append(f"its shape is {tuple(shape)}, not {tuple(want_shape)}")
+    if np.dtype(dtype) != np.dtype(want_dtype):
+        why.append(f"it holds {dtype}, not {want_dtype}")
+    if not c_contiguous:
+        es = np.dtype(dtype).itemsize
+        dense = f", row-major without gaps is {(shape[1] * es, es)}" if len(shape) == 2 else ""
+        why.append(f"it is not C-contiguous: its strides are {tuple(strides)} bytes{dense}; pass a row-major array "
+                   f"(a new one) or none")
+    if not writable:
+        why.append("it is read-only")
+    return why
+
+
 def _describe(x) -> str:
     shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
     return f"{type(x).__name__} {dtype} {tuple(shape)}" if shape is not None else type(x).__name__
@@ -408,9 +434,11 @@ def _device_out(out, dv, N: int, c_dtype: str):
     if out is None:
         return empty_like_owner(dv.owner, (M, N), c_dtype)
     ov = device_view(out)
-    if ov is None or ov.shape != (M, N) or storage_name(ov.dtype) != c_dtype or not ov.c_contiguous:
+    why = ["it is not on a GPU (A is)"] if ov is None else _out_problems(
+        ov.shape, (M, N), ov.dtype, DTYPES[c_dtype].storage, ov.c_contiguous, ov.strides)
+    if why:
         raise ShapeError(f"out must be a C-contiguous {DTYPES[c_dtype].storage} GPU array of shape ({M}, {N}), "
-                         f"got {_describe(out)}" + (f" with strides {ov.strides} bytes" if ov is not None else ""))
+                         f"got {_describe(out)}: {'; '.join(why)}")
     if ov.device != dv.device:
         raise ShapeError(f"A is on GPU {dv.device} but out is on GPU {ov.device}")
     return out

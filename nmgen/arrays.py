@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ShapeError
-from .ir.dtypes import DTYPES, storage_name
+from .ir.dtypes import DTYPES, cast_finite, storage_name
 
 
 def to_numpy(x):
@@ -38,7 +38,7 @@ def host_matrix(x, name: str, dtype: str | None = None) -> np.ndarray:
         raise ShapeError(f"{name} has dtype {a.dtype}; nmgen computes with float32, bfloat16 or float16: pass a "
                          f"floating-point matrix (e.g. {name}.astype(numpy.float32))")
     target = DTYPES[dtype].storage if dtype else (a.dtype if storage_name(a.dtype) else np.dtype(np.float32))
-    a = np.ascontiguousarray(a, dtype=target)
+    a = np.ascontiguousarray(cast_finite(a, target, name))      # ShapeError for values beyond target's range
     if not np.isfinite(a.astype(np.float32) if a.dtype != np.float32 else a).all():
         raise ShapeError(f"{name} contains NaN or infinity")
     return a

@@ -16,7 +16,8 @@ import numpy as np
 
 from .arrays import host_matrix
 from .errors import NMGenError, PatternError, ShapeError
-from .ir.dtypes import DTYPES, OUTPUT_DTYPES, dtype as dtype_of, storage_name
+from .files import writing
+from .ir.dtypes import DTYPES, OUTPUT_DTYPES, cast_finite, dtype as dtype_of, storage_name
 from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
 
 FORMAT_VERSION = 2          # 2: a seventh meta entry, the values' dtype (DTYPE_CODES); 1: float32 only
@@ -143,7 +144,8 @@ class NMMatrix:
                              f"float32 values (pass allow_tf32=True to spmm instead)")
         if name == self.dtype:
             return self
-        return NMMatrix(self.values.astype(DTYPES[name].storage), self.indices, self.pattern, self.shape)
+        return NMMatrix(cast_finite(self.values, DTYPES[name].storage, "the weights"), self.indices, self.pattern,
+                        self.shape)
 
     def validate(self) -> None:
         p, (K, N) = self.pattern, self.shape
@@ -200,10 +202,12 @@ class NMMatrix:
         return self.values.nbytes + self.indices.nbytes
 
     def save(self, path) -> None:
-        """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta)."""
+        """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta). A path
+        that cannot be written (a directory, a missing directory, no permission, an OS error)
+        raises one ShapeError naming the file and why."""
         p = self.pattern
         raw = self.values.view(np.uint16) if self.dtype == "bf16" else self.values    # npz has no bfloat16
-        with open(Path(path), "wb") as f:
+        with writing(path), open(Path(path), "wb") as f:
             np.savez(f, values=raw, indices=self.indices,
                      meta=np.array([FORMAT_VERSION, p.n, p.m, p.vector, self.K, self.N, DTYPE_CODES[self.dtype]],
                                    np.int64))

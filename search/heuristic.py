@@ -78,3 +78,40 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
             break
     from ..ir.errors import ScheduleError
     raise ScheduleError(f"no default schedule fits {problem} on {device.name}: " + "; ".join(problems(problem, s, device)))
+
+
+def schedule_fields(given) -> "Schedule | dict":
+    """A `schedule=` argument checked on its own: a Schedule as it is, else the dict of fields that
+    a dict or a JSON object (text) gives, each field known and of a valid value. ScheduleError for
+    unknown fields (listing the valid ones), bad values, or any other type."""
+    from collections.abc import Mapping
+    from ..ir.errors import ScheduleError
+    if isinstance(given, Schedule):
+        return given
+    if isinstance(given, str):
+        fields = Schedule.fields_of_json(given)
+    elif isinstance(given, Mapping):
+        fields = dict(given)
+    else:
+        raise ScheduleError(f"schedule must be a nmgen.Schedule, a dict of schedule fields or a JSON object of them "
+                            f"(e.g. {{'split_k': 2}}: fields left out take the default schedule's), got "
+                            f"{type(given).__name__} {given!r:.80}")
+    Schedule.from_dict({**Schedule().to_dict(), **fields})     # each field checks alone: refuse before any work
+    return fields
+
+
+def as_schedule(given, problem: Problem, device: Device) -> Schedule:
+    """The schedule a `schedule=` argument (or the command line's --schedule) asks for: a Schedule
+    as it is; a dict of schedule fields, or a JSON object of them (text), laid over the default
+    schedule for `problem` on `device` (the plain Schedule()'s fields where no default fits).
+    ScheduleError as `schedule_fields` says. Whether the result can run `problem` is for
+    ir.validate to say."""
+    from ..ir.errors import ScheduleError
+    fields = schedule_fields(given)
+    if isinstance(fields, Schedule):
+        return fields
+    try:
+        base = default_schedule(problem, device)
+    except ScheduleError:
+        base = Schedule()
+    return Schedule.from_dict({**base.to_dict(), **fields})

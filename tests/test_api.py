@@ -97,6 +97,52 @@ def test_compile_takes_numpy_integers_as_ints():
     assert k.problem == nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4))
 
 
+
+# schedule= takes what the command line's --schedule takes: fields laid over the default schedule
+@pytest.mark.parametrize("given", [{"split_k": 1, "stages": 2}, '{"split_k": 1, "stages": 2}'])
+def test_compile_lays_schedule_fields_over_the_default(given):
+    from nmgen.search.heuristic import default_schedule
+    k = nmgen.compile("8x48x64", pattern="2:4", schedule=given)
+    default = default_schedule(k.problem, H100)
+    assert (default.split_k, default.stages) == (2, 3)          # the fields given are what changed
+    assert k.schedule == default.replace(split_k=1, stages=2)
+
+
+def test_schedule_fields_mean_the_same_in_the_api_and_on_the_command_line():
+    import argparse
+    from nmgen.cli.common import schedule_from
+    text = '{"split_k": 2, "stages": 2}'
+    k = nmgen.compile("8x48x64", pattern="2:4", schedule=text)
+    assert k.schedule == schedule_from(argparse.Namespace(schedule=text), k.problem, H100)
+
+
+@pytest.mark.parametrize("given,match", [
+    ({"splitk": 2}, r"unknown schedule field\(s\) splitk; known: a_load, .*split_k"),
+    ("garbage", r"schedule is not valid JSON .*'garbage'; give a JSON object of schedule fields"),
+    ("[2]", "schedule JSON must be an object of fields, got list"),
+    (42, r"schedule must be a nmgen.Schedule, a dict of schedule fields or a JSON object of them .*got int 42"),
+    ({"split_k": 0}, r"split_k=0 is out of range: it must be at least 1 \(1: no split\)"),
+    ({"split_k": "2"}, "split_k='2' must be an integer"),
+])
+def test_bad_schedule_arguments_are_refused_by_compile_and_spmm(rng, given, match):
+    with pytest.raises(nmgen.ScheduleError, match=match):
+        nmgen.compile("8x48x64", pattern="2:4", schedule=given)
+    B = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 48)).astype(np.float32), "2:4", prune_first=True)
+    with pytest.raises(nmgen.ScheduleError, match=match):       # before any GPU is looked for
+        nmgen.spmm(np.ones((8, 64), np.float32), B, schedule=given)
+
+
+def test_spmm_takes_schedule_fields(rng, gpu):
+    from nmgen.search.heuristic import default_schedule
+    B = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 48)).astype(np.float32), "2:4", prune_first=True)
+    A = rng.standard_normal((8, 64)).astype(np.float32)
+    C = nmgen.spmm(A, B, schedule={"split_k": 1})
+    assert ok(C, A, B)
+    k = nmgen.compile("8x48x64", pattern="2:4", schedule={"split_k": 1}, B=B)
+    assert k.schedule == default_schedule(k.problem, H100).replace(split_k=1)
+    assert k.name in gpu.launches[-1]
+
+
 # ---- 2. the weights cannot change under the caches keyed on them ------------------------------------
 def test_nmmatrix_holds_read_only_copies_and_leaves_the_callers_arrays_alone(rng):
     B0 = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 40)), "8:32", vector=32, prune_first=True)
@@ -425,6 +471,29 @@ def test_numpy_out_may_be_a(rng, gpu):
     frozen.flags.writeable = False               # the download writes raw bytes: it must not ignore that
     with pytest.raises(nmgen.ShapeError, match="out must be a writable"):
         nmgen.spmm(A, B, out=frozen)
+
+
+def test_out_refusal_says_which_requirement_failed(rng, gpu):
+    B = nmgen.NMMatrix.from_dense(rng.standard_normal((64, 48)).astype(np.float32), "2:4", prune_first=True)
+    A = rng.standard_normal((8, 64)).astype(np.float32)
+    frozen = np.empty((8, 48), np.float32)
+    frozen.flags.writeable = False
+    for out, why in [(np.empty((48, 8), np.float32).T, r"it is not C-contiguous: its strides are \(4, 32\) bytes, "
+                                                       r"row-major without gaps is \(192, 4\); pass a row-major"),
+                     (np.empty((8, 40), np.float32), r"its shape is \(8, 40\), not \(8, 48\)$"),
+                     (frozen, "it is read-only$")]:
+        with pytest.raises(nmgen.ShapeError, match=r"out must be a writable C-contiguous float32 numpy array of "
+                                                   r"shape \(8, 48\), got ndarray float32 .*: " + why):
+            nmgen.spmm(A, B, out=out)
+    Ad = fake.FakeCudaArray.from_numpy(gpu, A)
+    wide = fake.FakeCudaArray.from_numpy(gpu, np.zeros((8, 96), np.float32))
+    with pytest.raises(nmgen.ShapeError, match=r"out must be a C-contiguous float32 GPU array of shape \(8, 48\), got "
+                                               r".*: it is not C-contiguous: its strides are \(384, 4\) bytes, "
+                                               r"row-major without gaps is \(192, 4\)"):
+        nmgen.spmm(Ad, B, out=wide.view(0, (8, 48), (96, 1)))
+    with pytest.raises(nmgen.ShapeError, match=r"GPU array of shape \(8, 48\), got ndarray float32 \(8, 48\): it "
+                                               r"is not on a GPU \(A is\)"):
+        nmgen.spmm(Ad, B, out=np.empty((8, 48), np.float32))
 
 
 def test_download_refuses_arrays_its_raw_copy_would_corrupt():

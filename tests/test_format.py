@@ -259,3 +259,85 @@ def test_load_of_the_good_meta_writer_works(tmp_path):
 def test_load_missing_file(tmp_path):
     with pytest.raises(ShapeError, match=r"cannot read .*nothere\.npz: No such file"):
         NMMatrix.load(tmp_path / "nothere.npz")
+
+
+# ---- dtypes: every spelling numpy (and torch) has for the stored types ------------------------------
+def _spellings():
+    import ml_dtypes
+    out = [(np.float16, "f16"), (np.float32, "f32"), (ml_dtypes.bfloat16, "bf16"), (np.dtype("<f2"), "f16"),
+           (np.dtype(ml_dtypes.bfloat16), "bf16"), ("e", "f16"), ("float16", "f16"), ("FP16", "f16"),
+           ("bfloat16", "bf16"), ("f32", "f32")]
+    try:
+        import torch
+    except ImportError:
+        return out
+    return out + [(torch.float16, "f16"), (torch.bfloat16, "bf16"), (torch.float32, "f32")]
+
+
+@pytest.mark.parametrize("spelling,name", _spellings(), ids=repr)
+def test_every_spelling_of_a_stored_dtype_is_taken(rng, spelling, name):
+    from nmgen.ir.dtypes import DTYPES
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    nm = NMMatrix.from_dense(W, "2:4", prune_first=True, dtype=spelling)
+    assert nm.dtype == name and nm.values.dtype == DTYPES[name].storage
+    assert nm.astype(np.float32).dtype == "f32" and nm.astype(spelling).dtype == name
+    assert nmgen.Problem(16, 8, 16, Pattern(2, 4, 8), spelling, c_dtype=spelling) == \
+        nmgen.Problem(16, 8, 16, Pattern(2, 4, 8), name, c_dtype=name)
+    assert nmgen.compile("16x8x16", "2:4", 8, dtype=spelling).problem.dtype == name
+
+
+@pytest.mark.parametrize("spelling,shown", [(np.float64, "numpy.float64"), (np.dtype("float64"), "dtype('float64')"),
+                                            ("float64", "'float64'"), (np.int8, "numpy.int8"),
+                                            (float, "float (float64)"), ("F", "'F' (complex64)"), (None, "None")],
+                         ids=repr)
+def test_an_unsupported_dtype_is_named_with_the_supported_ones(rng, spelling, shown):
+    import re
+    W = rng.standard_normal((16, 8)).astype(np.float32)
+    with pytest.raises(ShapeError, match=rf"dtype {re.escape(shown)} is not supported: nmgen computes with f32 \(float32\), "
+                                         rf"tf32 .*bf16 \(bfloat16\) and f16 \(float16\); pass one of those names"):
+        NMMatrix.from_dense(W, "2:4", prune_first=True).astype(spelling)
+
+
+# ---- values beyond the target dtype's range: said so, no numpy warning, before they become infinite -----
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_weights_beyond_float16s_range_are_refused_with_the_range(rng):
+    import re
+    W = rng.standard_normal((64, 48)).astype(np.float32) * 1e6
+    top = np.abs(nmgen.prune(W, "2:4")).max()
+    with pytest.raises(ShapeError, match=rf"the weights: \|value\| up to {re.escape(f'{top:.4g}')} exceeds float16's largest finite "
+                                         r"65504: scale them or use bf16 / f32"):
+        NMMatrix.from_dense(W, "2:4", prune_first=True, dtype="f16")
+    nm = NMMatrix.from_dense(W, "2:4", prune_first=True, dtype="bf16")     # bfloat16 has float32's range
+    assert np.isfinite(nm.values.astype(np.float32)).all()
+    # rounding to the largest finite value is no overflow
+    assert NMMatrix.from_dense(np.full((4, 1), 65519.0, np.float32), "4:4", dtype="f16").values.max() == 65504
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_float64_beyond_float32s_range_is_refused_with_the_range():
+    with pytest.raises(ShapeError, match=r"B: \|value\| up to 1e\+39 exceeds float32's largest finite 3.40282e\+38: "
+                                         r"scale them$"):
+        prune(np.full((4, 4), 1e39), "2:4")
+    with pytest.raises(ShapeError, match="B contains NaN or infinity"):        # a real infinity is still that
+        prune(np.full((4, 4), np.inf), "2:4")
+
+
+@pytest.mark.parametrize("name,match", [
+    ("", r"cannot write .*: it is a directory; give a file name$"),
+    ("nodir/b.npz", r"cannot write .*nodir/b\.npz: the directory .*nodir does not exist; create it first$"),
+    ("afile/b.npz", r"cannot write .*afile/b\.npz: .*afile is not a directory$"),
+])
+def test_save_to_a_place_it_cannot_write_names_it(tmp_path, rng, name, match):
+    (tmp_path / "afile").write_text("x")
+    nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
+    with pytest.raises(ShapeError, match=match):
+        nm.save(tmp_path / name)
+
+
+def test_save_wraps_an_os_error_during_the_write(tmp_path, rng, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", full)
+    nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
+    with pytest.raises(ShapeError, match=r"cannot write .*b\.npz: No space left on device$"):
+        nm.save(tmp_path / "b.npz")

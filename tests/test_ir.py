@@ -27,6 +27,23 @@ def test_schedule_json_errors(text, match):
         Schedule.from_json(text)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("split_k", 0, r"split_k=0 is out of range: it must be at least 1 \(1: no split\)"),
+    ("raster", 0, r"raster=0 is out of range: it must be at least 1 \(1: plain order\)"),
+    ("a_pad", -1, r"a_pad=-1 is out of range: it must be at least 0 \(0: no padding\)"),
+    ("block_m", 0, r"block_m=0 is out of range: it must be at least 1$"),
+])
+def test_out_of_range_schedule_fields_state_the_range(field, value, match):
+    with pytest.raises(ScheduleError, match=match):
+        Schedule(**{field: value})
+
+
+@pytest.mark.parametrize("dtype,how", [("f32", "f32 uses FFMA on the CUDA cores"), ("tf32", "tf32 uses mma.sync")])
+def test_wgmma_refusal_names_what_the_dtype_runs_on(dtype, how):
+    why = problems(Problem(64, 64, 64, Pattern(2, 4, 8), dtype), Schedule(wgmma=1), for_arch("sm_90"))
+    assert f"wgmma runs bf16 and f16 here; {how} (wgmma=0)" in why
+
+
 def test_problem_errors():
     with pytest.raises(ShapeError, match="pad K to 128"):
         Problem(4, 4, 100, Pattern(8, 32, 32))

@@ -280,6 +280,51 @@ def test_load_errors(tmp_path):
         nmt.load(Tied(), tmp_path / "plain.safetensors")
 
 
+@pytest.mark.parametrize("name,match", [
+    ("missing.safetensors", r"cannot read .*missing\.safetensors: No such file or directory$"),
+    ("garbage.safetensors", r".*garbage\.safetensors is not a file written by nmgen.torch.save \(.*header"),
+    ("", r"cannot read .*: it is a directory; give a file$"),
+])
+def test_load_of_a_missing_or_foreign_file_names_it(tmp_path, name, match):
+    (tmp_path / "garbage.safetensors").write_text("print('not a model')\n")
+    for call in (lambda: nmt.load(Tied(), tmp_path / name), lambda: nmt.io.read_header(tmp_path / name)):
+        with pytest.raises(ShapeError, match=match):
+            call()
+
+
+@pytest.mark.parametrize("name,match", [
+    ("", r"cannot write .*: it is a directory; give a file name$"),
+    ("nodir/m.safetensors", r"cannot write .*nodir/m\.safetensors: the directory .*nodir does not exist; create it"),
+    ("afile/m.safetensors", r"cannot write .*afile/m\.safetensors: .*afile is not a directory$"),
+])
+def test_save_to_a_place_it_cannot_write_names_it(tmp_path, name, match):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ShapeError, match=match):
+        nmt.save(Tied(), tmp_path / name)
+
+
+def test_save_wraps_what_safetensors_raises(tmp_path, monkeypatch):
+    import safetensors
+    import safetensors.torch as st
+
+    def fail(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(st, "save_file", fail)
+    with pytest.raises(ShapeError, match=r"cannot write .*m\.safetensors: Error while serializing: .*No space left"):
+        nmt.save(Tied(), tmp_path / "m.safetensors")
+
+
+def test_from_linear_refuses_weights_beyond_the_dtypes_range():
+    layer = linear(64, 40)
+    with torch.no_grad():
+        layer.weight.mul_(1e6)
+    top = float(NMLinear.from_linear(layer, "8:32", 8).values.abs().max())
+    with pytest.raises(ShapeError, match=r"the weights: \|value\| up to " + f"{top:.4g}".replace("+", r"\+")
+                                         + r" exceeds float16's largest finite 65504: scale them or use bf16 / f32"):
+        NMLinear.from_linear(layer, "8:32", 8, dtype=torch.float16)
+    assert torch.isfinite(NMLinear.from_linear(layer, "8:32", 8, dtype=torch.bfloat16).values).all()
+
+
 def test_plain_safetensors_round_trip_of_the_compressed_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
     layer = NMLinear.from_linear(linear(64, 40), "8:32", 8, dtype=torch.bfloat16)

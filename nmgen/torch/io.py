@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
+from ..files import reading, writing
 from .kernels import dtype_name, TORCH_DTYPES
 from .linear import NMLinear
 
@@ -37,6 +38,15 @@ def _safetensors():
     except ImportError as e:
         raise ImportError(f"nmgen.torch.save / load need safetensors: pip install 'nmgen[torch]' ({e})") from None
     return st
+
+
+def _safetensors_errors() -> tuple:
+    """The exceptions safetensors raises for a malformed file or a failed write."""
+    import safetensors
+    return (safetensors.SafetensorError,)
+
+
+WHAT = "a file written by nmgen.torch.save"
 
 
 def layers_of(model: nn.Module) -> dict[str, dict]:
@@ -53,7 +63,8 @@ def layers_of(model: nn.Module) -> dict[str, dict]:
 def save(model: nn.Module, path, *, metadata: dict[str, str] | None = None) -> None:
     """Write `model`'s state (NMLinear layers compressed) to `path` as safetensors, with the header
     described in this module's docstring (and `metadata`, strings, added to it). Tensors that share
-    memory (tied weights) are stored once. Raises ShapeError for non-string metadata."""
+    memory (tied weights) are stored once. Raises ShapeError for non-string metadata, or a path that
+    cannot be written (naming the file and why)."""
     st = _safetensors()
     extra = dict(metadata or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
@@ -75,14 +86,15 @@ def save(model: nn.Module, path, *, metadata: dict[str, str] | None = None) -> N
         tensors[name] = t
     header = {**extra, "format": FORMAT, "nmgen.layers": json.dumps(layers_of(model)),
               "nmgen.aliases": json.dumps(aliases)}
-    st.save_file(tensors, os.fspath(path), metadata=header)
+    with writing(path, _safetensors_errors()):
+        st.save_file(tensors, os.fspath(path), metadata=header)
 
 
 def read_header(path) -> dict[str, str]:
     """The safetensors header metadata of `path` (strings); {} if it has none."""
-    from safetensors import safe_open
     _safetensors()
-    with safe_open(os.fspath(path), framework="pt") as f:
+    from safetensors import safe_open
+    with reading(path, WHAT, _safetensors_errors()), safe_open(os.fspath(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
 
@@ -92,8 +104,8 @@ def load(model_or_factory, path, *, strict: bool = True, device=None) -> nn.Modu
     model_or_factory: the model (its dense architecture; nn.Linear layers where the file has
     NMLinear ones are replaced in place), or a callable returning one. device: where the file's
     tensors are read to (default: CPU; load_state_dict then copies them to the model's device).
-    strict: as in load_state_dict. Raises ShapeError when the file was not written by `save` with
-    this format, or names a layer the model lacks or has in another shape or pattern."""
+    strict: as in load_state_dict. Raises ShapeError when the file cannot be read, was not written by
+    `save` with this format, or names a layer the model lacks or has in another shape or pattern."""
     st = _safetensors()
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
@@ -109,7 +121,8 @@ def load(model_or_factory, path, *, strict: bool = True, device=None) -> nn.Modu
         raise ShapeError(f"{path}: its nmgen header is damaged ({type(e).__name__}: {e})") from None
     for name, cfg in layers.items():
         _install(model, name, cfg, path)
-    state = st.load_file(os.fspath(path), device=str(device) if device is not None else "cpu")
+    with reading(path, WHAT, _safetensors_errors()):
+        state = st.load_file(os.fspath(path), device=str(device) if device is not None else "cpu")
     for alias, original in aliases.items():
         if original not in state:
             raise ShapeError(f"{path}: {alias} is recorded as sharing {original}, which the file lacks")

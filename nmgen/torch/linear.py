@@ -91,7 +91,7 @@ class NMLinear(nn.Module):
                              "real weights, or construct NMLinear(in, out, pattern, V) and load a state_dict")
         values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls._assemble(values.to(dtype), indices, p, in_f, bias, allow_tf32)
+        return cls._assemble(_cast_finite(values, dtype), indices, p, in_f, bias, allow_tf32)
 
     @classmethod
     def from_matrix(cls, B: NMMatrix, bias=None, *, device=None, allow_tf32: bool = False) -> "NMLinear":
@@ -225,6 +225,19 @@ def _describe(cfg) -> str:
         return f"with config {cfg}"
     f, n, m, v, i, o = cfg
     return f"{i}->{o} {n}:{m} V={v} (format {f})"
+
+
+def _cast_finite(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`values` in `dtype`; ShapeError (as nmgen.NMMatrix.astype's) where finite weights would
+    become infinite there."""
+    cast = values.to(dtype)
+    if cast.dtype != values.dtype:
+        lost = ~torch.isfinite(cast) & torch.isfinite(values)
+        if bool(lost.any()):
+            from ..ir.dtypes import DTYPES, out_of_range
+            biggest = float(values[torch.isfinite(values)].abs().max())
+            raise out_of_range("the weights", biggest, DTYPES[kernels.dtype_name(dtype)].storage)
+    return cast
 
 
 def _module_dtype(dtype) -> torch.dtype:

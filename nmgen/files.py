@@ -1,0 +1,82 @@
+"""Reading and writing the files of the API (NMMatrix.save / load, nmgen.torch.save / load): a path
+that cannot be used, or an OS or library error on the way, ends in one ShapeError naming the file
+and the cause, never a raw IsADirectoryError, FileNotFoundError or a library's own exception."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .errors import NMGenError, ShapeError
+
+
+def why_not_writable(path) -> str | None:
+    """Why a file cannot be written at `path` (None when it looks writable): a directory, a missing
+    or non-directory parent, a parent or file without write permission."""
+    path = os.fspath(path)
+    if not path:
+        return "the file name is empty"
+    if os.path.isdir(path):
+        return "it is a directory; give a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.path.isdir(parent):
+        return f"the directory {parent} does not exist; create it first"
+    if not os.access(parent, os.W_OK | os.X_OK) and not os.path.exists(path):
+        return f"no permission to create files in {parent}"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "it is read-only"
+    return None
+
+
+def why_not_readable(path) -> str | None:
+    """Why `path` cannot be read as a file (None when it looks readable)."""
+    path = os.fspath(path)
+    if not path:
+        return "the file name is empty"
+    if not os.path.exists(path):
+        return "No such file or directory"
+    if os.path.isdir(path):
+        return "it is a directory; give a file"
+    return None
+
+
+def _shown(path) -> str:
+    return os.fspath(path) or "''"
+
+
+def _cause(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+@contextlib.contextmanager
+def writing(path, errors: tuple = ()):
+    """A block that writes `path`: the path is checked first, and OSError (or one of `errors`, a
+    library's own exceptions) inside it becomes ShapeError("cannot write PATH: cause")."""
+    why = why_not_writable(path)
+    if why:
+        raise ShapeError(f"cannot write {_shown(path)}: {why}")
+    try:
+        yield
+    except NMGenError:
+        raise
+    except (OSError, *errors) as e:
+        raise ShapeError(f"cannot write {_shown(path)}: {_cause(e)}") from None
+
+
+@contextlib.contextmanager
+def reading(path, what: str, errors: tuple = ()):
+    """A block that reads `path`, a file of `what` kind ("a file written by nmgen.torch.save"): the
+    path is checked first, OSError inside becomes ShapeError("cannot read PATH: cause") and one of
+    `errors` (the library's exceptions for a malformed file) ShapeError("PATH is not WHAT: cause")."""
+    why = why_not_readable(path)
+    if why:
+        raise ShapeError(f"cannot read {_shown(path)}: {why}")
+    try:
+        yield
+    except NMGenError:
+        raise
+    except OSError as e:
+        raise ShapeError(f"cannot read {_shown(path)}: {_cause(e)}") from None
+    except errors as e:
+        raise ShapeError(f"{_shown(path)} is not {what} ({_cause(e)})") from None
