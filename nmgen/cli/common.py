@@ -61,19 +61,10 @@ def refuse_existing_outputs(args) -> None:
 def output_file(text: str) -> OutputPath:
     """An argparse type: a file that can be written (not a directory, in a directory that exists
     and is writable), checked before any work is done (that it exists: `refuse_existing_outputs`)."""
-    if not text:
-        raise argparse.ArgumentTypeError("the file name is empty")
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(text))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"{parent} (in {text}) is not a directory; give another file")
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"the directory {parent} of {text} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write in {parent} (permission denied); give another file")
-    if os.path.exists(text) and not os.access(text, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text} is read-only; give another file")
+    from ..files import why_not_writable
+    why = why_not_writable(text)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text}: {why}" if text else why)
     return OutputPath(text)
 
 
@@ -255,12 +246,8 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
                             f"object of schedule fields or a file holding one") from None
     if not isinstance(given, dict):
         raise ScheduleError("--schedule must be a JSON object of schedule fields")
-    from ..search.heuristic import default_schedule
-    try:
-        base = default_schedule(problem, device).to_dict()
-    except ScheduleError:
-        base = Schedule().to_dict()
-    return Schedule.from_dict({**base, **given})
+    from ..search.heuristic import as_schedule
+    return as_schedule(given, problem, device)        # laid over the default, as the API's schedule= is
 
 
 # ---- the tuning database ---------------------------------------------------------------------------
