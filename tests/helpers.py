@@ -1,4 +1,6 @@
 """Shared by the CPU and GPU tiers: random N:M problems and the check against float64."""
+import os
+
 import numpy as np
 
 from nmgen import NMMatrix, Pattern, Problem
@@ -22,3 +24,18 @@ def ok(C, A, B, rows=None, *, compute="ffma", out_dtype="f32"):
 def assert_product(C, A, B, rows=None, **kw):
     v = ok(C, A, B, rows, **kw)
     assert v, v.summary()
+
+
+def assert_golden_ptx(name: str, ptx: str) -> None:
+    """`ptx` equals tests/golden/NAME, which records the LLVM version that made it; with
+    NMGEN_UPDATE_GOLDEN=1 the file is written anew first (then review its diff)."""
+    from nmgen.codegen import llvm_version
+    path = os.path.join(os.path.dirname(__file__), "golden", name)
+    header = f"// golden: LLVM {llvm_version()}\n"
+    if os.environ.get("NMGEN_UPDATE_GOLDEN") == "1":
+        with open(path, "w") as f:
+            f.write(header + ptx)
+    with open(path) as f:
+        golden = f.read()
+    assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
+    assert golden == header + ptx

@@ -1,19 +1,19 @@
 """Generated PTX: every default schedule assembles with ptxas for every architecture, without
 spills or stack; one small schedule's PTX is pinned as a golden file."""
-import os
 
 import pytest
 
 from nmgen import Pattern, Problem, Schedule
 from nmgen.api import compile
-from nmgen.codegen import generate_ptx, llvm_version, target_for
+from nmgen.codegen import generate_ptx, target_for
 from nmgen.ir.device import ARCHS
 from nmgen.errors import CompileError
 from nmgen.ir import build
 
+from helpers import assert_golden_ptx
+
 SHAPES = [(1, 4096, 4096), (17, 100, 64), (64, 64, 64), (4095, 4100, 1024), (256, 2048, 2048), (4096, 4096, 4096)]
 PATTERNS = [(2, 4, 1), (2, 8, 4), (8, 32, 32), (4, 16, 64), (16, 32, 32), (12, 32, 32), (4, 32, 32)]
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nmspmm_17x100x64_8_32_32.ptx")
 
 
 @pytest.mark.parametrize("arch", ARCHS)   # the GPUs nmgen targets (sm_90a is a kernel target, not a device)
@@ -58,11 +58,4 @@ def test_golden_ptx():
     regenerate with NMGEN_UPDATE_GOLDEN=1 and review the diff."""
     k = build(Problem(17, 100, 64, Pattern(8, 32, 32)), Schedule(block_m=32, warp_m=32, thread_m=4, split_k=2))
     ptx = generate_ptx(k, "sm_90")
-    header = f"// golden: LLVM {llvm_version()}\n"
-    if os.environ.get("NMGEN_UPDATE_GOLDEN") == "1":
-        with open(GOLDEN, "w") as f:
-            f.write(header + ptx)
-    with open(GOLDEN) as f:
-        golden = f.read()
-    assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
-    assert golden == header + ptx
+    assert_golden_ptx("nmspmm_17x100x64_8_32_32.ptx", ptx)

@@ -78,28 +78,27 @@ def _writer(path, who, n):
         db.record(rec(f"{who}-{i}", float(i + 1)))
 
 
-def test_four_processes_write_at_once(tmp_path):
-    path = str(tmp_path / "c.db")
-    TuningDB(path)
+def _four_writers(path: str, records: int) -> None:
+    """Four spawned processes each record `records` schedules into `path` at once; all exit 0."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, w, 150)) for w in range(4)]
+    procs = [ctx.Process(target=_writer, args=(path, w, records)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
+
+
+def test_four_processes_write_at_once(tmp_path):
+    path = str(tmp_path / "c.db")
+    TuningDB(path)
+    _four_writers(path, 150)
     assert len(TuningDB(path).recorded(P, "dev", "tc")) == 600
 
 
 def test_four_processes_create_one_file_at_once(tmp_path):
     path = str(tmp_path / "new.db")                  # no file yet: each process sets it up, one wins
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, w, 20)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    _four_writers(path, 20)
     assert len(TuningDB(path).recorded(P, "dev", "tc")) == 80
 
 

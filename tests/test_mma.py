@@ -1,7 +1,6 @@
 """The tensor-core path on the CPU: the mma instructions' fragment tables, the interpreter running
 mma kernels (ldmatrix as the PTX ISA defines it) against float64, a layout mistake caught, the
 validity rules, and the PTX through ptxas."""
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from nmgen.ir.layout import ComputeLayout
 from nmgen.ir.operands import prepare
 from nmgen.ir.validate import problems
 from nmgen.reference import compare
+
+from helpers import assert_golden_ptx
 
 H100 = for_arch("sm_90")
 MMA = dict(thread_m=0, thread_n=0, a_pad=8)
@@ -201,27 +202,19 @@ def test_default_mma_schedules_assemble_without_spills(arch, dtype, a_major):
             assert ptx.count("mma.sync.aligned") > 0
 
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "nmspmm_mma_32x64x64_bf16.ptx")
 
 
 def test_golden_mma_ptx():
     """One small bf16 kernel's PTX pinned (ldmatrix gather, mma, bf16x2 stores). After an intended
     change, regenerate with NMGEN_UPDATE_GOLDEN=1 and review the diff."""
-    from nmgen.codegen import generate_ptx, llvm_version
+    from nmgen.codegen import generate_ptx
     from nmgen.ir import build
     k = build(Problem(32, 64, 64, Pattern(8, 32, 32), "bf16", "col"), Schedule(**MMA, **dict(SMALL, k_windows=2)))
     ptx = generate_ptx(k, "sm_90")
     assert ptx.count("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16") == 4      # A: 2 m-tiles, B: 2 pairs
     assert ptx.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 8   # 2 x 4 tiles, one step
     assert "cvt.rn.bf16x2.f32" in ptx
-    header = f"// golden: LLVM {llvm_version()}\n"
-    if os.environ.get("NMGEN_UPDATE_GOLDEN") == "1":
-        with open(GOLDEN, "w") as f:
-            f.write(header + ptx)
-    with open(GOLDEN) as f:
-        golden = f.read()
-    assert golden.startswith(header), f"golden PTX was made with {golden.splitlines()[0]}, this is LLVM {llvm_version()}"
-    assert golden == header + ptx
+    assert_golden_ptx("nmspmm_mma_32x64x64_bf16.ptx", ptx)
 
 
 def test_wgmma_schedules_of_the_space_assemble_for_sm_90a():
