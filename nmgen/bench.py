@@ -249,6 +249,7 @@ def markdown(data: dict) -> str:
            f"{title}: {data['cublas']}; L2 {data['l2']}, median of {data['reps']} runs; times in ms.", ""]
     decode = any("time_over_bytes" in r for r in rows)
     odd = any("fraction_of_aligned_eff" in r for r in rows)
+    host = any("host_us" in r for r in rows)
     semi = any("semi_structured_2_4_ms" in r or "semi_structured_2_4_error" in r for r in rows)
     head = f"| shape | pattern | nmgen ms | {title} ms | speedup (ideal) | eff TF/s |"
     rule = "|---|---|---|---|---|---|"
@@ -258,6 +259,9 @@ def markdown(data: dict) -> str:
         head, rule = head + " time / bytes-time |", rule + "---|"
     if odd:
         head, rule = head + " eff vs aligned |", rule + "---|"
+    if host:
+        head += " host us/call eager: nmgen op (torch.mm) | replayed in a CUDA graph: nmgen op (torch.mm) |"
+        rule += "---|---|"
     out += [head, rule]
     for r in rows:
         line = (f"| {r['M']}x{r['N']}x{r['K']} | {r['pattern']} | {r['ms']:.4f} | {_num(r['cublas_ms'], '.4f')} | "
@@ -271,6 +275,10 @@ def markdown(data: dict) -> str:
             line += f" {r['time_over_bytes']:.2f} |"
         if odd:
             line += f" {r['fraction_of_aligned_eff'] * 100:.0f}% |" if "fraction_of_aligned_eff" in r else " |"
+        if host:
+            h = r.get("host_us")
+            line += (f" {h['nmgen_eager']:.1f} ({h['torch_mm_eager']:.1f}) | {h['nmgen_graph']:.2f} "
+                     f"({h['torch_mm_graph']:.2f}) |" if h else " - | - |")
         out.append(line)
     refused = sorted({r["semi_structured_2_4_error"] for r in rows if "semi_structured_2_4_error" in r})
     if refused:

@@ -68,6 +68,8 @@ class PreparedSpMM:
             blocks = min(ceil_div(count, THREADS), 8 * 1024)
             self._convert = PackedLaunch(int(fn.function), (blocks, 1, 1), THREADS, 0, [0, 0, count])
         self._plain = not (self.zero_words or self.convert)
+        # driver calls per launch: the kernel, the memset zeroing C first (split-K), the conversion of a 16-bit C
+        self.launches = 1 + bool(self.zero_words) + bool(self.convert)
         self._slots = self._main.slots
         self.lda = a_leading_dim(kernel.problem)
         self.a_alignment = k.a_alignment

@@ -170,3 +170,17 @@ def test_markdown_and_summary_name_the_baseline():
     assert "| 8x8x32 | 8:32 | 1.0000 | - | - (2.00) |" in text and "| 2.0000 | 2.00 |" in text
     assert "cuBLAS FP32" in bench.markdown({**data, "dtype": "f32"}) and "cuBLAS FP32" in bench.markdown(
         {k: v for k, v in data.items() if k != "dtype"})          # the FP32 benchmarks' JSON, written before dtypes
+
+
+def test_markdown_shows_host_time_beside_torch_mm():
+    """Rows measured with --host-time show nmgen's op and torch.mm, eager and replayed; rows without
+    (none measured for them) show dashes."""
+    rows = [{"M": 1, "N": 8, "K": 32, "pattern": p, "ms": 1.0, "cublas_ms": 2.0, "speedup_vs_cublas": 2.0,
+             "ideal_speedup": 2.0, "tflops_eff": 1.0} for p in ("8:32", "4:32")]
+    rows[0]["host_us"] = {"nmgen_eager": 12.34, "nmgen_graph": 0.061, "torch_mm_eager": 9.87, "torch_mm_graph": 0.052}
+    data = {"suite": "decode", "device": "H200", "date": "d", "cublas": "torch", "l2": "warm", "reps": 20,
+            "dtype": "bf16", "rows": rows, "summary": bench.summarize(rows)}
+    text = bench.markdown(data)
+    assert "host us/call eager: nmgen op (torch.mm) | replayed in a CUDA graph: nmgen op (torch.mm) |" in text
+    assert "| 12.3 (9.9) | 0.06 (0.05) |" in text
+    assert text.splitlines()[6].endswith("| 4:32 | 1.0000 | 2.0000 | 2.00 (2.00) | 1.0 | - | - |"), text

@@ -24,3 +24,16 @@ def test_core_never_imports_torch():
              "nmgen.reference, nmgen.cli\n"
              "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     assert r.returncode == 0, r.stderr
+
+
+def test_bench_host_time_without_torch_says_how_to_install():
+    """`nmgen bench --host-time` measures the torch op: without torch it ends in one line naming the
+    install (before any GPU is asked for, so this holds on a machine with a GPU too)."""
+    r = _run("import runpy, sys; sys.modules['torch'] = None\n"
+             "sys.argv = ['nmgen', 'bench', '--host-time', '--suite', 'decode', '--patterns', '8:32']\n"
+             "runpy.run_module('nmgen.cli', run_name='__main__')")
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--host-time measures nmgen's torch op and needs torch" in lines[0], lines[0]
+    assert "pip install 'nmgen[torch]'" in lines[0], lines[0]

@@ -34,6 +34,10 @@ def register(sub):
                    help="time the database's N best schedules (ranked with L2 flushed) under the benchmark's "
                         "own conditions (L2 warm) and report the fastest; all N are in the JSON (default 3)")
     p.add_argument("--reps", type=at_least(20), default=30, help="timed runs, median reported (default 30, at least 20)")
+    p.add_argument("--host-time", action="store_true",
+                   help="also measure the host time per call (us) of nmgen's torch op (torch.ops.nmgen.spmm_out, "
+                        "what NMLinear runs) eager and under CUDA-graph replay, beside torch.mm's of the same "
+                        "shape and dtype (needs torch; A row-major)")
     add_output_arg(p, "--json", metavar="FILE", help="write the results as JSON")
     add_output_arg(p, "--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
     add_output_arg(p, "--markdown", metavar="FILE.md", help="write a short markdown table of the results")
@@ -55,6 +59,25 @@ def suite_shapes(suite: str) -> list[tuple[int, int, int]]:
     if not shapes:
         raise NMGenError(f"--suite {suite} lists no shapes; write one MxNxK a line")
     return shapes
+
+
+def host_time_probe():
+    """nmgen.torch.overhead.spmm_host_time, or NMGenError (one line) where torch is not installed."""
+    try:
+        from ..torch.overhead import spmm_host_time
+    except ImportError as e:
+        raise NMGenError(f"--host-time measures nmgen's torch op and needs torch: {e}; or leave --host-time "
+                         f"out") from None
+    return spmm_host_time
+
+
+def host_times(spmm_host_time, p, B) -> dict:
+    """A row's host_us: nmgen's op and torch.mm, host us per call eager and replayed, GPU us per call."""
+    t = spmm_host_time(B, p.M, allow_tf32=p.dtype == "tf32")
+    return {"nmgen_eager": t["nmgen_op"]["eager_us"], "nmgen_graph": t["nmgen_op"]["graph_us"],
+            "nmgen_gpu": t["nmgen_op"]["gpu_us"], "torch_mm_eager": t["torch_mm"]["eager_us"],
+            "torch_mm_graph": t["torch_mm"]["graph_us"], "torch_mm_gpu": t["torch_mm"]["gpu_us"],
+            "launches_per_call": t["launches_per_call"], "schedule": t["schedule"]}
 
 
 def check_plot(path: str) -> None:
@@ -96,6 +119,7 @@ def run(args):
                                  f"{e}") from None
     if args.plot:
         check_plot(args.plot)
+    spmm_host_time = host_time_probe() if args.host_time else None
     from ..codegen.ptxas import check_ptxas
     check_ptxas()
     db = open_db(args.db)
@@ -136,6 +160,8 @@ def run(args):
                                 "check": "pass" if cv.ok else "FAIL"} for c, ct, cv in timed]
             if not all(cv.ok for _, _, cv in timed):
                 r["check"] = "FAIL"                                # a failing candidate fails the row
+            if spmm_host_time:
+                r["host_us"] = host_times(spmm_host_time, p, B)
             if bw:
                 r["copy_bandwidth"] = bw
                 r["bytes_ms"] = bytes_moved(p) / bw * 1e3
@@ -185,6 +211,10 @@ def _line(r) -> str:
         extra += f"  torch 2:4 {r['semi_structured_2_4_ms']:.4f} ms ({r['speedup_vs_semi_structured_2_4']:.2f}x)"
     elif "semi_structured_2_4_error" in r:
         extra += "  torch 2:4 refused"
+    if "host_us" in r:
+        h = r["host_us"]
+        extra += (f"  host us/call: nmgen {h['nmgen_eager']:.1f} eager, {h['nmgen_graph']:.2f} replayed; "
+                  f"torch.mm {h['torch_mm_eager']:.1f}, {h['torch_mm_graph']:.2f}")
     return (f"{r['M']:>5}x{r['N']:<5}x{r['K']:<5} {r['pattern']:>5}  {r['ms']:8.4f} ms  "
             f"{r['tflops_dense']:6.1f} TF/s dense  {r['tflops_eff']:5.1f} eff  cuBLAS {r['cublas_ms'] or 0:8.4f} ms  "
             f"{sp} (ideal {r['ideal_speedup']:.2f})  err {r['rel_err']:.1e} {r['check']}{extra}")

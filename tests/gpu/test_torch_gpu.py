@@ -387,3 +387,16 @@ def test_host_time_per_call(dtype):
     for what, us in rows.items():
         print(f"  {what:<30} {us:8.1f} us")
     assert all(np.isfinite(list(rows.values())))
+
+
+def test_spmm_host_time_reports_the_op_and_torch_mm():
+    """nmgen.torch.overhead (what `nmgen bench --host-time` reports): eager host time per call
+    above the replayed one for both, GPU time positive, the op's schedule and driver calls named."""
+    from nmgen.bench import problem_of, random_nm
+    from nmgen.torch.overhead import spmm_host_time
+    p = problem_of((1, 1024, 1024), "8:32", 32, "row", "bf16")
+    t = spmm_host_time(random_nm(p, np.random.default_rng(3)).astype("bf16"), 1, graph_calls=20)
+    for what in ("nmgen_op", "torch_mm"):
+        r = t[what]
+        assert 0 < r["graph_us"] < r["eager_us"] < 10_000 and r["gpu_us"] > 0, (what, r)
+    assert t["launches_per_call"] in (1, 2, 3) and t["schedule"]["block_n"] > 0
