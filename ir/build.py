@@ -27,7 +27,9 @@ interpreter checks the very order the GPU will run:
                wgmma.mma_async), and LLVM reuses them once the instruction is issued.
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
                through shared memory (over the pipeline's buffers)
-               store acc to C (atomic add under split-K)
+               store acc to C (atomic add under split-K); a 16-bit C under split-K: atomic adds into
+               an fp32 workspace, then the block that finishes a tile last converts it into C and
+               leaves the workspace zeroed (SplitKReduce: one launch, no memset, no conversion pass)
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from .dtypes import dtype as dtype_of
 from .expr import Var, lt, min_
 from .layout import ComputeLayout, CopyPlan
 from .nodes import (AsyncProxyFence, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait,
-                    Param, ReduceSlices, Shared, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+                    Param, ReduceSlices, Shared, SparseMMA, SparseOperands, SplitKReduce, StoreAcc, Wait, ZeroAcc)
 from .operands import geometry
 from .problem import Problem
 from .schedule import Schedule
@@ -54,10 +56,10 @@ def storage(problem: Problem) -> str:
     return "f32" if problem.dtype == "tf32" else problem.dtype
 
 
-def c_param_dtype(problem: Problem, s: Schedule) -> str:
-    """C's element type as the kernel writes it: split-K adds fp32 partial sums atomically, so a
-    16-bit C is then accumulated in an fp32 workspace that the launcher converts afterwards."""
-    return "f32" if s.split_k > 1 else problem.c_dtype
+def reduces_in_kernel(problem: Problem, s: Schedule) -> bool:
+    """Whether the kernel sums split-K partials in an fp32 workspace and rounds them into a 16-bit
+    C itself (SplitKReduce): atomic adds of fp32 partial sums cannot go into a 16-bit C."""
+    return s.split_k > 1 and problem.c_dtype != "f32"
 
 
 def b_pad(problem: Problem) -> int:
@@ -97,9 +99,12 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         params.append(Param("Arows", "i32", g.T * g.tiles_n, g.a_rows,
                             doc="K columns of A each (K tile, block column) uses" if not g.gathered else
                             "K columns of each index unit's kept rows, per (K tile, block column)"))
-    c_dt = c_param_dtype(problem, s)
-    params.append(Param("C", c_dt, M, N, readonly=False, doc="output (M, N), row-major" if c_dt == problem.c_dtype
-                        else "fp32 workspace (M, N), row-major, converted to C's dtype after the kernel"))
+    params.append(Param("C", problem.c_dtype, M, N, readonly=False, doc="output (M, N), row-major"))
+    reduce16 = reduces_in_kernel(problem, s)
+    if reduce16:
+        params += [Param("Work", "f32", M, N, readonly=False, doc="fp32 partial sums (M, N), zero before and after"),
+                   Param("Counts", "i32", 1, g.tiles_m * g.tiles_n, readonly=False,
+                         doc="splits done per output tile, zero before and after")]
 
     mk = s.a_smem == "mk"
     if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-element vectors
@@ -192,12 +197,16 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
-    body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
+    if reduce16:
+        body += [StoreAcc("Work", bm * BM, bn * BN, atomic=True),
+                 SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, s.split_k)]
+    else:
+        body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
 
     return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=shared,
                   threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
-                  M=M, N=N, body=tuple(body), zero_output=s.split_k > 1, min_blocks=s.min_blocks,
-                  a_alignment=g.esize * a_elems, convert_output=problem.c_dtype if c_dt != problem.c_dtype else None,
+                  M=M, N=N, body=tuple(body), zero_output=s.split_k > 1 and not reduce16, min_blocks=s.min_blocks,
+                  a_alignment=g.esize * a_elems,
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
 
 

@@ -28,7 +28,7 @@ from .dtypes import round_tf32
 from .errors import HazardError
 from .expr import evaluate
 from .nodes import (AsyncProxyFence, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait,
-                    ReduceSlices, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+                    ReduceSlices, SparseMMA, SparseOperands, SplitKReduce, StoreAcc, Wait, ZeroAcc)
 from .operands import INDEX_DTYPES
 
 _NP = {"f32": np.float32, "bf16": ml_dtypes.bfloat16, "f16": np.float16, "u8": np.uint8, "u16": np.uint16,
@@ -128,8 +128,13 @@ class Interpreter:
 
     # ---- launch ---------------------------------------------------------------------------------
     def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """`arrays` maps each param name to its 2-D array; returns C (poisoned, or zeroed for split-K, first)."""
+        """`arrays` maps each param name to its 2-D array (a split-K workspace, "Work" and "Counts",
+        may be left out: zeros, as the launcher provides it); returns C (poisoned, or zeroed for
+        split-K into an fp32 C, first). Raises HazardError if the kernel leaves its workspace
+        anything but zero (the next launch relies on it)."""
         k = self.k
+        scratch = {p.name: np.zeros((p.rows, p.cols), _NP[p.dtype]) for p in k.params if p.name in ("Work", "Counts")}
+        arrays = {**scratch, **arrays}
         for p in k.params:
             if p.name == "C":
                 continue
@@ -144,8 +149,10 @@ class Interpreter:
         for z in range(gz):
             for x in range(gx):
                 self._run_block({"ctaid_x": x, "ctaid_z": z})
-        if k.convert_output:          # what the launcher does after a split-K kernel with a 16-bit C
-            return C.astype(_NP[k.convert_output])
+        for name in scratch:
+            if self.arrays[name].any():
+                raise HazardError(f"the kernel leaves its split-K workspace {name} non-zero: the next launch, "
+                                  f"which relies on it being zero, would add to stale sums")
         return C
 
     def _run_block(self, env):
@@ -201,6 +208,8 @@ class Interpreter:
                 self._reduce(st, blk)
             elif isinstance(st, StoreAcc):
                 self._store(st, blk)
+            elif isinstance(st, SplitKReduce):
+                self._split_k_reduce(st, blk)
             else:
                 raise TypeError(f"interpreter cannot run {type(st).__name__}")
 
@@ -539,13 +548,33 @@ class Interpreter:
         rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]
         if op.atomic:
             if C.dtype != np.float32:
-                raise HazardError("atomic adds go into an fp32 C (a 16-bit C is accumulated in a workspace)")
+                raise HazardError(f"atomic adds go into fp32 arrays, not {op.dst} of {C.dtype} (a 16-bit C is "
+                                  f"accumulated in an fp32 workspace)")
             np.add.at(C, (rows, cols), vals)
         else:
             if self.written[rows, cols].any():
                 raise HazardError("two threads store the same element of C without atomics")
             self.written[rows, cols] = True
             C[rows, cols] = vals.astype(C.dtype)     # rounded to nearest, as cvt.rn does
+
+
+    def _split_k_reduce(self, op: SplitKReduce, blk: _Block):
+        """The block counts itself; the one that completes its tile's count rounds the tile's sums
+        into C and zeroes the sums and the count (blocks run one after another here, so the
+        ordering the GPU needs fences for holds by construction)."""
+        counts, work, C = self.arrays[op.counts], self.arrays[op.work], self.arrays[op.dst]
+        tile = blk.env["ctaid_x"]
+        counts[0, tile] += 1
+        if counts[0, tile] < op.splits:
+            return
+        r0, c0 = self._scalar(op.row0, blk), self._scalar(op.col0, blk)
+        r1, c1 = min(r0 + op.rows, self.k.M), min(c0 + op.cols, self.k.N)
+        if self.written[r0:r1, c0:c1].any():
+            raise HazardError("two blocks store the same tile of C")
+        self.written[r0:r1, c0:c1] = True
+        C[r0:r1, c0:c1] = work[r0:r1, c0:c1].astype(C.dtype)      # rounded to nearest, as cvt.rn does
+        work[r0:r1, c0:c1] = 0
+        counts[0, tile] = 0
 
 
 def interpret(kernel: Kernel, arrays: dict[str, np.ndarray]) -> np.ndarray:

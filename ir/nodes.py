@@ -221,8 +221,31 @@ class StoreAcc:
     atomic: bool
 
 
+@dataclass(frozen=True)
+class SplitKReduce:
+    """Split-K into a 16-bit C in one launch (the serial split-K reduction). Before it, StoreAcc
+    added the block's partial sums atomically into the fp32 workspace `work` (M, N). Each block
+    then counts itself in `counts`[0][ctaid.x] (one i32 per output tile); the block that counts
+    `splits` (every split's sums are in) reads its (rows, cols) tile at (row0, col0) of `work`,
+    masked to M x N, stores it into `dst` rounded to dst's dtype, and stores zero over what it read
+    and over its count. So `work` and `counts` are zero after the launch as before it: the launcher
+    zeroes them once, when it allocates them, not before every launch.
+
+    Ordering (PTX ISA, memory consistency model): every thread's adds, then a gpu-scope fence and
+    a barrier, before the count (an atomic add by thread 0); the last block fences again before it
+    reads `work` through L2 (ld.global.cg), where the other blocks' atomic adds were performed."""
+    dst: str
+    work: str
+    counts: str
+    row0: IntLike
+    col0: IntLike
+    rows: int
+    cols: int
+    splits: int
+
+
 Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, AsyncProxyFence, Barrier, ZeroAcc, LoadFragments,
-             SparseMMA, ReduceSlices, StoreAcc]
+             SparseMMA, ReduceSlices, StoreAcc, SplitKReduce]
 
 
 @dataclass(frozen=True)
@@ -237,20 +260,33 @@ class Kernel:
     M: int
     N: int
     body: tuple
-    zero_output: bool = False      # the launcher must zero C first (split-K accumulates atomically)
+    zero_output: bool = False      # the launcher must zero C first (split-K into an fp32 C accumulates atomically)
     a_alignment: int = 4           # bytes A's base address must be aligned to (16-byte copies of A rows)
     min_blocks: int = 0
-    convert_output: str | None = None   # C is an fp32 workspace; the launcher converts it to this dtype
     notes: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def workspace_words(self) -> int:
+        """32-bit words of the zeroed scratch a split-K kernel with a 16-bit C needs (SplitKReduce):
+        its "Work" (M, N) fp32 partial sums, then its "Counts" (one per output tile); 0 for others.
+        The launcher passes the scratch's address as Work and address + 4 * M * N as Counts."""
+        if not any(p.name == "Work" for p in self.params):
+            return 0
+        return self.param("Work").rows * self.param("Work").cols + self.param("Counts").cols
+
+    @property
+    def store_vec(self) -> int:
+        """Accumulator columns a thread stores (or adds) with one vector access: a run of the layout
+        (layout.c_vec) where every row of the (M, N) target starts on a boundary of it, else 1."""
+        vec = self.layout.c_vec
+        return vec if self.N % vec == 0 else 1
 
     @property
     def c_alignment(self) -> int:
         """Bytes C's base address must be aligned to: a thread's run of consecutive columns
         (layout.runs) is stored (or atomically added, where the target has vector atomics) with
         one vector access when every row of C starts on such a boundary."""
-        esize = DTYPE_BYTES[self.param("C").dtype]
-        vec = self.layout.c_vec
-        return esize * vec if self.N % vec == 0 else esize
+        return DTYPE_BYTES[self.param("C").dtype] * self.store_vec
 
     @property
     def smem_bytes(self) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .nodes import (Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, ReduceSlices, SparseMMA,
-                    StoreAcc, Wait, ZeroAcc)
+                    SplitKReduce, StoreAcc, Wait, ZeroAcc)
 
 
 def format_kernel(k: Kernel) -> str:
@@ -76,6 +76,10 @@ def _body(body, out, depth, lay):
                        + (f" (row {rows.start} from {st.head})" if st.head else "") + _rows_note(o))
         elif isinstance(st, ReduceSlices):
             out.append(f"{pad}slices 1.. -> {st.buf}; barrier; slice 0: acc += {st.buf}[each]")
+        elif isinstance(st, SplitKReduce):
+            out.append(f"{pad}fence; barrier; count the block in {st.counts}[ctaid.x]; the block that counts "
+                       f"{st.splits}: {st.dst}[{st.row0} : +{st.rows}, {st.col0} : +{st.cols}] = "
+                       f"round({st.work}[same]); {st.work}[same] = 0; {st.counts}[ctaid.x] = 0")
         elif isinstance(st, StoreAcc):
             out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} +, {st.col0} +]"
                        + ("  (slice 0)" if lay.warps_k > 1 else ""))

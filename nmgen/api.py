@@ -43,7 +43,7 @@ class Kernel:
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
         self._loaded = {}           # device ordinal -> loaded module (runtime.module)
-        self._workspaces = {}       # (device, stream) -> fp32 workspace (split-K with a 16-bit C)
+        self._workspaces = {}       # (device, stream) -> split-K scratch of a 16-bit C (zeroed once)
         if resources is not None:
             self.__dict__["resources"] = resources
 
@@ -61,23 +61,21 @@ class Kernel:
 
     def launch(self, A_ptr: int, operands: "DeviceOperands", C_ptr: int, stream: int = 0, device: int = 0) -> None:
         """Raw launch on device pointers: A as the kernel reads it (its dtype, order and leading
-        dimension: ir.build.a_leading_dim), C (M, N) of the problem's c_dtype. Under split-K, C (or,
-        for a 16-bit C, an fp32 workspace then converted into C) is zeroed first. Prefer `spmm`."""
+        dimension: ir.build.a_leading_dim), C (M, N) of the problem's c_dtype. Under split-K an fp32
+        C is zeroed first; a 16-bit C is summed in this kernel's workspace for (device, stream),
+        zero between launches (ir.nodes.SplitKReduce). Prefer `spmm`."""
         from .runtime.memory import memset32
         k = self.ir
         loaded = self.loaded(device)
-        out = C_ptr
-        if k.convert_output:  # split-K into fp32 partial sums, rounded into C afterwards
-            C_ptr = self._workspace(device, stream)
         if k.zero_output:
             memset32(C_ptr, k.M * k.N, stream)
         ptrs = {"A": A_ptr, "C": C_ptr, "Bv": operands.bv.ptr, "Bi": operands.bi and operands.bi.ptr,
                 "Arows": operands.arows and operands.arows.ptr}
+        if k.workspace_words:
+            ptrs["Work"] = self._workspace(device, stream)
+            ptrs["Counts"] = ptrs["Work"] + 4 * k.M * k.N
         args = [ptrs[p.name] for p in k.params]
         loaded.launch(k.grid, k.threads, args, stream)
-        if k.convert_output:
-            from .runtime.convert import convert
-            convert(C_ptr, out, k.M * k.N, k.convert_output, stream, device)
 
     def loaded(self, device: int = 0):
         """The kernel loaded into `device`'s primary context (runtime.module.LoadedKernel: its
@@ -90,12 +88,15 @@ class Kernel:
         return loaded
 
     def _workspace(self, device: int, stream: int) -> int:
-        """The fp32 (M, N) workspace of a split-K kernel with a 16-bit C, one per device and stream
-        (launches on one stream run in order; two streams get two workspaces)."""
-        from .runtime.memory import DeviceBuffer
+        """The scratch of a split-K kernel with a 16-bit C (ir workspace_words: fp32 sums, tile
+        counts), one per device and stream (launches on one stream run in order; two streams get
+        two), zeroed in stream order when made; each launch leaves it zeroed."""
+        from .runtime.memory import DeviceBuffer, memset32
         ws = self._workspaces.get((device, stream))
         if ws is None:
-            ws = self._workspaces[(device, stream)] = DeviceBuffer(self.ir.M * self.ir.N * 4, device)
+            ws = DeviceBuffer(self.ir.workspace_words * 4, device)
+            memset32(ws.ptr, self.ir.workspace_words, stream)
+            self._workspaces[(device, stream)] = ws
         return ws.ptr
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
@@ -397,7 +398,7 @@ _NAN_BITS = {"f32": 0x7FC00000, "bf16": 0x7FC0, "f16": 0x7E00}
 
 
 def poison(ptr: int, count: int, c_dtype: str, stream: int = 0) -> None:
-    from .runtime.convert import memset16
+    from .runtime.memory import memset16
     from .runtime.memory import memset32
     if c_dtype == "f32":
         memset32(ptr, count, stream, _NAN_BITS["f32"])

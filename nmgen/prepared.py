@@ -3,10 +3,11 @@
 `nmgen.spmm` checks its inputs, looks up the kernel and the weights' device copies, and packs the
 launch arguments on every call (about 140 us of host time at 1x4096x4096). A `PreparedSpMM` does
 all of that once: it holds the loaded CUfunction, the weights' device addresses, grid, block,
-shared memory and a packed argument block in which only A and C are patched per call. A launch is
-then one cuLaunchKernel (plus, under split-K, the memset that zeroes C first, and for a 16-bit C
-the conversion of the fp32 partial sums): a few microseconds of host time, nothing allocated,
-nothing synchronised, nothing compiled. CUDA graphs capture it like any other launch.
+shared memory and a packed argument block in which only A and C (and a split-K workspace) are
+patched per call. A launch is then one cuLaunchKernel (plus, under split-K into an fp32 C, the
+memset that zeroes C first; a 16-bit C is reduced in the kernel, in a workspace it leaves zeroed):
+a few microseconds of host time, nothing allocated, nothing synchronised, nothing compiled. CUDA
+graphs capture it like any other launch.
 
 It checks nothing per call: the caller passes device addresses of the right size, dtype, order
 and alignment (`a_alignment`, `c_alignment`, `lda`). nmgen.torch builds these for torch tensors.
@@ -18,10 +19,9 @@ from typing import Mapping
 
 from .errors import ShapeError
 from .ir.build import a_leading_dim
-from .ir.problem import ceil_div
 from .runtime.launch import CONTEXT_ERRORS, PackedLaunch, memset32, raise_for
 
-_POINTERS = ("A", "C")
+_POINTERS = ("A", "C", "Work", "Counts")      # patched per call
 
 
 class PreparedSpMM:
@@ -38,8 +38,9 @@ class PreparedSpMM:
 
     Attributes a caller needs to feed it: `lda` (elements from one row of A to the next as the
     kernel reads it), `a_alignment` / `c_alignment` (bytes A's and C's addresses must be aligned
-    to), `workspace_bytes` (an fp32 (M, N) scratch buffer a split-K kernel with a 16-bit C needs;
-    0 otherwise).
+    to), `workspace_bytes` (the scratch a split-K kernel with a 16-bit C needs, 4-byte aligned:
+    fp32 partial sums and tile counts, ir.nodes.SplitKReduce; 0 otherwise), `launches` (driver
+    calls per launch with a zeroed workspace: 2 for split-K into an fp32 C, else 1).
 
     Raises ShapeError when an operand the kernel reads is missing."""
 
@@ -56,20 +57,13 @@ class PreparedSpMM:
         self._a, self._c = names.index("A"), names.index("C")
         self._main = PackedLaunch(int(loaded.function), k.grid, k.threads, loaded.smem,
                                   [0 if n in _POINTERS else int(operands[n]) for n in names])
-        count = self.M * self.N
-        self.zero_words = count if k.zero_output else 0
-        self.convert = k.convert_output
-        self.workspace_bytes = 4 * count if self.convert else 0
-        self._convert = None
-        if self.convert:
-            from .runtime.convert import NAMES, PTX, THREADS
-            from .runtime.module import load
-            fn = load(PTX[self.convert], NAMES[self.convert], 0, self.device)
-            blocks = min(ceil_div(count, THREADS), 8 * 1024)
-            self._convert = PackedLaunch(int(fn.function), (blocks, 1, 1), THREADS, 0, [0, 0, count])
-        self._plain = not (self.zero_words or self.convert)
-        # driver calls per launch: the kernel, the memset zeroing C first (split-K), the conversion of a 16-bit C
-        self.launches = 1 + bool(self.zero_words) + bool(self.convert)
+        self.zero_words = self.M * self.N if k.zero_output else 0
+        self.workspace_words = k.workspace_words
+        self.workspace_bytes = 4 * self.workspace_words
+        # the workspace's two parts: its slots in the argument block, the counts' byte offset in it
+        self._work = (names.index("Work"), names.index("Counts"), 4 * self.M * self.N) if self.workspace_words else None
+        self._plain = not (self.zero_words or self.workspace_words)
+        self.launches = 1 + bool(self.zero_words)
         self._slots = self._main.slots
         self.lda = a_leading_dim(kernel.problem)
         self.a_alignment = k.a_alignment
@@ -99,16 +93,21 @@ class PreparedSpMM:
         p._keep = ops       # the device copies live as long as B's cache and this object
         return p
 
-    def launch(self, a_ptr: int, c_ptr: int, stream: int = 0, workspace: int = 0) -> None:
+    def launch(self, a_ptr: int, c_ptr: int, stream: int = 0, workspace: int = 0,
+               workspace_zeroed: bool = False) -> None:
         """Enqueue C = A @ B on `stream` (a CUstream handle as an int; 0: the legacy default stream).
 
         a_ptr: A as the kernel reads it (its dtype; rows of `lda` elements; `a_alignment`-aligned).
         c_ptr: C, (M, N) row-major of the problem's c_dtype, `c_alignment`-aligned; it must not
                overlap A.
-        workspace: address of `workspace_bytes` bytes of fp32 scratch for a split-K kernel with a
-               16-bit C, used in stream order (one per stream launched on concurrently); 0: this
-               object's own buffer for `stream`, allocated on first use (not while a CUDA graph
-               is being captured: pass one then).
+        workspace: address of `workspace_bytes` bytes of scratch for a split-K kernel with a 16-bit
+               C, used in stream order (one per stream launched on concurrently); 0: this object's
+               own for `stream`, allocated and zeroed on first use (not while a CUDA graph is being
+               captured: pass one then).
+        workspace_zeroed: the workspace holds zeros when this launch reaches it in stream order, so
+               no memset clears it first. The kernel leaves it zeroed, so a workspace zeroed when
+               made and used only by these launches stays so; pass False for any other (the memset
+               is then enqueued before the kernel).
 
         Raises CudaError (naming the CUDA error) if the driver refuses the launch; a launch made
         while another GPU's context is current in this thread is retried once in the right one."""
@@ -121,29 +120,30 @@ class PreparedSpMM:
                 if rc:
                     self._recover(rc, a_ptr, c_ptr, stream, workspace)
             return
-        if self.workspace_bytes and not workspace:
-            workspace = self._own_workspace(stream)
+        if self.workspace_words and not workspace:
+            workspace, workspace_zeroed = self._own_workspace(stream), True
         with self._lock:
-            rc = self._enqueue(a_ptr, c_ptr, stream, workspace)
+            rc = self._enqueue(a_ptr, c_ptr, stream, workspace, workspace_zeroed)
             if rc:
                 self._recover(rc, a_ptr, c_ptr, stream, workspace)
 
-    def _enqueue(self, a_ptr: int, c_ptr: int, stream: int, workspace: int) -> int:
+    def _enqueue(self, a_ptr: int, c_ptr: int, stream: int, workspace: int, zeroed: bool) -> int:
         main = self._main
         main.set(self._a, a_ptr)
-        target = workspace if self.convert else c_ptr
-        main.set(self._c, target)
-        if self.zero_words:         # split-K adds its partial sums atomically: zero the target first
-            rc = memset32(target, self.zero_words, stream)
+        main.set(self._c, c_ptr)
+        if self.zero_words:         # split-K adds its fp32 partial sums atomically into C: zero it first
+            rc = memset32(c_ptr, self.zero_words, stream)
             if rc:
                 return rc
-        rc = main(stream)
-        if rc or not self.convert:
-            return rc
-        conv = self._convert        # fp32 partial sums rounded into the 16-bit C
-        conv.set(0, workspace)
-        conv.set(1, c_ptr)
-        return conv(stream)
+        if self._work:
+            work, counts, offset = self._work
+            main.set(work, workspace)
+            main.set(counts, workspace + offset)
+            if not zeroed:
+                rc = memset32(workspace, self.workspace_words, stream)
+                if rc:
+                    return rc
+        return main(stream)
 
     def _recover(self, rc: int, a_ptr: int, c_ptr: int, stream: int, workspace: int) -> None:
         """A launch refused for the context (none current in this thread, or another GPU's) is made
@@ -155,7 +155,7 @@ class PreparedSpMM:
         previous = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
         ctx = use_device(self.device)
         try:
-            rc = self._enqueue(a_ptr, c_ptr, stream, workspace)
+            rc = self._enqueue(a_ptr, c_ptr, stream, workspace, False)   # (a refused launch ran nothing)
         finally:
             if previous is None or int(previous) != int(ctx):
                 check(drv.cuCtxSetCurrent(previous if previous is not None else drv.CUcontext(0)),
@@ -163,10 +163,13 @@ class PreparedSpMM:
         raise_for(rc, self._what)
 
     def _own_workspace(self, stream: int) -> int:
+        """This object's workspace for `stream`, zeroed in stream order when made (launches keep it so)."""
         from .runtime.memory import DeviceBuffer
         buf = self._workspaces.get(stream)
         if buf is None:
-            buf = self._workspaces[stream] = DeviceBuffer(self.workspace_bytes, self.device)
+            buf = DeviceBuffer(self.workspace_bytes, self.device)
+            raise_for(memset32(buf.ptr, self.workspace_words, stream), "zeroing the split-K workspace")
+            self._workspaces[stream] = buf
         return buf.ptr
 
     def __repr__(self):

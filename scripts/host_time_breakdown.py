@@ -41,11 +41,12 @@ def breakdown(shape, pattern, dtype):
         prep = weights.prepare(M, False, c.dtype)
         core = prep.core
         stream = kernels.current_stream(0)
-        ws = kernels.workspace(0, stream, prep.workspace_bytes).data_ptr() if prep.workspace_bytes else 0
+        ws = kernels.workspace(0, stream, prep.workspace_bytes)[0].data_ptr() if prep.workspace_bytes else 0
         ap, cp = a.data_ptr(), c.data_ptr()
+        core.launch(ap, cp, stream, ws)            # the packed arguments now address a, c (or ws)
         rows = {
             "driver: cuLaunchKernel (ctypes, packed)": host_us(lambda: core._main(stream)),
-            "PreparedSpMM.launch": host_us(lambda: core.launch(ap, cp, stream, ws)),
+            "PreparedSpMM.launch": host_us(lambda: core.launch(ap, cp, stream, ws, True)),
             "kernels.Weights.run": host_us(lambda: weights.run(a, c)),
             "kernels.weights_for": host_us(lambda: kernels.weights_for(v, i, n, m, V)),
             "ops.spmm_out_cuda (no dispatcher)": host_us(lambda: ops.spmm_out_cuda(a, v, i, n, m, V, False, c)),

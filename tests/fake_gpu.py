@@ -11,7 +11,6 @@ and gives the API fresh kernel and operand caches, so nothing made here reaches 
 """
 from __future__ import annotations
 
-import dataclasses
 import weakref
 
 import numpy as np
@@ -130,10 +129,12 @@ class FakeLoaded:
         for p, ptr in zip(ir.params, args):
             if p.name == "C":
                 c_ptr = ptr
+            elif p.name in ("Work", "Counts"):      # split-K scratch: read and left (zeroed) in place
+                arrays[p.name] = mem.array(ptr, (p.rows, p.cols), _DTYPES[p.dtype])
             else:
                 arrays[p.name] = mem.array(ptr, (p.rows, p.cols), _DTYPES[p.dtype]).copy()
         mem.launches.append(ir.name)
-        C = interpret(dataclasses.replace(ir, convert_output=None), arrays)   # what the kernel itself writes
+        C = interpret(ir, arrays)   # what the kernel itself writes
         out = mem.array(c_ptr, (ir.M, ir.N), _DTYPES[ir.param("C").dtype])
         if ir.zero_output:
             out += C              # atomic adds onto the zeroed C
@@ -170,7 +171,7 @@ class _Driver:
 def install(monkeypatch) -> FakeMemory:
     """Patch the runtime so the API runs on a fake H100; returns its memory."""
     import nmgen.api as api
-    from nmgen.runtime import arrays, convert as conversion, driver, memory, module
+    from nmgen.runtime import arrays, driver, memory, module
 
     mem = FakeMemory()
     FakeBuffer.mem = mem
@@ -195,9 +196,6 @@ def install(monkeypatch) -> FakeMemory:
         mem.memsets += 1
         mem.bytes(ptr, 2 * count).view(np.uint16)[:] = value
 
-    def convert(src, dst, count, dtype, stream=0, device=0):
-        mem.array(dst, (count,), _DTYPES[dtype])[:] = mem.array(src, (count,), np.float32)
-
     def empty_like_owner(owner, shape, dtype="f32"):
         from nmgen.ir.dtypes import DTYPES
         return FakeCudaArray.from_numpy(mem, np.empty(shape, DTYPES[dtype].storage))
@@ -214,8 +212,7 @@ def install(monkeypatch) -> FakeMemory:
     monkeypatch.setattr(memory, "DeviceBuffer", FakeBuffer)
     monkeypatch.setattr(memory, "download", download)
     monkeypatch.setattr(memory, "memset32", memset32)
-    monkeypatch.setattr(conversion, "memset16", memset16)
-    monkeypatch.setattr(conversion, "convert", convert)
+    monkeypatch.setattr(memory, "memset16", memset16)
     monkeypatch.setattr(memory, "synchronize", lambda stream=0, what="": None)
     monkeypatch.setattr(module, "load", fake_load)
     monkeypatch.setattr(arrays, "_device_of", lambda ptr: 0)

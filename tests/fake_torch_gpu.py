@@ -3,19 +3,18 @@ standing in for CUDA ones and the kernels run by the IR interpreter.
 
 What is real: nmgen.torch.kernels (the weight cache, preparing per M, the checks, the A copies,
 the workspaces), nmgen.prepared.PreparedSpMM (the packed argument block, the split-K memset and
-the conversion launch), and ctypes' marshalling of every driver call (the stand-in library's
+the split-K workspace), and ctypes' marshalling of every driver call (the stand-in library's
 functions are ctypes callbacks with the driver's C signatures, bound by launch.bind). What is
 emulated: the driver library (its calls read and write the process's own memory at the addresses
 they get, which are CPU tensors' data pointers), kernel loading, and torch's stream and capture
-queries. So a CPU test sees the bytes the GPU would: wrong argument order, a missing memset or
-conversion, or a stale cached kernel give a wrong product here too.
+queries. So a CPU test sees the bytes the GPU would: wrong argument order, a missing memset, a
+workspace not zeroed, or a stale cached kernel give a wrong product here too.
 
 Use `install(monkeypatch)` (after tests/fake_gpu.install, which fakes the driver's device queries).
 """
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import types
 
 import numpy as np
@@ -67,23 +66,16 @@ class Kernel:
         for p, ptr in zip(ir.params, args):
             if p.name == "C":
                 c_ptr = ptr
+            elif p.name in ("Work", "Counts"):      # split-K scratch: read and left (zeroed) in place
+                arrays[p.name] = array(ptr, (p.rows, p.cols), _NP[p.dtype])
             else:
                 arrays[p.name] = array(ptr, (p.rows, p.cols), _NP[p.dtype]).copy()
-        C = interpret(dataclasses.replace(ir, convert_output=None), arrays)
+        C = interpret(ir, arrays)
         out = array(c_ptr, (ir.M, ir.N), _NP[ir.param("C").dtype])
         if ir.zero_output:
             out += C.astype(out.dtype)      # atomic adds onto the zeroed target
         else:
             np.copyto(out, C.astype(out.dtype), where=~np.isnan(C.astype(np.float32)))
-
-
-class Convert:
-    def __init__(self, name: str, dtype: str):
-        self.name, self.dtype = name, dtype
-
-    def __call__(self, args, stream):
-        src, dst, count = args
-        array(dst, (count,), _NP[self.dtype])[:] = array(src, (count,), np.float32).astype(_NP[self.dtype])
 
 
 def driver_library(emu: Emulator):
@@ -97,7 +89,7 @@ def driver_library(emu: Emulator):
         fn = emu.functions.get(f)
         if fn is None or extra is not None or params is None:
             return 400                                      # CUDA_ERROR_INVALID_HANDLE
-        n = len(fn.ir.params) if isinstance(fn, Kernel) else 3
+        n = len(fn.ir.params)
         slots = ctypes.cast(params, ctypes.POINTER(ctypes.c_void_p))
         args = [ctypes.c_uint64.from_address(slots[i]).value for i in range(n)]
         emu.calls.append(("launch", fn.name, stream or 0))
@@ -120,7 +112,6 @@ def install(monkeypatch) -> Emulator:
 
     import nmgen.api as api
     from nmgen.runtime import launch, module
-    from nmgen.runtime.convert import NAMES
     import nmgen.torch.kernels as kernels
 
     emu = Emulator()
@@ -133,9 +124,7 @@ def install(monkeypatch) -> Emulator:
         return types.SimpleNamespace(function=h, smem=self.ir.smem_bytes)
 
     def load(image, name, smem, device=0):
-        dtype = {v: k for k, v in NAMES.items()}.get(name)
-        assert dtype is not None, f"the emulated GPU loads kernels through Kernel.loaded, not {name}"
-        return types.SimpleNamespace(function=emu.register(Convert(name, dtype)), smem=0)
+        raise AssertionError(f"the emulated GPU loads kernels through Kernel.loaded, not {name}")
 
     def upload(a, device):
         return torch.from_numpy(np.ascontiguousarray(a).view(np.uint8).reshape(-1).copy())

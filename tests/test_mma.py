@@ -111,6 +111,35 @@ def test_a_layout_mistake_fails_on_the_cpu(rng, monkeypatch):
     assert not compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype="bf16").ok
 
 
+@pytest.mark.parametrize("wgmma", [0, 1])
+def test_split_k_into_a_16_bit_c_reduces_in_the_kernel_and_leaves_its_workspace_zeroed(rng, wgmma):
+    """A bf16 C under split-K 3 (uneven: 8 K tiles) is one kernel: fp32 sums in "Work", tile counts
+    in "Counts", the last block of each tile rounding it into C. Work and Counts are zero after
+    (the interpreter raises otherwise); without the reduction step they are not, and a workspace
+    that was not zero when the launch began gives a wrong C."""
+    import dataclasses
+    from nmgen.checking import kernel_a
+    from nmgen.ir import HazardError, build, interpret, nodes
+    p = Problem(40, 136, 256, Pattern(8, 32, 32), "bf16", "col", "bf16")
+    tiles = dict(block_m=64, block_n=64, warp_m=64, warp_n=64, wgmma=1) if wgmma else dict(SMALL, warp_m=16)
+    s = Schedule(**MMA, **tiles, k_windows=1, split_k=3)
+    A, B = random_inputs(p, rng)
+    ops = prepare(p, s, B.values, B.indices)
+    k = build(p, s)
+    assert not k.zero_output and [q.name for q in k.params][-3:] == ["C", "Work", "Counts"]
+    assert k.workspace_words == p.M * p.N + k.grid[0]
+    arrays = {"A": kernel_a(p, A), "Bv": ops.bv, "Bi": ops.bi}
+    work = np.zeros((p.M, p.N), np.float32)
+    counts = np.zeros((1, k.grid[0]), np.int32)
+    C = interpret(k, dict(arrays, Work=work, Counts=counts))
+    assert compare(C, A, B, compute="mma", out_dtype="bf16").ok and not work.any() and not counts.any()
+    stale = np.full((p.M, p.N), 1.0, np.float32)                        # a launcher that skipped the zeroing
+    assert not compare(interpret(k, dict(arrays, Work=stale)), A, B, compute="mma", out_dtype="bf16").ok
+    unreduced = dataclasses.replace(k, body=tuple(x for x in k.body if not isinstance(x, nodes.SplitKReduce)))
+    with pytest.raises(HazardError, match="leaves its split-K workspace Work non-zero"):
+        interpret(unreduced, arrays)
+
+
 @pytest.mark.parametrize("drop,match", [
     ("AsyncProxyFence", "not fenced into it"),          # cp.async's writes never reach the async proxy
     ("MmaWait", "in flight|still reads it"),             # a stage, A registers or C reused while a group runs

@@ -15,6 +15,10 @@ Mapping:
   StoreAcc   -> each run of consecutive accumulator columns (layout.runs): st.global.v2/v4 where C's rows
                 are aligned for it (16-bit C: converted with cvt.rn first), scalar stores or (vector)
                 atomic adds otherwise
+  SplitKReduce -> fence.acq_rel.gpu; bar.sync; thread 0: atom.global.add.u32 on the tile's count;
+                bar.red.or.pred hands "this block is last" to all; the last block: fence.acq_rel.gpu,
+                then a strided loop over the tile's in-bounds elements: ld.global.cg.f32 of the sum,
+                st.global.cg.f32 of zero over it, cvt.rn and a 16-bit store into C; the count zeroed
   For/If     -> branches;  index expressions -> i32 arithmetic (nuw/nsw: all indices are naturals)
 
 Expressions that depend only on the thread index are computed once, in the entry block; the
@@ -31,7 +35,7 @@ from llvmlite import ir  # noqa: E402
 
 from ..ir.expr import BinOp, Const, Expr, Select, Var, free_vars, split_offset  # noqa: E402
 from ..ir.nodes import (DTYPE_BYTES, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments,  # noqa: E402
-                        LoadList, ReduceSlices, SparseMMA, SparseOperands, StoreAcc, Wait, ZeroAcc)
+                        LoadList, ReduceSlices, SparseMMA, SparseOperands, SplitKReduce, StoreAcc, Wait, ZeroAcc)
 from .targets import Target  # noqa: E402
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -481,7 +485,7 @@ class Lowerer:
         k, lay, b = self.k, self.k.layout, self.b
         tid = Var("tid")
         c_dt = k.param(st.dst).dtype
-        vec = k.c_alignment // DTYPE_BYTES[c_dt]
+        vec = k.store_vec
         if st.atomic and not (self.target.cc >= 90 and vec in (2, 4)):
             vec = 1                        # vector atomics (red.global.add.v2/v4.f32) are sm_90's
         for run in lay.runs:
@@ -523,6 +527,63 @@ class Lowerer:
                 cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
                 p = b.gep(ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=I16) if i else ptr
                 b.store(b.call(cvt, [x]), p, align=2)
+
+
+    def _SplitKReduce(self, st: SplitKReduce):
+        k, b, fn = self.k, self.b, self.fn
+        fence = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), "fence.acq_rel.gpu;", "~{memory}", side_effect=True)
+        tid = self.env["tid"]
+        first = b.icmp_unsigned("==", tid, ir.Constant(I32, 0))
+        count = b.gep(self.args[st.counts], [b.zext(self.env["ctaid_x"], I64)], inbounds=True, source_etype=I32)
+        # every thread's atomic adds to the sums are performed (gpu scope) before thread 0 counts the block
+        b.call(fence, [])
+        self._Barrier(None)
+        flag = self.eb.alloca(I32, name="last")            # promoted to a register (SROA)
+        b.store(ir.Constant(I32, 0), flag)
+        with b.if_then(first):
+            b.call(fence, [])              # cumulative: what the barrier made visible to thread 0 is released too
+            before = b.atomic_rmw("add", count, ir.Constant(I32, 1), "monotonic")
+            b.store(b.zext(b.icmp_unsigned("==", before, ir.Constant(I32, st.splits - 1)), I32), flag)
+        # thread 0's finding, handed to the block: bar.red.or.pred is a barrier that ORs a predicate
+        vote = ir.InlineAsm(ir.FunctionType(I32, [I32]),
+                            "{ .reg .pred %p, %q; setp.ne.u32 %p, $1, 0; bar.red.or.pred %q, 0, %p; "
+                            "selp.u32 $0, 1, 0, %q; }", "=r,r", side_effect=True)
+        last = b.call(vote, [b.load(flag, typ=I32)])
+        with b.if_then(b.icmp_unsigned("!=", last, ir.Constant(I32, 0))):
+            b.call(fence, [])              # acquire: the other blocks' sums, as the count saw them
+            row0, col0 = self.val(st.row0), self.val(st.col0)
+            rows = b.select(b.icmp_unsigned("<", b.add(row0, ir.Constant(I32, st.rows)), ir.Constant(I32, k.M)),
+                            ir.Constant(I32, st.rows), b.sub(ir.Constant(I32, k.M), row0))
+            total = b.mul(rows, ir.Constant(I32, st.cols))
+            load = ir.InlineAsm(ir.FunctionType(F32, [P1]), "ld.global.cg.f32 $0, [$1];", "=f,l,~{memory}",
+                                side_effect=True)
+            clear = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1]), "st.global.cg.f32 [$0], 0f00000000;",
+                                 "l,~{memory}", side_effect=True)
+            cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[k.param(st.dst).dtype], "=h,f")
+            pre = b.block
+            head, body, end = (fn.append_basic_block(f"reduce.{x}") for x in ("head", "body", "end"))
+            b.branch(head)
+            b.position_at_end(head)
+            i = b.phi(I32, name="reduce.i")
+            i.add_incoming(tid, pre)
+            b.cbranch(b.icmp_unsigned("<", i, total), body, end)
+            b.position_at_end(body)
+            r = b.udiv(i, ir.Constant(I32, st.cols))
+            c = b.urem(i, ir.Constant(I32, st.cols))
+            row, col = b.add(row0, r, flags=NUW), b.add(col0, c, flags=NUW)
+            inside = b.icmp_unsigned("<", col, ir.Constant(I32, k.N))
+            with b.if_then(inside):
+                off = b.add(b.mul(b.zext(row, I64), ir.Constant(I64, k.N), flags=NUW), b.zext(col, I64), flags=NUW)
+                src = b.gep(self.args[st.work], [off], inbounds=True, source_etype=F32)
+                x = b.call(load, [src])
+                b.call(clear, [src])
+                dst = b.gep(self.args[st.dst], [off], inbounds=True, source_etype=I16)
+                b.store(b.call(cvt, [x]), dst, align=2)
+            i.add_incoming(b.add(i, ir.Constant(I32, k.threads), flags=NUW), b.block)
+            b.branch(head)
+            b.position_at_end(end)
+            with b.if_then(first):
+                b.store(ir.Constant(I32, 0), count, align=4)
 
 
 class _TileReader:

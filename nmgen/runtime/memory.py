@@ -55,6 +55,11 @@ def memset32(ptr: int, count: int, stream: int = 0, value: int = 0) -> None:
     check(driver().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
 
 
+def memset16(ptr: int, count: int, value: int, stream: int = 0) -> None:
+    """Enqueue `count` 16-bit stores of `value` at `ptr` (a NaN poison for a 16-bit C)."""
+    check(driver().cuMemsetD16Async(ptr, value, count, stream), "cuMemsetD16Async")
+
+
 def synchronize(stream: int = 0, what: str = "stream") -> None:
     check(driver().cuStreamSynchronize(stream), f"cuStreamSynchronize after {what}")
 

@@ -233,8 +233,8 @@ class Weights:
 
     def _launch(self, p: Prepared, a_ptr: int, c_ptr: int, stream: int) -> None:
         if p.workspace_bytes:
-            ws = workspace(self.device, stream, p.workspace_bytes)
-            p.core.launch(a_ptr, c_ptr, stream, ws.data_ptr())
+            ws, zeroed = workspace(self.device, stream, p.workspace_bytes)
+            p.core.launch(a_ptr, c_ptr, stream, ws.data_ptr(), zeroed)
         else:
             p.core.launch(a_ptr, c_ptr, stream)
 
@@ -270,16 +270,18 @@ def _pitched(a: torch.Tensor, lda: int) -> torch.Tensor:
     return buf
 
 
-def workspace(device: int, stream: int, nbytes: int) -> torch.Tensor:
-    """fp32 scratch of at least `nbytes` for split-K kernels with a 16-bit C on (device, stream):
-    one per stream, reused by every such launch on it in stream order. While a CUDA graph is being
-    captured, a temporary from the graph's pool instead (freed after the launch, as any other
-    intermediate of the captured work), so graphs never share scratch with eager work."""
+def workspace(device: int, stream: int, nbytes: int) -> tuple[torch.Tensor, bool]:
+    """(scratch, zeroed): fp32 scratch of at least `nbytes` for split-K kernels with a 16-bit C on
+    (device, stream), and whether it holds zeros. Eager: one per stream, zeroed when made and reused
+    by every such launch on it in stream order, each of which leaves it zeroed (nmgen.prepared: no
+    memset per call). While a CUDA graph is being captured, a temporary from the graph's pool instead
+    (not zeroed: the launch clears it; freed after it, as any other intermediate of the captured
+    work), so graphs never share scratch with eager work."""
     if capturing():
-        return torch.empty(nbytes, dtype=torch.uint8, device=torch_device(device))
+        return torch.empty(nbytes, dtype=torch.uint8, device=torch_device(device)), False
     key = (device, stream)
     ws = _workspaces.get(key)
     if ws is None or ws.numel() < nbytes:
         size = max(nbytes, 2 * ws.numel()) if ws is not None else nbytes
-        ws = _workspaces[key] = torch.empty(size, dtype=torch.uint8, device=torch_device(device))
-    return ws
+        ws = _workspaces[key] = torch.zeros(size, dtype=torch.uint8, device=torch_device(device))
+    return ws, True

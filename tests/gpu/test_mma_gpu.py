@@ -136,3 +136,28 @@ def test_tf32_matches_torch_rounding(rng):
     p, A, A32, B32, B = inputs(rng, (256, 512, 1024), (8, 32, 32), "tf32")
     C = spmm(A, B, allow_tf32=True)
     check(C, p, A32, B32)
+
+
+@pytest.mark.parametrize("given", ["own", "zeroed", "dirty"])
+def test_prepared_split_k_reuses_its_workspace(rng, given):
+    """nmgen.prepared with a split-K bf16 kernel, launched three times on one workspace: its own
+    (zeroed when made), one zeroed by the caller (workspace_zeroed=True: no memset per call), or
+    one holding garbage (workspace_zeroed=False: cleared before each launch). Each product is
+    right, so the kernel's in-kernel reduction leaves the workspace zeroed for the next."""
+    from nmgen.prepared import PreparedSpMM
+    from nmgen.runtime.memory import DeviceBuffer, download, memset16, memset32, synchronize
+    p, A, A32, B32, B = inputs(rng, (3, 512, 2048), (8, 32, 32), "bf16")
+    s = Schedule(**MMA, block_m=16, block_n=64, warp_m=16, warp_n=32, k_windows=2, split_k=4, a_smem="mk")
+    k = PreparedSpMM.for_matrix(B, p.M, schedule=s)
+    assert k.workspace_bytes == 4 * (p.M * p.N + k.kernel.ir.grid[0]) and k.launches == 1   # reduced in the kernel
+    a = DeviceBuffer.from_array(np.ascontiguousarray(A))
+    c = DeviceBuffer(2 * p.M * p.N)
+    ws = DeviceBuffer(k.workspace_bytes) if given != "own" else None
+    if ws is not None:
+        memset32(ws.ptr, k.workspace_words, 0, 0 if given == "zeroed" else 0x7F7F7F7F)
+    for _ in range(3):
+        memset16(c.ptr, p.M * p.N, 0x7FC0)                      # NaN
+        k.launch(a.ptr, c.ptr, 0, ws.ptr if ws else 0, workspace_zeroed=given == "zeroed")
+        C = download(np.empty((p.M, p.N), DTYPES["bf16"].storage), c.ptr)
+        synchronize()
+        check(C, p, A32, B32)

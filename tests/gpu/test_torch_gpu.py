@@ -4,7 +4,6 @@ CUDA graphs, streams, and the host time of a launch (printed for the record: run
 
 Needs torch with CUDA (skipped, saying so, without); transformers for the LLaMA tests."""
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import nmgen.torch as nmt  # noqa: E402
+from nmgen.torch.overhead import host_us as _host_us  # noqa: E402
 from nmgen import NMMatrix, ShapeError  # noqa: E402
 from nmgen.arrays import to_numpy  # noqa: E402
 from nmgen.ir.dtypes import round_tf32  # noqa: E402
@@ -125,6 +125,22 @@ def test_tf32_is_opt_in():
     with torch.inference_mode():
         y = layer(x)
     assert (v := verdict(y, x, layer, allow_tf32=True)), v.summary()
+
+
+def test_split_k_16_bit_calls_in_a_row_each_right():
+    """A split-K bf16 product sums into the stream's shared workspace, which no memset clears
+    between calls (the kernel's reduction leaves it zeroed): five calls in a row, two layers of
+    different N on the same workspace, each against float64."""
+    from nmgen.torch import kernels
+    layers = [make_layer(2048, N, "8:32", 32, torch.bfloat16, bias=False) for N in (256, 96)]
+    x = torch.randn(1, 2048, device=DEV).to(torch.bfloat16)
+    with torch.inference_mode():
+        ys = [layer(x) for _ in range(5) for layer in layers]
+    torch.cuda.synchronize()
+    p = kernels.weights_for(layers[0].values, layers[0].indices, 8, 32, 32).prepared[(1, False, torch.bfloat16)]
+    assert p.workspace_bytes and p.core.launches == 1, "not a split-K kernel with a 16-bit C: it tests nothing"
+    for i, y in enumerate(ys):
+        assert (v := verdict(y, x, layers[i % 2])), (i, v.summary())
 
 
 def test_m_varies_and_kernels_are_kept():
@@ -343,18 +359,6 @@ def test_runs_on_the_current_stream():
 
 
 # ---- host time per call (printed; the benchmark reports it) ---------------------------------------------------------
-def _host_us(fn, n=200):
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return host
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=DT_ID.get)
 def test_host_time_per_call(dtype):
     """1x4096x4096 8:32 V=32: host time of one call, eager through NMLinear and the op, against
@@ -372,9 +376,9 @@ def test_host_time_per_call(dtype):
         rows["torch.ops.nmgen.spmm"] = _host_us(lambda: torch.ops.nmgen.spmm(x, v, i, 8, 32, 32, False))
         rows["nmgen.torch.spmm(out=)"] = _host_us(lambda: nmt.spmm(x, v, i, "8:32", 32, out=C))
         rows["torch F.linear (dense)"] = _host_us(lambda: F.linear(x, W))
-        rows["nmgen.spmm(A, B, out=C)"] = _host_us(lambda: nmgen.spmm(x, B, out=C), n=50)
+        rows["nmgen.spmm(A, B, out=C)"] = _host_us(lambda: nmgen.spmm(x, B, out=C), calls=50)
         graph, _ = capture(lambda a: [layer(a) for _ in range(100)][-1], x)
-        rows["CUDA graph replay, per call"] = _host_us(graph.replay, n=20) / 100
+        rows["CUDA graph replay, per call"] = _host_us(graph.replay, calls=20) / 100
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(20):
