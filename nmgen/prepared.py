@@ -128,22 +128,22 @@ class PreparedSpMM:
                 self._recover(rc, a_ptr, c_ptr, stream, workspace)
 
     def _enqueue(self, a_ptr: int, c_ptr: int, stream: int, workspace: int, zeroed: bool) -> int:
-        main = self._main
-        main.set(self._a, a_ptr)
-        main.set(self._c, c_ptr)
+        slots = self._slots
+        slots[self._a] = a_ptr
+        slots[self._c] = c_ptr
         if self.zero_words:         # split-K adds its fp32 partial sums atomically into C: zero it first
             rc = memset32(c_ptr, self.zero_words, stream)
             if rc:
                 return rc
         if self._work:
             work, counts, offset = self._work
-            main.set(work, workspace)
-            main.set(counts, workspace + offset)
+            slots[work] = workspace
+            slots[counts] = workspace + offset
             if not zeroed:
                 rc = memset32(workspace, self.workspace_words, stream)
                 if rc:
                     return rc
-        return main(stream)
+        return self._main(stream)
 
     def _recover(self, rc: int, a_ptr: int, c_ptr: int, stream: int, workspace: int) -> None:
         """A launch refused for the context (none current in this thread, or another GPU's) is made
