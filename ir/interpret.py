@@ -392,7 +392,7 @@ class Interpreter:
         swizzle: element (k, c) at start + (k // 8) * LBO + (c // 8) * SBO + (c % 8) * 16 + (k % 8) * 2
         bytes. Returns (threads, k, n) float32."""
         from .operands import wgmma_b_desc
-        lay, ins = self.k.layout, self.k.layout.instr
+        ins = self.k.layout.instr
         flat = Bs.reshape(-1)
         out = np.empty((len(first), ins.k, ins.n), np.float32)
         k = np.arange(ins.k)[:, None]

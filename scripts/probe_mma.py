@@ -79,7 +79,6 @@ def main():
             dense[key] = time_gpu(lambda: torch.matmul(X, Y, out=Z), torch.cuda.current_stream().cuda_stream, 10, 30).median_ms
         us = t.median_ms * 1e3
         eff = p.flops_done / (t.median_ms * 1e-3) / 1e12
-        r = k.resources if False else None
         row = {**case, "schedule": s.to_dict(), "short": s.short(), "us": us, "tflops_eff": eff,
                "dense_us": dense[key] * 1e3, "speedup": dense[key] * 1e3 / us, "check": "pass" if v.ok else "FAIL",
                "rel_err": v.rel_err, "worst": v.worst}

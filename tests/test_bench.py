@@ -1,7 +1,6 @@
 """`nmgen bench` without a GPU: the whole command on the fake GPU (tests/fake_gpu.py: kernels run in
 the interpreter and are checked for real; times and baselines are fakes), the baselines' torch
 settings, the 2:4 pruning, rows, summaries and tables per dtype."""
-import contextlib
 import json
 import types
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from nmgen import NMMatrix, Pattern, Problem
+from nmgen import Pattern, Problem
 from nmgen.checking import command, random_inputs, random_weights, run_interpreter
 from nmgen.reference import Expected, compare, error_bound, gamma
 

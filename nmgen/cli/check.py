@@ -32,7 +32,7 @@ def register(sub):
 
 def run(args):
     from ..api import choose_schedule, current_device
-    from ..checking import command, random_inputs, run_gpu, run_interpreter, verdict
+    from ..checking import random_inputs, run_gpu, run_interpreter, verdict
     from ..ir.device import for_arch
     problem = problem_from(args)
     if args.interpret and args.array != "numpy":

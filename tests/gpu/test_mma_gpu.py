@@ -4,7 +4,6 @@ its fp32 sum rounded to C's dtype (nmgen.reference)."""
 import numpy as np
 import pytest
 
-import nmgen
 from nmgen import Pattern, Problem, Schedule, spmm
 from nmgen.checking import random_inputs
 from nmgen.ir.dtypes import DTYPES

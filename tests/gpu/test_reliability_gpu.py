@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import nmgen
-from nmgen import Problem, spmm, spmm_reference
+from nmgen import Problem, spmm
 from helpers import ok, random_problem
 
 
