@@ -1,6 +1,6 @@
 """nmgen.db: the SQLite tuning database (sqlite-utils). Stores plain values; knows nothing of CUDA."""
 from .store import (APPLICATION_ID, SCHEMA_VERSION, STATUSES, DatabaseError, MissingDatabase, RecordError, TuningDB,
-                    default_path, record_problems)
+                    check_creatable, default_path, parse_records, record_problems)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STATUSES", "DatabaseError", "MissingDatabase", "RecordError",
-           "TuningDB", "default_path", "record_problems"]
+           "TuningDB", "check_creatable", "default_path", "parse_records", "record_problems"]

@@ -330,29 +330,52 @@ class TuningDB:
     def import_(self, f) -> int:
         """Merge the JSON lines of `f` (`nmgen db export`'s output): all or nothing. RecordError
         naming every bad line (its number and what is wrong) if any line is not a valid record."""
-        recs, bad = [], []
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(f"line {lineno} is not JSON ({e.msg})")
-                continue
-            if not isinstance(r, dict):
-                bad.append(f"line {lineno} is a JSON {type(r).__name__}, not a record object")
-                continue
-            why = record_problems(r)
-            if why:
-                bad.append(f"line {lineno}: {'; '.join(why)}")
-            else:
-                recs.append(r)
-        if bad:
-            more = f"; and {len(bad) - 5} more bad lines" if len(bad) > 5 else ""
-            raise RecordError(f"{len(bad)} bad line(s), nothing imported: {'; '.join(bad[:5])}{more}; "
-                              f"expected the output of `nmgen db export`")
+        recs = parse_records(f)
         self.record_many(recs)
         return len(recs)
+
+
+def parse_records(f) -> list[dict]:
+    """The records of JSON lines `f` (`nmgen db export`'s output), each checked; RecordError naming
+    every bad line (its number and what is wrong) if any is not a valid record. Touches no database."""
+    recs, bad = [], []
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"line {lineno} is not JSON ({e.msg})")
+            continue
+        if not isinstance(r, dict):
+            bad.append(f"line {lineno} is a JSON {type(r).__name__}, not a record object")
+            continue
+        why = record_problems(r)
+        if why:
+            bad.append(f"line {lineno}: {'; '.join(why)}")
+        else:
+            recs.append(r)
+    if bad:
+        more = f"; and {len(bad) - 5} more bad lines" if len(bad) > 5 else ""
+        raise RecordError(f"{len(bad)} bad line(s), nothing imported: {'; '.join(bad[:5])}{more}; "
+                          f"expected the output of `nmgen db export`")
+    return recs
+
+
+def check_creatable(path) -> None:
+    """DatabaseError (one line) unless a tuning database could be created at `path`, where there is
+    no file yet, creating nothing (neither file nor directory): writers check this before work that
+    may fail (no GPU, bad input), so that a failed run leaves no empty database behind."""
+    p = Path(path)
+    if p.parent.exists() and not p.parent.is_dir():
+        raise DatabaseError(f"cannot create the tuning database {p}: {p.parent} is not a directory; "
+                            f"give another --db or NMGEN_DB")
+    ancestor = p.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise DatabaseError(f"cannot create the tuning database {p}: {ancestor} is not a writable directory; "
+                            f"give a writable --db or NMGEN_DB")
 
 
 # ---- what the file is ------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ class Problem:
             raise ShapeError(f"output dtype {self.c_dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
         self.pattern.check_k(self.K)
         if self.M * max(self.K, self.N) >= 2**40 or self.K * self.N >= 2**40:
-            raise ShapeError(f"{self.M}x{self.N}x{self.K} is too large for 40-bit element offsets")
+            raise ShapeError(f"{self.M}x{self.N}x{self.K} is too large: M * max(K, N) and K * N must stay below 2^40 "
+                             f"(the kernels' 40-bit element offsets); split the product into smaller ones")
 
     @property
     def windows(self) -> int:

@@ -113,7 +113,8 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if problem.a_major == "col":
         need = max(need, copy)
         if mk:
-            why.append("A is column-major: its K rows are copied as they are, into a_smem='km'")
+            why.append("A is column-major: its K rows are copied as they are, into a_smem='km': set a_smem to 'km' "
+                       "or leave it out")
     if pitch % need:
         why.append(f"shared A rows of {pitch} elements (with a_pad={s.a_pad}) are not {g.esize * need}-byte aligned "
                    f"for {need}-element accesses; make a_pad a multiple of {need}")

@@ -241,8 +241,9 @@ class NMMatrix:
         except OSError as e:
             raise ShapeError(f"cannot read {path}: {e.strerror or e}") from None
         except Exception as e:  # noqa: BLE001 - zipfile, numpy and the OS raise a dozen kinds for a bad file
-            raise ShapeError(f"{path} is not an nmgen matrix file (written by NMMatrix.save): "
-                             f"{type(e).__name__}: {e}") from None
+            # numpy's own text can advise loading pickles: name the kind of failure, not that advice
+            why = "it holds pickled objects" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+            raise ShapeError(f"{path} is not an nmgen matrix file (written by NMMatrix.save): {why}") from None
 
     def __repr__(self):
         return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.dtype}, {self.nbytes()} bytes)"

@@ -132,7 +132,7 @@ GUARD = [
     ("search read-only db", ["search", *SHAPE, "--db", "{ro.db}"], {}, True, "is read-only"),
     ("bench read-only db", ["bench", "--db", "{ro.db}"], {}, True, "is read-only"),
     ("db import unwritable home", ["db", "import", os.devnull], {**NO_DB, "HOME": "{ro_home}"}, True,
-     "cannot create the tuning database's directory"),
+     "{ro_home} is not a writable directory; give a writable --db or NMGEN_DB"),
     ("db parent is a file", ["db", "import", os.devnull, "--db", "{random}/t.db"], {}, False,
      "cannot create the tuning database {random}/t.db: {random} is not a directory"),
     ("db list missing", ["db", "list", "--db", "{random}/t.db"], {}, False, "no tuning database at {random}/t.db"),
@@ -368,6 +368,23 @@ def test_compile_creates_no_database(tmp_path, monkeypatch):
     monkeypatch.setenv("NMGEN_DB", str(tmp_path / "zz" / "x.db"))
     assert nmgen.compile("64x64x64", pattern="2:4").ptx
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,match", [
+    (["search", *SHAPE], "no GPU here"), (["bench", "--suite", "odd"], "no GPU here"),
+    (["db", "import", "{bad}"], "1 bad line(s), nothing imported")], ids=["search", "bench", "db import bad"])
+def test_a_writer_that_fails_before_writing_creates_no_database(tmp_path, args, match):
+    """search and bench without a GPU, and an import of bad lines, fail before any record is
+    written: neither the database nor its folder is left behind (the writable check creates nothing)."""
+    from nmgen.api import current_device
+    if "no GPU" in match and current_device() is not None:
+        pytest.skip("there is a GPU here: the command would run")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("[1]\n")
+    path = tmp_path / "zz" / "sub" / "x.db"
+    line = error_line(nmgen(*[a.replace("{bad}", str(bad)) for a in args], env={"NMGEN_DB": str(path)}))
+    assert match in line, line
+    assert not (tmp_path / "zz").exists()
 
 
 def test_db_import_creates_the_database_and_its_folders(tmp_path):

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- with torch ----------------------------------------------------------------------------------------
-torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'nmgen[torch]'): nmgen.torch's "
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]'): nmgen.torch's "
                                             "CPU tests need it")
 nn = torch.nn
 nmt = pytest.importorskip("nmgen.torch")

@@ -9,7 +9,7 @@ import sys
 from ..errors import CudaUnavailable, NMGenError
 from ..bench import PAPER_PATTERNS, SUITES
 from .common import (add_db_arg, add_dtype_arg, add_output_arg, at_least, atomic_output, check_tensor_core_vector,
-                     option_name, positive_int, read_text)
+                     db_for_writing, option_name, positive_int, read_text)
 
 
 def register(sub):
@@ -101,7 +101,7 @@ def run(args):
                          measure_semi_structured, problem_of, random_nm, row, summarize, today)
     from ..checking import stored
     from ..cublas import baseline, baseline_title
-    from ..search.choose import open_db, recorded_best, recorded_top
+    from ..search.choose import recorded_best, recorded_top
     from ..search.tuner import Tuner
     # every argument is checked before the GPU is asked for, so bad ones are reported as such
     shapes = suite_shapes(args.suite)
@@ -122,11 +122,11 @@ def run(args):
     spmm_host_time = host_time_probe() if args.host_time else None
     from ..codegen.ptxas import check_ptxas
     check_ptxas()
-    db = open_db(args.db)
-    db.require_writable()                  # a problem the database lacks is tuned into it
+    open_writable = db_for_writing(args.db)   # a problem the database lacks is tuned into it
     dev = current_device()
     if dev is None:
         raise CudaUnavailable("no GPU here: benchmarks need one")
+    db = open_writable()
     rng = np.random.default_rng(0)
     bw = copy_bandwidth() if args.suite == "decode" else None
     rows, lib, semi_libs, unrun = [], None, set(), []

@@ -93,7 +93,8 @@ def atomic_output(path: str, binary: bool = False):
         os.replace(tmp, target)
         tmp = None
     except OSError as e:
-        raise NMGenError(f"cannot write {path} ({e.strerror or e}); it is left as it was") from None
+        left = "it is left as it was" if os.path.exists(target) else "nothing was written"
+        raise NMGenError(f"cannot write {path} ({e.strerror or e}); {left}") from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -251,6 +252,21 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
 
 
 # ---- the tuning database ---------------------------------------------------------------------------
+def db_for_writing(path):
+    """A function opening the tuning database at `path` (--db; None: $NMGEN_DB or the default) for
+    writing, after checking now, creating nothing, that it can be written: an existing file is
+    opened and must be writable, a missing one creatable. So a command that fails before writing
+    (no GPU, a bad input) reports a bad --db first and leaves no empty database behind."""
+    from ..db import check_creatable, default_path
+    from ..search.choose import open_db
+    target = path or default_path()
+    if os.path.exists(target):
+        open_db(path).require_writable()
+    else:
+        check_creatable(target)
+    return lambda: open_db(path)
+
+
 def add_db_arg(p):
     p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
 

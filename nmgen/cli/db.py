@@ -8,7 +8,8 @@ import sys
 
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
-from .common import add_db_arg, add_output_arg, add_problem_args, atomic_output, problem_from, read_text, same_file
+from .common import (add_db_arg, add_output_arg, add_problem_args, atomic_output, db_for_writing, problem_from,
+                     read_text, same_file)
 
 
 def register(sub):
@@ -45,8 +46,9 @@ def run(args):
     from ..search.choose import open_db
     if args.op == "export" and args.output:
         _not_the_database(args.output, args.db or default_path())
-    text = read_text(args.file, "import file") if args.op == "import" else None   # before touching the database
-    db = open_db(args.db, create=args.op == "import")     # the others only read: a missing database is an error
+    if args.op == "import":
+        return _import(args)
+    db = open_db(args.db, create=False)     # the others only read: a missing database is an error
     if args.op == "list":
         rows = db.summary()
         print(f"{db.path}: {len(rows)} problem/device/toolchain group(s)")
@@ -99,15 +101,23 @@ def run(args):
             n = db.export(f)
         print(f"exported {n} records to {args.output}")
         return 0
-    if args.op == "import":
-        import io
-        db.require_writable()
-        try:
-            n = db.import_(io.StringIO(text))
-        except NMGenError as e:
-            raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
-        print(f"imported {n} records into {db.path}")
-        return 0
+
+
+def _import(args) -> int:
+    """Every line checked before the database is opened (or created): nothing changes, nothing is
+    created, unless all of them are records."""
+    import io
+    from ..db import parse_records
+    text = read_text(args.file, "import file")
+    open_writable = db_for_writing(args.db)
+    try:
+        recs = parse_records(io.StringIO(text))
+    except NMGenError as e:
+        raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
+    db = open_writable()
+    db.record_many(recs)
+    print(f"imported {len(recs)} records into {db.path}")
+    return 0
 
 
 def _not_the_database(output: str, db_path) -> None:

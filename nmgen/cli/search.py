@@ -6,8 +6,8 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..ir.problem import Pattern, Problem, parse_shape
-from .common import (add_db_arg, add_problem_args, at_least, check_tensor_core_vector, positive_int, problem_from,
-                     read_text)
+from .common import (add_db_arg, add_problem_args, at_least, check_tensor_core_vector, db_for_writing, positive_int,
+                     problem_from, read_text)
 
 
 def register(sub):
@@ -79,17 +79,17 @@ def _problem_of_line(line: str, a_major: str, dtype: str = "f32", c_dtype: str |
 
 def run(args):
     from ..codegen.ptxas import check_ptxas
-    from ..search.choose import open_db
     problems = problems_from(args)
     check_ptxas()
     if args.dry_run:
         return dry_run(args, problems)
-    db = open_db(args.db)
-    db.require_writable()                     # before the GPU: a bad --db is reported as such
+    open_writable = db_for_writing(args.db)   # before the GPU: a bad --db is reported as such
     from ..api import current_device
     dev = current_device()
     if dev is None:
-        raise CudaUnavailable("no GPU here: measuring needs one; `nmgen search --dry-run` ranks schedules without")
+        raise CudaUnavailable("no GPU here: measuring needs one; `nmgen search --dry-run` ranks the schedules by "
+                              "the model and assembles them with ptxas without a GPU")
+    db = open_writable()
     from ..search.tuner import Tuner
     out = []
     for p in problems:

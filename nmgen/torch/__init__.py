@@ -17,19 +17,20 @@ Contents:
                       the registered operator: torch.compile(fullgraph=True) and CUDA graphs see
                       only tensors and ints
 
-Needs torch>=2.4 and safetensors (`pip install 'nmgen[torch]'`); importing this module without
+Needs torch>=2.4 and safetensors (`pip install 'nmgen[torch]'`, or `pip install -e '.[torch]'` in a checkout); importing this module without
 torch raises ImportError saying so. The rest of nmgen never imports torch at module level.
 """
+INSTALL = "pip install 'nmgen[torch]', or pip install -e '.[torch]' in an nmgen checkout"
+
 try:
     import torch as _torch
 except ImportError as _e:   # torch missing, or a broken install
-    raise ImportError(f"nmgen.torch needs PyTorch (torch>=2.4) and safetensors: pip install 'nmgen[torch]' "
-                      f"({_e})") from None
+    raise ImportError(f"nmgen.torch needs PyTorch (torch>=2.4) and safetensors: {INSTALL} ({_e})") from None
 
 _version = tuple(int(x) for x in _torch.__version__.split("+")[0].split(".")[:2] if x.isdigit())
 if _version < (2, 4):
     raise ImportError(f"nmgen.torch needs torch>=2.4 (torch.library.register_fake), found {_torch.__version__}: "
-                      f"pip install 'nmgen[torch]'")
+                      f"{INSTALL}")
 
 from .ops import spmm, to_tensors  # noqa: E402 - registers torch.ops.nmgen.*
 from .linear import NMLinear  # noqa: E402

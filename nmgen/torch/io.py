@@ -36,7 +36,7 @@ def _safetensors():
     try:
         import safetensors.torch as st
     except ImportError as e:
-        raise ImportError(f"nmgen.torch.save / load need safetensors: pip install 'nmgen[torch]' ({e})") from None
+        raise ImportError(f"nmgen.torch.save / load need safetensors: pip install safetensors ({e})") from None
     return st
 
 

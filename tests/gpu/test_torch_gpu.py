@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'nmgen[torch]' to run the torch "
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]' to run the torch "
                                             "GPU tests")
 if not torch.cuda.is_available():
     pytest.skip("torch has no CUDA here (a CPU-only build, or no GPU visible to torch)", allow_module_level=True)
