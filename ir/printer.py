@@ -81,7 +81,8 @@ def _body(body, out, depth, lay):
                        f"{st.splits}: {st.dst}[{st.row0} : +{st.rows}, {st.col0} : +{st.cols}] = "
                        f"round({st.work}[same]); {st.work}[same] = 0; {st.counts}[ctaid.x] = 0")
         elif isinstance(st, StoreAcc):
-            out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} +, {st.col0} +]"
+            out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} : +{lay.block_m}, "
+                       f"{st.col0} : +{lay.block_n}]"
                        + ("  (slice 0)" if lay.warps_k > 1 else ""))
         else:
             out.append(f"{pad}{st!r}")

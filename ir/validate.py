@@ -136,6 +136,10 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                    f"windows per K tile or a smaller block tile")
     if g.a_rows > 65536:
         why.append(f"{g.a_rows} shared A rows per stage do not fit 16-bit indices")
+    most = min(device.max_blocks_per_sm, device.max_threads_per_sm // s.threads)
+    if s.min_blocks > most:
+        why.append(f"min_blocks={s.min_blocks} asks for that many blocks of {s.threads} threads on one SM; "
+                   f"{device.name} holds at most {most}: use min_blocks <= {most} (0 for no bound)")
     return why
 
 

@@ -235,6 +235,8 @@ GUARD = [
     ("fuzz dtypes bogus", ["fuzz", "--interpret", "--dtypes", "f32,int8"], {}, False,
      "--dtypes 'f32,int8': 'int8' is not a dtype"),
     ("fuzz dtypes empty", ["fuzz", "--interpret", "--dtypes", ","], {}, False, "--dtypes ',' lists no dtype"),
+    ("fuzz arrays torch interpreted", ["fuzz", "--interpret", "--arrays", "torch"], {}, False,
+     "--arrays torch with --interpret: the interpreter runs numpy arrays only"),
     ("schedule cannot run", ["ptx", *SHAPE, "--schedule", '{"warp_m": 48}'], {}, False,
      "cannot run 64x64x64 2:4x1 on H100 SXM (typical): warp tile 48x16 does not divide block tile"),
 ]

@@ -84,3 +84,20 @@ def test_expressions_fold_and_split():
     v, c = split_offset(e)
     assert c == 24 and evaluate(v, {"tid": 77}) + c == evaluate(e, {"tid": 77})
     assert evaluate((t - 5) * 2, {"tid": 9}) == 8
+
+
+def test_min_blocks_beyond_what_an_sm_holds_is_refused():
+    """A register bound for more resident blocks than an SM can hold is meaningless (ptxas takes
+    .minnctapersm 1000 without a word): validation names the most that fit."""
+    from nmgen.ir import ScheduleError, for_arch, validate
+    from nmgen.ir.problem import Pattern, Problem
+    from nmgen.ir.schedule import Schedule
+    p = Problem(256, 256, 256, Pattern(2, 4, 1))
+    s = Schedule(block_m=64, block_n=64, warp_m=32, warp_n=64, thread_m=8, thread_n=8, k_windows=4)
+    h100 = for_arch("sm_90")
+    most = min(h100.max_blocks_per_sm, h100.max_threads_per_sm // s.threads)
+    validate(p, s.replace(min_blocks=most), h100)
+    validate(p, s.replace(min_blocks=0), h100)                  # 0: no bound
+    with pytest.raises(ScheduleError, match=f"min_blocks=1000 asks for .* holds at most {most}: use min_blocks <= "
+                                            f"{most} \\(0 for no bound\\)"):
+        validate(p, s.replace(min_blocks=1000), h100)

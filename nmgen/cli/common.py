@@ -225,7 +225,10 @@ def problem_from(args) -> Problem:
 
 def add_schedule_arg(p):
     p.add_argument("--schedule", metavar="JSON", help="schedule as JSON (or a file holding it); fields left out "
-                                                    "take the default schedule's values for the shape")
+                                                    "take the values of the shape's heuristic default schedule "
+                                                    "(not the tuned or model-ranked one a run without --schedule "
+                                                    "gets): give every field to pin one, as search's reproduce "
+                                                    "lines do")
 
 
 def _looks_like_a_path(text: str) -> bool:

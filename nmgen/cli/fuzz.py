@@ -20,9 +20,9 @@ def register(sub):
     p.add_argument("--cases", type=positive_int, default=100, help="cases to draw (default 100)")
     p.add_argument("--seed", type=at_least(0), default=0, help="seed of the case generator (default 0)")
     p.add_argument("--interpret", action="store_true", help="run the cases in the CPU interpreter (small sizes, no GPU)")
-    p.add_argument("--arrays", default="numpy,torch",
-                   help="array libraries to pass the inputs as on the GPU, comma-separated (default numpy,torch; "
-                        "torch where installed)")
+    p.add_argument("--arrays", default=None,
+                   help="array libraries to pass the inputs as on the GPU, comma-separated (default numpy,torch, "
+                        "torch where installed; the interpreter takes numpy only)")
     p.add_argument("--dtypes", default="f32,tf32,bf16,f16", metavar="LIST",
                    help="dtypes a case may take, comma-separated (fp32/f32, tf32, bf16, fp16/f16; default all four); "
                         "a case whose V is no multiple of 8 runs in f32 where it is listed")
@@ -43,10 +43,14 @@ def run(args):
     from ..api import current_device
     from ..errors import CudaUnavailable, NMGenError
     from ..ir.device import for_arch
-    arrays = tuple(a.strip() for a in args.arrays.split(",") if a.strip())
+    given = args.arrays is not None
+    arrays = tuple(a.strip() for a in (args.arrays or "numpy,torch").split(",") if a.strip())
     unknown = [a for a in arrays if a not in ("numpy", "torch")]
     if unknown or not arrays:
         raise NMGenError(f"--arrays {args.arrays!r}: choose from numpy, torch")
+    if given and "torch" in arrays and args.interpret:
+        raise NMGenError("--arrays torch with --interpret: the interpreter runs numpy arrays only; leave --arrays "
+                         "out, or run on a GPU")
     dtypes = dtypes_of(args.dtypes)
     if args.max_macs is not None and not args.max_macs >= 1:
         raise NMGenError(f"--max-macs {args.max_macs} must be at least 1")
@@ -57,7 +61,10 @@ def run(args):
         try:
             import torch  # noqa: F401
         except ImportError:
-            arrays = tuple(a for a in arrays if a != "torch") or ("numpy",)
+            if given:
+                raise NMGenError("--arrays torch: torch is not installed (pip install torch), or leave it out "
+                                 "of --arrays") from None
+            arrays = ("numpy",)
             print("torch is not installed: numpy arrays only", file=sys.stderr)
     if args.interpret:
         arrays = ("numpy",)
