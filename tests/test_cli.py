@@ -532,3 +532,8 @@ def test_db_export_import_round_trip(tmp_path):
     r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
     assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
     assert "1 records" in nmgen("db", "list", "--db", str(tmp_path / "b.db")).stdout
+
+
+def test_an_unknown_option_is_reported_by_its_command():
+    line = error_line(nmgen("check", *SHAPE, "--arch", "sm_80"))
+    assert line == "nmgen check: error: unrecognized arguments: --arch sm_80", line

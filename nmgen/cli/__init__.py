@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f".{name}", __name__).register(sub)
+    p.subparser = lambda command: sub.choices[command]
     return p
 
 
@@ -50,7 +51,10 @@ def one_line(message: str) -> str:
 
 def main(argv=None) -> int:
     from .common import refuse_existing_outputs
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:                 # reported by the command's own parser: "nmgen check: error: ..."
+        parser.subparser(args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         refuse_existing_outputs(args)          # before any work: nothing the user has is replaced unasked
         return int(args.run(args) or 0)
