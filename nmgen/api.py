@@ -398,8 +398,7 @@ _NAN_BITS = {"f32": 0x7FC00000, "bf16": 0x7FC0, "f16": 0x7E00}
 
 
 def poison(ptr: int, count: int, c_dtype: str, stream: int = 0) -> None:
-    from .runtime.memory import memset16
-    from .runtime.memory import memset32
+    from .runtime.memory import memset16, memset32
     if c_dtype == "f32":
         memset32(ptr, count, stream, _NAN_BITS["f32"])
     else:

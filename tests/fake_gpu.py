@@ -33,7 +33,7 @@ class FakeMemory:
     def alloc(self, nbytes: int) -> int:
         ptr = self.next
         self.next += (max(nbytes, 1) + 511) // 256 * 256
-        self.blocks[ptr] = np.zeros(max(nbytes, 1), np.uint8)
+        self.blocks[ptr] = np.full(max(nbytes, 1), 0xA5, np.uint8)   # as cuMemAlloc: not zeroed
         return ptr
 
     def bytes(self, ptr: int, nbytes: int) -> np.ndarray:

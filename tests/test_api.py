@@ -572,3 +572,23 @@ def test_mixed_dtypes_are_refused_with_the_fix(rng, gpu):
         nmgen.spmm(A, B)
     with pytest.raises(nmgen.ShapeError, match="out must hold float32, bfloat16 or float16, got ndarray int32"):
         nmgen.spmm(A, B.astype("bf16"), out=np.empty((16, 64), np.int32))
+
+
+def test_split_k_into_a_16_bit_c_reuses_its_zeroed_workspace(gpu):
+    """A split-K bf16 kernel launched three times through the API: its workspace is zeroed once,
+    when made (one memset), and each launch (reducing in the kernel) leaves it zeroed, so every
+    product is right, not the sum of the earlier ones."""
+    from nmgen.checking import random_inputs, run_gpu, stored_weights, verdict
+    rng = np.random.default_rng(11)
+    p = nmgen.Problem(3, 136, 512, nmgen.Pattern(8, 32, 32), "bf16", "row")
+    s = nmgen.Schedule(block_m=16, block_n=64, warp_m=16, warp_n=32, thread_m=0, thread_n=0, k_windows=2,
+                       a_pad=8, a_smem="mk", split_k=3)
+    A, B = random_inputs(p, rng)
+    B = stored_weights(p, B)
+    k = nmgen.compile(p, schedule=s, B=B)
+    assert k.ir.workspace_words and not k.ir.zero_output
+    for call in range(3):
+        assert (v := verdict(p, run_gpu(k, A, B), A, B, rng)), (call, v.summary())
+    assert len(k._workspaces) == 1
+    ws = next(iter(k._workspaces.values()))
+    assert not gpu.bytes(ws.ptr, 4 * k.ir.workspace_words).any()
