@@ -327,17 +327,24 @@ def test_a_kernel_of_the_other_layout(rng, gpu):
                    out=fake.FakeCudaArray.from_numpy(gpu, np.empty((17, 100), np.float32)))
 
 
+def _compiled_case(p, s, seed):
+    """(kernel, A, B, rng): random inputs of `p` (B in its storage dtype) and the kernel of
+    schedule `s` compiled for them, as run_gpu takes them."""
+    from nmgen.checking import random_inputs, stored_weights
+    rng = np.random.default_rng(seed)
+    A, B = random_inputs(p, rng)
+    B = stored_weights(p, B)
+    return nmgen.compile(p, schedule=s, B=B), A, B, rng
+
+
 def test_a_given_wgmma_kernel_of_row_lists_is_remade_for_these_weights(gpu):
     """spmm(kernel=k) recompiles a "rows" kernel for the B it is given: for the GPU's architecture
     (sm_90), not the wgmma PTX target (sm_90a) the kernel records (the fuzzer's first H200 run)."""
-    from nmgen.checking import random_inputs, run_gpu, stored_weights, verdict
-    rng = np.random.default_rng(5)
+    from nmgen.checking import run_gpu, verdict
     p = nmgen.Problem(70, 100, 256, nmgen.Pattern(4, 32, 16), "bf16", "col")
     s = nmgen.Schedule(block_m=64, block_n=64, warp_m=64, warp_n=64, thread_m=0, thread_n=0, k_windows=4,
                        a_pad=8, a_load="rows", wgmma=1)
-    A, B = random_inputs(p, rng)
-    B = stored_weights(p, B)
-    k = nmgen.compile(p, schedule=s, B=B)
+    k, A, B, rng = _compiled_case(p, s, 5)
     assert (k.arch, k.gpu_arch) == ("sm_90a", "sm_90")
     assert (v := verdict(p, run_gpu(k, A, B), A, B, rng)), v.summary()
 
@@ -578,14 +585,11 @@ def test_split_k_into_a_16_bit_c_reuses_its_zeroed_workspace(gpu):
     """A split-K bf16 kernel launched three times through the API: its workspace is zeroed once,
     when made (one memset), and each launch (reducing in the kernel) leaves it zeroed, so every
     product is right, not the sum of the earlier ones."""
-    from nmgen.checking import random_inputs, run_gpu, stored_weights, verdict
-    rng = np.random.default_rng(11)
+    from nmgen.checking import run_gpu, verdict
     p = nmgen.Problem(3, 136, 512, nmgen.Pattern(8, 32, 32), "bf16", "row")
     s = nmgen.Schedule(block_m=16, block_n=64, warp_m=16, warp_n=32, thread_m=0, thread_n=0, k_windows=2,
                        a_pad=8, a_smem="mk", split_k=3)
-    A, B = random_inputs(p, rng)
-    B = stored_weights(p, B)
-    k = nmgen.compile(p, schedule=s, B=B)
+    k, A, B, rng = _compiled_case(p, s, 11)
     assert k.ir.workspace_words and not k.ir.zero_output
     for call in range(3):
         assert (v := verdict(p, run_gpu(k, A, B), A, B, rng)), (call, v.summary())

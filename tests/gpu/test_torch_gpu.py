@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import nmgen.torch as nmt  # noqa: E402
-from nmgen.torch.overhead import host_us as _host_us  # noqa: E402
+from nmgen.torch.overhead import eager_and_replayed, host_us as _host_us  # noqa: E402
 from nmgen import NMMatrix, ShapeError  # noqa: E402
 from nmgen.arrays import to_numpy  # noqa: E402
 from nmgen.ir.dtypes import round_tf32  # noqa: E402
@@ -372,20 +372,14 @@ def test_host_time_per_call(dtype):
     v, i = layer.values, layer.indices
     rows = {}
     with torch.inference_mode():
-        rows["NMLinear eager"] = _host_us(lambda: layer(x))
+        layer_times = eager_and_replayed(lambda: layer(x), graph_calls=100)
+        rows["NMLinear eager"] = layer_times["eager_us"]
         rows["torch.ops.nmgen.spmm"] = _host_us(lambda: torch.ops.nmgen.spmm(x, v, i, 8, 32, 32, False))
         rows["nmgen.torch.spmm(out=)"] = _host_us(lambda: nmt.spmm(x, v, i, "8:32", 32, out=C))
         rows["torch F.linear (dense)"] = _host_us(lambda: F.linear(x, W))
         rows["nmgen.spmm(A, B, out=C)"] = _host_us(lambda: nmgen.spmm(x, B, out=C), calls=50)
-        graph, _ = capture(lambda a: [layer(a) for _ in range(100)][-1], x)
-        rows["CUDA graph replay, per call"] = _host_us(graph.replay, calls=20) / 100
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        gpu_us = start.elapsed_time(end) / 20 / 100 * 1e3
+        rows["CUDA graph replay, per call"] = layer_times["graph_us"]
+        gpu_us = layer_times["gpu_us"]
     print(f"\nhost time per call, 1x4096x4096 8:32 V=32 {DT_ID[dtype]} "
           f"({torch.cuda.get_device_name()}, torch {torch.__version__}); GPU time per call {gpu_us:.1f} us")
     for what, us in rows.items():
