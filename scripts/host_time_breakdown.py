@@ -2,8 +2,9 @@
 
     python scripts/host_time_breakdown.py [--shape 1x4096x4096] [--pattern 8:32] [--dtypes bf16,f32]
 
-Each line: host us per call (median of 5 rounds of 200 calls; nmgen.torch.overhead.host_us) of one
-layer of the launch path, from the raw driver call up to NMLinear, beside torch's own costs.
+Each line: host us per call (median of 7 rounds of 200 calls, every line timed in each round in
+turn: nmgen.torch.overhead.host_us_interleaved) of one layer of the launch path, from the raw
+driver call up to NMLinear, beside torch's own costs.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import nmgen.torch as nmt
 from nmgen.bench import problem_of, random_nm
 from nmgen.ir.problem import parse_shape
 from nmgen.torch import kernels, ops
-from nmgen.torch.overhead import eager_and_replayed, host_us
+from nmgen.torch.overhead import eager_and_replayed, host_us_interleaved
 
 DT = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
@@ -45,22 +46,23 @@ def breakdown(shape, pattern, dtype):
         ap, cp = a.data_ptr(), c.data_ptr()
         core.launch(ap, cp, stream, ws)            # the packed arguments now address a, c (or ws)
         rows = {
-            "driver: cuLaunchKernel (ctypes, packed)": host_us(lambda: core._main(stream)),
-            "PreparedSpMM.launch": host_us(lambda: core.launch(ap, cp, stream, ws, True)),
-            "kernels.Weights.run": host_us(lambda: weights.run(a, c)),
-            "kernels.weights_for": host_us(lambda: kernels.weights_for(v, i, n, m, V)),
-            "ops.spmm_out_cuda (no dispatcher)": host_us(lambda: ops.spmm_out_cuda(a, v, i, n, m, V, False, c)),
-            "torch.ops.nmgen.spmm_out": host_us(lambda: torch.ops.nmgen.spmm_out(a, v, i, n, m, V, False, c)),
-            "torch.ops.nmgen.spmm": host_us(lambda: torch.ops.nmgen.spmm(a, v, i, n, m, V, False)),
-            "ops.linear_eager": host_us(lambda: ops.linear_eager(a, v, i, n, m, V, False, K)),
-            "NMLinear(a) (its own weights)": host_us(lambda: layer(a)),
-            "nmgen.spmm(A, B, out=C)": host_us(lambda: nmgen.spmm(a, B, out=c), calls=50),
-            "torch: current raw stream": host_us(lambda: kernels.current_stream(0)),
-            "torch: a.data_ptr()": host_us(lambda: a.data_ptr()),
-            "torch: a.new_empty((M, N))": host_us(lambda: a.new_empty((M, N))),
-            "torch.mm(a, w, out=c)": host_us(lambda: torch.mm(a, w, out=c)),
-            "F.linear(a, w^T)": host_us(lambda: F.linear(a, wt)),
+            "driver: cuLaunchKernel (packed)": lambda: core._main(stream),
+            "PreparedSpMM.launch": lambda: core.launch(ap, cp, stream, ws, True),
+            "kernels.Weights.run": lambda: weights.run(a, c),
+            "kernels.weights_for": lambda: kernels.weights_for(v, i, n, m, V),
+            "ops.spmm_out_cuda (no dispatcher)": lambda: ops.spmm_out_cuda(a, v, i, n, m, V, False, c),
+            "torch.ops.nmgen.spmm_out": lambda: torch.ops.nmgen.spmm_out(a, v, i, n, m, V, False, c),
+            "torch.ops.nmgen.spmm": lambda: torch.ops.nmgen.spmm(a, v, i, n, m, V, False),
+            "ops.linear_eager": lambda: ops.linear_eager(a, v, i, n, m, V, False, K),
+            "NMLinear(a) (its own weights)": lambda: layer(a),
+            "nmgen.spmm(A, B, out=C)": lambda: nmgen.spmm(a, B, out=c),
+            "torch: current raw stream": lambda: kernels.current_stream(0),
+            "torch: a.data_ptr()": lambda: a.data_ptr(),
+            "torch: a.new_empty((M, N))": lambda: a.new_empty((M, N)),
+            "torch.mm(a, w, out=c)": lambda: torch.mm(a, w, out=c),
+            "F.linear(a, w^T)": lambda: F.linear(a, wt),
         }
+        rows = host_us_interleaved(rows, rounds=7)
         replay = eager_and_replayed(lambda: torch.ops.nmgen.spmm_out(a, v, i, n, m, V, False, c))
     print(f"\n{M}x{N}x{K} {pattern} V=32 {dtype} on {torch.cuda.get_device_name()} (torch {torch.__version__}): "
           f"schedule {core.kernel.schedule.short()}, {core.launches} driver call(s) per product; "

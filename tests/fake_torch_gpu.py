@@ -2,11 +2,11 @@
 standing in for CUDA ones and the kernels run by the IR interpreter.
 
 What is real: nmgen.torch.kernels (the weight cache, preparing per M, the checks, the A copies,
-the workspaces), nmgen.prepared.PreparedSpMM (the packed argument block, the split-K memset and
-the split-K workspace), and ctypes' marshalling of every driver call (the stand-in library's
-functions are ctypes callbacks with the driver's C signatures, bound by launch.bind). What is
-emulated: the driver library (its calls read and write the process's own memory at the addresses
-they get, which are CPU tensors' data pointers), kernel loading, and torch's stream and capture
+the workspaces), nmgen.prepared.PreparedSpMM and nmgen.runtime.launch (the packed argument block,
+the split-K memset and the split-K workspace, the driver calls' arguments: the stand-ins take
+cuda-python's types and read the parameter block through its address). What is emulated: the
+driver's calls (they read and write the process's own memory at the addresses they get, which
+are CPU tensors' data pointers), kernel loading, and torch's stream and capture
 queries. So a CPU test sees the bytes the GPU would: wrong argument order, a missing memset, a
 workspace not zeroed, or a stale cached kernel give a wrong product here too.
 
@@ -79,31 +79,33 @@ class Kernel:
 
 
 def driver_library(emu: Emulator):
-    """Stand-ins for libcuda's cuLaunchKernel and cuMemsetD32Async: ctypes callbacks of the C
-    signatures, so the arguments pass through ctypes' conversions as they would to the driver."""
-    u, p = ctypes.c_uint, ctypes.c_void_p
-    launch_t = ctypes.CFUNCTYPE(ctypes.c_int, p, u, u, u, u, u, u, u, p, p, p)
-    memset_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, u, ctypes.c_size_t, p)
+    """Stand-ins for cuda-python's cuLaunchKernel and cuMemsetD32Async with their signatures and
+    argument types (the real CUfunction / CUstream wrappers, the parameter block as the int address
+    of a void* array, results as (CUresult,) tuples), reading and writing the process's memory."""
+    from cuda.bindings import driver as real
 
     def launch(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
-        fn = emu.functions.get(f)
-        if fn is None or extra is not None or params is None:
-            return 400                                      # CUDA_ERROR_INVALID_HANDLE
+        if not isinstance(f, real.CUfunction) or not isinstance(stream, real.CUstream):
+            raise TypeError(f"cuLaunchKernel takes a CUfunction and a CUstream, got {type(f)} and {type(stream)}")
+        fn = emu.functions.get(int(f))
+        if fn is None or extra not in (0, None) or not isinstance(params, int) or not params:
+            return (real.CUresult(400),)                    # CUDA_ERROR_INVALID_HANDLE
         n = len(fn.ir.params)
         slots = ctypes.cast(params, ctypes.POINTER(ctypes.c_void_p))
         args = [ctypes.c_uint64.from_address(slots[i]).value for i in range(n)]
-        emu.calls.append(("launch", fn.name, stream or 0))
-        fn(args, stream)
-        return 0
+        emu.calls.append(("launch", fn.name, int(stream)))
+        fn(args, int(stream))
+        return (real.CUresult(0),)
 
     def memset(ptr, value, count, stream):
-        emu.calls.append(("memset", ptr, count, stream or 0))
+        if not isinstance(stream, real.CUstream):
+            raise TypeError(f"cuMemsetD32Async takes a CUstream, got {type(stream)}")
+        emu.calls.append(("memset", ptr, count, int(stream)))
         array(ptr, (count,), np.uint32)[:] = value
-        return 0
+        return (real.CUresult(0),)
 
-    lib = types.SimpleNamespace(cuLaunchKernel=launch_t(launch), cuMemsetD32Async=memset_t(memset))
-    lib._keep = (launch, memset)
-    return lib
+    return types.SimpleNamespace(cuLaunchKernel=launch, cuMemsetD32Async=memset, CUfunction=real.CUfunction,
+                                 CUstream=real.CUstream)
 
 
 def install(monkeypatch) -> Emulator:
@@ -131,7 +133,8 @@ def install(monkeypatch) -> Emulator:
 
     monkeypatch.setattr(api.Kernel, "loaded", kernel_loaded)
     monkeypatch.setattr(module, "load", load)
-    monkeypatch.setattr(launch, "_lib", launch.bind(driver_library(emu)))
+    monkeypatch.setattr(launch, "_drv", driver_library(emu))
+    monkeypatch.setattr(launch, "_STREAMS", {})
     monkeypatch.setattr(kernels, "DEVICE_TYPES", ("cuda", "cpu"))
     monkeypatch.setattr(kernels, "current_stream", lambda device: 0)
     monkeypatch.setattr(kernels, "capturing", lambda: False)

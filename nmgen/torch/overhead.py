@@ -19,17 +19,26 @@ import torch
 def host_us(fn, calls: int = 200, rounds: int = 5) -> float:
     """Median over `rounds` of the host time of one call of `fn` (us), each round `calls` calls
     after the GPU has drained; 10 calls warm up first."""
-    for _ in range(10):
-        fn()
-    per_call = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(calls):
+    return host_us_interleaved({"fn": fn}, calls, rounds)["fn"]
+
+
+def host_us_interleaved(fns: dict, calls: int = 200, rounds: int = 5) -> dict:
+    """{name: host us per call} of each function of `fns` ({name: fn}), measured as host_us does
+    but round-robin: each round times every function in turn, so a host whose speed drifts (its
+    clock, other processes) slows them alike and the comparison holds. Median over `rounds`."""
+    for fn in fns.values():
+        for _ in range(10):
             fn()
-        per_call.append((time.perf_counter() - t) / calls * 1e6)
+    per_call = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per_call[name].append((time.perf_counter() - t) / calls * 1e6)
     torch.cuda.synchronize()
-    return statistics.median(per_call)
+    return {name: statistics.median(us) for name, us in per_call.items()}
 
 
 def graph_of(fn, calls: int) -> torch.cuda.CUDAGraph:
@@ -48,10 +57,11 @@ def graph_of(fn, calls: int) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def eager_and_replayed(fn, graph_calls: int = 100) -> dict:
-    """{"eager_us", "graph_us", "gpu_us"}: host us per call of `fn` eager and under replay of a
-    graph of `graph_calls` calls, and the GPU us per call of that replay (CUDA events)."""
-    eager = host_us(fn)
+def eager_and_replayed(fn, graph_calls: int = 100, eager_us: float | None = None) -> dict:
+    """{"eager_us", "graph_us", "gpu_us"}: host us per call of `fn` eager (host_us, unless the
+    caller measured it: `eager_us`) and under replay of a graph of `graph_calls` calls, and the
+    GPU us per call of that replay (CUDA events)."""
+    eager = host_us(fn) if eager_us is None else eager_us
     graph = graph_of(fn, graph_calls)
     replay = host_us(graph.replay, calls=10) / graph_calls
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,7 +79,8 @@ def spmm_host_time(B, M: int, *, allow_tf32: bool = False, device: int = 0, grap
     dense (K, N) W of the same dtype; float32 with `allow_tf32` on TF32 tensor cores for both.
 
     Returns {"nmgen_op": {...}, "torch_mm": {...}, "schedule": the op's schedule (dict)}, each of
-    the two {"eager_us", "graph_us", "gpu_us"} (eager_and_replayed). The op's schedule is the one a
+    the two {"eager_us", "graph_us", "gpu_us"} (eager_and_replayed; the two eager figures measured
+    round-robin, 11 rounds of 200 calls: host_us_interleaved). The op's schedule is the one a
     user's call gets: the default tuning database's best ($NMGEN_DB), else the model's.
     Raises ShapeError for an M < 1."""
     from ..cublas import torch_fp32_precision
@@ -86,9 +97,10 @@ def spmm_host_time(B, M: int, *, allow_tf32: bool = False, device: int = 0, grap
     c = torch.empty((M, B.N), device=dev, dtype=values.dtype)
     n, m, v = B.pattern.n, B.pattern.m, B.pattern.vector
     op = torch.ops.nmgen.spmm_out
+    fns = {"nmgen_op": lambda: op(a, values, indices, n, m, v, allow_tf32, c), "torch_mm": lambda: torch.mm(a, w, out=c)}
     with torch.inference_mode(), torch.cuda.device(device), torch_fp32_precision(torch, allow_tf32)():
-        nmgen_op = eager_and_replayed(lambda: op(a, values, indices, n, m, v, allow_tf32, c), graph_calls)
+        eager = host_us_interleaved(fns, rounds=11)
+        times = {name: eager_and_replayed(fn, graph_calls, eager[name]) for name, fn in fns.items()}
         prepared = weights_for(values, indices, n, m, v).prepare(M, allow_tf32, c.dtype)
-        dense = eager_and_replayed(lambda: torch.mm(a, w, out=c), graph_calls)
-    return {"nmgen_op": nmgen_op, "torch_mm": dense, "schedule": prepared.core.kernel.schedule.to_dict(),
+    return {**times, "schedule": prepared.core.kernel.schedule.to_dict(),
             "launches_per_call": prepared.core.launches}
