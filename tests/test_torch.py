@@ -187,7 +187,7 @@ def test_sparsify_replaces_what_fits_and_says_why_not():
     why = dict(report.skipped)
     assert why["tiny"] == "in_features=16 is smaller than the window m=32"
     assert why["odd"] == "in_features=72 is not a multiple of m=32"
-    assert why["narrow"] == "out_features=4 is smaller than one vector (V=8)"
+    assert why["narrow"] == "out_features=4 is smaller than one vector (V=8): too small to gain"
     assert why["head"] == "excluded"
     assert why["attn.out_proj"].startswith("a subclass of nn.Linear (NonDynamicallyQuantizableLinear)")
     assert type(model.head) is nn.Linear and type(model.tiny) is nn.Linear
@@ -198,7 +198,8 @@ def test_sparsify_replaces_what_fits_and_says_why_not():
     assert report.layer_bytes_after == 4 * (weights // 4 + 128) + 16 * 16 + 32 * 8     # values, bias, indices
     assert report.model_bytes_after < report.model_bytes_before
     text = str(report)
-    assert "8:32 V=8 (75.0% sparse): 3 layers replaced" in text and "- tiny: in_features=16" in text
+    assert report.replaced_layers == 2
+    assert "8:32 V=8 (75.0% sparse): 2 layers replaced (under 3 names)" in text and "- tiny: in_features=16" in text
 
 
 def test_sparsify_include_globs_and_callables():
@@ -218,6 +219,98 @@ def test_sparsify_in_bfloat16_needs_tensor_core_vectors():
     assert report.replaced == [] and all("multiple of 8" in why for _, why in report.skipped)
     report = nmt.sparsify(model, "8:32", 32, dtype=torch.bfloat16, include=["up", "down"])
     assert sorted(report.replaced) == ["down", "shared", "up"] and model.up.dtype == torch.bfloat16
+
+
+def test_sparsify_checks_every_weight_before_replacing_any():
+    """A damaged weight in the second layer: the error names it and the first layer is still the
+    user's nn.Linear (not half a model converted)."""
+    model = nn.Sequential(*[linear(16, 16) for _ in range(3)])
+    before = [layer.weight for layer in model]
+    model[1].weight.data[2, 3] = float("inf")
+    with pytest.raises(ShapeError, match=r"layer '1': the weight holds 1 NaN or infinite value\(s\), the first inf "
+                                         r"at \[2, 3\].*nothing was replaced"):
+        nmt.sparsify(model, "2:4")
+    assert all(type(layer) is nn.Linear for layer in model) and [layer.weight for layer in model] == before
+    big = linear(32, 16)
+    big.weight.data[0, 0] = 1e6                     # beyond float16
+    model = nn.Sequential(linear(32, 16), big)
+    with pytest.raises(ShapeError, match=r"layer '1': the weights: \|value\| up to 1e\+06 exceeds float16"):
+        nmt.sparsify(model, "2:4", 8, dtype=torch.float16)
+    assert all(type(layer) is nn.Linear for layer in model)
+
+
+def test_from_linear_refuses_nan_even_where_pruning_would_drop_it():
+    layer = linear(16, 8)
+    layer.weight.data[:, :4] = torch.tensor([9.0, 8.0, 0.0, 0.0])      # window 0 keeps inputs 0 and 1
+    layer.weight.data[5, 3] = float("nan")                              # in a row pruning drops
+    with pytest.raises(ShapeError, match=r"1 NaN or infinite value\(s\), the first nan at \[5, 3\]"):
+        NMLinear.from_linear(layer, "2:4")
+
+
+def test_sparsify_skips_tied_weights_and_reports_existing_nmlinear():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(100, 64)
+            self.body = linear(64, 64)
+            self.head = linear(64, 100, bias=False)
+            self.head.weight = self.emb.weight          # tied, as language models' output layers often are
+
+    model = Tied()
+    report = nmt.sparsify(model, "2:4")
+    assert report.replaced == ["body"] and type(model.head) is nn.Linear
+    assert dict(report.skipped)["head"].startswith("its weight is tied to emb.weight")
+    assert report.model_bytes_after < report.model_bytes_before
+    again = nmt.sparsify(model, "1:4")
+    assert again.replaced == [] and dict(again.skipped)["body"] == "already an NMLinear (2:4 V=1)"
+
+
+def test_sparsify_include_and_exclude_must_match_and_take_whole_subtrees():
+    def stack():
+        return nn.Sequential(nn.Sequential(linear(16, 16), linear(16, 16)), linear(16, 16))
+
+    model = stack()
+    assert nmt.sparsify(model, "2:4", include="0").replaced == ["0.0", "0.1"]     # everything under "0"
+    model = stack()
+    report = nmt.sparsify(model, "2:4", exclude=["0"])
+    assert report.replaced == ["1"] and dict(report.skipped) == {"0.0": "excluded", "0.1": "excluded"}
+    for spec, match in [("q_porj", r"include: 'q_porj' matches no module of the model .*nothing was changed"),
+                        (["0", r"blocks\.\d+"], r"'blocks\\\\.\\\\d\+' matches no module"),
+                        (5, r"include must be a name glob .* got 5 \(int\)"),
+                        (__import__("re").compile("0"), r"include must be a name glob .*not regular expressions"),
+                        (lambda name: True, r"must take two arguments \(name, module\)")]:
+        model = stack()
+        with pytest.raises(ShapeError, match=match):
+            nmt.sparsify(model, "2:4", include=spec)
+        assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    with pytest.raises(ShapeError, match="exclude: 'lm_head' matches no module"):
+        nmt.sparsify(stack(), "2:4", exclude="lm_head")
+
+
+def test_sparsify_report_counts_layers_and_sizes_readably():
+    model = nn.Sequential(linear(64, 32))
+    text = str(nmt.sparsify(model, "2:4", 8))
+    assert "1 layer replaced, 0 skipped" in text
+    assert "replaced layers: 8.1 KiB -> 4.2 KiB (52.3% of before)" in text, text     # 8320 B -> 4352 B
+
+
+def test_mask_of_the_wrong_kind_is_refused_plainly():
+    layer = linear(16, 8)
+    with pytest.raises(ShapeError, match=r"mask must be a boolean tensor or array of the weight's shape \(8, 16\), "
+                                         r"got str"):
+        NMLinear.from_linear(layer, "2:4", mask="abc")
+    with pytest.raises(ShapeError, match="mask is on the meta device"):
+        NMLinear.from_linear(layer, "2:4", mask=torch.ones(8, 16, dtype=torch.bool, device="meta"))
+
+
+def test_converting_to_a_dtype_nmlinear_cannot_compute_in_keeps_its_own():
+    layer = NMLinear.from_linear(linear(16, 8), "2:4")
+    with pytest.warns(UserWarning, match="NMLinear keeps its float32 weights: .* not float64"):
+        model = nn.Sequential(layer).double()
+    assert layer.values.dtype == torch.float32 and layer.bias.dtype == torch.float32
+    assert isinstance(layer.bias, nn.Parameter) and model[0] is layer
+    layer.half()
+    assert layer.values.dtype == torch.float16 and layer.bias.dtype == torch.float16
 
 
 # ---- safetensors ---------------------------------------------------------------------------------------------

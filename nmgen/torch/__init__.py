@@ -17,10 +17,10 @@ Contents:
                       the registered operator: torch.compile(fullgraph=True) and CUDA graphs see
                       only tensors and ints
 
-Needs torch>=2.4 and safetensors (`pip install 'nmgen[torch]'`, or `pip install -e '.[torch]'` in a checkout); importing this module without
-torch raises ImportError saying so. The rest of nmgen never imports torch at module level.
+Needs torch>=2.4 and safetensors (`pip install -e '.[torch]'` in an nmgen checkout, as the README
+installs nmgen); importing this module without torch raises ImportError saying so. The rest of nmgen never imports torch at module level.
 """
-INSTALL = "pip install 'nmgen[torch]', or pip install -e '.[torch]' in an nmgen checkout"
+INSTALL = "pip install -e '.[torch]' in an nmgen checkout (the README's install, with the torch extra)"
 
 try:
     import torch as _torch

@@ -60,7 +60,14 @@ def check_mask(mask, shape: tuple[int, int], p: Pattern, device) -> torch.Tensor
 
     The rows a group of V outputs keeps in a window of m inputs are those any of them keeps; there
     may be at most n. PatternError names the first window that keeps more."""
-    keep = torch.as_tensor(mask, device=device)
+    if isinstance(mask, torch.Tensor) and mask.device.type == "meta":
+        raise ShapeError("mask is on the meta device and holds no values: pass a real boolean tensor "
+                         "(e.g. mask = weight != 0)")
+    try:
+        keep = torch.as_tensor(mask, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ShapeError(f"mask must be a boolean tensor or array of the weight's shape {tuple(shape)}, got "
+                         f"{type(mask).__name__} ({e})") from None
     if tuple(keep.shape) != tuple(shape):
         raise ShapeError(f"mask has shape {tuple(keep.shape)} but the weight is {tuple(shape)} (out_features, "
                          f"in_features)")

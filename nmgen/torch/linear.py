@@ -13,6 +13,8 @@ State (all tensors, so state_dict() and safetensors hold it as is):
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -76,8 +78,9 @@ class NMLinear(nn.Module):
         the weight's shape (out_features, in_features), True = kept, which must itself be n:m
         (PatternError naming the first window that keeps too many otherwise).
         dtype: the module's dtype (torch.float32, bfloat16 or float16, or "f32", "bf16", "f16");
-        default: linear's. Raises ShapeError for in_features that are no multiple of m, or weights
-        of another dtype (e.g. float64) without `dtype`."""
+        default: linear's. Raises ShapeError for in_features that are no multiple of m, weights
+        of another dtype (e.g. float64) without `dtype`, and weights holding NaN or infinity or
+        values beyond `dtype`'s range (check_weight)."""
         p = _pattern(pattern, vector)
         if not isinstance(linear, nn.Linear):
             raise ShapeError(f"from_linear takes a torch.nn.Linear, got {type(linear).__name__}")
@@ -89,6 +92,7 @@ class NMLinear(nn.Module):
         if W.device.type == "meta":
             raise ShapeError("linear's weight is on the meta device (no values to prune): build the layer with "
                              "real weights, or construct NMLinear(in, out, pattern, V) and load a state_dict")
+        check_weight(W, dtype)          # before pruning, which would hide a NaN it drops
         values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
         bias = None if linear.bias is None else linear.bias.detach()
         return cls._assemble(_cast_finite(values, dtype), indices, p, in_f, bias, allow_tf32)
@@ -205,6 +209,27 @@ class NMLinear(nn.Module):
                 f"V={self.vector}, sparsity={self.sparsity:.1%}, dtype={str(self.values.dtype).replace('torch.', '')}, "
                 f"bias={self.bias is not None}")
 
+    # ---- conversions ----
+    def _apply(self, fn, recurse=True):
+        """nn.Module's conversion hook (.to, .cuda, .half, .double, ...): devices and the dtypes
+        NMLinear computes in apply; a conversion of its floating tensors to any other dtype
+        (model.double()) leaves them in their dtype, with a warning: the layer's kernels take
+        float32, bfloat16 or float16, and its forward then names the input's dtype to convert."""
+        kept = []
+
+        def keep_dtype(t):
+            out = fn(t)
+            if t.is_floating_point() and out.dtype != t.dtype and out.dtype not in kernels.NM_DTYPES:
+                kept.append((t.dtype, out.dtype))
+                return t.detach().to(out.device)
+            return out
+        result = super()._apply(keep_dtype, recurse)
+        if kept:
+            (was, asked), name = kept[0], lambda dt: str(dt).replace("torch.", "")
+            warnings.warn(f"NMLinear keeps its {name(was)} weights: it computes in float32, bfloat16 or float16, "
+                          f"not {name(asked)}", stacklevel=3)
+        return result
+
     # ---- state ----
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -225,6 +250,20 @@ def _describe(cfg) -> str:
         return f"with config {cfg}"
     f, n, m, v, i, o = cfg
     return f"{i}->{o} {n}:{m} V={v} (format {f})"
+
+
+def check_weight(W: torch.Tensor, dtype: torch.dtype) -> None:
+    """ShapeError when a dense weight W (out_features, in_features) holds NaN or infinity anywhere
+    (a damaged checkpoint: pruning would silently drop some of them), or finite values that
+    `dtype` cannot hold (they would become infinite)."""
+    W = W.detach()
+    bad = ~torch.isfinite(W)
+    if bool(bad.any()):
+        r, c = (int(i) for i in torch.nonzero(bad)[0])
+        raise ShapeError(f"the weight holds {int(bad.sum())} NaN or infinite value(s), the first {float(W[r, c])} at "
+                         f"[{r}, {c}] (output feature {r}, input feature {c}): fix the weights before pruning")
+    if dtype != W.dtype:
+        _cast_finite(W, dtype)
 
 
 def _cast_finite(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
