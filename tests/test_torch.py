@@ -128,11 +128,15 @@ def test_forward_refuses_with_a_reason():
     from torch._subclasses.fake_tensor import FakeTensorMode
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     layer_cuda = _fake_cuda(layer, mode)
-    with mode:
-        with pytest.raises(ShapeError, match="holds torch.float32 weights but the input is torch.float16"):
+    with mode:      # traced: the op's fake kernel says it (torch._check's RuntimeError)
+        with pytest.raises(RuntimeError, match=r"a holds torch.float16 but the weight torch.float32: convert the "
+                                               r"input \(x.to\(torch.float32\)\)"):
             layer_cuda(torch.empty(2, 16, dtype=torch.float16, device="cuda"))
-        with pytest.raises(ShapeError, match=r"expects inputs of shape \(\.\.\., 16\), got \(2, 8\)"):
+        with pytest.raises(RuntimeError, match=r"a has 8 columns but the weight has K=16 rows \(in_features\): the "
+                                               r"input's last dimension must be 16"):
             layer_cuda(torch.empty(2, 8, device="cuda"))
+    with pytest.raises(ShapeError, match="NMLinear runs on CUDA tensors"):
+        layer(torch.empty(2, 8))                                  # eager: NMLinear's own words
 
 
 # ---- state ---------------------------------------------------------------------------------------------------
@@ -482,6 +486,20 @@ def test_forward_traces_without_graph_breaks():
     ep = _export(model, torch.empty(2, 5, 64, dtype=torch.bfloat16))
     code = ep.graph_module.code
     assert code.count("torch.ops.nmgen.spmm.default") == 2, code
+
+
+def test_compiled_forward_reports_bad_inputs_in_nmgens_words():
+    """Under torch.compile(fullgraph=True) an input NMLinear cannot take gets nmgen's message, not
+    Dynamo's "Unsupported: Observed exception" with the message in its debug context: the device
+    from the op's CPU kernel at run time, dtype and K from its fake kernel while tracing."""
+    model = nn.Sequential(NMLinear.from_linear(linear(16, 8), "2:4"))
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad(), pytest.raises(ShapeError, match="runs on CUDA tensors; got a on cpu"):
+        compiled(torch.randn(3, 16))
+    torch._dynamo.reset()
+    with torch.no_grad(), pytest.raises(Exception, match=r"a holds torch.float64 but the weight torch.float32: "
+                                                         r"convert the input"):
+        torch.compile(model, fullgraph=True, backend="eager")(torch.randn(3, 16, dtype=torch.float64))
 
 
 # ---- the launch path on an emulated GPU ------------------------------------------------------------------------

@@ -125,10 +125,14 @@ class NMLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if type(x) is torch.Tensor and not torch.compiler.is_compiling():
             return self._eager(x)
-        # traced (torch.compile, torch.export, FakeTensor, tensor subclasses): the registered op
+        # traced (torch.compile, torch.export, FakeTensor, tensor subclasses): the registered op. Only
+        # what the op cannot see is refused here: Dynamo reports an exception raised while tracing
+        # as "Unsupported: Observed exception" with the message buried, while the op's fake kernel
+        # (dtype, K) and its CPU kernel (device, at run time) give their messages as they are.
+        if x.requires_grad and torch.is_grad_enabled():
+            self._refuse(x)
         values = self.values
-        if x.dim() < 1 or x.dtype != values.dtype or not x.is_cuda or x.shape[-1] != self.in_features or (
-                x.requires_grad and torch.is_grad_enabled()):
+        if x.dim() < 1:
             self._refuse(x)
         a = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         y = torch.ops.nmgen.spmm(a, values, self.indices, self.n, self.m, self.vector, self.allow_tf32)
@@ -153,17 +157,21 @@ class NMLinear(nn.Module):
         return y
 
     def _refuse(self, x: torch.Tensor):
+        why = self._why_refused(x)
+        raise (RuntimeError if why.startswith("NMLinear is inference-only") else ShapeError)(why)
+
+    def _why_refused(self, x: torch.Tensor) -> str:
+        """What is wrong with an input forward refuses, and what to do."""
         if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("NMLinear is inference-only; wrap the call in torch.no_grad() / torch.inference_mode() "
-                               "(the input requires grad and autograd is recording, but nmgen's kernels have no "
-                               "backward)")
+            return ("NMLinear is inference-only; wrap the call in torch.no_grad() / torch.inference_mode() (the input "
+                    "requires grad and autograd is recording, but nmgen's kernels have no backward)")
         if not x.is_cuda:
-            raise ShapeError(f"NMLinear runs on CUDA tensors, got an input on {x.device}: move the model and the "
-                             f"input to the GPU (model.cuda(), x.cuda())")
+            return (f"NMLinear runs on CUDA tensors, got an input on {x.device}: move the model and the input to the "
+                    f"GPU (model.cuda(), x.cuda())")
         if x.dtype != self.values.dtype:
-            raise ShapeError(f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: convert the "
-                             f"input (x.to({self.values.dtype})) or the module (module.to({x.dtype}))")
-        raise ShapeError(f"NMLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}")
+            return (f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: convert the input "
+                    f"(x.to({self.values.dtype})) or the module (module.to({x.dtype}))")
+        return f"NMLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}"
 
     def config(self) -> list[int]:
         """[format, n, m, V, in_features, out_features]: what nm_config holds."""

@@ -139,8 +139,10 @@ def _on_cpu_out(a, values, *args):
 def spmm_fake(a, values, indices, n: int, m: int, vector: int, allow_tf32: bool = False) -> torch.Tensor:
     K, N = check_weights(values, indices, n, m, vector)
     torch._check(a.dim() == 2, lambda: f"nmgen::spmm: a must be 2-D (M, K), got {a.dim()}-D")
-    torch._check(a.shape[1] == K, lambda: f"nmgen::spmm: a has {a.shape[1]} columns but the weight has K={K} rows")
-    torch._check(a.dtype == values.dtype, lambda: f"nmgen::spmm: a holds {a.dtype} but the weight {values.dtype}")
+    torch._check(a.shape[1] == K, lambda: f"nmgen::spmm: a has {a.shape[1]} columns but the weight has K={K} rows "
+                                          f"(in_features): the input's last dimension must be {K}")
+    torch._check(a.dtype == values.dtype, lambda: f"nmgen::spmm: a holds {a.dtype} but the weight {values.dtype}: "
+                                                  f"convert the input (x.to({values.dtype})) or the weights")
     return a.new_empty((a.shape[0], N))
 
 
