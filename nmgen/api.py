@@ -43,7 +43,7 @@ class Kernel:
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
         self._loaded = {}           # device ordinal -> loaded module (runtime.module)
-        self._workspaces = {}       # (device, stream) -> split-K scratch of a 16-bit C (zeroed once)
+        self._workspaces = None     # split-K scratch of a 16-bit C (runtime.memory.ZeroedWorkspaces)
         if resources is not None:
             self.__dict__["resources"] = resources
 
@@ -89,15 +89,11 @@ class Kernel:
 
     def _workspace(self, device: int, stream: int) -> int:
         """The scratch of a split-K kernel with a 16-bit C (ir workspace_words: fp32 sums, tile
-        counts), one per device and stream (launches on one stream run in order; two streams get
-        two), zeroed in stream order when made; each launch leaves it zeroed."""
-        from .runtime.memory import DeviceBuffer, memset32
-        ws = self._workspaces.get((device, stream))
-        if ws is None:
-            ws = DeviceBuffer(self.ir.workspace_words * 4, device)
-            memset32(ws.ptr, self.ir.workspace_words, stream)
-            self._workspaces[(device, stream)] = ws
-        return ws.ptr
+        counts) for (device, stream), zeroed once when made; each launch leaves it zeroed."""
+        if self._workspaces is None:
+            from .runtime.memory import ZeroedWorkspaces
+            self._workspaces = ZeroedWorkspaces(self.ir.workspace_words)
+        return self._workspaces.ptr(device, stream)
 
     def __call__(self, A, B: NMMatrix, out=None, stream=None):
         return spmm(A, B, out=out, kernel=self, stream=stream)

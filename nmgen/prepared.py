@@ -20,6 +20,7 @@ from typing import Mapping
 from .errors import ShapeError
 from .ir.build import a_leading_dim
 from .runtime.launch import CONTEXT_ERRORS, PackedLaunch, memset32, raise_for
+from .runtime.memory import ZeroedWorkspaces
 
 _POINTERS = ("A", "C", "Work", "Counts")      # patched per call
 
@@ -71,7 +72,7 @@ class PreparedSpMM:
         self._what = (f"launching kernel {kernel.name} (grid {k.grid[0]}x{k.grid[1]}x{k.grid[2]}, {k.threads} "
                       f"threads, {loaded.smem} B shared)")
         self._lock = threading.Lock()
-        self._workspaces: dict = {}     # stream -> DeviceBuffer, when the caller passes none
+        self._workspaces = ZeroedWorkspaces(self.workspace_words)    # used when the caller passes none
 
     @classmethod
     def for_matrix(cls, B, M: int, *, dtype=None, c_dtype=None, allow_tf32: bool = False, a_major: str = "row",
@@ -121,7 +122,7 @@ class PreparedSpMM:
                     self._recover(rc, a_ptr, c_ptr, stream, workspace)
             return
         if self.workspace_words and not workspace:
-            workspace, workspace_zeroed = self._own_workspace(stream), True
+            workspace, workspace_zeroed = self._workspaces.ptr(self.device, stream), True
         with self._lock:
             rc = self._enqueue(a_ptr, c_ptr, stream, workspace, workspace_zeroed)
             if rc:
@@ -161,16 +162,6 @@ class PreparedSpMM:
                 check(drv.cuCtxSetCurrent(previous if previous is not None else drv.CUcontext(0)),
                       "cuCtxSetCurrent (restoring the caller's context)")
         raise_for(rc, self._what)
-
-    def _own_workspace(self, stream: int) -> int:
-        """This object's workspace for `stream`, zeroed in stream order when made (launches keep it so)."""
-        from .runtime.memory import DeviceBuffer
-        buf = self._workspaces.get(stream)
-        if buf is None:
-            buf = DeviceBuffer(self.workspace_bytes, self.device)
-            raise_for(memset32(buf.ptr, self.workspace_words, stream), "zeroing the split-K workspace")
-            self._workspaces[stream] = buf
-        return buf.ptr
 
     def __repr__(self):
         return f"PreparedSpMM({self.kernel.name}, {self.problem}, {self.kernel.schedule.short()}, GPU {self.device})"

@@ -593,6 +593,6 @@ def test_split_k_into_a_16_bit_c_reuses_its_zeroed_workspace(gpu):
     assert k.ir.workspace_words and not k.ir.zero_output
     for call in range(3):
         assert (v := verdict(p, run_gpu(k, A, B), A, B, rng)), (call, v.summary())
-    assert len(k._workspaces) == 1
-    ws = next(iter(k._workspaces.values()))
+    assert len(k._workspaces.buffers) == 1
+    ws = next(iter(k._workspaces.buffers.values()))
     assert not gpu.bytes(ws.ptr, 4 * k.ir.workspace_words).any()

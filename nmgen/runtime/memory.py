@@ -55,6 +55,25 @@ def memset32(ptr: int, count: int, stream: int = 0, value: int = 0) -> None:
     check(driver().cuMemsetD32Async(ptr, value, count, stream), "cuMemsetD32Async")
 
 
+class ZeroedWorkspaces:
+    """Scratch of `words` 32-bit words per (device, stream), zeroed in stream order when made and
+    never again: for kernels that leave their scratch zeroed (split-K's in-kernel reduction into a
+    16-bit C, ir.nodes.SplitKReduce). Launches on one stream run in order and so share one; two
+    streams get two. `ptr(device, stream)`: its device address (allocated on first use)."""
+
+    def __init__(self, words: int):
+        self.words = int(words)
+        self.buffers: dict[tuple[int, int], DeviceBuffer] = {}
+
+    def ptr(self, device: int, stream: int) -> int:
+        buf = self.buffers.get((device, stream))
+        if buf is None:
+            buf = DeviceBuffer(4 * self.words, device)
+            memset32(buf.ptr, self.words, stream)
+            self.buffers[(device, stream)] = buf
+        return buf.ptr
+
+
 def memset16(ptr: int, count: int, value: int, stream: int = 0) -> None:
     """Enqueue `count` 16-bit stores of `value` at `ptr` (a NaN poison for a 16-bit C)."""
     check(driver().cuMemsetD16Async(ptr, value, count, stream), "cuMemsetD16Async")
