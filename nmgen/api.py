@@ -241,10 +241,12 @@ def _check_dtypes(a_dtype: str, B: NMMatrix) -> None:
                          f"product runs in one dtype; convert the weights once (B = B.astype({a_dtype!r})) or A")
 
 
-def _compute_dtype(a_dtype: str, allow_tf32: bool) -> str:
-    """The problem dtype for an A of storage `a_dtype`: float32 runs on FFMA, or on the tensor cores
-    in TF32 with allow_tf32 (as torch's allow_tf32: off by default)."""
-    return "tf32" if a_dtype == "f32" and allow_tf32 else a_dtype
+def compute_dtype(a_dtype: str, allow_tf32: bool, vector: int) -> str:
+    """The problem dtype for an A of storage `a_dtype` times a B of vector length `vector`: float32
+    runs on FFMA, or on the tensor cores in TF32 with allow_tf32. As torch's allow_tf32 (off by
+    default) it is a permission, not a demand: a V the tensor cores cannot take (not a multiple of
+    8: their 8-column tiles must lie in one vector) stays on FFMA."""
+    return "tf32" if a_dtype == "f32" and allow_tf32 and vector % 8 == 0 else a_dtype
 
 
 def _out_dtype(out, a_dtype: str) -> str:
@@ -265,7 +267,8 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | dict | str | None = None
     """C = A @ B for a dense A (M x K) and an n:m sparse B (NMMatrix, K x N).
 
     A and B hold the same dtype: float32 (FFMA on the CUDA cores, or TF32 tensor cores with
-    `allow_tf32=True`, off by default as in torch), bfloat16 or float16 (tensor cores; numpy
+    `allow_tf32=True`, off by default as in torch, and a permission: a V that is not a multiple of
+    8 stays on FFMA), bfloat16 or float16 (tensor cores; numpy
     bfloat16 is ml_dtypes.bfloat16). Products accumulate in float32; C has `out`'s dtype, else A's.
 
     numpy (or any host) A: copied to the GPU, C returned as numpy (or written into `out`, which may
@@ -366,7 +369,8 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major, allow
         _check_empty_batch(kernel, B)
         return out if out is not None else np.empty((0, B.N), c_np)
     driver.init()
-    k = _kernel_for(M, B, schedule, kernel, 0, a_major, _compute_dtype(a_dtype, allow_tf32), c_dtype)
+    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)
+    k = _kernel_for(M, B, schedule, kernel, 0, a_major, compute, c_dtype)
     ops = device_operands(B, k.problem, k.schedule, 0)
     a = DeviceBuffer.from_array(kernel_a_layout(A, k.problem), 0)
     c = DeviceBuffer(M * B.N * c_np.itemsize, 0)
@@ -474,7 +478,8 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream, allow_tf32=Fals
                          f"[{o0:#x}, {o1:#x}); pass a separate output array (or none: spmm allocates one)")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
-    k = _kernel_for(M, B, schedule, kernel, dv.device, a_major, _compute_dtype(a_dtype, allow_tf32), c_dtype)
+    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)
+    k = _kernel_for(M, B, schedule, kernel, dv.device, a_major, compute, c_dtype)
     a_ptr, temporaries = dv.ptr, []
     rows, extent = (K, M) if a_major == "col" else (M, K)
     lda = a_leading_dim(k.problem)

@@ -50,12 +50,15 @@ def _cause(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def writing(path, errors: tuple = ()):
-    """A block that writes `path`: the path is checked first, and OSError (or one of `errors`, a
+def writing(path, errors: tuple = (), overwrite: bool = True):
+    """A block that writes `path`: the path is checked first (an existing file refused unless
+    `overwrite`: nothing a user has is replaced without asking), and OSError (or one of `errors`, a
     library's own exceptions) inside it becomes ShapeError("cannot write PATH: cause")."""
     why = why_not_writable(path)
     if why:
         raise ShapeError(f"cannot write {_shown(path)}: {why}")
+    if not overwrite and os.path.isfile(path):
+        raise ShapeError(f"{_shown(path)} already exists; pass overwrite=True to replace it, or give another file")
     try:
         yield
     except NMGenError:

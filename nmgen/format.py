@@ -201,13 +201,14 @@ class NMMatrix:
     def nbytes(self) -> int:
         return self.values.nbytes + self.indices.nbytes
 
-    def save(self, path) -> None:
-        """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta). A path
-        that cannot be written (a directory, a missing directory, no permission, an OS error)
-        raises one ShapeError naming the file and why."""
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta). An
+        existing file is replaced only with overwrite=True. A path that exists (without it) or
+        cannot be written (a directory, a missing directory, no permission, an OS error) raises one
+        ShapeError naming the file and why."""
         p = self.pattern
         raw = self.values.view(np.uint16) if self.dtype == "bf16" else self.values    # npz has no bfloat16
-        with writing(path), open(Path(path), "wb") as f:
+        with writing(path, overwrite=overwrite), open(Path(path), "wb") as f:
             np.savez(f, values=raw, indices=self.indices,
                      meta=np.array([FORMAT_VERSION, p.n, p.m, p.vector, self.K, self.N, DTYPE_CODES[self.dtype]],
                                    np.int64))

@@ -80,12 +80,12 @@ class PreparedSpMM:
         """Compile (or fetch) the kernel for an (M, K) A times the NMMatrix `B` and bind it to B's
         device copies on GPU `device` (made once and cached on B). A and B hold B's dtype (float32
         runs on FFMA, or TF32 tensor cores with allow_tf32); C `c_dtype`, by default A's."""
-        from .api import compile, device_operands
+        from .api import compile, compute_dtype, device_operands
         from .ir.dtypes import dtype as dtype_of
         storage = dtype_of(dtype).name if dtype is not None else B.dtype
         if storage != B.dtype:
             raise ShapeError(f"dtype={storage!r} but B holds {B.dtype} values: convert B once (B.astype({storage!r}))")
-        compute = "tf32" if storage == "f32" and allow_tf32 else storage
+        compute = compute_dtype(storage, allow_tf32, B.pattern.vector)
         k = compile((M, B.N, B.K), B.pattern, schedule=schedule, B=B, device=device, a_major=a_major, dtype=compute,
                     c_dtype=c_dtype)
         ops = device_operands(B, k.problem, k.schedule, device)

@@ -571,6 +571,15 @@ def test_tf32_is_opt_in(rng, gpu):
     assert ok(C, round_tf32(A), Bt, compute="mma")
 
 
+def test_tf32_is_a_permission_that_a_small_vector_declines(rng, gpu):
+    """allow_tf32 with V = 4 (the tensor cores' 8-column tiles need V a multiple of 8): FFMA, as
+    torch's allow_tf32 permits TF32 without demanding it."""
+    B = _nm(rng, 64, 64, "2:8", 4, "f32")
+    A = rng.standard_normal((16, 64)).astype(np.float32)
+    C = nmgen.spmm(A, B, allow_tf32=True)
+    assert "tf32" not in gpu.launches[-1] and ok(C, A, B)
+
+
 def test_mixed_dtypes_are_refused_with_the_fix(rng, gpu):
     from nmgen.ir.dtypes import DTYPES
     B = _nm(rng, 64, 64, "8:32", 32, "f32")

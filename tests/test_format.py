@@ -334,6 +334,17 @@ def test_save_to_a_place_it_cannot_write_names_it(tmp_path, rng, name, match):
         nm.save(tmp_path / name)
 
 
+def test_save_replaces_a_file_only_when_asked(tmp_path, rng):
+    notes = tmp_path / "notes"
+    notes.write_text("my notes")
+    nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
+    with pytest.raises(ShapeError, match=r"notes already exists; pass overwrite=True to replace it"):
+        nm.save(notes)
+    assert notes.read_text() == "my notes"
+    nm.save(notes, overwrite=True)
+    assert NMMatrix.load(notes).K == 8
+
+
 def test_save_wraps_an_os_error_during_the_write(tmp_path, rng, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -238,7 +238,7 @@ def test_sparsify_checks_every_weight_before_replacing_any():
     big = linear(32, 16)
     big.weight.data[0, 0] = 1e6                     # beyond float16
     model = nn.Sequential(linear(32, 16), big)
-    with pytest.raises(ShapeError, match=r"layer '1': the weights: \|value\| up to 1e\+06 exceeds float16"):
+    with pytest.raises(ShapeError, match=r"layer '1': the weight: \|value\| up to 1e\+06 exceeds float16"):
         nmt.sparsify(model, "2:4", 8, dtype=torch.float16)
     assert all(type(layer) is nn.Linear for layer in model)
 
@@ -308,13 +308,22 @@ def test_mask_of_the_wrong_kind_is_refused_plainly():
 
 
 def test_converting_to_a_dtype_nmlinear_cannot_compute_in_keeps_its_own():
-    layer = NMLinear.from_linear(linear(16, 8), "2:4")
+    layer = NMLinear.from_linear(linear(16, 8), "2:4", 8)
     with pytest.warns(UserWarning, match="NMLinear keeps its float32 weights: .* not float64"):
         model = nn.Sequential(layer).double()
     assert layer.values.dtype == torch.float32 and layer.bias.dtype == torch.float32
     assert isinstance(layer.bias, nn.Parameter) and model[0] is layer
     layer.half()
     assert layer.values.dtype == torch.float16 and layer.bias.dtype == torch.float16
+    narrow = NMLinear.from_linear(linear(16, 8), "2:4", 1)          # V=1: no tensor-core kernel
+    with pytest.warns(UserWarning, match="NMLinear keeps its float32 weights: float16 runs on the tensor cores"):
+        narrow.half()
+    big = NMLinear.from_linear(linear(16, 8), "2:4", 8)
+    with torch.no_grad():
+        big.bias.fill_(1e6)
+    with pytest.warns(UserWarning, match=r"its bias reach 1e\+06, beyond float16's 65504"):
+        big.half()
+    assert narrow.values.dtype == big.values.dtype == big.bias.dtype == torch.float32
 
 
 # ---- safetensors ---------------------------------------------------------------------------------------------
@@ -415,8 +424,8 @@ def test_from_linear_refuses_weights_beyond_the_dtypes_range():
     layer = linear(64, 40)
     with torch.no_grad():
         layer.weight.mul_(1e6)
-    top = float(NMLinear.from_linear(layer, "8:32", 8).values.abs().max())
-    with pytest.raises(ShapeError, match=r"the weights: \|value\| up to " + f"{top:.4g}".replace("+", r"\+")
+    top = float(layer.weight.detach().abs().max())     # the whole weight is checked, pruned entries too
+    with pytest.raises(ShapeError, match=r"the weight: \|value\| up to " + f"{top:.4g}".replace("+", r"\+")
                                          + r" exceeds float16's largest finite 65504: scale them or use bf16 / f32"):
         NMLinear.from_linear(layer, "8:32", 8, dtype=torch.float16)
     assert torch.isfinite(NMLinear.from_linear(layer, "8:32", 8, dtype=torch.bfloat16).values).all()
@@ -486,6 +495,46 @@ def test_forward_traces_without_graph_breaks():
     ep = _export(model, torch.empty(2, 5, 64, dtype=torch.bfloat16))
     code = ep.graph_module.code
     assert code.count("torch.ops.nmgen.spmm.default") == 2, code
+
+
+def test_bias_and_state_and_arguments_are_checked():
+    layer = linear(16, 8)
+    with torch.no_grad():
+        layer.bias[1] = 1e6
+    with pytest.raises(ShapeError, match=r"the bias: \|value\| up to 1e\+06 exceeds float16"):
+        NMLinear.from_linear(layer, "2:4", 8, dtype=torch.float16)
+    with pytest.raises(ShapeError, match=r"layer '0': the bias: \|value\| up to 1e\+06"):
+        nmt.sparsify(nn.Sequential(layer), "2:4", 8, dtype=torch.float16)
+    with torch.no_grad():
+        layer.bias[1] = float("nan")
+    with pytest.raises(ShapeError, match=r"the bias holds 1 NaN or infinite value\(s\), the first nan at \[1\]"):
+        NMLinear.from_linear(layer, "2:4")
+    # a damaged state is refused before anything is copied
+    good = NMLinear.from_linear(linear(16, 8), "2:4")
+    before = good.indices.clone()
+    for key, damage, match in [("indices", 255, r"indices\[0, 0\] = 255 is outside \[0, 4\)"),
+                               ("indices", 0, r"the indices of window 0, vector 0 are not increasing"),
+                               ("values", float("nan"), "values hold NaN or infinity")]:
+        state = {k: v.clone() for k, v in good.state_dict().items()}
+        state[key].fill_(damage)
+        with pytest.raises(ShapeError, match="the state's compressed weight is damaged: " + match):
+            good.load_state_dict(state)
+        assert torch.equal(good.indices, before)
+    with pytest.raises(TypeError, match="from_matrix takes an nmgen.NMMatrix, got ndarray"):
+        NMLinear.from_matrix(np.zeros((16, 8)))
+    with pytest.raises(ShapeError, match=r"bias has shape \(5,\); it must be \(8,\)"):
+        NMLinear.from_matrix(good.to_nmmatrix(), bias=torch.zeros(5))
+    with pytest.raises(TypeError, match="NMLinear takes a torch.Tensor .* got ndarray"):
+        good(np.zeros((2, 16), np.float32))
+    with pytest.raises(TypeError, match="sparsify takes the model .* got dict"):
+        nmt.sparsify({"a": good}, "2:4")
+    for spec in ("", []):
+        with pytest.raises(ShapeError, match="names no module"):
+            nmt.sparsify(nn.Sequential(linear(16, 8)), "2:4", include=spec)
+    with pytest.raises(ShapeError, match=r"include\('0', module\) returned 'no' \(str\); it must return True or False"):
+        nmt.sparsify(nn.Sequential(linear(16, 8)), "2:4", include=lambda name, mod: "no")
+    with pytest.raises(ShapeError, match=r"no CUDA GPU on this machine|convert the input \(x.to\(torch.float32\)\)$"):
+        good(torch.zeros(2, 16, dtype=torch.float64))
 
 
 def test_compiled_forward_reports_bad_inputs_in_nmgens_words():

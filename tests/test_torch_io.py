@@ -284,3 +284,25 @@ def test_load_refuses_a_header_field_it_does_not_know(tmp_path, layers, header, 
     with pytest.raises(ShapeError, match=r"m\.safetensors: " + match + DAMAGED + "$"):
         nmt.load(model, path)
     assert_unchanged(model, before)
+
+
+def test_a_meta_skeleton_gets_its_tied_weights_back_tied(tmp_path):
+    """load_state_dict(assign=True) wraps each tensor in a Parameter of its own: an embedding and
+    an output layer tied in the saved model must come back as one Parameter, not two that merely
+    share memory (a later .to() would split them, doubling the embedding)."""
+    def build():
+        model = nn.Module()
+        model.emb = nn.Embedding(32, 16)
+        model.body = nn.Linear(16, 16)
+        model.head = nn.Linear(16, 32, bias=False)
+        model.head.weight = model.emb.weight
+        return model
+
+    model = build()
+    nmt.sparsify(model, "2:4", 4)
+    path = tmp_path / "tied.safetensors"
+    nmt.save(model, path)
+    for make in (build, lambda: build().to("meta")):
+        loaded = nmt.load(make, path)
+        assert loaded.head.weight is loaded.emb.weight and not loaded.emb.weight.is_meta
+        assert torch.equal(loaded.emb.weight, model.emb.weight) and isinstance(loaded.body, NMLinear)

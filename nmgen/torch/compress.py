@@ -101,3 +101,23 @@ def compress_weight(W: torch.Tensor, p: Pattern, mask=None) -> tuple[torch.Tenso
     if not bool(torch.isfinite(values).all()):
         raise ShapeError("the weight's kept values contain NaN or infinity")
     return values, indices
+
+
+def compressed_problem(values: torch.Tensor, indices: torch.Tensor, p: Pattern) -> str | None:
+    """What is wrong with compressed tensors (values (W, N), indices (W, ceil(N/V))) of shapes that
+    fit `p`, or None: positions outside [0, m), positions not increasing within a window (a row
+    kept twice), non-finite values. On their device; one reduction each."""
+    ix = indices.long()
+    bad = (ix < 0) | (ix >= p.m)
+    if bool(bad.any()):
+        w, j = (int(i) for i in torch.nonzero(bad)[0])
+        return f"indices[{w}, {j}] = {int(ix[w, j])} is outside [0, {p.m}) (a position in a window of m={p.m})"
+    if p.n > 1:
+        steps = ix.reshape(-1, p.n, ix.shape[1]).diff(dim=1)
+        if bool((steps <= 0).any()):
+            w, k, j = (int(i) for i in torch.nonzero(steps <= 0)[0])
+            return (f"the indices of window {w}, vector {j} are not increasing (rows {w * p.n + k} and "
+                    f"{w * p.n + k + 1}): each kept row appears once, in order")
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        return "values hold NaN or infinity"
+    return None

@@ -120,9 +120,7 @@ def save(model: nn.Module, path, *, metadata: dict[str, str] | None = None, over
             raise ShapeError(f"metadata key {k!r} is nmgen's own (\"format\" and \"nmgen.*\" describe the layers "
                              f"to load): rename it, e.g. 'user.{k}'")
     path = _path(path, "save")
-    with writing(path, _safetensors_errors()):
-        if os.path.isfile(path) and not overwrite:   # nothing a user has is replaced without asking
-            raise ShapeError(f"{path} already exists; pass overwrite=True to replace it, or give another file")
+    with writing(path, _safetensors_errors(), overwrite=overwrite):
         tensors, aliases = _tensors_of(model)
         header = {**extra, "format": FORMAT, "nmgen.layers": json.dumps(layers_of(model)),
                   "nmgen.aliases": json.dumps(aliases)}
@@ -277,10 +275,23 @@ def load(model_or_factory, path, *, strict: bool = True, device=None) -> nn.Modu
             state[alias] = state[original]
         on_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
         model.load_state_dict(state, strict=strict, assign=on_meta)
+        if on_meta:
+            _retie(model, aliases)
     except BaseException:
         undo()
         raise
     return model
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make each alias the same Parameter as its original again: load_state_dict(assign=True) wraps
+    every assigned tensor in a Parameter of its own, so tied weights (an embedding and the output
+    layer) would share memory but not identity, and come apart at the next .to()."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, original in aliases.items():
+        if alias in params and original in params and params[alias] is not params[original]:
+            owner, _, leaf = alias.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, leaf, params[original])
 
 
 def _parsed(header: dict[str, str], path: str) -> tuple[dict[str, dict], dict[str, str]]:

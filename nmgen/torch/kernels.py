@@ -192,7 +192,7 @@ class Weights:
         from ..prepared import PreparedSpMM
         refuse_while_capturing(f"preparing the kernel for M={M} ({M}x{self.N}x{self.K} {self.nm.pattern})")
         storage = self.nm.dtype
-        compute = "tf32" if storage == "f32" and allow_tf32 else storage
+        compute = api.compute_dtype(storage, allow_tf32, self.nm.pattern.vector)
         c_name = dtype_name(c_dtype)
         if c_name is None:
             raise ShapeError(f"the output holds {c_dtype}; nmgen writes torch.float32, torch.bfloat16 or torch.float16")

@@ -23,7 +23,7 @@ from ..errors import ShapeError
 from ..format import NMMatrix, _pattern
 from ..ir.problem import Pattern, ceil_div
 from . import kernels
-from .compress import compress_weight
+from .compress import compress_weight, compressed_problem
 from .ops import linear_eager, to_tensors
 
 FORMAT = 1      # nm_config[0]: the layout of NMLinear's state
@@ -93,17 +93,25 @@ class NMLinear(nn.Module):
             raise ShapeError("linear's weight is on the meta device (no values to prune): build the layer with "
                              "real weights, or construct NMLinear(in, out, pattern, V) and load a state_dict")
         check_weight(W, dtype)          # before pruning, which would hide a NaN it drops
-        values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
         bias = None if linear.bias is None else linear.bias.detach()
+        if bias is not None:
+            check_weight(bias[None], dtype, "the bias")
+        values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
         return cls._assemble(_cast_finite(values, dtype), indices, p, in_f, bias, allow_tf32)
 
     @classmethod
     def from_matrix(cls, B: NMMatrix, bias=None, *, device=None, allow_tf32: bool = False) -> "NMLinear":
         """An NMLinear computing x @ B (+ bias) for an NMMatrix B (K x N = in x out) in B's dtype,
         on `device`."""
+        if not isinstance(B, NMMatrix):
+            raise TypeError(f"from_matrix takes an nmgen.NMMatrix, got {type(B).__name__}: make one with "
+                            f"NMMatrix.from_dense(W.T, pattern, vector)")
         values, indices = to_tensors(B, device)
         if bias is not None:
             bias = torch.as_tensor(bias).detach().to(device)
+            if tuple(bias.shape) != (B.N,):
+                raise ShapeError(f"bias has shape {tuple(bias.shape)}; it must be ({B.N},), one value per output "
+                                 f"feature (B's columns)")
         return cls._assemble(values, indices, B.pattern, B.K, bias, allow_tf32)
 
     @classmethod
@@ -125,6 +133,9 @@ class NMLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if type(x) is torch.Tensor and not torch.compiler.is_compiling():
             return self._eager(x)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"NMLinear takes a torch.Tensor (..., {self.in_features}) on the GPU, got "
+                            f"{type(x).__name__}: torch.as_tensor(x, device='cuda')")
         # traced (torch.compile, torch.export, FakeTensor, tensor subclasses): the registered op. Only
         # what the op cannot see is refused here: Dynamo reports an exception raised while tracing
         # as "Unsupported: Observed exception" with the message buried, while the op's fake kernel
@@ -166,11 +177,14 @@ class NMLinear(nn.Module):
             return ("NMLinear is inference-only; wrap the call in torch.no_grad() / torch.inference_mode() (the input "
                     "requires grad and autograd is recording, but nmgen's kernels have no backward)")
         if not x.is_cuda:
+            there = "" if torch.cuda.is_available() else " (torch sees no CUDA GPU on this machine)"
             return (f"NMLinear runs on CUDA tensors, got an input on {x.device}: move the model and the input to the "
-                    f"GPU (model.cuda(), x.cuda())")
+                    f"GPU (model.cuda(), x.cuda()){there}")
         if x.dtype != self.values.dtype:
-            return (f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: convert the input "
-                    f"(x.to({self.values.dtype})) or the module (module.to({x.dtype}))")
+            fix = f"convert the input (x.to({self.values.dtype}))"
+            if self._cannot_compute_in(x.dtype, self.values, None) is None:
+                fix += f" or the module (module.to({x.dtype}))"
+            return f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: {fix}"
         return f"NMLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}"
 
     def config(self) -> list[int]:
@@ -219,24 +233,40 @@ class NMLinear(nn.Module):
 
     # ---- conversions ----
     def _apply(self, fn, recurse=True):
-        """nn.Module's conversion hook (.to, .cuda, .half, .double, ...): devices and the dtypes
-        NMLinear computes in apply; a conversion of its floating tensors to any other dtype
-        (model.double()) leaves them in their dtype, with a warning: the layer's kernels take
-        float32, bfloat16 or float16, and its forward then names the input's dtype to convert."""
-        kept = []
-
-        def keep_dtype(t):
-            out = fn(t)
-            if t.is_floating_point() and out.dtype != t.dtype and out.dtype not in kernels.NM_DTYPES:
-                kept.append((t.dtype, out.dtype))
-                return t.detach().to(out.device)
-            return out
-        result = super()._apply(keep_dtype, recurse)
-        if kept:
-            (was, asked), name = kept[0], lambda dt: str(dt).replace("torch.", "")
-            warnings.warn(f"NMLinear keeps its {name(was)} weights: it computes in float32, bfloat16 or float16, "
-                          f"not {name(asked)}", stacklevel=3)
+        """nn.Module's conversion hook (.to, .cuda, .half, .double, ...). Devices always apply; a new
+        dtype applies when the layer can compute in it: float32, bfloat16 or float16, V a multiple of
+        8 for the 16-bit ones (tensor cores), and values and bias within its range. Otherwise the
+        layer keeps its dtype (on the new device) with a warning saying why, so that a model's
+        .double() or .half() never leaves a layer no kernel takes (or infinite weights); its
+        forward then names the input's dtype to convert."""
+        values, bias = self._buffers["values"], self._parameters.get("bias")
+        old_bias_data = None if bias is None else bias.data
+        result = super()._apply(fn, recurse)
+        new = self._buffers["values"]
+        why = None if new.dtype == values.dtype else self._cannot_compute_in(new.dtype, values, old_bias_data)
+        if why:
+            self._buffers["values"] = values.to(new.device)
+            if bias is not None:
+                restored = old_bias_data.to(new.device)
+                if self._parameters["bias"] is bias:      # converted in place (param.data = ...)
+                    bias.data = restored
+                else:                                      # torch's overwrite-on-conversion mode
+                    self._parameters["bias"] = nn.Parameter(restored, requires_grad=False)
+            warnings.warn(f"NMLinear keeps its {_name(values.dtype)} weights: {why}", stacklevel=3)
         return result
+
+    def _cannot_compute_in(self, dtype: torch.dtype, values: torch.Tensor, bias) -> str | None:
+        """Why this layer cannot hold `values` and `bias` (the old ones) converted to `dtype`."""
+        if dtype not in kernels.NM_DTYPES:
+            return f"it computes in float32, bfloat16 or float16, not {_name(dtype)}"
+        why = tensor_core_vector_problem(dtype, self.pattern)
+        if why:
+            return why
+        top = torch.finfo(dtype).max
+        for what, t in (("values", values), ("bias", bias)):
+            if t is not None and t.numel() and float(t.detach().abs().max()) > top:
+                return f"its {what} reach {float(t.detach().abs().max()):.4g}, beyond {_name(dtype)}'s {top:.6g}"
+        return None
 
     # ---- state ----
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -249,8 +279,18 @@ class NMLinear(nn.Module):
                 raise ShapeError(f"{prefix or 'NMLinear'}: the state holds an NMLinear {_describe(theirs)} but this "
                                  f"module is {_describe(ours)}; build the module with the checkpoint's pattern "
                                  f"(nmgen.torch.load rebuilds NMLinear layers from the file's metadata)")
+        values, indices = state_dict.get(prefix + "values"), state_dict.get(prefix + "indices")
+        if isinstance(values, torch.Tensor) and isinstance(indices, torch.Tensor) and not values.is_meta and (
+                tuple(values.shape) == tuple(self.values.shape) and tuple(indices.shape) == tuple(self.indices.shape)):
+            why = compressed_problem(values, indices, self.pattern)
+            if why:     # refused before anything is copied: the module keeps its state
+                raise ShapeError(f"{prefix or 'NMLinear'}: the state's compressed weight is damaged: {why}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _describe(cfg) -> str:
@@ -260,21 +300,22 @@ def _describe(cfg) -> str:
     return f"{i}->{o} {n}:{m} V={v} (format {f})"
 
 
-def check_weight(W: torch.Tensor, dtype: torch.dtype) -> None:
-    """ShapeError when a dense weight W (out_features, in_features) holds NaN or infinity anywhere
-    (a damaged checkpoint: pruning would silently drop some of them), or finite values that
-    `dtype` cannot hold (they would become infinite)."""
+def check_weight(W: torch.Tensor, dtype: torch.dtype, what: str = "the weight") -> None:
+    """ShapeError when a dense weight W (out_features, in_features) (or a bias, (1, out_features),
+    `what` naming it) holds NaN or infinity anywhere (a damaged checkpoint: pruning would silently
+    drop some of them), or finite values that `dtype` cannot hold (they would become infinite)."""
     W = W.detach()
     bad = ~torch.isfinite(W)
     if bool(bad.any()):
         r, c = (int(i) for i in torch.nonzero(bad)[0])
-        raise ShapeError(f"the weight holds {int(bad.sum())} NaN or infinite value(s), the first {float(W[r, c])} at "
-                         f"[{r}, {c}] (output feature {r}, input feature {c}): fix the weights before pruning")
+        where = f"[{r}, {c}] (output feature {r}, input feature {c})" if what == "the weight" else f"[{c}]"
+        raise ShapeError(f"{what} holds {int(bad.sum())} NaN or infinite value(s), the first {float(W[r, c])} at "
+                         f"{where}: fix the weights before pruning")
     if dtype != W.dtype:
-        _cast_finite(W, dtype)
+        _cast_finite(W, dtype, what)
 
 
-def _cast_finite(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _cast_finite(values: torch.Tensor, dtype: torch.dtype, what: str = "the weights") -> torch.Tensor:
     """`values` in `dtype`; ShapeError (as nmgen.NMMatrix.astype's) where finite weights would
     become infinite there."""
     cast = values.to(dtype)
@@ -283,7 +324,7 @@ def _cast_finite(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if bool(lost.any()):
             from ..ir.dtypes import DTYPES, out_of_range
             biggest = float(values[torch.isfinite(values)].abs().max())
-            raise out_of_range("the weights", biggest, DTYPES[kernels.dtype_name(dtype)].storage)
+            raise out_of_range(what, biggest, DTYPES[kernels.dtype_name(dtype)].storage)
     return cast
 
 

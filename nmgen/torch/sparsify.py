@@ -5,6 +5,7 @@ import fnmatch
 import inspect
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 from ..errors import ShapeError
@@ -77,8 +78,17 @@ def _matcher(spec, what: str):
             raise ShapeError(f"{what}={spec!r} must take two arguments (name, module) and return a bool") from None
         except ValueError:      # a builtin without a signature: called as it is
             pass
-        return (lambda name, mod: bool(spec(name, mod))), []
+        def call(name, mod):
+            answer = spec(name, mod)
+            if not isinstance(answer, (bool, np.bool_)):
+                raise ShapeError(f"{what}({name!r}, module) returned {answer!r} ({type(answer).__name__}); it must "
+                                 f"return True or False")
+            return bool(answer)
+        return call, []
     globs = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple, set, frozenset)) else None
+    if globs is not None and (not globs or "" in globs):
+        raise ShapeError(f"{what}={spec!r} names no module: give globs of qualified names ('*.q_proj'), or leave "
+                         f"{what} out (None) for {'every layer' if what == 'include' else 'none'}")
     if globs is None or not all(isinstance(g, str) for g in globs):
         raise ShapeError(f"{what} must be a name glob ('*.q_proj'), a list of globs or a callable (name, module) -> "
                          f"bool, got {spec!r} ({type(spec).__name__}); globs are fnmatch patterns, not regular "
@@ -159,6 +169,9 @@ def sparsify(model: nn.Module, pattern, vector: int | None = None, *, include=No
     naming the layer when a chosen layer's weight holds NaN or infinity or values beyond the
     dtype's range: every chosen weight is checked before any layer is replaced, so the model is
     then left as it was."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify takes the model (an nn.Module), got {type(model).__name__}: it replaces the "
+                        f"model's nn.Linear modules in place")
     p = _pattern(pattern, vector)
     if dtype is not None:
         dtype = _module_dtype(dtype)
@@ -201,6 +214,8 @@ def sparsify(model: nn.Module, pattern, vector: int | None = None, *, include=No
     for mod, names_of in chosen.values():
         try:
             check_weight(mod.weight, dtype or mod.weight.dtype)
+            if mod.bias is not None:
+                check_weight(mod.bias[None], dtype or mod.weight.dtype, "the bias")
         except ShapeError as e:
             raise ShapeError(f"sparsify: layer {names_of[0]!r}: {e}; nothing was replaced (exclude the layer, "
                              f"or fix its weights)") from None
