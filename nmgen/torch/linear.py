@@ -264,7 +264,7 @@ class NMLinear(nn.Module):
             return why
         top = torch.finfo(dtype).max
         for what, t in (("values", values), ("bias", bias)):
-            if t is not None and t.numel() and float(t.detach().abs().max()) > top:
+            if t is not None and t.numel() and not t.is_meta and float(t.detach().abs().max()) > top:
                 return f"its {what} reach {float(t.detach().abs().max()):.4g}, beyond {_name(dtype)}'s {top:.6g}"
         return None
 
