@@ -183,8 +183,10 @@ def test_the_tensor_core_check_catches_one_missing_product(rng):
     A, B = random_inputs(p, rng)
     C = A.astype(np.float64) @ B.to_dense(np.float64)
     assert verdict(p, C.astype(np.float32), A, B, rng).ok
-    k = B._rows()[3, 5]
-    C[2, 5] -= A[2, k] * B.values[3, 5]
+    rows = B._rows()[:, 5]                          # (kept rows,) input rows of column 5's kept values
+    products = A[2, rows].astype(np.float64) * B.values[:, 5]
+    r = int(np.argmax(np.abs(products)))            # the largest: a random small one may lie within the bound
+    C[2, 5] -= products[r]
     v = verdict(p, C.astype(np.float32), A, B, rng)
     assert not v.ok and v.where == (2, 5), v.summary()
 
