@@ -412,6 +412,15 @@ def test_an_existing_output_file_is_refused_without_force(tmp_path, args):
     assert mine.read_text() == "keep\n"
 
 
+@pytest.mark.parametrize("args", OUTPUTS.values(), ids=OUTPUTS.keys())
+def test_a_dash_for_an_output_file_is_refused(tmp_path, monkeypatch, args):
+    """`-o -` would otherwise write a file named "-" (db import reads "-" as standard input)."""
+    monkeypatch.chdir(tmp_path)
+    line = error_line(nmgen(*args, "-"))
+    assert "'-' is not a file name" in line, line
+    assert not (tmp_path / "-").exists()
+
+
 def test_force_replaces_an_existing_output_file(tmp_path):
     mine = tmp_path / "mine.txt"
     mine.write_text("keep\n")

@@ -334,6 +334,12 @@ def test_save_to_a_place_it_cannot_write_names_it(tmp_path, rng, name, match):
         nm.save(tmp_path / name)
 
 
+def test_pad_k_of_an_nmmatrix_says_what_to_pad(rng):
+    nm = NMMatrix.from_dense(rng.standard_normal((32, 8)), "8:32", prune_first=True)
+    with pytest.raises(ShapeError, match=r"pad_k pads dense matrices; B is an NMMatrix \(32x8, compressed"):
+        nmgen.pad_k(rng.standard_normal((2, 30)), nm, m=32)
+
+
 def test_save_replaces_a_file_only_when_asked(tmp_path, rng):
     notes = tmp_path / "notes"
     notes.write_text("my notes")

@@ -62,6 +62,9 @@ def output_file(text: str) -> OutputPath:
     """An argparse type: a file that can be written (not a directory, in a directory that exists
     and is writable), checked before any work is done (that it exists: `refuse_existing_outputs`)."""
     from ..files import why_not_writable
+    if text == "-":     # a file literally named "-" is never what was meant
+        raise argparse.ArgumentTypeError("'-' is not a file name: give one (ptx and db export print to standard "
+                                         "output when -o is left out)")
     why = why_not_writable(text)
     if why:
         raise argparse.ArgumentTypeError(f"{text}: {why}" if text else why)
