@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 from .errors import NMGenError, ShapeError
 
@@ -83,3 +84,39 @@ def reading(path, what: str, errors: tuple = ()):
         raise ShapeError(f"cannot read {_shown(path)}: {_cause(e)}") from None
     except errors as e:
         raise ShapeError(f"{_shown(path)} is not {what} ({_cause(e)})") from None
+
+
+@contextlib.contextmanager
+def new_version(target: str):
+    """A temporary path beside the regular file (or no file) `target` to write its new version to:
+    when the block ends without error it is renamed over `target` with `target`'s permissions (a
+    new file: the umask's), so a failed or interrupted write leaves `target` as it was and no
+    partial file; on error it is removed. The caller writes devices and pipes (/dev/null) in
+    place instead: renaming over one would replace the device."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}.",
+                               suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _mode_for(target))       # mkstemp's, and some writers' own files, are owner-only
+        os.replace(tmp, target)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def is_device(target: str) -> bool:
+    """Whether `target` exists and is not a regular file (a device, a pipe, a terminal)."""
+    return os.path.exists(target) and not os.path.isfile(target)
+
+
+def _mode_for(target: str) -> int:
+    """The permissions `target` has, or a new file would get."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 
 from ..errors import NMGenError, ScheduleError
 from ..ir.problem import Pattern, Problem, parse_shape
@@ -74,44 +73,23 @@ def output_file(text: str) -> OutputPath:
 @contextlib.contextmanager
 def atomic_output(path: str, binary: bool = False):
     """A file opened for writing that replaces `path` only when the block ends without error: a
-    failed or interrupted write leaves `path` as it was (the data goes to a temporary file in the
+    failed or interrupted write leaves `path` as it was (files.new_version: a temporary file in the
     same directory, renamed over `path`; a device or pipe is written in place). OSError becomes
     NMGenError naming the file."""
+    from ..files import is_device, new_version
     target = os.path.realpath(path)         # through a symlink, as open(path, "w") would write
-    if os.path.exists(target) and not os.path.isfile(target):
-        # /dev/null, a terminal, a pipe: written in place (renaming over one would replace the device)
-        try:
-            with open(target, "wb" if binary else "w") as f:
+    mode = "wb" if binary else "w"
+    try:
+        if is_device(target):
+            with open(target, mode) as f:
                 yield f
-        except OSError as e:
-            raise NMGenError(f"cannot write {path} ({e.strerror or e})") from None
-        return
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.",
-                                   suffix=".tmp")
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            yield f
-        os.chmod(tmp, _mode_for(target))
-        os.replace(tmp, target)
-        tmp = None
+        else:
+            with new_version(target) as tmp, open(tmp, mode) as f:
+                yield f
     except OSError as e:
-        left = "it is left as it was" if os.path.exists(target) else "nothing was written"
-        raise NMGenError(f"cannot write {path} ({e.strerror or e}); {left}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _mode_for(target: str) -> int:
-    """The permissions `target` has, or a new file would get (mkstemp's are owner-only)."""
-    try:
-        return os.stat(target).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        left = ("" if is_device(target) else "; it is left as it was" if os.path.exists(target)
+                else "; nothing was written")
+        raise NMGenError(f"cannot write {path} ({e.strerror or e}){left}") from None
 
 
 def read_text(path: str, what: str) -> str:

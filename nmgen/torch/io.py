@@ -25,18 +25,15 @@ left as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import stat
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from ..errors import NMGenError, ShapeError
-from ..files import reading, writing
+from ..files import is_device, new_version, reading, writing
 from .kernels import dtype_name, TORCH_DTYPES
 from .linear import NMLinear
 
@@ -125,12 +122,13 @@ def save(model: nn.Module, path, *, metadata: dict[str, str] | None = None, over
         header = {**extra, "format": FORMAT, "nmgen.layers": json.dumps(layers_of(model)),
                   "nmgen.aliases": json.dumps(aliases)}
         target = os.path.realpath(path)    # through a symlink, as writing to `path` would
-        if os.path.exists(target) and not os.path.isfile(target):
+        if is_device(target):
             # a device or pipe (/dev/null) is written through: save_file would rename a file over it
             with open(target, "wb") as f:
                 f.write(st.save(tensors, metadata=header))
         else:
-            _replace_file(target, lambda p: st.save_file(tensors, p, metadata=header))
+            with new_version(target) as tmp:
+                st.save_file(tensors, tmp, metadata=header)
 
 
 def _tensors_of(model: nn.Module) -> tuple[dict, dict]:
@@ -161,27 +159,6 @@ def _tensors_of(model: nn.Module) -> tuple[dict, dict]:
             storages[storage] = name
         tensors[name] = t
     return tensors, aliases
-
-
-def _replace_file(target: str, write) -> None:
-    """write(p) into a new file beside `target` (a regular file or none), then rename it over
-    `target`: a failed or interrupted save leaves an existing file as it was and no partial file."""
-    folder, base = os.path.split(target)
-    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
-    # created with mode 0o666 so that the umask applies as to any new file
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        # a replaced file keeps its permissions, a new one gets the umask's; set after writing, as
-        # safetensors (0.8 at least) writes through an owner-only (0600) temporary file of its own
-        mode = stat.S_IMODE(os.stat(target if os.path.isfile(target) else tmp).st_mode)
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-        tmp = None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def read_header(path) -> dict[str, str]:
