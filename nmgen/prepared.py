@@ -121,9 +121,9 @@ class PreparedSpMM:
                 if rc:
                     self._recover(rc, a_ptr, c_ptr, stream, workspace)
             return
-        if self.workspace_words and not workspace:
-            workspace, workspace_zeroed = self._workspaces.ptr(self.device, stream), True
-        with self._lock:
+        with self._lock:       # (two threads making this object's first workspace must not make two)
+            if self.workspace_words and not workspace:
+                workspace, workspace_zeroed = self._workspaces.ptr(self.device, stream), True
             rc = self._enqueue(a_ptr, c_ptr, stream, workspace, workspace_zeroed)
             if rc:
                 self._recover(rc, a_ptr, c_ptr, stream, workspace)
