@@ -51,15 +51,14 @@ class PackedLaunch:
 
     `function` is the CUfunction's handle (an int), `grid` (x, y, z) blocks, `block` threads (x),
     `smem` dynamic shared memory in bytes, `args` the initial argument values (device addresses or
-    64-bit integers, in the kernel's parameter order). `set(i, value)` replaces argument i;
+    64-bit integers, in the kernel's parameter order). `slots[i] = value` replaces argument i;
     calling the object with a stream handle (int, 0 = legacy default stream) enqueues the launch
     and returns the CUresult (int). Not thread-safe by itself: the owner serialises set + call."""
 
-    __slots__ = ("slots", "_pointers", "_params", "_launch", "_shape", "nargs")
+    __slots__ = ("slots", "_pointers", "_params", "_launch", "_shape")
 
     def __init__(self, function: int, grid, block: int, smem: int, args):
         n = len(args)
-        self.nargs = n
         self.slots = (ctypes.c_uint64 * n)(*[int(a) for a in args])
         base, size = ctypes.addressof(self.slots), ctypes.sizeof(ctypes.c_uint64)
         self._pointers = (ctypes.c_void_p * n)(*[base + i * size for i in range(n)])
@@ -68,9 +67,6 @@ class PackedLaunch:
         self._launch = drv.cuLaunchKernel
         gx, gy, gz = (int(g) for g in grid)
         self._shape = (drv.CUfunction(int(function)), gx, gy, gz, int(block), 1, 1, int(smem))
-
-    def set(self, i: int, value: int) -> None:
-        self.slots[i] = value
 
     def __call__(self, stream: int) -> int:
         f, gx, gy, gz, bx, by, bz, smem = self._shape

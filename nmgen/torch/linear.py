@@ -97,7 +97,7 @@ class NMLinear(nn.Module):
         if bias is not None:
             check_weight(bias[None], dtype, "the bias")
         values, indices = compress_weight(W, p, mask)          # on W's device (the GPU's, usually)
-        return cls._assemble(_cast_finite(values, dtype), indices, p, in_f, bias, allow_tf32)
+        return cls._assemble(values.to(dtype), indices, p, in_f, bias, allow_tf32)   # in range: check_weight
 
     @classmethod
     def from_matrix(cls, B: NMMatrix, bias=None, *, device=None, allow_tf32: bool = False) -> "NMLinear":
@@ -264,8 +264,9 @@ class NMLinear(nn.Module):
             return why
         top = torch.finfo(dtype).max
         for what, t in (("values", values), ("bias", bias)):
-            if t is not None and t.numel() and not t.is_meta and float(t.detach().abs().max()) > top:
-                return f"its {what} reach {float(t.detach().abs().max()):.4g}, beyond {_name(dtype)}'s {top:.6g}"
+            biggest = float(t.detach().abs().max()) if t is not None and t.numel() and not t.is_meta else 0.0
+            if biggest > top:
+                return f"its {what} reach {biggest:.4g}, beyond {_name(dtype)}'s {top:.6g}"
         return None
 
     # ---- state ----
@@ -311,21 +312,9 @@ def check_weight(W: torch.Tensor, dtype: torch.dtype, what: str = "the weight") 
         where = f"[{r}, {c}] (output feature {r}, input feature {c})" if what == "the weight" else f"[{c}]"
         raise ShapeError(f"{what} holds {int(bad.sum())} NaN or infinite value(s), the first {float(W[r, c])} at "
                          f"{where}: fix the weights before pruning")
-    if dtype != W.dtype:
-        _cast_finite(W, dtype, what)
-
-
-def _cast_finite(values: torch.Tensor, dtype: torch.dtype, what: str = "the weights") -> torch.Tensor:
-    """`values` in `dtype`; ShapeError (as nmgen.NMMatrix.astype's) where finite weights would
-    become infinite there."""
-    cast = values.to(dtype)
-    if cast.dtype != values.dtype:
-        lost = ~torch.isfinite(cast) & torch.isfinite(values)
-        if bool(lost.any()):
-            from ..ir.dtypes import DTYPES, out_of_range
-            biggest = float(values[torch.isfinite(values)].abs().max())
-            raise out_of_range(what, biggest, DTYPES[kernels.dtype_name(dtype)].storage)
-    return cast
+    if dtype != W.dtype and not bool(torch.isfinite(W.to(dtype)).all()):    # W finite: the cast overflowed
+        from ..ir.dtypes import DTYPES, out_of_range
+        raise out_of_range(what, float(W.abs().max()), DTYPES[kernels.dtype_name(dtype)].storage)
 
 
 def _module_dtype(dtype) -> torch.dtype:

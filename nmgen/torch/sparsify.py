@@ -107,10 +107,10 @@ def _check_globs_match(globs: list[str], what: str, names: list[str]) -> None:
     nothing, or everything, without a word)."""
     unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(n, g) for n in names)]
     if unmatched:
-        linear = [n for n in names if n][:6]
+        some = [n for n in names if n][:6]
         raise ShapeError(f"{what}: {', '.join(repr(g) for g in unmatched)} matches no module of the model (globs "
                          f"are fnmatch patterns over qualified names, e.g. '*.q_proj'; the model's modules include "
-                         f"{', '.join(linear)}{', ...' if len(names) > 7 else ''}); nothing was changed")
+                         f"{', '.join(some)}{', ...' if len(names) > 7 else ''}); nothing was changed")
 
 
 def _why_not(name: str, mod: nn.Linear, p: Pattern, dtype, tied: str | None) -> str | None:
