@@ -68,6 +68,9 @@ class Geometry:
 
 INDEX_DTYPES = {8: np.dtype(np.uint8), 16: np.dtype("<u2"), 32: np.dtype("<u4")}   # by Geometry.idx_bits
 MAX_OFFSET_CHUNK = 1024   # bytes of 32-bit offsets per (K tile, block column) beyond which u8/u16 is kept
+# "rows" lists coloured for ldmatrix (_colour_rows); False gives the sorted lists, for same-run
+# comparisons below the API (scripts/probe_mma.py's "patch")
+COLOUR_ROWS = True
 
 
 def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geometry:
@@ -134,12 +137,19 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         arows = (chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, upb * KR)
                  + (tile * BK)[:, None]).astype(np.int32)
         return Operands(g0, wgmma_b_order(bv, g0, s) if s.wgmma else bv, None, arows)
-    if s.a_load == "rows":
+    real = np.zeros(Wp, bool)              # the tile rows that hold a kept row (the others are zero padding)
+    real[at] = True
+    real = real.reshape(T, KR)
+    ldmatrix = gathers_with_ldmatrix(problem, s)
+    if s.a_load == "rows" and ldmatrix and COLOUR_ROWS and _residues_are_bank_groups(g0.scale):
+        chunks, arows = _colour_rows(chunks, real, BK, tn)
+        a_rows = arows.shape[1]
+    elif s.a_load == "rows":
         chunks, arows = _compact_rows(chunks, BK, tn)
         a_rows = arows.shape[1]
     g = geometry(problem, s, a_rows)
-    if gathers_with_ldmatrix(problem, s):
-        chunks = _spread_banks(chunks, bv, g, s)
+    if ldmatrix:
+        chunks = _spread_banks(chunks, bv, g, real)
     if s.wgmma:
         bv = wgmma_b_order(bv, g, s)
     if g.idx_bits == 32:   # byte offsets, unit-major: (T*tn, KR, upb) -> (T*tn, upb, KR)
@@ -188,7 +198,7 @@ def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:
     return for_dtype(problem.dtype).per_reg == 2 and s.a_smem == "km"
 
 
-def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
+def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, real: np.ndarray) -> np.ndarray:
     """Reorder the kept rows of every K tile, per index unit, so that each group of 8 consecutive
     rows (the rows one ldmatrix phase reads: half an mma step) has its gathered A rows in distinct
     bank groups as far as the rows allow; the B values of the unit's columns move with them (`bv`
@@ -198,19 +208,87 @@ def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, s: Schedule) 
     one pass only if they fall in the 8 distinct 16-byte groups of the 128-byte bank line: group
     (p * scale / 16) mod 8. Rows sorted by group and dealt round-robin to the KR/8 phases put at
     most ceil(c / (KR/8)) of a group's c rows into one phase: the more rows a tile holds, the fewer
-    conflicts. chunks: (T*tn, KR*upb) positions, row-major."""
+    conflicts. The zero padding rows of a tile (`real` False: (T, KR)) are dealt last and then read
+    the A row of the first kept row of their phase: lanes that name the same address cost no extra
+    pass (their B values are zero, so the product does not change). chunks: (T*tn, KR*upb)
+    positions, row-major."""
     T, tn, upb, KR = g.T, g.tiles_n, g.upb, g.KR
     phases = KR // 8
     pos = chunks.reshape(T, tn, KR, upb)
-    group = (pos * g.scale // 16) % 8
+    pad = ~real[:, None, :, None]                                          # (T, 1, KR, 1)
+    group = np.where(pad, 8, (pos * g.scale // 16) % 8)                      # padding sorts last
     order = np.argsort(group, axis=2, kind="stable")                        # the tile's rows by bank group
     deal = np.arange(KR).reshape(8, phases).T.ravel()                       # rank r -> phase r % phases
     perm = np.take(order, deal, axis=2)                                     # new row j <- old row perm[j]
     pos = np.take_along_axis(pos, perm, axis=2)
+    padded = np.take_along_axis(np.broadcast_to(pad, pos.shape), perm, axis=2).reshape(T, tn, phases, 8, upb)
+    by_phase = pos.reshape(T, tn, phases, 8, upb)
+    # padding rows sort after every kept row, so a phase's first row is kept unless the phase is all padding
+    by_phase[:] = np.where(padded, by_phase[:, :, :, :1, :], by_phase)
     # bv: (T*KR, tn*BN) as (T, KR, tn, upb, unit), rows permuted per (tile, block column, unit)
     vals = bv.reshape(T, KR, tn, upb, g.unit)
     vals[:] = np.take_along_axis(vals, perm.transpose(0, 2, 1, 3)[..., None], axis=1)
     return pos.reshape(T * tn, KR * upb)
+
+
+def _residues_are_bank_groups(scale: int) -> bool:
+    """Whether list positions p and q of a shared A with `scale` bytes per row fall in the same
+    ldmatrix bank group ((p * scale / 16) mod 8) exactly when p = q mod 8: scale / 16 odd (true
+    of the mma path's padded rows: (block_m + 8) * 2 bytes with block_m a multiple of 16)."""
+    return scale % 16 == 0 and (scale // 16) % 2 == 1
+
+
+def _colour_rows(chunks: np.ndarray, real: np.ndarray, BK: int, tn: int):
+    """The "rows" strategy's compacted lists, ordered so that ldmatrix gathers without bank conflicts
+    where the rows allow (measured 2026-11-30: the sorted lists' gathers took 1.8-2.1 passes per
+    ldmatrix phase, NOTES.md 35).
+
+    Each K row a chunk (K tile, block column) uses gets a list position p; its bank group is fixed
+    by p mod 8 (`_residues_are_bank_groups`). Every index unit's kept rows are later dealt to
+    ldmatrix phases with at most one row of a group in each (`_spread_banks`), which is possible
+    only if no group holds more than KR / 8 of the unit's rows. So the rows are coloured greedily,
+    most-shared first: each takes the group that pushes the fewest of its units past KR / 8 rows,
+    among the groups still below ceil(rows used / 8) rows (the list stays as short as the sorted
+    one). Returns (positions (T*tn, KR*upb), arows (T*tn, L)) as `_compact_rows` does; the list
+    slots no row fills repeat the chunk's first row."""
+    C = chunks.shape[0]
+    T, KR = real.shape
+    upb = chunks.shape[1] // KR
+    phases = KR // 8
+    pos = chunks.reshape(C, KR, upb)
+    kept = np.repeat(real, tn, axis=0)                                    # chunk c = tile * tn + block column
+    keep = np.zeros((C, BK, upb), bool)                                   # unit u multiplies K row w of chunk c
+    c, k, u = np.nonzero(np.broadcast_to(kept[:, :, None], pos.shape))
+    keep[c, pos[c, k, u], u] = True
+    used = keep.any(axis=2)
+    cap = -(-used.sum(axis=1) // 8)                                       # rows a group may take
+    count = np.zeros((C, upb, 8), np.int32)                               # a unit's rows per group
+    size = np.zeros((C, 8), np.int32)                                     # the list's rows per group
+    group = np.full((C, BK), -1, np.int64)
+    ar = np.arange(C)
+    for w in np.argsort(-keep.sum(axis=2), axis=1, kind="stable").T:     # each chunk's most shared row first
+        units = keep[ar, w]                                               # (C, upb)
+        over = ((count >= phases) & units[:, :, None]).sum(axis=1)       # its units a group would overfill
+        load = (count * units[:, :, None]).sum(axis=1)                   # ties: the group these units use least
+        cost = over * 10**6 + load * 64 + size + np.where(size >= cap[:, None], 10**9, 0)
+        best = np.argmin(cost, axis=1)
+        on = used[ar, w]
+        group[ar[on], w[on]] = best[on]
+        size[ar[on], best[on]] += 1
+        count[ar[on], :, best[on]] += units[on]
+    # slot of row w in its group: the used rows of that group before it, in K order
+    onehot = (group[:, :, None] == np.arange(8)) & used[:, :, None]
+    slot = np.take_along_axis(np.cumsum(onehot, axis=1) - 1, np.maximum(group, 0)[:, :, None], axis=2)[:, :, 0]
+    where = slot * 8 + group                                              # list position of K row w
+    L = max(8, 8 * int(size.max()))
+    first = np.argmax(used, axis=1)
+    tile = np.arange(C) // tn
+    arows = np.empty((C, L), np.int32)
+    arows[:] = (tile * BK + first)[:, None]
+    cu, wu = np.nonzero(used)
+    arows[cu, where[cu, wu]] = tile[cu] * BK + wu
+    renum = np.take_along_axis(where, pos.reshape(C, -1), axis=1)         # padding rows: fixed when dealt
+    return np.where(np.repeat(kept, upb, axis=1), renum, where[ar, first][:, None]), arows
 
 
 def _compact_rows(chunks: np.ndarray, BK: int, tn: int):

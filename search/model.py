@@ -107,9 +107,15 @@ def _ffma_costs(s: Schedule, g, lay) -> tuple[float, float, float]:
     return issue, KR * (G * TM * pa + TN * pb + G), 0.0
 
 
-# mma: rows a gathered ldmatrix phase (8 arbitrary K rows) hits on average in one bank group (not
-# measured yet: the birthday bound for 8 rows in 8 groups of 16 bytes is 2.0 at worst, 1.5 typical)
-GATHER_CONFLICTS = 1.5
+# mma: passes an ldmatrix phase of 8 gathered K rows takes on average, by A strategy: "window" rows
+# sit in the bank group their K position gives (1.8-2.1 for 16:32 .. 8:32 at two windows a tile on
+# random weights; ncu on the H200 counted 34-42% of the shared wavefronts as conflicts); "rows" lists
+# are coloured offline (ir.operands._colour_rows: 1.0-1.25, 1.5 for 16:32 at one window a tile);
+# tests/test_mma.py::ldmatrix_passes computes it from the prepared indices (NOTES.md 35)
+GATHER_CONFLICTS = {"window": 1.9, "rows": 1.15}
+# scalar fragment loads (tf32, a row-major 16-bit A): rows neither coloured nor measured; the birthday
+# bound for 8 rows in 8 bank groups is 2.0 at worst, 1.5 typical
+SCALAR_GATHER_CONFLICTS = 1.5
 
 
 def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[float, float, float]:
@@ -124,11 +130,11 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[fl
     G, tm, tn = len(lay.groups), lay.tiles_m, lay.tiles_n
     mma = tm * tn
     if ins.per_reg == 2 and ops_layout == "km":
-        a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else GATHER_CONFLICTS), 0 if gathered else G
+        a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else GATHER_CONFLICTS[s.a_load]), 0 if gathered else G
         pack = 0
     else:
         n = ins.a_regs * ins.per_reg
-        a_lds, a_wave, idx = G * tm * n, G * tm * n * GATHER_CONFLICTS, G * (4 if ins.k == 16 else 2)
+        a_lds, a_wave, idx = G * tm * n, G * tm * n * SCALAR_GATHER_CONFLICTS, G * (4 if ins.k == 16 else 2)
         pack = G * tm * ins.a_regs * (3 if ins.per_reg == 2 else 1)       # pack halves, or cvt.rna
     if ins.is_wgmma:      # B read by the tensor cores from shared memory, once per warpgroup (4 warps)
         b_lds, b_wave = 0, tn * ins.k * ins.n * 2 / 128 / 4

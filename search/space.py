@@ -46,7 +46,8 @@ MMA_WARP_TILES = ((64, 32), (32, 32), (128, 32), (64, 64), (32, 64), (16, 32), (
 MMA_STAGES = (2, 3, 4)
 MMA_PAD = 8          # elements a shared A row is padded by: 16 bytes, ldmatrix rows on distinct banks
 # wgmma (sm_90, bf16/f16): (block_m, block_n, warpgroup tile m, n): one or two warpgroups a block
-WGMMA_TILES = ((64, 256, 64, 128), (128, 128, 64, 128), (64, 128, 64, 128), (128, 256, 64, 256), (128, 128, 128, 128))
+WGMMA_TILES = ((64, 256, 64, 128), (64, 256, 64, 256), (128, 128, 64, 128), (64, 128, 64, 128), (128, 256, 64, 256),
+               (128, 128, 128, 128))
 WGMMA_STAGES = (3, 4, 6)
 
 

@@ -87,7 +87,51 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
                                                          a_smem="mk", stages=4, split_k=3, wgmma=1)),
     (64, 128, 512, 8, 64, 64, "bf16", "col", None, dict(block_m=64, block_n=128, warp_m=32, warp_n=64, k_windows=4,
                                                          warps_k=2, a_load="rows")),
+    # "rows" lists coloured for ldmatrix: padding rows (12 of 32 kept), a last tile of one window, 8 units a block
+    (40, 136, 160, 12, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=2, a_load="rows")),
+    (100, 200, 224, 12, 32, 32, "f16", "col", None, dict(block_m=64, block_n=128, warp_m=64, warp_n=128, k_windows=2,
+                                                        a_load="rows", wgmma=1)),
 ]
+
+
+def ldmatrix_passes(ops) -> np.ndarray:
+    """Passes each ldmatrix phase of the gathered A takes, from the prepared index chunks: a phase
+    reads 8 rows (8 consecutive kept rows of an index unit) of 16 bytes; rows in one bank group
+    ((position * scale / 16) mod 8) at distinct addresses are served one per pass."""
+    g = ops.geometry
+    dt = {8: np.uint8, 16: np.dtype("<u2"), 32: np.dtype("<u4")}[g.idx_bits]
+    n = g.KR * g.upb * np.dtype(dt).itemsize
+    raw = ops.bi[:, :n].copy().view(dt).astype(np.int64)
+    pos = (raw.reshape(-1, g.upb, g.KR).transpose(0, 2, 1) // g.scale if g.idx_bits == 32
+           else raw.reshape(-1, g.KR, g.upb))
+    phases = pos.reshape(pos.shape[0], g.KR // 8, 8, g.upb).transpose(0, 1, 3, 2).reshape(-1, 8)
+    group = phases * g.scale // 16 % 8
+    return np.array([max(len(set(phase[group_row == q])) for q in set(group_row))
+                     for phase, group_row in zip(phases, group)])
+
+
+@pytest.mark.parametrize("pattern,k_windows,most", [((12, 32), 2, 1.0), ((8, 32), 1, 1.0), ((4, 32), 2, 1.0),
+                                                    ((16, 32), 2, 1.35), ((8, 32), 2, 1.25)])
+def test_rows_lists_let_ldmatrix_gather_without_bank_conflicts(rng, pattern, k_windows, most):
+    """The "rows" lists are ordered so that each ldmatrix phase's gathered rows fall in distinct bank
+    groups where the rows allow it (the sorted lists took 1.8-2.1 passes a phase), and are no
+    longer than the sorted lists: every kept row appears, and the product is unchanged (the
+    interpreter cases above)."""
+    p = Problem(128, 1024, 32 * 24, Pattern(*pattern, 32), "bf16", "col")
+    s = Schedule(**MMA, block_m=128, block_n=256, warp_m=128, warp_n=32, k_windows=k_windows, a_load="rows")
+    A, B = random_inputs(p, rng)
+    ops = prepare(p, s, B.values, B.indices)
+    passes = ldmatrix_passes(ops)
+    assert passes.mean() <= most, passes.mean()
+    assert ops.geometry.a_rows <= -(-s.k_windows * 32 // 8) * 8
+    g = ops.geometry
+    n, m = pattern
+    for c in range(0, g.T * g.tiles_n, 7):     # every K row a unit of the chunk keeps is in its list
+        t, bn = divmod(c, g.tiles_n)
+        windows = range(t * k_windows, min((t + 1) * k_windows, p.windows))
+        units = range(bn * 256 // 32, min((bn + 1) * 256 // 32, p.vectors))
+        rows = {w * m + int(B.indices[w * n + j, u]) for w in windows for j in range(n) for u in units}
+        assert rows <= set(ops.arows[c].tolist()), c
 
 
 @pytest.mark.parametrize("M,N,K,n,m,V,dtype,a_major,c_dtype,fields", CASES,
