@@ -20,7 +20,8 @@ inside its window) to what the kernel reads:
                                           positions (little endian)
   arows: (T*tiles_n, L) int32             "rows" strategy: the K columns of A that this block column
                                           uses in this K tile (the compacted list; As row j holds
-                                          A[:, arows[.., j]]), padded by repeating entries.
+                                          A[:, arows[.., j]]), padded by repeating entries; for the
+                                          ldmatrix gather ordered by bank group (_colour_rows)
                                           "gather": L = units x KR, unit-major: the K column of every
                                           kept row of every index unit (no bi then: nothing to look up)
 
@@ -241,7 +242,7 @@ def _residues_are_bank_groups(scale: int) -> bool:
 def _colour_rows(chunks: np.ndarray, real: np.ndarray, BK: int, tn: int):
     """The "rows" strategy's compacted lists, ordered so that ldmatrix gathers without bank conflicts
     where the rows allow (measured 2026-11-30: the sorted lists' gathers took 1.8-2.1 passes per
-    ldmatrix phase, NOTES.md 35).
+    ldmatrix phase, NOTES.md 36).
 
     Each K row a chunk (K tile, block column) uses gets a list position p; its bank group is fixed
     by p mod 8 (`_residues_are_bank_groups`). Every index unit's kept rows are later dealt to

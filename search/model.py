@@ -111,7 +111,7 @@ def _ffma_costs(s: Schedule, g, lay) -> tuple[float, float, float]:
 # sit in the bank group their K position gives (1.8-2.1 for 16:32 .. 8:32 at two windows a tile on
 # random weights; ncu on the H200 counted 34-42% of the shared wavefronts as conflicts); "rows" lists
 # are coloured offline (ir.operands._colour_rows: 1.0-1.25, 1.5 for 16:32 at one window a tile);
-# tests/test_mma.py::ldmatrix_passes computes it from the prepared indices (NOTES.md 35)
+# tests/test_mma.py::ldmatrix_passes computes it from the prepared indices (NOTES.md 36)
 GATHER_CONFLICTS = {"window": 1.9, "rows": 1.15}
 # scalar fragment loads (tf32, a row-major 16-bit A): rows neither coloured nor measured; the birthday
 # bound for 8 rows in 8 bank groups is 2.0 at worst, 1.5 typical
