@@ -258,28 +258,41 @@ def _colour_rows(chunks: np.ndarray, real: np.ndarray, BK: int, tn: int):
     phases = KR // 8
     pos = chunks.reshape(C, KR, upb)
     kept = np.repeat(real, tn, axis=0)                                    # chunk c = tile * tn + block column
-    keep = np.zeros((C, BK, upb), bool)                                   # unit u multiplies K row w of chunk c
-    c, k, u = np.nonzero(np.broadcast_to(kept[:, :, None], pos.shape))
-    keep[c, pos[c, k, u], u] = True
+    # keep[c, w, u]: unit u multiplies K row w of chunk c (one flat scatter: the fastest numpy has)
+    flat = (np.arange(C)[:, None, None] * BK + pos) * upb + np.arange(upb)
+    keep = np.zeros(C * BK * upb, bool)
+    keep[flat[np.broadcast_to(kept[:, :, None], pos.shape)]] = True
+    keep = keep.reshape(C, BK, upb)
     used = keep.any(axis=2)
     cap = -(-used.sum(axis=1) // 8)                                       # rows a group may take
     count = np.zeros((C, upb, 8), np.int32)                               # a unit's rows per group
-    size = np.zeros((C, 8), np.int32)                                     # the list's rows per group
+    # what adding a row to group g costs each of its units: 1e6 if that unit already has KR / 8 rows
+    # there (a conflict), plus 64 per row it has there (ties go to the groups these units use least);
+    # a row's cost is its units' sum, one small matrix product per chunk (exact in float64)
+    unit_cost = np.zeros((C, upb, 8))
+    size = np.zeros((C, 8), np.int64)                                     # the list's rows per group
     group = np.full((C, BK), -1, np.int64)
     ar = np.arange(C)
-    for w in np.argsort(-keep.sum(axis=2), axis=1, kind="stable").T:     # each chunk's most shared row first
-        units = keep[ar, w]                                               # (C, upb)
-        over = ((count >= phases) & units[:, :, None]).sum(axis=1)       # its units a group would overfill
-        load = (count * units[:, :, None]).sum(axis=1)                   # ties: the group these units use least
-        cost = over * 10**6 + load * 64 + size + np.where(size >= cap[:, None], 10**9, 0)
+    order = np.argsort(-keep.sum(axis=2), axis=1, kind="stable")         # each chunk's most shared row first
+    # the rows in that order, row-step major, so that each step below reads contiguous memory
+    keep_in_order = np.ascontiguousarray(np.take_along_axis(keep, order[:, :, None], axis=1).transpose(1, 0, 2))
+    used_in_order = keep_in_order.any(axis=2)
+    for i in range(BK):
+        units = keep_in_order[i]                                          # (C, upb)
+        cost = np.matmul(units[:, None, :].astype(np.float64), unit_cost)[:, 0, :]
+        cost += size + np.where(size >= cap[:, None], 1e9, 0)            # then the shorter group; none past cap
         best = np.argmin(cost, axis=1)
-        on = used[ar, w]
-        group[ar[on], w[on]] = best[on]
-        size[ar[on], best[on]] += 1
-        count[ar[on], :, best[on]] += units[on]
+        on = used_in_order[i]
+        c, g = ar[on], best[on]
+        group[c, order[c, i]] = g
+        size[c, g] += 1
+        count[c, :, g] += units[on]
+        n = count[c, :, g]
+        unit_cost[c, :, g] = np.where(n >= phases, 1e6, 0.0) + 64.0 * n
     # slot of row w in its group: the used rows of that group before it, in K order
     onehot = (group[:, :, None] == np.arange(8)) & used[:, :, None]
-    slot = np.take_along_axis(np.cumsum(onehot, axis=1) - 1, np.maximum(group, 0)[:, :, None], axis=2)[:, :, 0]
+    slot = np.take_along_axis(np.cumsum(onehot, axis=1, dtype=np.int32) - 1, np.maximum(group, 0)[:, :, None],
+                              axis=2)[:, :, 0]
     where = slot * 8 + group                                              # list position of K row w
     L = max(8, 8 * int(size.max()))
     first = np.argmax(used, axis=1)
