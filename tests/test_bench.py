@@ -83,6 +83,7 @@ def test_bench_runs_each_dtype_against_its_own_baseline(tmp_path, fake_device, b
             assert not any(k.startswith("semi_structured") for k in r)
         assert r["bytes"] == bench.bytes_moved(Problem(r["M"], 48, 64, Pattern(int(r["pattern"][:-3]), 32, 16),
                                                        name, a_major))
+    assert data["complete"] is True
     table = md.read_text()
     assert f"| {title} ms |" in table and f"geomean speedup over {title}" in table
     assert "torch's semi-structured 2:4 did not run: RuntimeError: not on this GPU" in table
@@ -105,6 +106,29 @@ def test_bench_in_a_16_bit_dtype_checks_the_kernel(tmp_path, fake_device, baseli
     assert "FAIL no schedule of 16x48x64 8:32x16 bf16 ran correctly on H100" in err
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["rows"] == [] and len(data["unrun"]) == 1
+
+
+def test_an_interrupted_bench_keeps_the_rows_it_measured(tmp_path, fake_device, baselines, monkeypatch, capsys):
+    """The JSON is rewritten after every row, marked incomplete until the run ends: a run stopped
+    part way (here Ctrl-C while timing the second problem) leaves the first row on disk."""
+    from nmgen.cli import main
+    real, calls = bench.measure_kernel, []
+
+    def measure(*a, **kw):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(bench, "measure_kernel", measure)
+    suite = tmp_path / "shapes.txt"
+    suite.write_text("32x48x64\n")
+    out = tmp_path / "b.json"
+    assert main(["bench", "--suite", str(suite), "--patterns", "16:32,8:32", "--vector", "16", "--dtype", "bf16",
+                 "--a-major", "col", "--db", str(tmp_path / "t.db"), "--tune-topk", "1", "--candidates", "1",
+                 "--reps", "20", "--quiet", "--json", str(out)]) == 130
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and [r["pattern"] for r in data["rows"]] == ["16:32"]
+    assert data["summary"]["16:32"]["shapes"] == 1 and "8:32" not in data["summary"]
 
 
 @pytest.mark.parametrize("dtype,es,cs", [("f32", 4, 4), ("tf32", 4, 4), ("bf16", 2, 2), ("f16", 2, 2)])

@@ -38,7 +38,9 @@ def register(sub):
                    help="also measure the host time per call (us) of nmgen's torch op (torch.ops.nmgen.spmm_out, "
                         "what NMLinear runs) eager and under CUDA-graph replay, beside torch.mm's of the same "
                         "shape and dtype (needs torch; A row-major)")
-    add_output_arg(p, "--json", metavar="FILE", help="write the results as JSON")
+    add_output_arg(p, "--json", metavar="FILE", help="write the results as JSON, rewritten after every row "
+                                                     "(\"complete\": false until the run ends: a run killed or "
+                                                     "interrupted keeps the rows it measured)")
     add_output_arg(p, "--plot", metavar="FILE.png", help="plot speedup per shape and sparsity beside the ideal")
     add_output_arg(p, "--markdown", metavar="FILE.md", help="write a short markdown table of the results")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,6 +133,18 @@ def run(args):
     bw = copy_bandwidth() if args.suite == "decode" else None
     rows, lib, semi_libs, unrun = [], None, set(), []
     title = baseline_title(args.dtype)
+
+    def results(complete: bool) -> dict:
+        return {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major,
+                "dtype": args.dtype, "baseline": baseline(args.dtype), "cublas": lib,
+                "semi_structured_2_4": sorted(semi_libs), "l2": "warm", "reps": args.reps,
+                "device_info": dev.to_dict(), "summary": summarize(rows), "rows": rows, "unrun": unrun,
+                "complete": complete}
+
+    def save(complete: bool) -> None:
+        if args.json:
+            with atomic_output(args.json) as f:
+                json.dump(results(complete), f, indent=1)
     for shape in shapes:
         cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng, dtype=args.dtype)
         # torch's 2:4 beside the patterns of the same density only: it depends on the shape and dtype alone
@@ -153,6 +167,7 @@ def run(args):
                 unrun.append({"problem": p.to_dict(), "why": f"no schedule of {p} ran correctly on {dev.name}; "
                                                               f"`nmgen db show` lists what the tuner recorded"})
                 print(f"FAIL {unrun[-1]['why']}", file=sys.stderr, flush=True)
+                save(complete=False)
                 continue
             k, t, err = min(timed, key=lambda x: x[1].median_ms)
             r = row(p, k, t, err, cublas_ms, args.suite, semi if p.pattern.density == 0.5 else None)
@@ -168,6 +183,7 @@ def run(args):
                 r["time_over_bytes"] = r["ms"] / r["bytes_ms"]
             rows.append(r)
             print(_line(r), flush=True)
+            save(complete=False)
     for odd, aligned in ODD_PAIRS.items():
         for r in rows:
             if (r["M"], r["N"], r["K"]) == odd:
@@ -187,13 +203,8 @@ def run(args):
         print(f"  {len(bad)} kernel(s) FAILED the float64 check", file=sys.stderr)
     if unrun:
         print(f"  {len(unrun)} problem(s) without a schedule that ran correctly", file=sys.stderr)
-    data = {"device": dev.name, "date": today(), "suite": args.suite, "a_major": args.a_major, "dtype": args.dtype,
-            "baseline": baseline(args.dtype), "cublas": lib, "semi_structured_2_4": sorted(semi_libs),
-            "l2": "warm", "reps": args.reps, "device_info": dev.to_dict(), "summary": summary, "rows": rows,
-            "unrun": unrun}
-    if args.json:
-        with atomic_output(args.json) as f:
-            json.dump(data, f, indent=1)
+    data = results(complete=True)
+    save(complete=True)
     if args.markdown:
         from ..bench import markdown
         with atomic_output(args.markdown) as f:
