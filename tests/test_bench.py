@@ -2,6 +2,9 @@
 the interpreter and are checked for real; times and baselines are fakes), the baselines' torch
 settings, the 2:4 pruning, rows, summaries and tables per dtype."""
 import json
+import os
+import threading
+import time
 import types
 
 import numpy as np
@@ -129,6 +132,34 @@ def test_an_interrupted_bench_keeps_the_rows_it_measured(tmp_path, fake_device, 
     data = json.loads(out.read_text())
     assert data["complete"] is False and [r["pattern"] for r in data["rows"]] == ["16:32"]
     assert data["summary"]["16:32"]["shapes"] == 1 and "8:32" not in data["summary"]
+
+
+def test_bench_json_to_a_pipe_is_one_document(tmp_path, fake_device, baselines, capsys):
+    """Rewriting after every row is for files: a device or pipe gets the finished results once."""
+    from nmgen.cli import main
+    suite = tmp_path / "shapes.txt"
+    suite.write_text("32x48x64\n")
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    got = []
+
+    def read_until_end():              # every time the writer opens the pipe, one document
+        while not got or got[-1] != "end":
+            got.append(fifo.read_text())
+    reader = threading.Thread(target=read_until_end, daemon=True)
+    reader.start()
+    assert main(["bench", "--suite", str(suite), "--patterns", "16:32,8:32", "--vector", "16", "--dtype", "bf16",
+                 "--a-major", "col", "--db", str(tmp_path / "t.db"), "--tune-topk", "1", "--candidates", "1",
+                 "--reps", "20", "--quiet", "--json", str(fifo)]) == 0
+    for _ in range(100):               # the reader has the document (the writer closed the pipe) ...
+        if got:
+            break
+        time.sleep(0.05)
+    fifo.write_text("end")             # ... before it is told to stop
+    reader.join(timeout=30)
+    assert got[-1] == "end" and len(got) == 2, got[:-1]      # one document, then our end mark
+    data = json.loads(got[0])
+    assert data["complete"] is True and len(data["rows"]) == 2
 
 
 @pytest.mark.parametrize("dtype,es,cs", [("f32", 4, 4), ("tf32", 4, 4), ("bf16", 2, 2), ("f16", 2, 2)])

@@ -8,6 +8,7 @@ import sys
 
 from ..errors import CudaUnavailable, NMGenError
 from ..bench import PAPER_PATTERNS, SUITES
+from ..files import is_device
 from .common import (add_db_arg, add_dtype_arg, add_output_arg, at_least, atomic_output, check_tensor_core_vector,
                      db_for_writing, option_name, positive_int, read_text)
 
@@ -142,7 +143,8 @@ def run(args):
                 "complete": complete}
 
     def save(complete: bool) -> None:
-        if args.json:
+        # a file is replaced after every row; a device or pipe (e.g. /dev/stdout) gets one document, at the end
+        if args.json and (complete or not is_device(os.path.realpath(args.json))):
             with atomic_output(args.json) as f:
                 json.dump(results(complete), f, indent=1)
     for shape in shapes:
