@@ -142,7 +142,7 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
     real[at] = True
     real = real.reshape(T, KR)
     ldmatrix = gathers_with_ldmatrix(problem, s)
-    if s.a_load == "rows" and ldmatrix and COLOUR_ROWS and _residues_are_bank_groups(g0.scale):
+    if colours_rows(problem, s):
         chunks, arows = _colour_rows(chunks, real, BK, tn)
         a_rows = arows.shape[1]
     elif s.a_load == "rows":
@@ -192,6 +192,14 @@ def wgmma_b_order(bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
     x = bv.reshape(T, steps, 2, 8, tn, upb, n // 8, 8)
     # -> (T, bn, u, step, nb, kb, nr, kc)
     return np.ascontiguousarray(x.transpose(0, 4, 5, 1, 6, 2, 7, 3)).reshape(T * tn, KR * s.block_n)
+
+
+def colours_rows(problem: Problem, s: Schedule) -> bool:
+    """Whether `prepare` orders the "rows" lists for conflict-free ldmatrix gathers (_colour_rows):
+    the tensor-core gather of a [k][m] shared A whose row size makes list positions and bank groups
+    agree mod 8 (the space's padded rows always do)."""
+    return (s.a_load == "rows" and gathers_with_ldmatrix(problem, s) and COLOUR_ROWS
+            and _residues_are_bank_groups(geometry(problem, s).scale))
 
 
 def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:

@@ -50,7 +50,7 @@ from ..ir.build import copy_plans
 from ..ir.device import Device
 from ..ir.layout import ComputeLayout
 from ..ir.nodes import DTYPE_BYTES
-from ..ir.operands import geometry
+from ..ir.operands import colours_rows, geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import estimate_registers, shared_bytes
@@ -110,27 +110,28 @@ def _ffma_costs(s: Schedule, g, lay) -> tuple[float, float, float]:
 # mma: passes an ldmatrix phase of 8 gathered K rows takes on average, by A strategy: "window" rows
 # sit in the bank group their K position gives (1.8-2.1 for 16:32 .. 8:32 at two windows a tile on
 # random weights; ncu on the H200 counted 34-42% of the shared wavefronts as conflicts); "rows" lists
-# are coloured offline (ir.operands._colour_rows: 1.0-1.25, 1.5 for 16:32 at one window a tile);
-# tests/test_mma.py::ldmatrix_passes computes it from the prepared indices (NOTES.md 36)
+# are coloured offline (ir.operands._colour_rows: 1.0-1.25, 1.5 for 16:32 at one window a tile; lists
+# that cannot be coloured count as "window"); tests/test_mma.py::ldmatrix_passes computes it from the
+# prepared indices (NOTES.md 36)
 GATHER_CONFLICTS = {"window": 1.9, "rows": 1.15}
 # scalar fragment loads (tf32, a row-major 16-bit A): rows neither coloured nor measured; the birthday
 # bound for 8 rows in 8 bank groups is 2.0 at worst, 1.5 typical
 SCALAR_GATHER_CONFLICTS = 1.5
 
 
-def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device) -> tuple[float, float, float]:
-    gathered = g.gathered
+def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: float) -> tuple[float, float, float]:
     """(issue, L1 wavefronts, tensor cycles) per warp and K tile of the mma warp tile: per step
     (instr.k kept rows) the index loads, A fragments (ldmatrix.x4 per m-tile and look-up group, or
     scalar loads by the fragment table), B fragments (ldmatrix.x4 per n-tile pair, or scalar), and
     tiles_m x tiles_n mma.sync; the tensor pipes take instr MACs / tensor_macs_per_sm cycles each
-    (tf32 at half the 16-bit rate)."""
+    (tf32 at half the 16-bit rate). `conflicts`: passes a gathered ldmatrix phase takes (GATHER_CONFLICTS)."""
+    gathered = g.gathered
     ins = lay.instr
     steps = g.KR // s.warps_k // ins.k     # "gather": consecutive rows, no conflicts, no index loads
     G, tm, tn = len(lay.groups), lay.tiles_m, lay.tiles_n
     mma = tm * tn
     if ins.per_reg == 2 and ops_layout == "km":
-        a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else GATHER_CONFLICTS[s.a_load]), 0 if gathered else G
+        a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else conflicts), 0 if gathered else G
         pack = 0
     else:
         n = ins.a_regs * ins.per_reg
@@ -163,7 +164,9 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
 
     # 1-2. issue and L1 per warp and K tile, and (mma) the tensor pipes' cycles
-    issue, l1, tensor = (_mma_costs(s, g, lay, s.a_smem, device) if lay.instr.is_mma else _ffma_costs(s, g, lay))
+    conflicts = GATHER_CONFLICTS["rows" if colours_rows(problem, s) else "window"]
+    issue, l1, tensor = (_mma_costs(s, g, lay, s.a_smem, device, conflicts) if lay.instr.is_mma
+                         else _ffma_costs(s, g, lay))
     issue += 1.5 * copies + 30
     # a transposing copy touches 4 sectors per warp instruction; a plain one moves 32 x its width
     a_copy = 4 if a_plan.transpose else a_plan.width // 4

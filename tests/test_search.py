@@ -93,6 +93,22 @@ def test_model_charges_a_partial_last_wave_its_own_blocks():
     assert pr.sm_us == pytest.approx(pf.sm_us * 10 / 8)
 
 
+def test_model_charges_each_a_strategy_its_gather_conflicts():
+    """ldmatrix gathers from "rows" lists cost fewer shared-memory passes than from "window" tiles,
+    because prepare colours the lists (ir.operands._colour_rows); a list it cannot colour (a shared
+    A row size that breaks position = bank group mod 8) is charged as a window."""
+    from nmgen.ir.operands import colours_rows
+    p = Problem(256, 1024, 1024, Pattern(16, 32, 32), "bf16", "col")
+    rows = Schedule(thread_m=0, thread_n=0, a_pad=8, block_m=64, block_n=128, warp_m=64, warp_n=32, a_load="rows")
+    plain = rows.replace(a_pad=0)            # 128-byte rows: every list position in one bank group
+    assert colours_rows(p, rows) and not colours_rows(p, plain)
+    assert not colours_rows(p, rows.replace(a_load="window"))
+    assert not colours_rows(Problem(256, 1024, 1024, Pattern(16, 32, 32), "tf32", "col"), rows)   # scalar loads
+    l1 = {name: model.predict(p, s, H100, a_rows=32).l1_cycles for name, s in (("rows", rows), ("plain", plain))}
+    per_phase = model.GATHER_CONFLICTS
+    assert l1["plain"] > l1["rows"] and per_phase["window"] > per_phase["rows"]
+
+
 def test_model_decode_is_memory_bound():
     """M=1: reading the compressed weights dominates; DRAM bytes = A + B values + index + C."""
     p = Problem(1, 28672, 8192, Pattern(4, 32, 32))
