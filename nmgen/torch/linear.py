@@ -168,24 +168,21 @@ class NMLinear(nn.Module):
         return y
 
     def _refuse(self, x: torch.Tensor):
-        why = self._why_refused(x)
-        raise (RuntimeError if why.startswith("NMLinear is inference-only") else ShapeError)(why)
-
-    def _why_refused(self, x: torch.Tensor) -> str:
-        """What is wrong with an input forward refuses, and what to do."""
+        """Raise what is wrong with an input forward refuses, and what to do."""
         if x.requires_grad and torch.is_grad_enabled():
-            return ("NMLinear is inference-only; wrap the call in torch.no_grad() / torch.inference_mode() (the input "
-                    "requires grad and autograd is recording, but nmgen's kernels have no backward)")
+            raise RuntimeError("NMLinear is inference-only; wrap the call in torch.no_grad() / torch.inference_mode() "
+                               "(the input requires grad and autograd is recording, but nmgen's kernels have no "
+                               "backward)")
         if not x.is_cuda:
             there = "" if torch.cuda.is_available() else " (torch sees no CUDA GPU on this machine)"
-            return (f"NMLinear runs on CUDA tensors, got an input on {x.device}: move the model and the input to the "
-                    f"GPU (model.cuda(), x.cuda()){there}")
+            raise ShapeError(f"NMLinear runs on CUDA tensors, got an input on {x.device}: move the model and the "
+                             f"input to the GPU (model.cuda(), x.cuda()){there}")
         if x.dtype != self.values.dtype:
             fix = f"convert the input (x.to({self.values.dtype}))"
             if self._cannot_compute_in(x.dtype, self.values, None) is None:
                 fix += f" or the module (module.to({x.dtype}))"
-            return f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: {fix}"
-        return f"NMLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            raise ShapeError(f"NMLinear holds {self.values.dtype} weights but the input is {x.dtype}: {fix}")
+        raise ShapeError(f"NMLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}")
 
     def config(self) -> list[int]:
         """[format, n, m, V, in_features, out_features]: what nm_config holds."""

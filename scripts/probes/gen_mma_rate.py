@@ -17,7 +17,7 @@ def wgmma_kernel(n, rs, wgs, sets):
     if rs:
         a_ops = "{%%%d,%%%d,%%%d,%%%d}" % (acc, acc + 1, acc + 2, acc + 3)
         desc = f"%{acc + 4}"
-        ins = f'"r"(a[s][0]),"r"(a[s][1]),"r"(a[s][2]),"r"(a[s][3]),"l"(db)'
+        ins = '"r"(a[s][0]),"r"(a[s][1]),"r"(a[s][2]),"r"(a[s][3]),"l"(db)'
         text = f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{outs}}}, {a_ops}, {desc}, 1, 1, 1, 0;"
     else:
         text = (f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{outs}}}, %{acc}, %{acc + 1}, 1, 1, 1, 0, 0;")
