@@ -194,6 +194,18 @@ def wgmma_b_order(bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 4, 5, 1, 6, 2, 7, 3)).reshape(T * tn, KR * s.block_n)
 
 
+def layout_key(problem: Problem, s: Schedule) -> tuple:
+    """What `prepare` reads from (problem, s) for given weights: schedules with equal keys get the
+    same operands, so a cache of prepared weights (nmgen.api, nmgen.torch) may share them. It
+    leaves out what prepare never reads (M, block_m beyond the shared A row size, the warp grid,
+    stages, split-K). tests/test_operands_key.py prepares every schedule of small problems' spaces
+    and holds this to it: a field missing here hands one kernel another's layout."""
+    g = geometry(problem, s)
+    ldmatrix = gathers_with_ldmatrix(problem, s)
+    return (problem.dtype, s.block_n, s.k_windows, g.KR, g.unit, s.a_load, s.a_smem, s.wgmma,
+            colours_rows(problem, s), (g.idx_bits == 32 or ldmatrix) and g.scale)
+
+
 def colours_rows(problem: Problem, s: Schedule) -> bool:
     """Whether `prepare` orders the "rows" lists for conflict-free ldmatrix gathers (_colour_rows):
     the tensor-core gather of a [k][m] shared A whose row size makes list positions and bank groups

@@ -16,7 +16,7 @@ from .ir import build, format_kernel
 from .ir.build import a_leading_dim
 from .ir.device import Device, for_arch
 from .ir.dtypes import DTYPES, dtype as dtype_of, storage_name
-from .ir.operands import Geometry, geometry, prepare
+from .ir.operands import Geometry, layout_key, prepare
 from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
 from .ir.validate import validate
@@ -176,22 +176,12 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | dict | s
 
 
 # ---- the weights, laid out per schedule (cached on the NMMatrix) -----------------------------------
-def _layout_key(problem: Problem, s: Schedule) -> tuple:
-    """What the prepared weights depend on (not M, not the thread tiles beyond the index unit):
-    the values' dtype, the index layout and steps, and the shared A row size that byte offsets
-    count in and that the tensor-core gather orders kept rows by."""
-    from .ir.operands import gathers_with_ldmatrix
-    g = geometry(problem, s)
-    return (problem.dtype, s.block_n, s.k_windows, g.KR, g.unit, s.a_load,
-            (g.idx_bits == 32 or gathers_with_ldmatrix(problem, s)) and g.scale)
-
-
 def host_operands(B: NMMatrix, problem: Problem, s: Schedule):
     """B laid out for schedule `s` (ir.operands.Operands), cached on B: correct because an NMMatrix's
     arrays are read-only. The cached arrays are made read-only too, so no caller can change what
     the device copies are later made from."""
     cache = _operands.setdefault(B, {})
-    key = ("host",) + _layout_key(problem, s)
+    key = ("host",) + layout_key(problem, s)
     ops = cache.get(key)
     if ops is None:
         ops = prepare(problem, s, B.values, B.indices)
@@ -213,7 +203,7 @@ class DeviceOperands:
 def device_operands(B: NMMatrix, problem: Problem, s: Schedule, device: int = 0) -> DeviceOperands:
     from .runtime.memory import DeviceBuffer
     cache = _operands.setdefault(B, {})
-    key = ("device", device) + _layout_key(problem, s)
+    key = ("device", device) + layout_key(problem, s)
     ops = cache.get(key)
     if ops is None:
         h = host_operands(B, problem, s)

@@ -5,7 +5,7 @@ import pytest
 
 import nmgen
 from nmgen import spmm_reference
-from nmgen.api import _layout_key
+from nmgen.ir.operands import layout_key
 from nmgen.ir import for_arch
 from nmgen.search.refine import refinements
 from nmgen.search.space import enumerate_space
@@ -57,14 +57,14 @@ def test_model_choice_prepares_and_computes(rng, pattern, shape):
 @pytest.mark.parametrize("pattern", PATTERNS, ids=_pid)
 def test_every_searchable_layout_prepares_and_computes(rng, pattern, shape):
     """What the database can hold: the space and the tuner's one-step refinements. The prepared
-    weights depend only on `_layout_key`, so one schedule per key is interpreted."""
+    weights depend only on `layout_key`, so one schedule per key is interpreted."""
     M, N, windows, a_major = shape
     n, m, v = pattern
     p, A, B = random_problem(rng, M, N, windows * m, n, m, v, a_major)
     layouts = {}
     for s in enumerate_space(p, H100):
         for c in [s] + refinements(p, s, H100, None):
-            layouts.setdefault(_layout_key(p, c), c)
+            layouts.setdefault(layout_key(p, c), c)
     assert layouts
     for s in layouts.values():
         assert ok(run_interpreter(p, s, A, B), A, B), s.short()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ShapeError
+from ..ir.operands import layout_key
 from ..ir.problem import Pattern, ceil_div
 
 NM_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -165,7 +166,7 @@ class Weights:
         self._tracked = not (values.is_inference() or indices.is_inference())
         self._versions = (values._version, indices._version) if self._tracked else None
         self.prepared: dict = {}       # (M, allow_tf32, C dtype) -> Prepared
-        self.layouts: dict = {}        # nmgen.api._layout_key -> {"Bv": tensor, ...}
+        self.layouts: dict = {}        # nmgen.ir.operands.layout_key -> {"Bv": tensor, ...}
 
     def matches(self, values, indices, n, m, vector) -> bool:
         """Whether this entry still describes these tensors: the same objects, storage and contents
@@ -199,7 +200,7 @@ class Weights:
         with _on_device(self.device):    # module loading makes the GPU's primary context current
             k = api.compile((M, self.N, self.K), self.nm.pattern, B=self.nm, device=self.device, dtype=compute,
                             c_dtype=c_name)
-            layout = api._layout_key(k.problem, k.schedule)
+            layout = layout_key(k.problem, k.schedule)
             ops = self.layouts.get(layout)
             if ops is None:
                 host = api.host_operands(self.nm, k.problem, k.schedule)

@@ -121,6 +121,21 @@ def test_every_schedule_family(rng, shape, pattern, a_major, schedule):
     check(spmm(A, B, schedule=schedule), p, A32, B32)
 
 
+@pytest.mark.parametrize("a_major", ["row", "col"])
+def test_one_weight_matrix_through_every_family(rng, a_major):
+    """One B for all families, in turn and then in reverse: its prepared copies are cached per
+    layout (ir.operands.layout_key), and a kernel handed another family's layout computes garbage
+    (wgmma's B and mma.sync's once shared a key)."""
+    shape, pattern = (1000, 3000, 4096), (8, 32, 32)
+    p, A, A32, B32, B = inputs(rng, shape, pattern, "bf16", a_major)
+    cases = [s for sh, pt, am, s in _family_cases() if (sh, pt, am) == (shape, pattern, a_major)]
+    assert len(cases) >= (4 if a_major == "row" else len(FAMILIES))
+    for s in cases + cases[::-1]:
+        C = spmm(A, B, out=np.full((p.M, p.N), np.nan, DTYPES["bf16"].storage), schedule=s)
+        v = ok(C, A32, B32, compute="mma", out_dtype=p.c_dtype)
+        assert v, f"{s.short()}: {v.summary()}"
+
+
 def test_empty_batch_16_bit(rng):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     p, A, A32, B32, B = inputs(rng, (5, 64, 64), (8, 32, 32), "bf16")
