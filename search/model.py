@@ -31,6 +31,16 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
      bps_used at a time; an SM takes the next block when one ends, so a partial last wave costs its
      own blocks, not a whole wave), bps = blocks per SM allowed by registers (allocated in 8s),
      shared memory, threads, 32; bps_used = min(bps, blocks / SMs).
+3b. Tensor-core kernels (mma.sync, wgmma) use their own fit, made on the H200: per K tile of a block
+     tile_c = hypot(tensor_c, issue_c + l1_c) + 674 / bps_used
+     issue_c = 5.54 * issue / bps_used    (a warp's instruction chain - with sliced K its share of the
+                                           rows - a latency that only other resident blocks hide)
+     l1_c = 0.511 * l1 * W,  tensor_c = 1.83 * tensor * W,  split-K's costs (item 6) x 1.70
+   least squares in log time over 547 checked schedules of 11 bf16 problems (paper6 shapes at 16:32,
+   12:32, 8:32, 4:32; per problem the model's best and a spread sample of its space, measured with
+   scripts/probes/model_sample.py, L2 flushed; scripts/probes/fit_mma_model.py fits): the model's best
+   4 then hold the measured best on 9 of the 11 problems and come within 2% and 10% on the others;
+   with each problem left out of the fit, within 12% (benchmarks/2026-11-30-h200-model-fit/).
 4. L2 -> SM bytes per tile: A = rows(M) * BK * 4 (whole sectors; the "rows" strategy touches the
    32-byte sectors holding its listed columns), B = KR * BN * 4, index chunk; split-K adds the
    atomic read-modify-write of C. time_L2 = bytes / L2 bandwidth.
@@ -59,6 +69,12 @@ LAUNCH_US = 3.0
 # fitted on the H100 (items 3 and 6)
 ISSUE_WEIGHT, L1_WEIGHT, RAMP_CYCLES, ISSUE_HALF = 0.722, 0.389, 270.0, 1.866
 SPLIT_US, ATOMIC_US_PER_MILLION = 2.3, 7.53
+# tensor-core kernels, fitted on the H200 (item 3b): issue-chain, L1 and tensor-pipe weights, ramp cycles
+MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 5.54, 0.511, 1.83, 674.0
+MMA_SPLIT_FACTOR = 1.70     # split-K's zeroing and atomics cost this much more than FFMA's fit says
+# wgmma's rate over mma.sync's, measured on the H200 (benchmarks/2026-11-30-h200-colour-rows/mma_rate.txt:
+# m64n32k16 with A from registers 1852 MAC/clk/SM, mma.sync m16n8k16 1151)
+WGMMA_SPEEDUP = 1.6
 
 
 @dataclass(frozen=True)
@@ -148,8 +164,7 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: 
         mma_per_warp = mma
     issue = steps * (mma_per_warp + a_lds + b_lds + idx + pack + 2 * G)
     l1 = steps * (a_wave + b_wave + idx)
-    # wgmma runs at twice mma.sync's rate (H100 datasheet dense bf16 990 TF/s against ~500 for mma.sync)
-    rate = device.tensor_macs_per_sm * (0.5 if ins.dtype == "tf32" else 2.0 if ins.is_wgmma else 1.0)
+    rate = device.tensor_macs_per_sm * (0.5 if ins.dtype == "tf32" else WGMMA_SPEEDUP if ins.is_wgmma else 1.0)
     macs = ins.macs / (4 if ins.is_wgmma else 1)     # a warp's share of a warpgroup instruction
     return issue, l1, steps * mma * macs / rate
 
@@ -184,8 +199,15 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     issue_c = ISSUE_WEIGHT * issue * W / 4 / (wps / (wps + ISSUE_HALF))
     l1_c = L1_WEIGHT * l1 * W
     tensor_c = tensor * W
-    # the tensor pipes run beside the loads that feed the next step (FFMA has no such pipe: 0)
-    tile_c = max(tensor_c, issue_c + l1_c) + RAMP_CYCLES / per_sm
+    if lay.instr.is_mma:
+        # fitted on the H200 (item 3b): one warp's instruction chain (its own share of a sliced K
+        # tile's rows), hidden only by other blocks; the tensor pipes partly overlapped with the loads
+        issue_c = MMA_ISSUE_LATENCY * issue / per_sm
+        l1_c = MMA_L1_WEIGHT * l1 * W
+        tensor_c = MMA_TENSOR_WEIGHT * tensor * W
+        tile_c = math.hypot(tensor_c, issue_c + l1_c) + MMA_RAMP_CYCLES / per_sm
+    else:
+        tile_c = max(tensor_c, issue_c + l1_c) + RAMP_CYCLES / per_sm
     bound = "tensor" if tensor_c > issue_c + l1_c else "issue" if issue_c >= l1_c else "L1"
     tiles = ceil_div(g.T, s.split_k)
     block_c = tiles * tile_c
@@ -223,7 +245,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
         bound = "DRAM"
     t += LAUNCH_US
     if s.split_k > 1:
-        t += SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6
+        t += ((SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6)
+              * (MMA_SPLIT_FACTOR if lay.instr.is_mma else 1.0))
     return Prediction(t, sm_us, l2_us, dram_us, bound, bps, waves, issue, l1, l2_bytes, dram_bytes)
 
 

@@ -3,6 +3,9 @@
 The space (search.space) is what the model ranks; some choices depend on what ptxas makes of the
 code, which the model does not know, so they are decided by measuring them next to the winners:
 
+  stages       one stage fewer and one more, of the depths the space offers (the model sees the
+               depth only through the blocks per SM shared memory allows, so it ties them: the
+               model-topk tuner measures one depth per family, search.tuner.best_families)
   prefetch     the other loop form (H100, NOTES.md run 18: the rotated loop wins by 1-3% where its
                extra registers cost no occupancy, and loses up to 15% elsewhere)
   min_blocks   with prefetch, ptxas takes ~30 more registers; the bound that keeps the blocks per SM
@@ -24,6 +27,7 @@ from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from ..ir.validate import problems, shared_bytes
 from .model import blocks_per_sm
+from .space import stage_choices
 
 MAX_REFINE_THREADS = 512   # beyond 16 warps a block the FFMA tiles hold too few blocks per SM
 
@@ -44,6 +48,10 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
     for r in (1, 2):
         if r != s.refill_row:
             out.append(s.replace(prefetch=0, refill_row=r, min_blocks=max(held, 1)))
+    depths = stage_choices(problem, s)
+    if s.stages in depths:
+        i = depths.index(s.stages)
+        out += [s.replace(stages=d) for d in depths[max(0, i - 1):i] + depths[i + 1:i + 2]]
     for field in ("block_m", "block_n"):
         bigger = s.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:

@@ -154,6 +154,23 @@ def a_choices(problem: Problem) -> list[tuple[str, str]]:
     return out
 
 
+def stage_choices(problem: Problem, s: Schedule) -> tuple[int, ...]:
+    """The pipeline depths the space offers a schedule of `s`'s kind (FFMA, mma.sync, wgmma)."""
+    return WGMMA_STAGES if s.wgmma else MMA_STAGES if for_dtype(problem.dtype).is_mma else STAGES
+
+
+# What the model cannot rank, decided by measuring next to the winners (search.refine): the pipeline
+# depth (the model sees it only through the blocks per SM that shared memory allows), the loop form,
+# the copies' place in a tile and the register bound
+MEASURED_FIELDS = ("stages", "prefetch", "refill_row", "min_blocks")
+
+
+def family(s: Schedule) -> str:
+    """`s` without its MEASURED_FIELDS: schedules of one family differ only where the model cannot
+    tell them apart."""
+    return Schedule.from_dict({**s.to_dict(), **{f: getattr(Schedule(), f) for f in MEASURED_FIELDS}}).hash()
+
+
 def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
     """All valid schedules of the space for `problem` on `device`, in a deterministic order."""
     out = []

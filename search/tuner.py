@@ -1,7 +1,8 @@
 """Measure schedules and record them: the tuner.
 
   candidates   the space (search.space), ranked by the model (search.model); "exhaustive" measures
-               all of it, "model-topk" the model's best k (default 10% of the space) plus the
+               all of it, "model-topk" the model's best k families (schedules the model can tell apart: see
+               best_families; default 10% of the space) plus the
                recorded bests of nearby problems (search.neighbours); `budget` caps
                how many are measured in this run; anything already recorded for this problem,
                device and toolchain is skipped (failures are never retried; a killed search resumes)
@@ -32,7 +33,7 @@ from ..ir.device import Device
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from . import model
-from .space import enumerate_space, rows_lengths
+from .space import enumerate_space, family, rows_lengths
 
 log = logging.getLogger("nmgen.search")
 
@@ -66,6 +67,22 @@ def compile_worker(problem_dict: dict, schedule_json: str, arch: str, a_rows: in
             raise
     except Exception as e:  # noqa: BLE001 - any failure is recorded as this candidate's compile_error
         return None, None, f"{type(e).__name__}: {e}"
+
+
+def best_families(ranked, k: int) -> list:
+    """The best-ranked member of each of the `k` best families (search.space.family) of `ranked`
+    ((schedule, prediction), best first): the model ties schedules that differ only in what it cannot
+    rank (pipeline depth, loop form), and k of those would measure one kernel k times over; the
+    refinements then try the winners' other depths and forms."""
+    out, seen = [], set()
+    for s, p in ranked:
+        f = family(s)
+        if f not in seen:
+            seen.add(f)
+            out.append((s, p))
+            if len(out) == k:
+                break
+    return out
 
 
 class Tuner:
@@ -103,7 +120,7 @@ class Tuner:
         if strategy == "exhaustive":
             chosen = ranked
         elif strategy == "model-topk":
-            chosen = ranked[:max(1, topk or max(8, len(ranked) // 10))]
+            chosen = best_families(ranked, max(1, topk or max(8, len(ranked) // 10)))
             chosen += self._neighbours(ranked, {s.hash() for s, _ in chosen})
         else:
             raise ValueError(f"unknown strategy {strategy!r}; use exhaustive or model-topk")

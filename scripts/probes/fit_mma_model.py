@@ -1,0 +1,100 @@
+"""Development probe: fit the model's tensor-core constants (search/model.py, item 3b) to measurements.
+
+    python scripts/probes/fit_mma_model.py benchmarks/2026-11-30-h200-model-fit/samples.json
+
+Reads the checked ("ok") records that scripts/probes/model_sample.py measured, recomputes the model's
+per-tile terms for each (issue, L1 wavefronts, tensor cycles with the recorded registers, blocks per
+SM, K tiles, the L2 and DRAM bytes), and fits
+
+    tile_c = hypot(T * tensor * W, I * issue / bps_used + L * l1 * W) + R / bps_used
+    time   = max(waves * tiles * tile_c / clock, L2 bytes / 5.5 TB/s, DRAM bytes / 4.3 TB/s) + 3 us
+             (+ S x split-K's fitted costs)
+
+by least squares in log time (Nelder-Mead; needs scipy, which nmgen itself does not). It prints the
+constants, then per problem: Spearman's rank correlation, and the measured best among the model's 4
+best over the measured best (1.00: the tuner's model-topk 4 would have measured the winner), also with
+that problem left out of the fit.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+CLOCK, L2_BW, DRAM_BW, LAUNCH_US = 1.98e9, 5.5e12, 4.3e12, 3.0
+
+
+def terms(records) -> dict:
+    """Arrays of the model's terms, one entry per record."""
+    from nmgen import Problem, Schedule
+    from nmgen.checking import random_inputs, stored_weights
+    from nmgen.ir.build import copy_plans
+    from nmgen.ir.device import for_arch
+    from nmgen.ir.layout import ComputeLayout
+    from nmgen.ir.operands import colours_rows, geometry
+    from nmgen.ir.problem import ceil_div
+    from nmgen.ir.validate import shared_bytes
+    from nmgen.search import model
+    from nmgen.search.space import rows_lengths
+    dev = for_arch("sm_90")
+    lists, out = {}, []
+    for r in records:
+        p, s = Problem.from_key(r["problem_key"]), Schedule.from_json(r["schedule"])
+        if r["problem_key"] not in lists:     # the "rows" lists' lengths for random weights, as the tuner's
+            _, B = random_inputs(p, np.random.default_rng(0))
+            lists[r["problem_key"]] = rows_lengths(p, stored_weights(p, B))
+        a_rows = lists[r["problem_key"]](s)
+        g, lay = geometry(p, s, a_rows), ComputeLayout.for_problem(p, s)
+        a_plan, b_plan, i_plan = copy_plans(p, s, g)
+        conflicts = model.GATHER_CONFLICTS["rows" if colours_rows(p, s) else "window"]
+        issue, l1, tensor = model._mma_costs(s, g, lay, s.a_smem, dev, conflicts)
+        issue += 1.5 * (a_plan.iterations + b_plan.iterations + i_plan.iterations) + 30
+        l1 += (4 if a_plan.transpose else a_plan.width // 4) * a_plan.iterations + 4 * b_plan.iterations + i_plan.iterations
+        bps = model.blocks_per_sm(s, dev, r["registers"], shared_bytes(p, s, a_rows))
+        blocks = g.tiles_m * g.tiles_n * s.split_k
+        pred = model.predict(p, s, dev, r["registers"], a_rows)
+        out.append(dict(issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
+                        waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
+                        MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
+    return {k: np.array([o[k] for o in out], float) for k in out[0]}
+
+
+def predict(x, F):
+    I, L, T, R, S = np.exp(x)
+    tile = np.hypot(T * F["tensor"] * F["W"], I * F["issue"] / F["per_sm"] + L * F["l1"] * F["W"]) + R / F["per_sm"]
+    sm = F["waves"] * F["tiles"] * tile / CLOCK * 1e6
+    t = np.maximum(np.maximum(sm, F["l2"] / L2_BW * 1e6), F["dram"] / DRAM_BW * 1e6) + LAUNCH_US
+    return t + np.where(F["split"] > 1, S * (2.3 + 7.53 * F["MN"] * F["split"] * 1e-6), 0.0)
+
+
+def fit(F, x0):
+    from scipy.optimize import minimize
+    loss = lambda x: np.mean((np.log(predict(x, F)) - np.log(F["us"])) ** 2)    # noqa: E731
+    return minimize(loss, x0, method="Nelder-Mead", options=dict(maxiter=20000, maxfev=20000, xatol=1e-6, fatol=1e-9))
+
+
+def ranks(a):
+    return np.argsort(np.argsort(a))
+
+
+def main():
+    records = [r for r in json.load(open(sys.argv[1]))["records"] if r["status"] == "ok"]
+    F, keys = terms(records), np.array([r["problem_key"] for r in records])
+    r = fit(F, np.log([4.0, 0.5, 1.5, 700.0, 1.0]))
+    names = ("MMA_ISSUE_LATENCY", "MMA_L1_WEIGHT", "MMA_TENSOR_WEIGHT", "MMA_RAMP_CYCLES", "MMA_SPLIT_FACTOR")
+    print(f"{len(records)} records, {len(set(keys))} problems; mean squared log error {r.fun:.4f}")
+    print("  " + ", ".join(f"{n} = {v:.3g}" for n, v in zip(names, np.exp(r.x))))
+    t = predict(r.x, F)
+    print(f"{'problem':40s} {'n':>3s} {'rho':>5s} {'top-4 / best':>12s} {'left out':>9s}")
+    for key in sorted(set(keys)):
+        m = keys == key
+        us, pr = F["us"][m], t[m]
+        rest = {k: v[~m] for k, v in F.items()}
+        lo = predict(fit(rest, r.x).x, {k: v[m] for k, v in F.items()})
+        print(f"{key:40s} {m.sum():3d} {np.corrcoef(ranks(us), ranks(pr))[0, 1]:5.2f} "
+              f"{us[np.argsort(pr)[:4]].min() / us.min():12.2f} {us[np.argsort(lo)[:4]].min() / us.min():9.2f}")
+
+
+if __name__ == "__main__":
+    main()

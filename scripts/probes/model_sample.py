@@ -1,0 +1,90 @@
+"""Development probe: measure a spread sample of the schedule space, to fit the model on this GPU.
+
+    python scripts/probes/model_sample.py --db OUT.db [--per-problem 36] [--time-limit 420] PROBLEM...
+
+PROBLEM: "MxNxK:n:m:dtype:a_major" (V = 32), e.g. 4096x4096x4096:16:32:bf16:col.
+
+The tuner's model-topk measures the model's best k; where the model misjudges a level, its best k
+are the same kind of kernel (ties that differ only in pipeline depth), and the measurements teach
+nothing about the rest. This probe measures, per problem, the model's best --top "families" (every
+schedule field except stages and the loop form) and a seeded random choice of the other families
+in the model's best 40% (one member each, its stages at random), through the tuner's own compile, check and timing (L2
+flushed, median of 20), into the database given. search/fit_model.py (or a notebook) then reads
+the records back with the model's terms recomputed on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+SAMPLED_SHARE = 0.4     # families beyond the model's best 40% are tiles too small for these problems
+
+
+def family(s) -> tuple:
+    d = s.to_dict()
+    for f in ("stages", "prefetch", "refill_row", "min_blocks"):
+        d.pop(f, None)
+    return tuple(sorted(d.items()))
+
+
+def sample(ranked, per_problem: int, rng, top: int = 8) -> list:
+    fams: dict[tuple, list] = {}
+    for s, p in ranked:                          # ranked: fastest predicted first
+        fams.setdefault(family(s), []).append((s, p))
+    order = list(fams)
+    best, rest = order[:top], order[top:max(top + 1, int(len(order) * SAMPLED_SHARE))]
+    picks = [fams[f][0] for f in best]
+    for i in rng.permutation(len(rest))[:max(0, per_problem - len(best))]:
+        members = fams[rest[i]]
+        picks.append(members[rng.integers(len(members))])
+    return picks
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("problems", nargs="+")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--per-problem", type=int, default=36)
+    ap.add_argument("--top", type=int, default=8, help="the model's best families, each measured")
+    ap.add_argument("--time-limit", type=float, default=420.0, help="seconds; the problem under way then stops")
+    args = ap.parse_args()
+    from nmgen import Pattern, Problem
+    from nmgen.db import TuningDB
+    from nmgen.ir.problem import parse_shape
+    from nmgen.runtime.driver import device_info, init
+    from nmgen.search.tuner import Tuner
+    init()
+    dev = device_info(0)
+    db = TuningDB(args.db)
+    rng = np.random.default_rng(20261130)
+    start = time.time()
+    for spec in args.problems:
+        shape, n, m, dtype, a_major = spec.split(":")
+        M, N, K = parse_shape(shape)
+        p = Problem(M, N, K, Pattern(int(n), int(m), 32), dtype, a_major, None)
+        tuner = Tuner(p, dev, db, rng=np.random.default_rng(0), progress=False)
+        todo = sample(tuner.ranked(), args.per_problem, rng, args.top)
+        done = set(db.recorded(*tuner.keys))
+        todo = [(s, pr) for s, pr in todo if s.hash() not in done]
+        t0 = time.time()
+        measured = []
+        for s, pr, compiled in tuner._compiled(todo):
+            if time.time() - start > args.time_limit:
+                break
+            r = tuner.measure(s, pr, compiled)
+            db.record(r.record)
+            measured.append(r)
+        ok = sorted((r for r in measured if r.status == "ok"), key=lambda r: r.median_us)
+        print(f"{p}: {len(measured)} measured in {time.time() - t0:.0f} s, "
+              f"{len(ok)} ok; best {ok[0].median_us:.1f} us {ok[0].schedule.short()}" if ok else f"{p}: none ok",
+              flush=True)
+        if time.time() - start > args.time_limit:
+            print("time limit reached", flush=True)
+            break
+
+
+if __name__ == "__main__":
+    main()
