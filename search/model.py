@@ -31,7 +31,8 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
      bps_used at a time; an SM takes the next block when one ends, so a partial last wave costs its
      own blocks, not a whole wave), bps = blocks per SM allowed by registers (allocated in 8s),
      shared memory, threads, 32; bps_used = min(bps, blocks / SMs).
-3b. Tensor-core kernels (mma.sync, wgmma) use their own fit, made on the H200: per K tile of a block
+3b. 16-bit tensor-core kernels (mma.sync, wgmma; bf16, f16) use their own fit, made on the H200 (tf32's,
+   whose gathers are scalar loads, were not measured for it and keep item 3): per K tile of a block
      tile_c = hypot(tensor_c, issue_c + l1_c) + 674 / bps_used
      issue_c = 5.54 * issue / bps_used    (a warp's instruction chain - with sliced K its share of the
                                            rows - a latency that only other resident blocks hide)
@@ -72,6 +73,9 @@ SPLIT_US, ATOMIC_US_PER_MILLION = 2.3, 7.53
 # tensor-core kernels, fitted on the H200 (item 3b): issue-chain, L1 and tensor-pipe weights, ramp cycles
 MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 5.54, 0.511, 1.83, 674.0
 MMA_SPLIT_FACTOR = 1.70     # split-K's zeroing and atomics cost this much more than FFMA's fit says
+# what the fit measured: the 16-bit kernels (ldmatrix gathers); tf32's scalar gathers keep the FFMA form
+# until measured (its paper6 choices, benchmarks/2026-11-30-h200-tensor-cores/, came from that form)
+MMA_FIT_DTYPES = ("bf16", "f16")
 # wgmma's rate over mma.sync's, measured on the H200 (benchmarks/2026-11-30-h200-colour-rows/mma_rate.txt:
 # m64n32k16 with A from registers 1852 MAC/clk/SM, mma.sync m16n8k16 1151)
 WGMMA_SPEEDUP = 1.6
@@ -199,7 +203,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     issue_c = ISSUE_WEIGHT * issue * W / 4 / (wps / (wps + ISSUE_HALF))
     l1_c = L1_WEIGHT * l1 * W
     tensor_c = tensor * W
-    if lay.instr.is_mma:
+    fitted = lay.instr.is_mma and lay.instr.dtype in MMA_FIT_DTYPES
+    if fitted:
         # fitted on the H200 (item 3b): one warp's instruction chain (its own share of a sliced K
         # tile's rows), hidden only by other blocks; the tensor pipes partly overlapped with the loads
         issue_c = MMA_ISSUE_LATENCY * issue / per_sm
@@ -246,7 +251,7 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     t += LAUNCH_US
     if s.split_k > 1:
         t += ((SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6)
-              * (MMA_SPLIT_FACTOR if lay.instr.is_mma else 1.0))
+              * (MMA_SPLIT_FACTOR if fitted else 1.0))
     return Prediction(t, sm_us, l2_us, dram_us, bound, bps, waves, issue, l1, l2_bytes, dram_bytes)
 
 
