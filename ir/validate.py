@@ -119,7 +119,8 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append(f"shared A rows of {pitch} elements (with a_pad={s.a_pad}) are not {g.esize * need}-byte aligned "
                    f"for {need}-element accesses; make a_pad a multiple of {need}")
     if s.a_smem == "mk" and s.a_load != "window":
-        why.append(f"a_smem='mk' copies whole A rows; the {s.a_load!r} strategy needs a_smem='km'")
+        why.append(_row_major_16_bit(s) if _copied_whole(problem) else
+                   f"a_smem='mk' copies whole A rows; the {s.a_load!r} strategy needs a_smem='km'")
     if s.a_load == "gather" and not instr.is_mma:
         why.append("a_load='gather' is a tensor-core strategy (bf16, f16, tf32); float32 uses 'window' or 'rows'")
     if s.split_k > g.T:
@@ -159,10 +160,22 @@ def _mma_problems(problem: Problem, s: Schedule, instr) -> list[str]:
         why.append(f"V={V}: every {instr.n}-column mma tile must lie inside one vector of columns that share kept "
                    f"rows, so V (and warp_n) must be multiples of {instr.n} on the tensor cores; for V={V} use "
                    f"float32 (dtype f32, the FFMA path)")
-    if problem.a_major == "row" and s.a_smem == "km" and dtype_of(problem.dtype).itemsize == 2:
+    if _copied_whole(problem) and s.a_smem == "km":
         why.append("a row-major 16-bit A is copied as it is (cp.async moves at least 4 bytes, two elements of "
-                   "a row): use a_smem='mk'")
+                   "a row): use a_smem='mk'" if s.a_load == "window" else _row_major_16_bit(s))
     return why
+
+
+def _copied_whole(problem: Problem) -> bool:
+    """A 16-bit A stored row-major: only copied as it is, [m][k] (a_smem 'mk')."""
+    return problem.a_major == "row" and dtype_of(problem.dtype).itemsize == 2
+
+
+def _row_major_16_bit(s: Schedule) -> str:
+    """Why a row-major 16-bit A cannot take `s.a_load` (anything but "window"), and the two ways out."""
+    return (f"a row-major 16-bit A is copied as it is (a_smem='mk'), which only a_load='window' reads; "
+            f"a_load={s.a_load!r} needs A column-major: use a_load='window' with a_smem='mk', or store A "
+            f"column-major (a_major='col')")
 
 
 def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
@@ -190,9 +203,14 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
         acc = s.warp_m * s.warp_n // 128
         if cap < acc + 30:
             fits = max(0, device.regs_per_sm // (s.threads * (acc + 30 + 7) // 8 * 8))
-            why.append(f"min_blocks={s.min_blocks} bounds {s.threads} threads to {cap} registers, fewer than the "
-                       f"{acc} fp32 accumulators of a {s.warp_m}x{s.warp_n} warpgroup tile need plus ~30: "
-                       f"use min_blocks <= {fits} (0 for no bound)")
+            if fits == 0:    # not even one block: no bound helps
+                why.append(f"{s.threads} threads of a {s.warp_m}x{s.warp_n} warpgroup tile need about "
+                           f"{acc + 30} registers each ({acc} fp32 accumulators plus ~30), more than the "
+                           f"{device.regs_per_sm} of an SM hold: use a smaller block tile (fewer warpgroups)")
+            else:
+                why.append(f"min_blocks={s.min_blocks} bounds {s.threads} threads to {cap} registers, fewer than "
+                           f"the {acc} fp32 accumulators of a {s.warp_m}x{s.warp_n} warpgroup tile need plus ~30: "
+                           f"use min_blocks <= {fits} (0 for no bound)")
     return why
 
 

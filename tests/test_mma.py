@@ -328,3 +328,31 @@ def test_a_register_bound_below_the_wgmma_accumulators_is_refused_before_ptxas()
     k = build(p, s.replace(min_blocks=2))
     r = assemble(generate_ptx(k, "sm_90"), arch_of(k, "sm_90"))
     assert r.registers <= 128 and r.spill_stores == 0
+
+
+def test_a_warpgroup_tile_too_big_for_one_block_says_so_instead_of_min_blocks_0():
+    """Four 64x256 warpgroups (512 threads x ~158 registers) do not fit an SM at any bound: the
+    advice is a smaller block tile, not "min_blocks <= 0"."""
+    p = Problem(256, 256, 128, Pattern(16, 32, 32), "bf16", "col")
+    s = Schedule(block_m=256, block_n=256, warp_m=64, warp_n=256, thread_m=0, thread_n=0, k_windows=1, stages=3,
+                 a_pad=8, wgmma=1)
+    why = problems(p, s, for_arch("sm_90"))
+    assert any("use a smaller block tile (fewer warpgroups)" in w for w in why)
+    assert not any("min_blocks <=" in w for w in why)
+
+
+@pytest.mark.parametrize("fields", [dict(a_load="rows"), dict(a_load="rows", a_smem="km"), dict(a_load="gather"),
+                                    dict(a_load="gather", a_smem="km"), dict(a_smem="km"), dict(a_smem="km", wgmma=1)])
+def test_a_row_major_16_bit_a_gets_advice_that_leads_to_a_valid_schedule(fields):
+    """Following the message's fix must end in a schedule that runs, never in the opposite advice
+    (once 'rows' + 'mk' said "needs a_smem='km'" and 'km' said "use a_smem='mk'")."""
+    p = Problem(64, 256, 128, Pattern(16, 32, 32), "bf16", "row")
+    tile = dict(block_m=64, block_n=128, warp_m=64, warp_n=32 if not fields.get("wgmma") else 128)
+    s = Schedule(**MMA, **tile, k_windows=1, stages=3, **{"a_smem": "mk", **fields})
+    dev = for_arch("sm_90")
+    why = problems(p, s, dev)
+    assert why
+    fixed = s.replace(a_load="window", a_smem="mk")       # what every message advises here
+    assert all("a_smem='mk'" in w for w in why) and problems(p, fixed, dev) == []
+    assert problems(p.__class__(64, 256, 128, p.pattern, "bf16", "col"), s.replace(a_smem="km"), dev) == [] \
+        or s.a_load == "window"                           # ... or A column-major, for 'rows' and 'gather'
