@@ -286,20 +286,48 @@ def spmm(A, B: NMMatrix, out=None, schedule: Schedule | dict | str | None = None
     return _spmm_device(dv, B, out, schedule, kernel, stream, allow_tf32)
 
 
+EITHER = "either"     # an A stored both row- and column-major: _kernel_for picks the order
+
+
 def a_major_of(row_major: bool, col_major: bool, want: str | None = None) -> str | None:
     """The A order ("row" or "col") to run for an A stored row-major and/or column-major without
     gaps, or None when it is neither. An A that is both (M = 1, or K = 1: a size-1 dimension's
     stride never matters) is read correctly by kernels of either order: `want` (the given kernel's
-    order) if given, else "row"."""
+    order) if given, else EITHER (decided with the problem's dtype: _either_order)."""
     if row_major and col_major:
-        return want or "row"
+        return want or EITHER
     return "row" if row_major else "col" if col_major else None
+
+
+def _either_order(M, B, schedule, device, dtype, c_dtype) -> str:
+    """The order to run an A that is both row- and column-major: with a given schedule, the first
+    order it can run (row, then col: a tensor-core "rows" or "gather" schedule needs a column-major
+    16-bit A); without one, the order whose tuning record is faster (`nmgen search --a-major col`
+    tunes M = 1 decode shapes too); row where nothing says otherwise."""
+    from .ir.errors import ScheduleError
+    orders = {o: Problem(M, B.N, B.K, B.pattern, dtype, o, c_dtype) for o in ("row", "col")}
+    if schedule is not None:
+        try:
+            compile(orders["row"], schedule=schedule, B=B, device=device)
+            return "row"
+        except ScheduleError as row_error:
+            try:
+                compile(orders["col"], schedule=schedule, B=B, device=device)
+                return "col"
+            except ScheduleError:
+                raise row_error from None
+    gpu = current_device(device)
+    if gpu is None:
+        return "row"
+    from .search.choose import recorded_median
+    us = {o: recorded_median(p, gpu) for o, p in orders.items()}
+    return "col" if us["col"] is not None and (us["row"] is None or us["col"] < us["row"]) else "row"
 
 
 def _host_a(A, a_major: str) -> np.ndarray:
     """A as a (M, K) numpy matrix of its dtype (float32, bfloat16 or float16; other floats become
-    float32) stored in order `a_major` (A itself where it already is)."""
-    if a_major == "row":
+    float32) stored in order `a_major` (A itself where it already is; EITHER: in both)."""
+    if a_major in ("row", EITHER):
         return host_matrix(A, "A")
     if isinstance(A, np.ndarray) and A.ndim == 2:   # through the transpose: an F-ordered A is not copied
         return host_matrix(A.T, "A").T
@@ -308,7 +336,7 @@ def _host_a(A, a_major: str) -> np.ndarray:
 
 def _host_a_major(A, kernel: Kernel | None) -> str:
     """A host A is copied to the GPU anyway: take the given kernel's order; else keep A's own
-    (column-major only when it is not also row-major), row-major for anything else."""
+    (EITHER when it is both), row-major for anything else."""
     if kernel is not None:
         return kernel.problem.a_major
     if isinstance(A, np.ndarray) and A.ndim == 2:
@@ -317,6 +345,8 @@ def _host_a_major(A, kernel: Kernel | None) -> str:
 
 
 def _kernel_for(M, B, schedule, kernel, device, a_major="row", dtype="f32", c_dtype=None) -> Kernel:
+    if a_major == EITHER:
+        a_major = _either_order(M, B, schedule, device, dtype, c_dtype)
     problem = Problem(M, B.N, B.K, B.pattern, dtype, a_major, c_dtype)
     if kernel is not None:
         if kernel.problem != problem:
@@ -471,7 +501,7 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream, allow_tf32=Fals
     compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)
     k = _kernel_for(M, B, schedule, kernel, dv.device, a_major, compute, c_dtype)
     a_ptr, temporaries = dv.ptr, []
-    rows, extent = (K, M) if a_major == "col" else (M, K)
+    rows, extent = (K, M) if k.problem.a_major == "col" else (M, K)
     lda = a_leading_dim(k.problem)
     if a_ptr % k.ir.a_alignment or lda != extent:
         # the kernel copies A's rows in 16-byte (or narrower) vectors from rows of lda elements: copy A

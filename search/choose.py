@@ -90,6 +90,17 @@ def recorded_best(problem: Problem, device: Device, db=None) -> Schedule | None:
     return found[0] if found else None
 
 
+def recorded_median(problem: Problem, device: Device, db=None) -> float | None:
+    """The median time (us) of the database's fastest valid record for this problem, device and
+    toolchain, or None where there is none."""
+    from ..toolchain import toolchain_key
+    db = _for_reading(db)
+    if db is None:
+        return None
+    rec = db.best(problem.key(), device.key(), toolchain_key(device.arch, device.driver))
+    return None if rec is None else rec["median_us"]
+
+
 def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[Schedule]:
     """The database's n fastest schedules for this problem, device and toolchain (distinct: a
     schedule has one record per problem, device and toolchain); invalid records are skipped."""

@@ -278,13 +278,14 @@ def test_dense_layouts_ignore_size_one_strides(shape, strides, row, col):
 
 
 @pytest.mark.parametrize("row,col,want,expect", [
-    (True, False, None, "row"), (False, True, None, "col"), (True, True, None, "row"),
+    (True, False, None, "row"), (False, True, None, "col"), (True, True, None, "either"),
     (True, True, "col", "col"), (True, True, "row", "row"),
     (True, False, "col", "row"),     # not both: A's own order (spmm then refuses the kernel, saying why)
     (False, True, "row", "col"), (False, False, None, None), (False, False, "row", None),
 ])
 def test_a_major_decision(row, col, want, expect):
-    assert nmgen.api.a_major_of(row, col, want) == expect
+    from nmgen.api import a_major_of
+    assert a_major_of(row, col, want) == expect
 
 
 # M = 1 (nmgen check --shape 1x1x64 --pattern 2:4 --a-major col refused its own kernel), K = m = 1, N = 1
@@ -306,6 +307,38 @@ def test_degenerate_a_runs_with_a_kernel_of_either_layout(rng, gpu, shape, patte
         assert ok(out.numpy(), A, B)
     if kernel_major:
         assert all(name == k.name for name in gpu.launches)
+
+
+def test_a_single_row_runs_a_column_major_only_schedule_and_its_column_major_tuning(rng, gpu, tmp_path):
+    """A (1, K) A is both row- and column-major. A schedule only a column-major 16-bit A can run
+    ("rows" on wgmma) runs column-major; without one, a column-major tuning record is used
+    (`nmgen search --a-major col` of a decode shape), where once both were refused or ignored."""
+    from nmgen.checking import random_inputs, stored_weights
+    from nmgen.db import TuningDB
+    from nmgen.toolchain import toolchain_fields
+    p = nmgen.Problem(1, 256, 128, nmgen.Pattern(16, 32, 32), "bf16", "col")
+    A, B = random_inputs(p, rng)
+    B = stored_weights(p, B)
+    A = np.asarray(A).astype(B.values.dtype)
+    s = dict(block_m=64, block_n=256, warp_m=64, warp_n=256, thread_m=0, thread_n=0, a_pad=8, wgmma=1, a_load="rows")
+    for host in (A, np.asfortranarray(A)):
+        C = nmgen.spmm(host, B, schedule=s)
+        assert ok(C.astype(np.float32), A, B, compute="mma", out_dtype="bf16")
+    k = nmgen.compile(p, schedule=s, B=B, a_major="col", dtype="bf16")
+    assert gpu.launches[-1] == k.name
+    with pytest.raises(nmgen.ScheduleError, match="a row-major 16-bit A"):   # a schedule neither order runs
+        nmgen.spmm(A, B, schedule=dict(s, a_smem="mk"))
+    # a column-major record for the decode shape, none row-major: spmm runs the recorded kernel
+    tuned = nmgen.Schedule(**{**s, "wgmma": 0, "warp_m": 16, "warp_n": 32, "block_m": 16, "block_n": 64,
+                              "a_load": "gather", "k_windows": 2})
+    dev = nmgen.ir.for_arch("sm_90")
+    db = TuningDB(str(tmp_path / "tuning.db"))
+    db.record({"problem_key": p.key(), "schedule_hash": tuned.hash(), "device_key": dev.key(), "M": 1, "N": 256,
+               "K": 128, "keep_n": 16, "window_m": 32, "vector": 32, "schedule": tuned.to_json(), "status": "ok",
+               "median_us": 5.0, **toolchain_fields(dev.arch, dev.driver)})
+    C = nmgen.spmm(A, B)
+    assert ok(C.astype(np.float32), A, B, compute="mma", out_dtype="bf16")
+    assert gpu.launches[-1] == nmgen.compile(p, schedule=tuned, B=B, a_major="col", dtype="bf16").name
 
 
 def test_n_one_output_with_any_size_one_stride(rng, gpu):
