@@ -2,12 +2,16 @@
 
   spearman     rank correlation between predicted and measured times (1 = same order)
   topk_gap     how much slower the best of the model's top k (10% of the measured schedules,
-               at least one) is than the best of all of them: what `--strategy model-topk` would
-               have lost against `exhaustive` on the same measurements
+               at least one; one per family, as model-topk measures: search.tuner.best_families)
+               is than the best of all of them: what `--strategy model-topk` would have lost
+               against `exhaustive` on the same measurements, before its refinements
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..ir.schedule import Schedule
+from .space import family
 
 
 def ranks(x) -> np.ndarray:
@@ -38,7 +42,15 @@ def quality(rows: list[dict], fraction: float = 0.1) -> dict:
     meas = np.array([r["median_us"] for r in rows])
     pred = np.array([r["model_us"] for r in rows])
     k = max(1, int(round(fraction * len(rows))))
-    top = np.argsort(pred, kind="stable")[:k]
+    top, seen = [], set()
+    for i in np.argsort(pred, kind="stable"):      # the first of each family, k families
+        f = family(Schedule.from_json(rows[i]["schedule"]))
+        if f not in seen:
+            seen.add(f)
+            top.append(i)
+            if len(top) == k:
+                break
+    top = np.array(top)
     best, best_top = meas.min(), meas[top].min()
     return {"n": len(rows), "spearman": spearman(pred, meas), "k": k, "best_us": float(best),
             "topk_best_us": float(best_top), "topk_gap": float(best_top / best - 1.0),

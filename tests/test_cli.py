@@ -489,7 +489,7 @@ def test_search_dry_run_needs_no_gpu(tmp_path):
     r = nmgen("search", "--shape", "256x2048x2048", "--pattern", "8:32", "--vector", "32", "--dry-run", "--topk", "3",
               "--db", str(tmp_path / "t.db"))
     assert r.returncode == 0, r.stderr
-    assert "model ranking, nothing measured" in r.stdout
+    assert "what model-topk measures first (nothing measured here)" in r.stdout
     ranked = [line for line in r.stdout.splitlines() if re.match(r"\s+\d+\s+[\d.]+\s+\w+\s+\d+\s+\d+x\d+ w", line)]
     assert len(ranked) == 3, r.stdout
     assert not (tmp_path / "t.db").exists() or "0 problem" in nmgen("db", "list", "--db", str(tmp_path / "t.db")).stdout

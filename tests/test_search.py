@@ -206,11 +206,16 @@ def test_quality_numbers():
     from nmgen.search.quality import quality, spearman
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    rows = [{"status": "ok", "model_us": m, "median_us": t, "schedule": str(i)}
-            for i, (m, t) in enumerate([(1, 12), (2, 10), (3, 30), (4, 40), (5, 50), (6, 60), (7, 70), (8, 80),
-                                        (9, 90), (10, 100)])]
+    # the model's order: two depths of one family (k_windows 1), then k_windows 2 (the fastest), ...
+    scheds = [Schedule(k_windows=1, stages=2), Schedule(k_windows=1, stages=3)] + [Schedule(k_windows=k) for k in
+                                                                                   range(2, 10)]
+    rows = [{"status": "ok", "model_us": i + 1, "median_us": t, "schedule": s.to_json()}
+            for i, (s, t) in enumerate(zip(scheds, [12, 11, 10, 40, 50, 60, 70, 80, 90, 100]))]
     q = quality(rows)                      # top 10% = the model's first: 12 us against the best 10 us
-    assert q["k"] == 1 and q["topk_gap"] == pytest.approx(0.2) and q["best_schedule"] == "1"
+    assert q["k"] == 1 and q["topk_gap"] == pytest.approx(0.2) and q["best_schedule"] == scheds[2].to_json()
+    # top 20%: one schedule of each of the 2 best families (as model-topk measures), not both depths
+    q = quality(rows, fraction=0.2)
+    assert q["k"] == 2 and q["topk_gap"] == pytest.approx(0.0) and q["topk_schedule"] == scheds[2].to_json()
 
 
 def test_recorded_top_lists_the_fastest_distinct_schedules_of_this_toolchain(tmp_path):

@@ -22,7 +22,9 @@ def register(sub):
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",
-                   help="schedules measured by model-topk (default 10%% of the space; --dry-run shows 10)")
+                   help="schedule families model-topk measures, one schedule each (a family: schedules the "
+                        "model cannot tell apart, differing only in stages or loop form, which the refinements "
+                        "then try; default 10%% of the space; --dry-run shows 10)")
     p.add_argument("--budget", type=positive_int, metavar="N", help="measure at most N schedules in this run")
     p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "
@@ -121,8 +123,8 @@ def print_table(p: Problem, rows, recorded: int, device: str, args):
 
 
 def dry_run(args, problems):
-    """Rank each problem's space by the model and check the top schedules' PTX with ptxas; nothing
-    is measured or recorded. With --json only the JSON goes to standard output."""
+    """Rank each problem's space by the model and check the PTX of the best families' schedules (what
+    model-topk would measure first) with ptxas; nothing is measured or recorded. With --json only the JSON goes to standard output."""
     import numpy as np
 
     from ..api import Kernel, current_device
@@ -130,6 +132,7 @@ def dry_run(args, problems):
     from ..ir.validate import validate
     from ..search import model
     from ..search.space import enumerate_space
+    from ..search.tuner import best_families
     dev = current_device() or for_arch(args.arch)
     k = args.topk or 10
     results = []
@@ -139,9 +142,10 @@ def dry_run(args, problems):
         ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
                         key=lambda x: x[1].time_us)
         if not args.json:
-            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space (model ranking, nothing measured)")
+            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; the model's best {k} families, "
+                  f"what model-topk measures first (nothing measured here)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
-        for i, (s, pr) in enumerate(ranked[:k], 1):
+        for i, (s, pr) in enumerate(best_families(ranked, k), 1):
             validate(p, s, dev, a_rows(s))
             r = Kernel(p, s, dev.arch, a_rows(s)).resources            # ptxas validates the PTX
             if r.spill_stores:
