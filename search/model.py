@@ -40,8 +40,10 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
    least squares in log time over 547 checked schedules of 11 bf16 problems (paper6 shapes at 16:32,
    12:32, 8:32, 4:32; per problem the model's best and a spread sample of its space, measured with
    scripts/probes/model_sample.py, L2 flushed; scripts/probes/fit_mma_model.py fits): the model's best
-   4 then hold the measured best on 9 of the 11 problems and come within 2% and 10% on the others;
-   with each problem left out of the fit, within 12% (benchmarks/2026-11-30-h200-model-fit/).
+   4 (this function, with the kernels' registers) then hold the measured best on 9 of the 11 problems
+   and come within 2% and 23% (256x2048x2048, whose near-ties sliced K's reduction term reorders) on
+   the others; the fitted formula with each problem left out of the fit, within 12%
+   (benchmarks/2026-11-30-h200-model-fit/).
 4. L2 -> SM bytes per tile: A = rows(M) * BK * 4 (whole sectors; the "rows" strategy touches the
    32-byte sectors holding its listed columns), B = KR * BN * 4, index chunk; split-K adds the
    atomic read-modify-write of C. time_L2 = bytes / L2 bandwidth.

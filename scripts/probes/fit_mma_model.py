@@ -1,6 +1,7 @@
 """Development probe: fit the model's tensor-core constants (search/model.py, item 3b) to measurements.
 
     python scripts/probes/fit_mma_model.py benchmarks/2026-11-30-h200-model-fit/samples.json
+    python scripts/probes/fit_mma_model.py OUT.db          (model_sample.py's database itself)
 
 Reads the checked ("ok") records that scripts/probes/model_sample.py measured, recomputes the model's
 per-tile terms for each (issue, L1 wavefronts, tensor cycles with the recorded registers, blocks per
@@ -12,13 +13,14 @@ SM, K tiles, the L2 and DRAM bytes), and fits
 
 by least squares in log time (Nelder-Mead; needs scipy, which nmgen itself does not). It prints the
 constants, then per problem: Spearman's rank correlation, and the measured best among the model's 4
-best over the measured best (1.00: the tuner's model-topk 4 would have measured the winner), also with
-that problem left out of the fit.
+best over the measured best (1.00: the tuner's model-topk 4 would have measured the winner), for the
+fitted formula, for it with that problem left out of the fit, and for search.model.predict as it ships
+(which adds sliced K's reduction and uses the device's DRAM bandwidth: near-ties may reorder).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import numpy as np
 
@@ -54,10 +56,10 @@ def terms(records) -> dict:
         bps = model.blocks_per_sm(s, dev, r["registers"], shared_bytes(p, s, a_rows))
         blocks = g.tiles_m * g.tiles_n * s.split_k
         pred = model.predict(p, s, dev, r["registers"], a_rows)
-        out.append(dict(issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
+        out.append(dict(shipped=pred.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
-    return {k: np.array([o[k] for o in out], float) for k in out[0]}
+    return {k: np.array([o[k] for o in out], float) for k in out[0]}   # shipped: model.predict's time
 
 
 def predict(x, F):
@@ -78,22 +80,39 @@ def ranks(a):
     return np.argsort(np.argsort(a))
 
 
+def load(path: str) -> list[dict]:
+    """The records of a samples JSON ({"records": [...]}) or of a tuning database (.db)."""
+    if path.endswith(".db"):
+        import sqlite3
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("select * from results")]
+    return json.load(open(path))["records"]
+
+
 def main():
-    records = [r for r in json.load(open(sys.argv[1]))["records"] if r["status"] == "ok"]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("samples", help="samples JSON ({\"records\": [...]}) or model_sample.py's database (.db)")
+    args = ap.parse_args()
+    try:
+        records = [r for r in load(args.samples) if r["status"] == "ok"]
+    except (OSError, ValueError, KeyError) as e:
+        ap.error(f"cannot read records from {args.samples}: {e}")
     F, keys = terms(records), np.array([r["problem_key"] for r in records])
     r = fit(F, np.log([4.0, 0.5, 1.5, 700.0, 1.0]))
     names = ("MMA_ISSUE_LATENCY", "MMA_L1_WEIGHT", "MMA_TENSOR_WEIGHT", "MMA_RAMP_CYCLES", "MMA_SPLIT_FACTOR")
     print(f"{len(records)} records, {len(set(keys))} problems; mean squared log error {r.fun:.4f}")
     print("  " + ", ".join(f"{n} = {v:.3g}" for n, v in zip(names, np.exp(r.x))))
     t = predict(r.x, F)
-    print(f"{'problem':40s} {'n':>3s} {'rho':>5s} {'top-4 / best':>12s} {'left out':>9s}")
+    print(f"{'problem':40s} {'n':>3s} {'rho':>5s} {'top-4 / best':>12s} {'left out':>9s} {'shipped':>8s}")
     for key in sorted(set(keys)):
         m = keys == key
         us, pr = F["us"][m], t[m]
         rest = {k: v[~m] for k, v in F.items()}
         lo = predict(fit(rest, r.x).x, {k: v[m] for k, v in F.items()})
         print(f"{key:40s} {m.sum():3d} {np.corrcoef(ranks(us), ranks(pr))[0, 1]:5.2f} "
-              f"{us[np.argsort(pr)[:4]].min() / us.min():12.2f} {us[np.argsort(lo)[:4]].min() / us.min():9.2f}")
+              f"{us[np.argsort(pr)[:4]].min() / us.min():12.2f} {us[np.argsort(lo)[:4]].min() / us.min():9.2f} "
+              f"{us[np.argsort(F['shipped'][m])[:4]].min() / us.min():8.2f}")
 
 
 if __name__ == "__main__":

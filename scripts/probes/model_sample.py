@@ -4,13 +4,12 @@
 
 PROBLEM: "MxNxK:n:m:dtype:a_major" (V = 32), e.g. 4096x4096x4096:16:32:bf16:col.
 
-The tuner's model-topk measures the model's best k; where the model misjudges a level, its best k
-are the same kind of kernel (ties that differ only in pipeline depth), and the measurements teach
-nothing about the rest. This probe measures, per problem, the model's best --top "families" (every
+The tuner's model-topk measures the model's best k families; where the model misjudges a level, they
+are all one kind of kernel, and the measurements teach nothing about the rest. This probe measures, per problem, the model's best --top "families" (every
 schedule field except stages and the loop form) and a seeded random choice of the other families
 in the model's best 40% (one member each, its stages at random), through the tuner's own compile, check and timing (L2
-flushed, median of 20), into the database given. search/fit_model.py (or a notebook) then reads
-the records back with the model's terms recomputed on the CPU.
+flushed, median of 20), into the database given (a GPU is needed). scripts/probes/fit_mma_model.py
+then reads that database (or a JSON of its records) and fits the model's tensor-core constants.
 """
 from __future__ import annotations
 
@@ -49,6 +48,8 @@ def main():
     ap.add_argument("--db", required=True)
     ap.add_argument("--per-problem", type=int, default=36)
     ap.add_argument("--top", type=int, default=8, help="the model's best families, each measured")
+    ap.add_argument("--prefetch-pairs", action="store_true",
+                    help="also measure each sampled schedule's other loop form (prefetch), where valid")
     ap.add_argument("--time-limit", type=float, default=420.0, help="seconds; the problem under way then stops")
     args = ap.parse_args()
     from nmgen import Pattern, Problem
@@ -56,7 +57,11 @@ def main():
     from nmgen.ir.problem import parse_shape
     from nmgen.runtime.driver import device_info, init
     from nmgen.search.tuner import Tuner
-    init()
+    from nmgen.errors import CudaUnavailable
+    try:
+        init()
+    except CudaUnavailable as e:
+        raise SystemExit(f"model_sample.py: {e}")
     dev = device_info(0)
     db = TuningDB(args.db)
     rng = np.random.default_rng(20261130)
@@ -67,6 +72,12 @@ def main():
         p = Problem(M, N, K, Pattern(int(n), int(m), 32), dtype, a_major, None)
         tuner = Tuner(p, dev, db, rng=np.random.default_rng(0), progress=False)
         todo = sample(tuner.ranked(), args.per_problem, rng, args.top)
+        if args.prefetch_pairs:
+            from nmgen.ir.validate import problems
+            from nmgen.search.model import predict
+            pairs = [s.replace(prefetch=1 - s.prefetch) for s, _ in todo]
+            todo += [(s, predict(p, s, dev, None, tuner.a_rows(s))) for s in pairs
+                     if not problems(p, s, dev, tuner.a_rows(s))]
         done = set(db.recorded(*tuner.keys))
         todo = [(s, pr) for s, pr in todo if s.hash() not in done]
         t0 = time.time()
