@@ -217,7 +217,11 @@ def _check_b(problem: Problem, B: NMMatrix) -> None:
     if (B.K, B.N) != (problem.K, problem.N) or B.pattern != problem.pattern:
         raise ShapeError(f"B is a {B.K}x{B.N} {B.pattern} matrix, but the kernel was compiled for "
                          f"K={problem.K}, N={problem.N}, {problem.pattern}")
-    _check_dtypes(_storage(problem.dtype), B)
+    if _storage(problem.dtype) != B.dtype:      # compile has no A: name the kernel's dtype
+        want = _storage(problem.dtype)
+        raise ShapeError(f"the kernel is compiled for {problem.dtype} (A and B holding {DTYPES[want].storage}) but B "
+                         f"holds {DTYPES[B.dtype].storage} values: convert the weights once "
+                         f"(B = B.astype({want!r})) or compile for dtype={B.dtype!r}")
 
 
 def _storage(dtype: str) -> str:

@@ -621,6 +621,10 @@ def test_mixed_dtypes_are_refused_with_the_fix(rng, gpu):
         nmgen.spmm(A, B)
     with pytest.raises(nmgen.ShapeError, match="out must hold float32, bfloat16 or float16, got ndarray int32"):
         nmgen.spmm(A, B.astype("bf16"), out=np.empty((16, 64), np.int32))
+    # compile has no A: the message names the kernel's dtype
+    with pytest.raises(nmgen.ShapeError, match=r"compiled for bf16 \(A and B holding bfloat16\) but B holds float32 "
+                                               r"values.*B.astype\('bf16'\)\) or compile for dtype='f32'"):
+        nmgen.compile((16, 64, 64), B.pattern, B=B, dtype="bf16")
 
 
 def test_split_k_into_a_16_bit_c_reuses_its_zeroed_workspace(gpu):

@@ -200,6 +200,7 @@ GUARD = [
     ("bench ptxas", ["bench"], {"NMGEN_PTXAS": "/no/such/ptxas"}, False, "does not exist"),
     # numbers, checked the same way by every command, before any GPU is asked for
     ("topk 0", ["search", *SHAPE, "--dry-run", "--topk", "0"], {}, False, "argument --topk: 0 must be at least 1"),
+    ("db empty", ["db", "list", "--db", ""], {}, False, "argument --db: an empty path"),
     ("topk -3", ["search", *SHAPE, "--topk", "-3"], {}, False, "argument --topk: -3 must be at least 1"),
     ("topk abc", ["search", *SHAPE, "--topk", "abc"], {}, False, "argument --topk: 'abc' is not an integer"),
     ("budget -1", ["search", *SHAPE, "--budget", "-1"], {}, False, "argument --budget: -1 must be at least 1"),

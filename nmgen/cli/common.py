@@ -251,6 +251,15 @@ def db_for_writing(path):
     return lambda: open_db(path)
 
 
+def db_path(text: str) -> str:
+    """--db's value: a path; an empty one is refused (it would fall back to the default database)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the tuning database's file, or leave --db out for "
+                                         "$NMGEN_DB or ~/.cache/nmgen/tuning.db")
+    return text
+
+
 def add_db_arg(p):
-    p.add_argument("--db", metavar="PATH", help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
+    p.add_argument("--db", metavar="PATH", type=db_path,
+                   help="tuning database (default $NMGEN_DB or ~/.cache/nmgen/tuning.db)")
 
