@@ -217,25 +217,28 @@ class TuningDB:
     def record(self, rec: dict) -> None:
         self.record_many([rec])
 
-    def record_many(self, recs) -> None:
-        """Insert or improve records; RecordError (nothing written) if one is not a valid record."""
+    def record_many(self, recs) -> int:
+        """Insert or improve records; RecordError (nothing written) if one is not a valid record.
+        Returns how many were written: new, or better than the record they met."""
         rows = [_clean(r) for r in recs]
         if not rows:
-            return
+            return 0
         self.require_writable()
         cols = list(COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in KEY)
         sql = (f"INSERT INTO results ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
                f"ON CONFLICT({', '.join(KEY)}) DO UPDATE SET {updates} "
                f"WHERE excluded.status = 'ok' AND (results.status != 'ok' OR excluded.median_us < results.median_us)")
+        written = 0
         with self._lock:
             try:
                 with self.db.atomic():
                     for r in rows:
-                        self.db.execute(sql, [r.get(c) for c in cols])
+                        written += self.db.execute(sql, [r.get(c) for c in cols]).rowcount   # 0: kept the old
             except sqlite3.Error as e:
                 raise DatabaseError(f"cannot write the tuning database {self.path} ({e}); "
                                     f"nothing of this batch was recorded") from None
+        return written
 
     # ---- reading -----------------------------------------------------------------------------------
     def _query(self, sql: str, args=()) -> list[dict]:

@@ -1,6 +1,7 @@
 """The Python API: compile a kernel for a problem, and run C = A @ B on numpy, torch or cupy arrays."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from dataclasses import dataclass
@@ -354,6 +355,11 @@ def _kernel_for(M, B, schedule, kernel, device, a_major="row", dtype="f32", c_dt
     problem = Problem(M, B.N, B.K, B.pattern, dtype, a_major, c_dtype)
     if kernel is not None:
         if kernel.problem != problem:
+            if dataclasses.replace(kernel.problem, c_dtype=problem.c_dtype) == problem:   # only C's dtype
+                raise ShapeError(f"the kernel writes a {DTYPES[kernel.problem.c_dtype].storage} C but out holds "
+                                 f"{DTYPES[problem.c_dtype].storage}: pass an out of "
+                                 f"{DTYPES[kernel.problem.c_dtype].storage} (or none), or compile the kernel "
+                                 f"with c_dtype={problem.c_dtype!r}")
             raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
                              f"this A and B, or call spmm without kernel= to have it compiled")
         if kernel.schedule.a_load == "rows":  # its row lists must be those of this B

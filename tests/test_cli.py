@@ -540,8 +540,11 @@ def test_db_export_import_round_trip(tmp_path):
     r = nmgen("db", "export", "--db", str(tmp_path / "a.db"), "-o", str(tmp_path / "x.jsonl"))
     assert r.returncode == 0, r.stderr
     r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
-    assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
+    assert r.returncode == 0 and "imported 1 records" in r.stdout and ": 1 new or faster" in r.stdout, r.stderr
     assert "1 records" in nmgen("db", "list", "--db", str(tmp_path / "b.db")).stdout
+    # the same file again changes nothing, and says so
+    r = nmgen("db", "import", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "b.db"))
+    assert r.returncode == 0 and ": 0 new or faster than the record they met, 1 already there" in r.stdout, r.stderr
 
 
 def test_an_unknown_option_is_reported_by_its_command():

@@ -115,8 +115,9 @@ def _import(args) -> int:
     except NMGenError as e:
         raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
     db = open_writable()
-    db.record_many(recs)
-    print(f"imported {len(recs)} records into {db.path}")
+    written = db.record_many(recs)
+    print(f"imported {len(recs)} records into {db.path}: {written} new or faster than the record they met, "
+          f"{len(recs) - written} already there as good or better")
     return 0
 
 
