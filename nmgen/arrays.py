@@ -39,6 +39,10 @@ def host_matrix(x, name: str, dtype: str | None = None) -> np.ndarray:
                          f"floating-point matrix (e.g. {name}.astype(numpy.float32))")
     target = DTYPES[dtype].storage if dtype else (a.dtype if storage_name(a.dtype) else np.dtype(np.float32))
     a = np.ascontiguousarray(cast_finite(a, target, name))      # ShapeError for values beyond target's range
-    if not np.isfinite(a.astype(np.float32) if a.dtype != np.float32 else a).all():
-        raise ShapeError(f"{name} contains NaN or infinity")
+    finite = np.isfinite(a.astype(np.float32) if a.dtype != np.float32 else a)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        i, j = (int(x) for x in bad[0])
+        raise ShapeError(f"{name} contains NaN or infinity: {len(bad)} element(s), the first {name}[{i}, {j}] = "
+                         f"{a[i, j]}; replace them (e.g. numpy.nan_to_num) before the product")
     return a

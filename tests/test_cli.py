@@ -201,6 +201,7 @@ GUARD = [
     # numbers, checked the same way by every command, before any GPU is asked for
     ("topk 0", ["search", *SHAPE, "--dry-run", "--topk", "0"], {}, False, "argument --topk: 0 must be at least 1"),
     ("db empty", ["db", "list", "--db", ""], {}, False, "argument --db: an empty path"),
+    ("schedule empty", ["ptx", *SHAPE, "--schedule", ""], {}, False, "--schedule is empty: give a JSON object"),
     ("topk -3", ["search", *SHAPE, "--topk", "-3"], {}, False, "argument --topk: -3 must be at least 1"),
     ("topk abc", ["search", *SHAPE, "--topk", "abc"], {}, False, "argument --topk: 'abc' is not an integer"),
     ("budget -1", ["search", *SHAPE, "--budget", "-1"], {}, False, "argument --budget: -1 must be at least 1"),

@@ -320,6 +320,11 @@ def test_float64_beyond_float32s_range_is_refused_with_the_range():
         prune(np.full((4, 4), 1e39), "2:4")
     with pytest.raises(ShapeError, match="B contains NaN or infinity"):        # a real infinity is still that
         prune(np.full((4, 4), np.inf), "2:4")
+    W = np.ones((4, 4), np.float32)
+    W[2, 1], W[3, 3] = np.nan, np.inf
+    with pytest.raises(ShapeError, match=r"B contains NaN or infinity: 2 element\(s\), the first B\[2, 1\] = nan; "
+                                         r"replace them"):           # where, how many, and the fix
+        prune(W, "2:4")
 
 
 @pytest.mark.parametrize("name,match", [

@@ -218,8 +218,11 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def schedule_from(args, problem: Problem, device) -> Schedule | None:
-    if not getattr(args, "schedule", None):
+    if getattr(args, "schedule", None) is None:
         return None
+    if not args.schedule.strip():
+        raise ScheduleError("--schedule is empty: give a JSON object of schedule fields (e.g. '{\"split_k\": 2}') "
+                            "or a file holding one, or leave it out for the tuned or model-ranked choice")
     text = args.schedule
     if os.path.isfile(text) or os.path.isdir(text) or _looks_like_a_path(text):
         text = read_text(args.schedule, "--schedule")
