@@ -511,6 +511,17 @@ def test_search_and_db_bad_input(tmp_path, args, match):
     assert match in error_line(r)
 
 
+def test_db_best_of_sizes_recorded_for_another_a_order_names_that_problem(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "t.db").record({"problem_key": "64x64x64:8:32:32:bf16:Acol", "schedule_hash": "h",
+                                        "device_key": "d", "toolchain_key": "t", "status": "ok", "median_us": 3.0,
+                                        "schedule": '{"block_m": 64, "block_n": 64, "warp_m": 64, "warp_n": 32, '
+                                                    '"thread_m": 0, "thread_n": 0, "a_pad": 8}'})
+    r = nmgen("db", "best", "--shape", "64x64x64", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+              "--db", str(tmp_path / "t.db"))
+    assert "this database has 64x64x64:8:32:32:bf16:Acol for these sizes (the key adds :Acol" in error_line(r)
+
+
 def test_db_quality_of_an_empty_database_says_there_is_nothing_to_judge(tmp_path):
     from nmgen.db import TuningDB
     TuningDB(tmp_path / "t.db").close()

@@ -60,7 +60,12 @@ def run(args):
         p = problem_from(args)
         rows = db.rows(p.key(), status="ok" if args.op == "best" else None)
         if not rows:
-            raise NMGenError(f"no records for {p} in {db.path}; run `nmgen search` first")
+            # the same sizes recorded as another problem (A's order, dtypes, pattern): name them
+            near = sorted({g["problem_key"] for g in db.summary()
+                           if g["problem_key"].startswith(f"{p.M}x{p.N}x{p.K}:")})
+            hint = (f"; this database has {', '.join(near)} for these sizes (the key adds :Acol for --a-major col, "
+                    f"the dtype and the pattern)" if near else "; run `nmgen search` first")
+            raise NMGenError(f"no records for {p} ({p.key()}) in {db.path}{hint}")
         if args.op == "best":
             seen = set()
             rows = [r for r in rows if not (r["device_key"], r["toolchain_key"]) in seen
