@@ -42,6 +42,24 @@ def sample(ranked, per_problem: int, rng, top: int = 8) -> list:
     return picks
 
 
+def family_members(p, tuner, dev, n: int, have: set) -> list:
+    """(schedule, prediction) of every member of the model's best `n` families not in `have`: each
+    stage count of search.space.stage_choices, prefetch 0 and 1 where the schedule is valid."""
+    from nmgen.ir.validate import problems
+    from nmgen.search.model import predict
+    from nmgen.search.space import stage_choices
+    from nmgen.search.tuner import best_families
+    out = []
+    for s, _ in best_families(tuner.ranked(), n):
+        for stages in stage_choices(p, s):
+            for prefetch in (0, 1):
+                c = s.replace(stages=stages, prefetch=prefetch)
+                if c.hash() not in have and not problems(p, c, dev, tuner.a_rows(c)):
+                    have.add(c.hash())
+                    out.append((c, predict(p, c, dev, None, tuner.a_rows(c))))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problems", nargs="+")
@@ -50,6 +68,9 @@ def main():
     ap.add_argument("--top", type=int, default=8, help="the model's best families, each measured")
     ap.add_argument("--prefetch-pairs", action="store_true",
                     help="also measure each sampled schedule's other loop form (prefetch), where valid")
+    ap.add_argument("--members", type=int, default=0, metavar="N",
+                    help="also measure every member of the model's best N families: each pipeline depth the "
+                         "space offers, with both loop forms where valid (what the model cannot rank)")
     ap.add_argument("--time-limit", type=float, default=420.0, help="seconds; the problem under way then stops")
     args = ap.parse_args()
     from nmgen import Pattern, Problem
@@ -72,6 +93,8 @@ def main():
         p = Problem(M, N, K, Pattern(int(n), int(m), 32), dtype, a_major, None)
         tuner = Tuner(p, dev, db, rng=np.random.default_rng(0), progress=False)
         todo = sample(tuner.ranked(), args.per_problem, rng, args.top)
+        if args.members:
+            todo += family_members(p, tuner, dev, args.members, {s.hash() for s, _ in todo})
         if args.prefetch_pairs:
             from nmgen.ir.validate import problems
             from nmgen.search.model import predict
