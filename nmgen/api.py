@@ -356,10 +356,10 @@ def _kernel_for(M, B, schedule, kernel, device, a_major="row", dtype="f32", c_dt
     if kernel is not None:
         if kernel.problem != problem:
             if dataclasses.replace(kernel.problem, c_dtype=problem.c_dtype) == problem:   # only C's dtype
-                raise ShapeError(f"the kernel writes a {DTYPES[kernel.problem.c_dtype].storage} C but out holds "
-                                 f"{DTYPES[problem.c_dtype].storage}: pass an out of "
-                                 f"{DTYPES[kernel.problem.c_dtype].storage} (or none), or compile the kernel "
-                                 f"with c_dtype={problem.c_dtype!r}")
+                have, want = DTYPES[kernel.problem.c_dtype].storage, DTYPES[problem.c_dtype].storage
+                raise ShapeError(f"the kernel writes a {have} C but this call asks for {want} (out's dtype, else "
+                                 f"A's): pass an out of {have}, or compile the kernel with "
+                                 f"c_dtype={problem.c_dtype!r}")
             raise ShapeError(f"the kernel was compiled for {kernel.problem}, not {problem}: compile one for "
                              f"this A and B, or call spmm without kernel= to have it compiled")
         if kernel.schedule.a_load == "rows":  # its row lists must be those of this B

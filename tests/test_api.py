@@ -623,9 +623,14 @@ def test_mixed_dtypes_are_refused_with_the_fix(rng, gpu):
         nmgen.spmm(A, B.astype("bf16"), out=np.empty((16, 64), np.int32))
     # a kernel given with an out of another C dtype: the message points at out and c_dtype
     k = nmgen.compile((16, 64, 64), B.pattern, B=B.astype("bf16"), dtype="bf16")
-    with pytest.raises(nmgen.ShapeError, match=r"the kernel writes a bfloat16 C but out holds float32: pass an out of "
-                                               r"bfloat16 \(or none\), or compile the kernel with c_dtype='f32'"):
+    with pytest.raises(nmgen.ShapeError, match=r"the kernel writes a bfloat16 C but this call asks for float32 \(out's "
+                                               r"dtype, else A's\): pass an out of bfloat16, or compile the kernel "
+                                               r"with c_dtype='f32'"):
         k(A, B.astype("bf16"), out=np.empty((16, 64), np.float32))
+    k32 = nmgen.compile((16, 64, 64), B.pattern, B=B.astype("bf16"), dtype="bf16", c_dtype="f32")
+    with pytest.raises(nmgen.ShapeError, match=r"writes a float32 C but this call asks for bfloat16 \(out's dtype, "
+                                               r"else A's\)"):                 # no out: A's dtype
+        k32(A, B.astype("bf16"))
     # compile has no A: the message names the kernel's dtype
     with pytest.raises(nmgen.ShapeError, match=r"compiled for bf16 \(A and B holding bfloat16\) but B holds float32 "
                                                r"values.*B.astype\('bf16'\)\) or compile for dtype='f32'"):
