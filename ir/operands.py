@@ -142,7 +142,7 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
     real[at] = True
     real = real.reshape(T, KR)
     ldmatrix = gathers_with_ldmatrix(problem, s)
-    if colours_rows(problem, s):
+    if colours_rows(problem, s, g0):
         chunks, arows = _colour_rows(chunks, real, BK, tn)
         a_rows = arows.shape[1]
     elif s.a_load == "rows":
@@ -203,15 +203,15 @@ def layout_key(problem: Problem, s: Schedule) -> tuple:
     g = geometry(problem, s)
     ldmatrix = gathers_with_ldmatrix(problem, s)
     return (problem.dtype, s.block_n, s.k_windows, g.KR, g.unit, s.a_load, s.a_smem, s.wgmma,
-            colours_rows(problem, s), (g.idx_bits == 32 or ldmatrix) and g.scale)
+            colours_rows(problem, s, g), (g.idx_bits == 32 or ldmatrix) and g.scale)
 
 
-def colours_rows(problem: Problem, s: Schedule) -> bool:
+def colours_rows(problem: Problem, s: Schedule, g: Geometry | None = None) -> bool:
     """Whether `prepare` orders the "rows" lists for conflict-free ldmatrix gathers (_colour_rows):
     the tensor-core gather of a [k][m] shared A whose row size makes list positions and bank groups
-    agree mod 8 (the space's padded rows always do)."""
+    agree mod 8 (the space's padded rows always do). `g`: geometry(problem, s), where the caller has it."""
     return (s.a_load == "rows" and gathers_with_ldmatrix(problem, s) and COLOUR_ROWS
-            and _residues_are_bank_groups(geometry(problem, s).scale))
+            and _residues_are_bank_groups((g or geometry(problem, s)).scale))
 
 
 def gathers_with_ldmatrix(problem: Problem, s: Schedule) -> bool:

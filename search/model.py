@@ -185,7 +185,7 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     copies = a_plan.iterations + b_plan.iterations + i_plan.iterations
 
     # 1-2. issue and L1 per warp and K tile, and (mma) the tensor pipes' cycles
-    conflicts = GATHER_CONFLICTS["rows" if colours_rows(problem, s) else "window"]
+    conflicts = GATHER_CONFLICTS["rows" if colours_rows(problem, s, g) else "window"]
     issue, l1, tensor = (_mma_costs(s, g, lay, s.a_smem, device, conflicts) if lay.instr.is_mma
                          else _ffma_costs(s, g, lay))
     issue += 1.5 * copies + 30

@@ -142,11 +142,11 @@ def run(args):
                 "device_info": dev.to_dict(), "summary": summarize(rows), "rows": rows, "unrun": unrun,
                 "complete": complete}
 
-    def save(complete: bool) -> None:
+    def save(data: dict) -> None:
         # a file is replaced after every row; a device or pipe (e.g. /dev/stdout) gets one document, at the end
-        if args.json and (complete or not is_device(os.path.realpath(args.json))):
+        if args.json and (data["complete"] or not is_device(os.path.realpath(args.json))):
             with atomic_output(args.json) as f:
-                json.dump(results(complete), f, indent=1)
+                json.dump(data, f, indent=1)
     for shape in shapes:
         cublas_ms, lib = measure_cublas(*shape, reps=args.reps, rng=rng, dtype=args.dtype)
         # torch's 2:4 beside the patterns of the same density only: it depends on the shape and dtype alone
@@ -169,7 +169,7 @@ def run(args):
                 unrun.append({"problem": p.to_dict(), "why": f"no schedule of {p} ran correctly on {dev.name}; "
                                                               f"`nmgen db show` lists what the tuner recorded"})
                 print(f"FAIL {unrun[-1]['why']}", file=sys.stderr, flush=True)
-                save(complete=False)
+                save(results(complete=False))
                 continue
             k, t, err = min(timed, key=lambda x: x[1].median_ms)
             r = row(p, k, t, err, cublas_ms, args.suite, semi if p.pattern.density == 0.5 else None)
@@ -185,7 +185,7 @@ def run(args):
                 r["time_over_bytes"] = r["ms"] / r["bytes_ms"]
             rows.append(r)
             print(_line(r), flush=True)
-            save(complete=False)
+            save(results(complete=False))
     for odd, aligned in ODD_PAIRS.items():
         for r in rows:
             if (r["M"], r["N"], r["K"]) == odd:
@@ -206,7 +206,7 @@ def run(args):
     if unrun:
         print(f"  {len(unrun)} problem(s) without a schedule that ran correctly", file=sys.stderr)
     data = results(complete=True)
-    save(complete=True)
+    save(data)
     if args.markdown:
         from ..bench import markdown
         with atomic_output(args.markdown) as f:
