@@ -33,17 +33,22 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
      shared memory, threads, 32; bps_used = min(bps, blocks / SMs).
 3b. 16-bit tensor-core kernels (mma.sync, wgmma; bf16, f16) use their own fit, made on the H200 (tf32's,
    whose gathers are scalar loads, were not measured for it and keep item 3): per K tile of a block
-     tile_c = hypot(tensor_c, issue_c + l1_c) + 674 / bps_used
-     issue_c = 5.54 * issue / bps_used    (a warp's instruction chain - with sliced K its share of the
+     tile_c = (hypot(tensor_c, issue_c + l1_c) + 950 / bps_used) * P[kind, stages, prefetch] * (0.899 for wgmma)
+     issue_c = 3.29 * issue / bps_used    (a warp's instruction chain - with sliced K its share of the
                                            rows - a latency that only other resident blocks hide)
-     l1_c = 0.511 * l1 * W,  tensor_c = 1.83 * tensor * W,  split-K's costs (item 6) x 1.70
-   least squares in log time over 547 checked schedules of 11 bf16 problems (paper6 shapes at 16:32,
-   12:32, 8:32, 4:32; per problem the model's best and a spread sample of its space, measured with
-   scripts/probes/model_sample.py, L2 flushed; scripts/probes/fit_mma_model.py fits): the model's best
-   4 (this function, with the kernels' registers) then hold the measured best on 9 of the 11 problems
-   and come within 2% and 23% (256x2048x2048, whose near-ties sliced K's reduction term reorders) on
-   the others; the fitted formula with each problem left out of the fit, within 12%
-   (benchmarks/2026-11-30-h200-model-fit/).
+     l1_c = 0.663 * l1 * W,  tensor_c = 1.55 * tensor * W,  split-K's costs (item 6) x 1.80
+   P (PIPELINE_FACTOR) is what the other terms cannot see: the pipeline depth and the loop form
+   (prefetch), 1 at each kind's shallowest plain loop. It was estimated first, from contrasts inside
+   families alone (log time = family + member effects over 230 families measured at two or more
+   depths or forms: a family is a schedule but for those); then the other constants by least squares
+   in log time, P fixed, over 1549 checked schedules of 18 bf16 problems (paper6 shapes at 16:32 ..
+   4:32: per problem the model's best and a spread sample of its space, and every depth and form of
+   the model's best 14 families for 12 of them; scripts/probes/model_sample.py, L2 flushed;
+   scripts/probes/fit_mma_model.py fits). What model-topk 4 measures first (the best-predicted member
+   of each of the 4 best-predicted families) then holds the measured best on 7 of the 18 problems and
+   comes within 2% on 12, 10% on 15 (benchmarks/2026-11-30-h200-pipeline-fit/fit.txt). Its blind
+   spot: the 128x256 mma.sync tile of 128x32 warp tiles, the best kernel at 16:32 on the large
+   shapes, is predicted ~1.35x too slow and ranks 9th-10th there (1.14-1.17 at top 4).
 4. L2 -> SM bytes per tile: A = rows(M) * BK * 4 (whole sectors; the "rows" strategy touches the
    32-byte sectors holding its listed columns), B = KR * BN * 4, index chunk; split-K adds the
    atomic read-modify-write of C. time_L2 = bytes / L2 bandwidth.
@@ -73,8 +78,14 @@ LAUNCH_US = 3.0
 ISSUE_WEIGHT, L1_WEIGHT, RAMP_CYCLES, ISSUE_HALF = 0.722, 0.389, 270.0, 1.866
 SPLIT_US, ATOMIC_US_PER_MILLION = 2.3, 7.53
 # tensor-core kernels, fitted on the H200 (item 3b): issue-chain, L1 and tensor-pipe weights, ramp cycles
-MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 5.54, 0.511, 1.83, 674.0
-MMA_SPLIT_FACTOR = 1.70     # split-K's zeroing and atomics cost this much more than FFMA's fit says
+MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 3.29, 0.663, 1.55, 950.0
+MMA_SPLIT_FACTOR = 1.80     # split-K's zeroing and atomics cost this much more than FFMA's fit says
+WGMMA_FACTOR = 0.899        # wgmma kernels' tiles against what the shared terms say (fitted with them)
+# (wgmma, stages, prefetch) -> the pipeline's factor on a tile (item 3b): measured inside families on
+# the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; in [] the families each rests on: mma.sync 149,
+# 145, 130, 125, 113, 108; wgmma 53, 51, 41)
+PIPELINE_FACTOR = {(0, 2, 0): 1.0, (0, 2, 1): 1.036, (0, 3, 0): 0.904, (0, 3, 1): 0.856, (0, 4, 0): 0.878,
+                   (0, 4, 1): 0.846, (1, 3, 0): 1.0, (1, 4, 0): 1.003, (1, 6, 0): 1.158}
 # what the fit measured: the 16-bit kernels (ldmatrix gathers); tf32's scalar gathers keep the FFMA form
 # until measured (its paper6 choices, benchmarks/2026-11-30-h200-tensor-cores/, came from that form)
 MMA_FIT_DTYPES = ("bf16", "f16")
@@ -175,6 +186,15 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: 
     return issue, l1, steps * mma * macs / rate
 
 
+def pipeline_factor(s: Schedule) -> float:
+    """PIPELINE_FACTOR of `s` (item 3b); a depth it does not list takes the nearest listed one of its
+    kind and loop form (the factors flatten out past 3-4 stages)."""
+    listed = [k for k in PIPELINE_FACTOR if k[0] == s.wgmma and k[2] == s.prefetch]
+    if not listed:
+        return 1.0
+    return PIPELINE_FACTOR[min(listed, key=lambda k: (abs(k[1] - s.stages), k[1]))]
+
+
 def predict(problem: Problem, s: Schedule, device: Device, registers: int | None = None,
             a_rows: int | None = None) -> Prediction:
     g = geometry(problem, s, a_rows)
@@ -212,7 +232,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
         issue_c = MMA_ISSUE_LATENCY * issue / per_sm
         l1_c = MMA_L1_WEIGHT * l1 * W
         tensor_c = MMA_TENSOR_WEIGHT * tensor * W
-        tile_c = math.hypot(tensor_c, issue_c + l1_c) + MMA_RAMP_CYCLES / per_sm
+        tile_c = ((math.hypot(tensor_c, issue_c + l1_c) + MMA_RAMP_CYCLES / per_sm) * pipeline_factor(s)
+                  * (WGMMA_FACTOR if s.wgmma else 1.0))
     else:
         tile_c = max(tensor_c, issue_c + l1_c) + RAMP_CYCLES / per_sm
     bound = "tensor" if tensor_c > issue_c + l1_c else "issue" if issue_c >= l1_c else "L1"

@@ -31,6 +31,7 @@ from ..ir.operands import geometry, prepare
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import problems
+from .model import MMA_FIT_DTYPES
 
 # (warp_m, warp_n, thread_m, thread_n); lanes follow (warp / thread), 32 per warp. The last four
 # hold 1-2 rows per thread: for M <= 16 (decode) a taller tile multiplies mostly padding.
@@ -159,6 +160,13 @@ def stage_choices(problem: Problem, s: Schedule) -> tuple[int, ...]:
     return WGMMA_STAGES if s.wgmma else MMA_STAGES if for_dtype(problem.dtype).is_mma else STAGES
 
 
+def loop_forms(problem: Problem) -> tuple[int, ...]:
+    """The loop forms (prefetch) the space offers a problem's mma.sync or FFMA schedules: both where
+    the model ranks them (16-bit mma.sync: search.model.PIPELINE_FACTOR, measured on the H200), else
+    the plain loop only (FFMA, tf32: the refinements try the rotated loop next to the winners)."""
+    return (0, 1) if problem.dtype in MMA_FIT_DTYPES else (0,)
+
+
 # What the model cannot rank, decided by measuring next to the winners (search.refine): the pipeline
 # depth (the model sees it only through the blocks per SM that shared memory allows), the loop form,
 # the copies' place in a tile and the register bound
@@ -186,10 +194,11 @@ def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None)
                 for a_load, a_smem in a_choices(problem):
                     for split in split_choices(blocks, T, device.sms):
                         for wk in warps_k_choices(blocks, base.warps, device.sms) if split == 1 else (1,):
-                            s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem,
-                                             split_k=split, warps_k=wk)
-                            if not problems(problem, s, device, a_rows if a_load == "rows" else None):
-                                out.append(s)
+                            for pf in loop_forms(problem):
+                                s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem,
+                                                 split_k=split, warps_k=wk, prefetch=pf)
+                                if not problems(problem, s, device, a_rows if a_load == "rows" else None):
+                                    out.append(s)
     return out + wgmma_space(problem, device, a_rows)
 
 
@@ -245,7 +254,9 @@ def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Sch
         a_load, a_smem = pick(a_choices(problem))
         split = pick(split_choices(g.tiles_m * g.tiles_n, ceil_div(problem.windows, kw), device.sms))
         wk = 1 if split > 1 or base.wgmma else pick(warps_k_choices(g.tiles_m * g.tiles_n, base.warps, device.sms))
-        s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk)
+        pf = 0 if base.wgmma else pick(loop_forms(problem))
+        s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk,
+                         prefetch=pf)
         if not problems(problem, s, device):
             return s
     space = enumerate_space(problem, device)

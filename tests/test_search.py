@@ -448,3 +448,35 @@ def test_sampled_schedules_are_schedules_of_the_space(shape, pattern, dtype):
     assert all(s is not None and s.hash() in space for s in draws)
     assert any(s.wgmma for s in draws) == any(s.wgmma for s in listed)
     assert len({s.hash() for s in draws}) > 20
+
+
+@pytest.mark.parametrize("dtype,forms", [("bf16", {0, 1}), ("f16", {0, 1}), ("tf32", {0}), ("f32", {0})])
+def test_space_offers_the_loop_forms_the_model_ranks(dtype, forms):
+    # 16-bit mma.sync schedules come in both loop forms (the fitted model's PIPELINE_FACTOR tells them
+    # apart); elsewhere the model would tie them, so the refinements try the rotated loop instead.
+    from nmgen.search.space import sample_space
+    p = Problem(512, 1024, 1024, Pattern(8, 32, 32), dtype=dtype)
+    space = enumerate_space(p, H100)
+    assert {s.prefetch for s in space if not s.wgmma} == forms
+    assert all(s.prefetch == 0 for s in space if s.wgmma)
+    rng = np.random.default_rng(3)
+    assert {sample_space(p, H100, rng).prefetch for _ in range(80)} == forms
+
+
+def test_model_ranks_pipeline_depth_and_loop_form_of_16_bit_mma():
+    # The fitted factors (search.model.PIPELINE_FACTOR): on a tile whose blocks per SM do not change
+    # with depth, the rotated loop at 3-4 stages is predicted fastest, as measured on the H200; a depth
+    # the table does not list takes its nearest; FFMA and tf32 predictions do not see the loop form.
+    p = Problem(4096, 4096, 4096, Pattern(16, 32, 32), dtype="bf16")
+    base = Schedule(block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=0, thread_n=0, k_windows=2,
+                    a_load="rows", a_pad=8)
+    t = {(st, pf): model.predict(p, base.replace(stages=st, prefetch=pf), H100, 200).time_us
+         for st in (2, 3, 4) for pf in (0, 1)}
+    assert min(t, key=t.get) == (4, 1) and t[(2, 1)] > t[(2, 0)] > t[(3, 0)] > t[(3, 1)]
+    assert model.predict(p, base.replace(stages=4, prefetch=1), H100, 200).blocks_per_sm == 1
+    assert model.pipeline_factor(base.replace(stages=6, prefetch=1)) == model.PIPELINE_FACTOR[(0, 4, 1)]
+    assert model.pipeline_factor(base.replace(stages=8, wgmma=1)) == model.PIPELINE_FACTOR[(1, 6, 0)]
+    for dtype, tile in (("f32", dict(thread_m=8, thread_n=8, warp_m=64, warp_n=32)), ("tf32", {})):
+        q = Problem(4096, 4096, 4096, Pattern(16, 32, 32), dtype=dtype)
+        s = base.replace(**tile, stages=3)
+        assert model.predict(q, s, H100, 128).time_us == model.predict(q, s.replace(prefetch=1), H100, 128).time_us
