@@ -21,8 +21,8 @@ other constants by least squares in log time, P fixed (Nelder-Mead; needs scipy,
 does not). It prints the
 constants, then per problem: Spearman's rank correlation, and the measured best among the model's 4
 best over the measured best, for the fitted formula, for it with that problem left out of the fit, and
-for search.model.predict as it ships (which adds sliced K's reduction and uses the device's DRAM
-bandwidth: near-ties may reorder); then "families": the same for what model-topk 4 measures first (the
+for search.model.predict as it ships and as the tuner ranks (sliced K's reduction added, the device's
+DRAM bandwidth, and the register estimate instead of ptxas's count: blocks per SM may differ); then "families": the same for what model-topk 4 measures first (the
 best-predicted member of each of the 4 best-predicted families, search.tuner.best_families), fitted and
 shipped (1.00: the tuner would have measured the winner before its refinements).
 """
@@ -68,6 +68,8 @@ def terms(records) -> dict:
         bps = model.blocks_per_sm(s, dev, r["registers"], shared_bytes(p, s, a_rows))
         blocks = g.tiles_m * g.tiles_n * s.split_k
         pred = model.predict(p, s, dev, r["registers"], a_rows)
+        # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run
+        ranked = model.predict(p, s, dev, None, a_rows)
         out.append(dict(member=MEMBERS.index((s.wgmma, s.stages, s.prefetch)), wgmma=s.wgmma, shipped=pred.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
