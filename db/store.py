@@ -95,12 +95,16 @@ class TuningDB:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
         """Open (or, with `create`, create) the tuning database at `path` (default: `default_path()`).
 
-        Raises DatabaseError, having changed nothing, for a directory, a file that is not SQLite,
+        Raises DatabaseError, having changed nothing, for ':memory:' (the path would be a file of that
+        name, not SQLite's in-memory database), a directory, a file that is not SQLite,
         an SQLite file of another application, a database of a newer nmgen or with changed
         columns, or a file it can neither open nor create; MissingDatabase, creating neither the
         file nor its directory, where there is no file and not `create` (a reader: `nmgen db
         list`, the lookups of nmgen.compile). A read-only file opens for reading."""
         self.path = Path(path) if path else default_path()
+        if str(self.path) == ":memory:":   # SQLite's name for a database that ends with the connection
+            raise DatabaseError("the tuning database ':memory:' would be a file of that name here, not SQLite's "
+                                "in-memory database; give a file path (--db FILE or NMGEN_DB), e.g. a temporary one")
         self.create = create
         self._lock = threading.RLock()
         self._warned: set = set()

@@ -18,6 +18,9 @@ _SHAPE_RE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 # Indices are stored as uint8 up to m=256 and uint16 beyond; a window larger than this is no
 # longer "structured" sparsity in any useful sense.
 MAX_WINDOW = 4096
+# Columns sharing one choice of kept rows. Beyond B's N columns a longer vector is the same pattern
+# as V = N; past this bound it only costs memory (the index arrays are sized by it) and keys.
+MAX_VECTOR = 65536
 
 
 def as_int(value, what: str, error: type = ShapeError) -> int:
@@ -51,6 +54,9 @@ class Pattern:
             raise PatternError(f"pattern n={self.n} must be between 1 and m={self.m} (n of every m rows are kept)")
         if self.vector < 1:
             raise PatternError(f"vector length V={self.vector} must be at least 1 (1 = element-wise n:m)")
+        if self.vector > MAX_VECTOR:
+            raise PatternError(f"vector length V={self.vector} must be at most {MAX_VECTOR}; V = N (B's column "
+                               f"count) already makes all of B's columns share one choice")
 
     @classmethod
     def parse(cls, text: str, vector: int = 1) -> "Pattern":

@@ -34,7 +34,7 @@ from .errors import ScheduleError
 
 A_LOADS = ("window", "rows", "gather")
 # what the lowest value of a field means, for the out-of-range message
-_MEANING = {"split_k": " (1: no split)", "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)",
+_MEANING = {"stages": " (a pipeline holds the tile being multiplied and the next)", "split_k": " (1: no split)", "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)",
             "a_pad": " (0: no padding)"}
 A_SMEM = ("km", "mk")
 
@@ -71,7 +71,7 @@ class Schedule:
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
             elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
-                                             "wgmma") else 1):
+                                             "wgmma") else 2 if f.name == "stages" else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
                                     + _MEANING.get(f.name, ""))
 

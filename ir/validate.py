@@ -125,7 +125,9 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
         why.append("a_load='gather' is a tensor-core strategy (bf16, f16, tf32); float32 uses 'window' or 'rows'")
     if s.split_k > g.T:
         why.append(f"split_k={s.split_k} exceeds the {g.T} K tiles of this problem (K={problem.K}, "
-                   f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}")
+                   f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}"
+                   + (f", or k_windows=1 for {problem.windows} K tiles" if s.k_windows > 1 and problem.windows > g.T
+                      else ""))
     if s.split_k > 65535:
         why.append(f"split_k={s.split_k} exceeds gridDim.z's limit of 65535")
     if g.tiles_m * g.tiles_n >= 2**31:
@@ -138,9 +140,15 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if g.a_rows > 65536:
         why.append(f"{g.a_rows} shared A rows per stage do not fit 16-bit indices")
     most = min(device.max_blocks_per_sm, device.max_threads_per_sm // s.threads)
+    fit = device.smem_per_sm // (smem + device.reserved_smem_per_block)    # what shared memory lets run at once
     if s.min_blocks > most:
         why.append(f"min_blocks={s.min_blocks} asks for that many blocks of {s.threads} threads on one SM; "
                    f"{device.name} holds at most {most}: use min_blocks <= {most} (0 for no bound)")
+    elif s.min_blocks > max(fit, 1) and smem <= device.smem_per_block:
+        # the register bound would be paid (spills) for blocks that shared memory never lets in
+        why.append(f"min_blocks={s.min_blocks} bounds the registers for that many blocks per SM, but "
+                   f"{smem / 1024:.1f} KB of shared memory per block lets at most {fit} run on {device.name}: "
+                   f"use min_blocks <= {max(fit, 1)} (0 for no bound)")
     return why
 
 

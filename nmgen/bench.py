@@ -33,14 +33,20 @@ PAPER_PATTERNS = ["16:32", "12:32", "8:32", "4:32"]
 
 
 def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
+    """The (M, N, K) shapes of a named suite, or of a file of one MxNxK a line (# comments, blank
+    lines; a shape listed twice is benchmarked once). ShapeError for a line with more than a shape."""
+    from .errors import ShapeError
     if name_or_file in SUITES:
         return SUITES[name_or_file]
     shapes = []
     with open(name_or_file) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                shapes.append(parse_shape(line.split()[0]))
+        for number, line in enumerate(f, 1):
+            words = line.split("#", 1)[0].split()
+            if len(words) > 1:    # e.g. a `search --shapes` file: its patterns would be dropped silently
+                raise ShapeError(f"line {number} ({' '.join(words)!r}) has more than a shape: a suite lists one "
+                                 f"MxNxK a line; give the patterns with --patterns and V with --vector")
+            if words and parse_shape(words[0]) not in shapes:
+                shapes.append(parse_shape(words[0]))
     return shapes
 
 

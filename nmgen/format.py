@@ -243,11 +243,23 @@ class NMMatrix:
             raise ShapeError(f"cannot read {path}: {e.strerror or e}") from None
         except Exception as e:  # noqa: BLE001 - zipfile, numpy and the OS raise a dozen kinds for a bad file
             # numpy's own text can advise loading pickles: name the kind of failure, not that advice
-            why = "it holds pickled objects" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+            # (numpy takes any file that is neither .npy nor .npz for a pickle: look at its first byte)
+            why = f"{type(e).__name__}: {e}"
+            if "pickle" in str(e):
+                why = "it holds pickled objects" if _first_byte(path) == b"\x80" else "it is not an .npz archive"
             raise ShapeError(f"{path} is not an nmgen matrix file (written by NMMatrix.save): {why}") from None
 
     def __repr__(self):
         return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.dtype}, {self.nbytes()} bytes)"
+
+
+def _first_byte(path) -> bytes:
+    """The file's first byte (a pickle's is 0x80), or b"" where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1)
+    except OSError:
+        return b""
 
 
 def _read_npz(path: Path):

@@ -45,8 +45,10 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
    4:32: per problem the model's best and a spread sample of its space, and every depth and form of
    the model's best 14 families for 12 of them; scripts/probes/model_sample.py, L2 flushed;
    scripts/probes/fit_mma_model.py fits). What model-topk 4 measures first (the best-predicted member
-   of each of the 4 best-predicted families) then holds the measured best on 7 of the 18 problems and
-   comes within 2% on 12, 10% on 15 (benchmarks/2026-11-30-h200-pipeline-fit/fit.txt). Its blind
+   of each of the 4 best-predicted families, ranked with the register estimate) then holds the measured
+   best on 7 of the 18 problems and comes within 2% on 12, 10% on 14 (benchmarks/2026-11-30-h200-
+   pipeline-fit/fit.txt; 1024x5120x5120 12:32 1.20: two stages, two blocks per SM, are predicted
+   faster than the deeper pipelines that win). Its blind
    spot: the 128x256 mma.sync tile of 128x32 warp tiles, the best kernel at 16:32 on the large
    shapes, is predicted ~1.35x too slow and ranks 9th-10th there (1.14-1.17 at top 4).
 4. L2 -> SM bytes per tile: A = rows(M) * BK * 4 (whole sectors; the "rows" strategy touches the

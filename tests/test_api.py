@@ -652,3 +652,18 @@ def test_split_k_into_a_16_bit_c_reuses_its_zeroed_workspace(gpu):
     assert len(k._workspaces.buffers) == 1
     ws = next(iter(k._workspaces.buffers.values()))
     assert not gpu.bytes(ws.ptr, 4 * k.ir.workspace_words).any()
+
+
+def test_a_16_bit_call_with_a_vector_the_tensor_cores_cannot_take_says_so_before_any_gpu_work(rng, monkeypatch):
+    # no GPU needed to know: the error used to be "no CUDA driver" on a machine without one
+    from nmgen.ir.dtypes import DTYPES
+    from nmgen.runtime import driver
+
+    def no_driver():
+        raise AssertionError("the driver was asked for before the vector was checked")
+    monkeypatch.setattr(driver, "init", no_driver)
+    B = _nm(rng, 64, 56, "2:4", 7, "f32").astype("bf16")
+    A = rng.standard_normal((16, 64)).astype(DTYPES["bf16"].storage)
+    with pytest.raises(nmgen.ScheduleError, match=r"V=7: bf16 multiplies on the tensor cores.*multiple of 8; for "
+                                                  r"V=7 pass float32 A and B \(the FFMA path\)"):
+        nmgen.spmm(A, B)

@@ -238,3 +238,14 @@ def test_markdown_shows_host_time_beside_torch_mm():
     assert "host us/call eager: nmgen op (torch.mm) | replayed in a CUDA graph: nmgen op (torch.mm) |" in text
     assert "| 12.3 (9.9) | 0.06 (0.05) |" in text
     assert text.splitlines()[6].endswith("| 4:32 | 1.0000 | 2.0000 | 2.00 (2.00) | 1.0 | - | - |"), text
+
+
+def test_a_suite_file_lists_shapes_only(tmp_path):
+    # a `search --shapes` file's patterns would be dropped silently (and its shapes benchmarked thrice)
+    from nmgen.cli.bench import suite_shapes
+    from nmgen.errors import NMGenError
+    ok = tmp_path / "suite.txt"
+    ok.write_text("4096x4096x4096  # square\n\n1x4096x4096\n4096x4096x4096\n")
+    assert suite_shapes(str(ok)) == [(4096, 4096, 4096), (1, 4096, 4096)]
+    with pytest.raises(NMGenError, match=r"line 4 \('1x4096x4096 16:32 32'\) has more than a shape: .* --patterns"):
+        suite_shapes("examples/llama_decode_shapes.txt")

@@ -109,6 +109,16 @@ def test_without_a_gpu_the_readme_command_suggests_one_that_works():
     assert again.returncode == 0 and "PASS" in again.stdout, again.stdout + again.stderr
 
 
+def test_without_a_gpu_a_schedule_that_cannot_run_is_reported_first():
+    # the "no GPU here" line used to come first and suggest an --interpret command that then failed
+    r = nmgen("check", "--shape", "64x64x64", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+              "--schedule", '{"split_k": 2}')
+    assert r.returncode == 2 and "split_k=2 exceeds the 1 K tiles" in r.stderr and "no GPU" not in r.stderr
+    big = nmgen("check", "--shape", "4096x4096x4096", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+                "--schedule", '{"split_k": 2}')
+    assert big.returncode == 2 and "your --schedule is for this shape and is left out" in big.stderr
+
+
 def test_the_interpreter_runs_what_its_chosen_schedule_can_finish():
     """512^3 2:4 runs in seconds under the schedule check chooses; it was refused as "about 201 s"
     when the time was judged under a 16x32 tile with one window a K tile."""

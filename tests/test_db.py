@@ -189,6 +189,17 @@ def test_a_reader_creates_neither_the_file_nor_its_directory(tmp_path):
     assert TuningDB(path, create=False).best(P, "dev", "tc")["median_us"] == 3.0
 
 
+def test_memory_is_refused_and_creates_nothing(tmp_path, monkeypatch):
+    # sqlite's ':memory:' as a path would be a file of that name in the working directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatabaseError, match="':memory:' would be a file of that name here"):
+        TuningDB(":memory:")
+    monkeypatch.setenv("NMGEN_DB", ":memory:")
+    with pytest.raises(DatabaseError, match="':memory:'"):
+        TuningDB()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(DatabaseError, match="is a directory"):
         TuningDB(tmp_path)

@@ -227,7 +227,8 @@ V4, I4 = np.ones((4, 2), np.float32), np.array([[0], [1], [0], [1]], np.uint8)  
     (_bytes(lambda g: b""), r"not an nmgen matrix file .*EOFError"),
     (_bytes(lambda g: g[: len(g) // 2]), r"not an nmgen matrix file .*BadZipFile"),
     (_bytes(lambda g: g[:200] + b"x" * 60 + g[260:]), r"not an nmgen matrix file .*"),
-    (_bytes(lambda g: b"not a matrix"), r"not an nmgen matrix file"),
+    (_bytes(lambda g: b"not a matrix"), r"not an nmgen matrix file .*: it is not an .npz archive$"),
+    (_bytes(lambda g: b"\x80\x04K\x01."), r"not an nmgen matrix file .*: it holds pickled objects$"),
     (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 1.5, 8, 2])), r"meta record must be integers .*float64"),
     (_npz(values=V4, indices=I4, meta=np.array([1, 2, 4, 2, 8])), r"format version 1 with 5 meta entries"),
     (_npz(values=V4), r"no indices, meta array"),
@@ -237,7 +238,7 @@ V4, I4 = np.ones((4, 2), np.float32), np.array([[0], [1], [0], [1]], np.uint8)  
     (_npz(values=V4, indices=I4, meta=np.array([2, 2, 4, 2, 8, 2, 9])), r"dtype code 9"),
     (_npz(values=V4, indices=I4, meta=np.array([2, 2, 4, 2, 8, 2, 2])), r"values are float32, but its meta record says f16"),
     (_npy, r"holds one ndarray"),
-], ids=["empty", "truncated", "corrupted", "junk", "meta-V-1.5", "meta-shape", "missing-arrays",
+], ids=["empty", "truncated", "corrupted", "junk", "pickle", "meta-V-1.5", "meta-shape", "missing-arrays",
         "values-shape", "meta-m-0", "version", "dtype-code", "dtype-mismatch", "npy"])
 def test_load_refuses_anything_but_a_saved_matrix(tmp_path, rng, write, match):
     good = tmp_path / "good.npz"
@@ -363,3 +364,12 @@ def test_save_wraps_an_os_error_during_the_write(tmp_path, rng, monkeypatch):
     nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
     with pytest.raises(ShapeError, match=r"cannot write .*b\.npz: No space left on device$"):
         nm.save(tmp_path / "b.npz")
+
+
+@pytest.mark.parametrize("vector", [65537, 10**9, 10**20])
+def test_a_vector_longer_than_any_weight_needs_is_refused_in_one_line(vector):
+    # it used to reach numpy: a 477 GiB allocation at V = 1e9, an overflow at 1e20
+    W = np.ones((64, 64), np.float32)
+    with pytest.raises(PatternError, match=f"vector length V={vector} must be at most 65536; V = N"):
+        NMMatrix.from_dense(W, "2:4", vector=vector, prune_first=True)
+    assert NMMatrix.from_dense(W, "2:4", vector=65536, prune_first=True).pattern.vector == 65536

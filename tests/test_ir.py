@@ -96,8 +96,45 @@ def test_min_blocks_beyond_what_an_sm_holds_is_refused():
     s = Schedule(block_m=64, block_n=64, warp_m=32, warp_n=64, thread_m=8, thread_n=8, k_windows=4)
     h100 = for_arch("sm_90")
     most = min(h100.max_blocks_per_sm, h100.max_threads_per_sm // s.threads)
-    validate(p, s.replace(min_blocks=most), h100)
+    fit = h100.smem_per_sm // (shared_bytes(p, s) + h100.reserved_smem_per_block)   # shared memory's own limit
+    validate(p, s.replace(min_blocks=min(most, fit)), h100)
     validate(p, s.replace(min_blocks=0), h100)                  # 0: no bound
     with pytest.raises(ScheduleError, match=f"min_blocks=1000 asks for .* holds at most {most}: use min_blocks <= "
                                             f"{most} \\(0 for no bound\\)"):
         validate(p, s.replace(min_blocks=1000), h100)
+
+
+def test_a_register_bound_for_blocks_shared_memory_keeps_out_is_refused():
+    # min_blocks=8 on a 62 KB block compiled to 32 registers and spills for blocks that never fit
+    from nmgen.ir import ScheduleError, for_arch, validate
+    from nmgen.ir.problem import Pattern, Problem
+    from nmgen.ir.schedule import Schedule
+    from nmgen.ir.validate import shared_bytes
+    p = Problem(256, 4096, 4096, Pattern(8, 32, 32))
+    s = Schedule(stages=3)
+    h100 = for_arch("sm_90")
+    fit = h100.smem_per_sm // (shared_bytes(p, s) + h100.reserved_smem_per_block)
+    assert 1 <= fit < 8
+    validate(p, s.replace(min_blocks=fit), h100)
+    with pytest.raises(ScheduleError, match=f"min_blocks=8 bounds the registers .* lets at most {fit} run .*"
+                                            f"use min_blocks <= {fit}"):
+        validate(p, s.replace(min_blocks=8), h100)
+
+
+def test_split_k_beyond_the_k_tiles_names_the_smaller_k_tile_that_allows_it():
+    from nmgen.ir import ScheduleError, for_arch, validate
+    from nmgen.ir.problem import Pattern, Problem
+    from nmgen.ir.schedule import Schedule
+    p = Problem(33, 72, 96, Pattern(5, 32, 24), "bf16")
+    s = Schedule(block_m=64, block_n=32, warp_m=64, warp_n=8, thread_m=0, thread_n=0, k_windows=3, a_pad=8,
+                 a_smem="mk", split_k=3)
+    with pytest.raises(ScheduleError, match="use split_k <= 1, or k_windows=1 for 3 K tiles"):
+        validate(p, s, for_arch("sm_90"))
+    validate(p, s.replace(k_windows=1), for_arch("sm_90"))
+
+
+def test_a_pipeline_of_fewer_than_two_stages_is_refused_as_the_space_would():
+    from nmgen.ir.schedule import Schedule
+    for stages in (0, 1):
+        with pytest.raises(ScheduleError, match=f"stages={stages} is out of range: it must be at least 2"):
+            Schedule(stages=stages)

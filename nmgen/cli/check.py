@@ -42,9 +42,13 @@ def run(args):
     given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
     if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
+        if given is not None and given.a_load != "rows":   # ("rows" is sized by the weights, made below)
+            from ..ir import validate
+            validate(problem, given, for_arch("sm_90"))      # a schedule that cannot run says so before "no GPU"
         line, same = interpreter_command(problem, given, args.seed)
+        dropped = "; your --schedule is for this shape and is left out" if given is not None else ""
         raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
-                              f"CPU{'' if same else ' (the interpreter runs small shapes)'}")
+                              f"CPU{'' if same else f' (the interpreter runs small shapes{dropped})'}")
     dev = gpu or for_arch("sm_90")
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)

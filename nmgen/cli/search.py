@@ -142,7 +142,8 @@ def dry_run(args, problems):
         ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
                         key=lambda x: x[1].time_us)
         if not args.json:
-            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; the model's best {k} families, "
+            what = "family" if k == 1 else f"{k} families"
+            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; the model's best {what}, "
                   f"what model-topk measures first (nothing measured here)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
         for i, (s, pr) in enumerate(best_families(ranked, k), 1):

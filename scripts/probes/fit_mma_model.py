@@ -70,10 +70,10 @@ def terms(records) -> dict:
         pred = model.predict(p, s, dev, r["registers"], a_rows)
         # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run
         ranked = model.predict(p, s, dev, None, a_rows)
-        out.append(dict(member=MEMBERS.index((s.wgmma, s.stages, s.prefetch)), wgmma=s.wgmma, shipped=pred.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
+        out.append(dict(member=MEMBERS.index((s.wgmma, s.stages, s.prefetch)), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
-    return {k: np.array([o[k] for o in out], float) for k in out[0]}   # shipped: model.predict's time
+    return {k: np.array([o[k] for o in out], float) for k in out[0]}   # shipped: model.predict as the tuner ranks
 
 
 def pipeline_factors(records) -> tuple[np.ndarray, list[int]]:
