@@ -176,12 +176,15 @@ class NMMatrix:
     def from_dense(cls, B, pattern, vector: int | None = None, prune_first: bool = False,
                    dtype=None) -> "NMMatrix":
         """Compress a dense K x N matrix (pruned to the pattern first with `prune_first`), its values
-        kept in B's dtype or rounded to `dtype` ("f32", "bf16", "f16")."""
+        kept in B's dtype (float32, bfloat16 or float16; other floats, float64 included, are stored as
+        float32) or rounded to `dtype` ("f32", "bf16", "f16")."""
         p = _pattern(pattern, vector)
         nm = compress(prune(B, p) if prune_first else B, p)
         return nm if dtype is None else nm.astype(dtype)
 
     def to_dense(self, dtype=np.float32) -> np.ndarray:
+        """The (K, N) dense matrix, zeros where the pattern drops a row, in `dtype` (default float32,
+        which holds bf16 and f16 values exactly; pass e.g. ml_dtypes.bfloat16 to keep 16 bits)."""
         K, N = self.shape
         out = np.zeros((K, N), dtype)
         rows = self._rows()                                  # (W, N) absolute K row of each value

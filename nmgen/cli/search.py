@@ -33,7 +33,9 @@ def register(sub):
     add_db_arg(p)
     p.add_argument("--reps", type=positive_int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",
-                   help="no GPU needed: rank by the model, check the top schedules' PTX with ptxas, record nothing")
+                   help="no GPU needed: rank by the model, check the top schedules' PTX with ptxas, record nothing "
+                        "(columns: the model's time in us, the level it says bounds the kernel - issue, L1, "
+                        "tensor, L2 or DRAM - and ptxas's registers per thread)")
     p.add_argument("--arch", default="sm_90", choices=("sm_80", "sm_86", "sm_89", "sm_90"),
                    help="architecture for --dry-run without a GPU (default sm_90)")
     p.add_argument("--json", action="store_true", help="print only the results, as JSON, on standard output")
@@ -143,8 +145,10 @@ def dry_run(args, problems):
                         key=lambda x: x[1].time_us)
         if not args.json:
             what = "family" if k == 1 else f"{k} families"
-            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; the model's best {what}, "
-                  f"what model-topk measures first (nothing measured here)")
+            order = (f"exhaustive measures them all, best-predicted first; the model's best {what}"
+                     if args.strategy == "exhaustive"
+                     else f"the model's best {what}, what model-topk measures first")
+            print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; {order} (nothing measured here)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
         for i, (s, pr) in enumerate(best_families(ranked, k), 1):
             validate(p, s, dev, a_rows(s))
