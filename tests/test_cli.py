@@ -562,3 +562,19 @@ def test_db_export_import_round_trip(tmp_path):
 def test_an_unknown_option_is_reported_by_its_command():
     line = error_line(nmgen("check", *SHAPE, "--arch", "sm_80"))
     assert line == "nmgen check: error: unrecognized arguments: --arch sm_80", line
+
+
+@pytest.mark.parametrize("line,expected", [("64x128x256 8:32 32", (8, 32, 32)), ("64x128x256 8:32x32", (8, 32, 32)),
+                                           ("64x128x256 2:4", (2, 4, 1)), ("64x128x256 2:4x1", (2, 4, 1))])
+def test_a_shapes_line_takes_the_pattern_as_nmgen_prints_it(line, expected):
+    from nmgen.cli.search import _problem_of_line
+    p = _problem_of_line(line, "row")
+    assert (p.M, p.N, p.K) == (64, 128, 256) and (p.pattern.n, p.pattern.m, p.pattern.vector) == expected
+
+
+@pytest.mark.parametrize("line", ["64x128x256 8:32x32 32", "64x128x256", "64x128x256 8:32 32 1"])
+def test_a_shapes_line_of_another_form_is_refused(line):
+    from nmgen.cli.search import _problem_of_line
+    from nmgen.errors import NMGenError
+    with pytest.raises(NMGenError, match=r"expected `MxNxK n:m V` \(or `MxNxK n:mxV`\)"):
+        _problem_of_line(line, "row")

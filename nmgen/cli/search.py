@@ -17,7 +17,7 @@ def register(sub):
                                    "database; nmgen.spmm then runs the best without measuring. A search that was "
                                    "stopped resumes where it stopped.")
     add_problem_args(p, required=False)
-    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` a line (in "
+    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` (or n:mxV) a line (in "
                                                     "--dtype, with --a-major and --out-dtype), instead of --shape")
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
@@ -67,10 +67,13 @@ def problems_from(args) -> list[Problem]:
 
 
 def _problem_of_line(line: str, a_major: str, dtype: str = "f32", c_dtype: str | None = None) -> Problem:
-    """The problem of a --shapes line `MxNxK n:m [V]` (A's order and the dtypes: the options')."""
+    """The problem of a --shapes line `MxNxK n:m [V]`, or `MxNxK n:mxV` as nmgen prints problems (A's
+    order and the dtypes: the options')."""
     parts = line.split()
-    if len(parts) not in (2, 3):
-        raise NMGenError(f"expected `MxNxK n:m V`, got {line!r}")
+    if len(parts) == 2 and "x" in parts[1]:          # "8:32x32": the pattern with its vector length
+        parts = [parts[0], *parts[1].split("x", 1)]
+    if len(parts) not in (2, 3) or "x" in parts[1]:
+        raise NMGenError(f"expected `MxNxK n:m V` (or `MxNxK n:mxV`), got {line!r}")
     try:
         V = int(parts[2]) if len(parts) == 3 else 1
     except ValueError:
