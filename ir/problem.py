@@ -55,8 +55,8 @@ class Pattern:
         if self.vector < 1:
             raise PatternError(f"vector length V={self.vector} must be at least 1 (1 = element-wise n:m)")
         if self.vector > MAX_VECTOR:
-            raise PatternError(f"vector length V={self.vector} must be at most {MAX_VECTOR}; V = N (B's column "
-                               f"count) already makes all of B's columns share one choice")
+            raise PatternError(f"vector length V={self.vector} must be at most {MAX_VECTOR} (a vector of more "
+                               f"columns than B has shares one choice across all of them, as any wider one would)")
 
     @classmethod
     def parse(cls, text: str, vector: int = 1) -> "Pattern":

@@ -15,6 +15,7 @@ from .schedule import Schedule
 
 MAX_STAGES = 8
 MAX_ACCUMULATORS = 128   # thread_m * thread_n: beyond this the registers (255 per thread) spill
+MMA_PREFETCH_REGISTERS = 6
 
 
 def estimate_registers(s: Schedule, vector: int = 32, instr=None) -> int:
@@ -27,7 +28,9 @@ def estimate_registers(s: Schedule, vector: int = 32, instr=None) -> int:
     if lay.instr.is_mma:
         a = lay.tiles_m * lay.instr.a_regs * groups
         b = lay.tiles_n * lay.instr.b_regs
-        return lay.acc_count + a + b + groups + 28       # ptxas 13.0, sm_90: 113 for 64x32, 200 for 128x32
+        # ptxas 13.0, sm_90: 113 for 64x32, 200 for 128x32; the rotated loop keeps a second step's
+        # fragments live: +6 (median of 319 pairs on the H200, quartiles 3-19; NOTES.md 38)
+        return lay.acc_count + a + b + groups + 28 + (MMA_PREFETCH_REGISTERS if s.prefetch else 0)
     return s.thread_m * s.thread_n + 2 * (s.thread_m * groups + s.thread_n) + 28
 
 
@@ -126,8 +129,9 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if s.split_k > g.T:
         why.append(f"split_k={s.split_k} exceeds the {g.T} K tiles of this problem (K={problem.K}, "
                    f"{s.k_windows} window(s) of {problem.pattern.m} per tile); use split_k <= {g.T}"
-                   + (f", or k_windows=1 for {problem.windows} K tiles" if s.k_windows > 1 and problem.windows > g.T
-                      else ""))
+                   + (f", or k_windows=1 for {problem.windows} K tiles" if s.k_windows > 1
+                      and s.split_k <= problem.windows and a_copy_elems(problem, s.replace(k_windows=1)) is not None
+                      else ""))   # (only where one window a tile gives enough tiles, and can be copied)
     if s.split_k > 65535:
         why.append(f"split_k={s.split_k} exceeds gridDim.z's limit of 65535")
     if g.tiles_m * g.tiles_n >= 2**31:
@@ -140,15 +144,9 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if g.a_rows > 65536:
         why.append(f"{g.a_rows} shared A rows per stage do not fit 16-bit indices")
     most = min(device.max_blocks_per_sm, device.max_threads_per_sm // s.threads)
-    fit = device.smem_per_sm // (smem + device.reserved_smem_per_block)    # what shared memory lets run at once
     if s.min_blocks > most:
         why.append(f"min_blocks={s.min_blocks} asks for that many blocks of {s.threads} threads on one SM; "
                    f"{device.name} holds at most {most}: use min_blocks <= {most} (0 for no bound)")
-    elif s.min_blocks > max(fit, 1) and smem <= device.smem_per_block:
-        # the register bound would be paid (spills) for blocks that shared memory never lets in
-        why.append(f"min_blocks={s.min_blocks} bounds the registers for that many blocks per SM, but "
-                   f"{smem / 1024:.1f} KB of shared memory per block lets at most {fit} run on {device.name}: "
-                   f"use min_blocks <= {max(fit, 1)} (0 for no bound)")
     return why
 
 

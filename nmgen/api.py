@@ -11,7 +11,7 @@ import numpy as np
 
 from . import codegen
 from .arrays import host_matrix
-from .errors import CudaUnavailable, ScheduleError, ShapeError
+from .errors import CudaUnavailable, ShapeError
 from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
 from .ir.build import a_leading_dim
@@ -240,12 +240,12 @@ def compute_dtype(a_dtype: str, allow_tf32: bool, vector: int) -> str:
     """The problem dtype for an A of storage `a_dtype` times a B of vector length `vector`: float32
     runs on FFMA, or on the tensor cores in TF32 with allow_tf32. As torch's allow_tf32 (off by
     default) it is a permission, not a demand: a V the tensor cores cannot take (not a multiple of
-    8: their 8-column tiles must lie in one vector) stays on FFMA. ScheduleError for 16-bit operands
-    with such a V (they have no FFMA path)."""
+    8: their 8-column tiles must lie in one vector) stays on FFMA. ShapeError for 16-bit operands
+    with such a V (they have no FFMA path), as nmgen.torch's NMLinear raises."""
     if a_dtype in ("bf16", "f16") and vector % 8:     # before any GPU work: the call cannot run anywhere
-        raise ScheduleError(f"V={vector}: {a_dtype} multiplies on the tensor cores, whose 8-column mma tiles must "
-                            f"each lie inside one vector of columns sharing kept rows, so V must be a multiple of 8; "
-                            f"for V={vector} pass float32 A and B (the FFMA path)")
+        raise ShapeError(f"V={vector}: {a_dtype} multiplies on the tensor cores, whose 8-column mma tiles must "
+                         f"each lie inside one vector of columns sharing kept rows, so V must be a multiple of 8; "
+                         f"for V={vector} pass float32 A and B (the FFMA path)")
     return "tf32" if a_dtype == "f32" and allow_tf32 and vector % 8 == 0 else a_dtype
 
 
@@ -400,10 +400,10 @@ def _spmm_host(A: np.ndarray, B: NMMatrix, out, schedule, kernel, a_major, allow
     if why:
         raise ShapeError(f"out must be a writable C-contiguous {c_np} numpy array of shape ({M}, {B.N}), got "
                          f"{_describe(out)}: {'; '.join(why)}")
+    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)   # a V the dtype cannot take: before "no GPU"
     if M == 0:   # an empty batch (an MoE expert given no tokens): nothing to compute, no GPU needed
         _check_empty_batch(kernel, B)
         return out if out is not None else np.empty((0, B.N), c_np)
-    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)   # a V the dtype cannot take: before "no GPU"
     driver.init()
     k = _kernel_for(M, B, schedule, kernel, 0, a_major, compute, c_dtype)
     ops = device_operands(B, k.problem, k.schedule, 0)
@@ -494,6 +494,7 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream, allow_tf32=Fals
     _check_dtypes(a_dtype, B)
     c_dtype = _out_dtype(out, a_dtype)
     es = dv.dtype.itemsize
+    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)   # an empty batch too: as a full one
     if M == 0:   # an empty batch: an empty C of A's library, nothing launched
         _check_empty_batch(kernel, B)
         return _device_out(out, dv, B.N, c_dtype)
@@ -513,7 +514,6 @@ def _spmm_device(dv, B: NMMatrix, out, schedule, kernel, stream, allow_tf32=Fals
                          f"[{o0:#x}, {o1:#x}); pass a separate output array (or none: spmm allocates one)")
     use_device(dv.device)
     stream = dv.stream if stream is None else int(stream)
-    compute = compute_dtype(a_dtype, allow_tf32, B.pattern.vector)
     k = _kernel_for(M, B, schedule, kernel, dv.device, a_major, compute, c_dtype)
     a_ptr, temporaries = dv.ptr, []
     rows, extent = (K, M) if k.problem.a_major == "col" else (M, K)

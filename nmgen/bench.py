@@ -41,12 +41,19 @@ def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
     shapes = []
     with open(name_or_file) as f:
         for number, line in enumerate(f, 1):
-            words = line.split("#", 1)[0].split()
-            if len(words) > 1:    # e.g. a `search --shapes` file: its patterns would be dropped silently
-                raise ShapeError(f"line {number} ({' '.join(words)!r}) has more than a shape: a suite lists one "
-                                 f"MxNxK a line; give the patterns with --patterns and V with --vector")
-            if words and parse_shape(words[0]) not in shapes:
-                shapes.append(parse_shape(words[0]))
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                shape = parse_shape(text)        # (it takes "4096 x 4096 x 4096" too)
+            except ShapeError:
+                if len(text.split()) == 1:
+                    raise
+                # e.g. a `search --shapes` file: its patterns would be dropped silently
+                raise ShapeError(f"line {number} ({' '.join(text.split())!r}) has more than a shape: a suite lists "
+                                 f"one MxNxK a line; give the patterns with --patterns and V with --vector") from None
+            if shape not in shapes:
+                shapes.append(shape)
     return shapes
 
 

@@ -84,8 +84,8 @@ MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 3.29, 0.6
 MMA_SPLIT_FACTOR = 1.80     # split-K's zeroing and atomics cost this much more than FFMA's fit says
 WGMMA_FACTOR = 0.899        # wgmma kernels' tiles against what the shared terms say (fitted with them)
 # (wgmma, stages, prefetch) -> the pipeline's factor on a tile (item 3b): measured inside families on
-# the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; in [] the families each rests on: mma.sync 149,
-# 145, 130, 125, 113, 108; wgmma 53, 51, 41)
+# the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; the families each rests on, in order: mma.sync
+# 149, 145, 130, 125, 113, 108; wgmma 53, 51, 41)
 PIPELINE_FACTOR = {(0, 2, 0): 1.0, (0, 2, 1): 1.036, (0, 3, 0): 0.904, (0, 3, 1): 0.856, (0, 4, 0): 0.878,
                    (0, 4, 1): 0.846, (1, 3, 0): 1.0, (1, 4, 0): 1.003, (1, 6, 0): 1.158}
 # what the fit measured: the 16-bit kernels (ldmatrix gathers); tf32's scalar gathers keep the FFMA form
@@ -190,7 +190,8 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: 
 
 def pipeline_factor(s: Schedule) -> float:
     """PIPELINE_FACTOR of `s` (item 3b); a depth it does not list takes the nearest listed one of its
-    kind and loop form (the factors flatten out past 3-4 stages)."""
+    kind and loop form (not measured: mma.sync levels off at 3-4 stages, wgmma turns up at 6), 1.0
+    for a kind and form it does not list (wgmma has no rotated loop)."""
     listed = [k for k in PIPELINE_FACTOR if k[0] == s.wgmma and k[2] == s.prefetch]
     if not listed:
         return 1.0

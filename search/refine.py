@@ -3,12 +3,14 @@
 The space (search.space) is what the model ranks; some choices depend on what ptxas makes of the
 code, which the model does not know, so they are decided by measuring them next to the winners:
 
-  stages       one stage fewer and one more, of the depths the space offers (the model sees the
-               depth only through the blocks per SM shared memory allows, so it ties them: the
+  stages       one stage fewer and one more, of the depths the space offers (for FFMA and tf32 the
+               model sees the depth only through the blocks per SM shared memory allows, so it ties
+               them; for 16-bit tensor cores it ranks them by measured factors; either way the
                model-topk tuner measures one depth per family, search.tuner.best_families)
   prefetch     the other loop form (H100, NOTES.md run 18: the rotated loop wins by 1-3% where its
                extra registers cost no occupancy, and loses up to 15% elsewhere)
-  min_blocks   with prefetch, ptxas takes ~30 more registers; the bound that keeps the blocks per SM
+  min_blocks   with prefetch, ptxas takes more registers (FFMA on the H100: ~30; 16-bit mma.sync on
+               the H200: median 6, quartiles 3-19); the bound that keeps the blocks per SM
                of the measured kernel (from its recorded registers) asks it to fit them. And where
                registers alone keep out another block (64x256 at 130 registers: one block of 8
                warps per SM), the bound that lets it in

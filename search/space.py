@@ -168,14 +168,16 @@ def loop_forms(problem: Problem) -> tuple[int, ...]:
 
 
 # What the model cannot rank, decided by measuring next to the winners (search.refine): the pipeline
-# depth (the model sees it only through the blocks per SM that shared memory allows), the loop form,
-# the copies' place in a tile and the register bound
+# depth and the loop form (for FFMA and tf32 the model sees the depth only through the blocks per SM
+# that shared memory allows; for 16-bit tensor-core schedules it ranks both by measured factors,
+# search.model.PIPELINE_FACTOR, so a family's best-predicted member is its best-predicted depth and
+# form), the copies' place in a tile and the register bound
 MEASURED_FIELDS = ("stages", "prefetch", "refill_row", "min_blocks")
 
 
 def family(s: Schedule) -> str:
     """`s` without its MEASURED_FIELDS: schedules of one family differ only where the model cannot
-    tell them apart."""
+    tell them apart, or (16-bit tensor cores) tells them apart by measured factors alone."""
     return Schedule.from_dict({**s.to_dict(), **{f: getattr(Schedule(), f) for f in MEASURED_FIELDS}}).hash()
 
 
@@ -254,7 +256,8 @@ def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Sch
         a_load, a_smem = pick(a_choices(problem))
         split = pick(split_choices(g.tiles_m * g.tiles_n, ceil_div(problem.windows, kw), device.sms))
         wk = 1 if split > 1 or base.wgmma else pick(warps_k_choices(g.tiles_m * g.tiles_n, base.warps, device.sms))
-        pf = 0 if base.wgmma else pick(loop_forms(problem))
+        forms = () if base.wgmma else loop_forms(problem)
+        pf = pick(forms) if len(forms) > 1 else 0    # no draw for one form: f32 and tf32 seeds keep their cases
         s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk,
                          prefetch=pf)
         if not problems(problem, s, device):

@@ -71,9 +71,10 @@ def compile_worker(problem_dict: dict, schedule_json: str, arch: str, a_rows: in
 
 def best_families(ranked, k: int) -> list:
     """The best-ranked member of each of the `k` best families (search.space.family) of `ranked`
-    ((schedule, prediction), best first): the model ties schedules that differ only in what it cannot
-    rank (pipeline depth, loop form), and k of those would measure one kernel k times over; the
-    refinements then try the winners' other depths and forms."""
+    ((schedule, prediction), best first): schedules that differ only in pipeline depth and loop form
+    tie in the model (FFMA, tf32) or differ by its measured factors alone (16-bit tensor cores), and
+    k of them would measure about one kernel k times over; the refinements then try the winners'
+    other depths and forms."""
     out, seen = [], set()
     for s, p in ranked:
         f = family(s)
@@ -83,6 +84,12 @@ def best_families(ranked, k: int) -> list:
             if len(out) == k:
                 break
     return out
+
+
+def default_topk(ranked) -> int:
+    """model-topk's default: 10% of the space's schedules, at least 8, each loop form counted once
+    (the 16-bit space lists both forms of a schedule, which the default must not double)."""
+    return max(8, sum(1 for s, _ in ranked if not s.prefetch) // 10)
 
 
 class Tuner:
@@ -120,7 +127,7 @@ class Tuner:
         if strategy == "exhaustive":
             chosen = ranked
         elif strategy == "model-topk":
-            chosen = best_families(ranked, max(1, topk or max(8, len(ranked) // 10)))
+            chosen = best_families(ranked, max(1, topk or default_topk(ranked)))
             chosen += self._neighbours(ranked, {s.hash() for s, _ in chosen})
         else:
             raise ValueError(f"unknown strategy {strategy!r}; use exhaustive or model-topk")

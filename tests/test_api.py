@@ -664,6 +664,7 @@ def test_a_16_bit_call_with_a_vector_the_tensor_cores_cannot_take_says_so_before
     monkeypatch.setattr(driver, "init", no_driver)
     B = _nm(rng, 64, 56, "2:4", 7, "f32").astype("bf16")
     A = rng.standard_normal((16, 64)).astype(DTYPES["bf16"].storage)
-    with pytest.raises(nmgen.ScheduleError, match=r"V=7: bf16 multiplies on the tensor cores.*multiple of 8; for "
-                                                  r"V=7 pass float32 A and B \(the FFMA path\)"):
-        nmgen.spmm(A, B)
+    for batch in (A, A[:0]):      # an empty batch too: it must not pass where a full one fails
+        with pytest.raises(nmgen.ShapeError, match=r"V=7: bf16 multiplies on the tensor cores.*multiple of 8; for "
+                                                   r"V=7 pass float32 A and B \(the FFMA path\)"):
+            nmgen.spmm(batch, B)

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,4 +249,7 @@ def test_a_suite_file_lists_shapes_only(tmp_path):
     ok.write_text("4096x4096x4096  # square\n\n1x4096x4096\n4096x4096x4096\n")
     assert suite_shapes(str(ok)) == [(4096, 4096, 4096), (1, 4096, 4096)]
     with pytest.raises(NMGenError, match=r"line 4 \('1x4096x4096 16:32 32'\) has more than a shape: .* --patterns"):
-        suite_shapes("examples/llama_decode_shapes.txt")
+        suite_shapes(str(Path(__file__).parent.parent / "examples" / "llama_decode_shapes.txt"))
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("4096 x 4096 x 4096\n")
+    assert suite_shapes(str(spaced)) == [(4096, 4096, 4096)]

@@ -22,9 +22,10 @@ def register(sub):
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",
-                   help="schedule families model-topk measures, one schedule each (a family: schedules the "
-                        "model cannot tell apart, differing only in stages or loop form, which the refinements "
-                        "then try; default 10%% of the space; --dry-run shows 10)")
+                   help="schedule families model-topk measures, one schedule each (a family: schedules "
+                        "differing only in stages or loop form; the model's best-predicted one is measured and "
+                        "the refinements try the others next to the winners; default 10%% of the space, each "
+                        "loop form counted once; --dry-run shows 10)")
     p.add_argument("--budget", type=positive_int, metavar="N", help="measure at most N schedules in this run")
     p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "

@@ -9,6 +9,7 @@ per-tile terms for each (issue, L1 wavefronts, tensor cycles with the recorded r
 SM, K tiles, the L2 and DRAM bytes), and fits
 
     tile_c = (hypot(T * tensor * W, I * issue / bps_used + L * l1 * W) + R / bps_used) * P[kind, stages, prefetch]
+             * (Wg for wgmma kernels)
     time   = max(waves * tiles * tile_c / clock, L2 bytes / 5.5 TB/s, DRAM bytes / 4.3 TB/s) + 3 us
              (+ S x split-K's fitted costs)
 
@@ -70,6 +71,9 @@ def terms(records) -> dict:
         pred = model.predict(p, s, dev, r["registers"], a_rows)
         # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run
         ranked = model.predict(p, s, dev, None, a_rows)
+        if (s.wgmma, s.stages, s.prefetch) not in MEMBERS:
+            raise SystemExit(f"fit_mma_model.py: {s.short()} ({r['problem_key']}) is a (wgmma, stages, prefetch) "
+                             f"= {(s.wgmma, s.stages, s.prefetch)} outside MEMBERS; add it there to fit it")
         out.append(dict(member=MEMBERS.index((s.wgmma, s.stages, s.prefetch)), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
@@ -153,7 +157,7 @@ def main():
     P, counts = pipeline_factors(records)
     F["pipeline"] = P[F["member"].astype(int)]
     r = fit(F, np.log([4.0, 0.5, 1.5, 700.0, 1.0, 1.0]))
-    names = ("MMA_ISSUE_LATENCY", "MMA_L1_WEIGHT", "MMA_TENSOR_WEIGHT", "MMA_RAMP_CYCLES", "MMA_SPLIT_FACTOR", "WGMMA_FACTOR")
+    names = ("MMA_ISSUE_LATENCY", "MMA_L1_WEIGHT", "MMA_TENSOR_WEIGHT", "MMA_RAMP_CYCLES", "MMA_SPLIT_FACTOR", "WGMMA_FACTOR (Wg)")
     print(f"{len(records)} records, {len(set(keys))} problems; mean squared log error {r.fun:.4f}")
     print("  " + ", ".join(f"{n} = {v:.3g}" for n, v in zip(names, np.exp(r.x))))
     print("  PIPELINE_FACTOR (wgmma, stages, prefetch): factor [families]: "

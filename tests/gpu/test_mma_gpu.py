@@ -84,7 +84,7 @@ FAMILIES = [   # every family of tensor-core schedule the search can pick, on od
     dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=2),
     dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=2, a_load="rows", min_blocks=2),
     dict(block_m=128, block_n=64, warp_m=64, warp_n=32, k_windows=4, a_load="gather"),
-    dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=2, prefetch=1, min_blocks=2),   # 2 fit in shared memory
+    dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=4, prefetch=1, min_blocks=2),
     dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=4, refill_row=1, stages=4),
     dict(block_m=64, block_n=128, warp_m=64, warp_n=32, k_windows=4, warps_k=2),
     dict(block_m=64, block_n=256, warp_m=64, warp_n=128, k_windows=2, stages=4, wgmma=1),
