@@ -59,3 +59,17 @@ def test_golden_ptx():
     k = build(Problem(17, 100, 64, Pattern(8, 32, 32)), Schedule(block_m=32, warp_m=32, thread_m=4, split_k=2))
     ptx = generate_ptx(k, "sm_90")
     assert_golden_ptx("nmspmm_17x100x64_8_32_32.ptx", ptx)
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_86"])
+def test_the_launch_bound_is_capped_at_what_shared_memory_lets_run(arch):
+    # min_blocks=8 on a ~62 KB block: ptxas, asked for 8, capped registers at 32 and spilled for blocks
+    # that never fit; it is asked for what the target's shared memory admits instead
+    from nmgen.ir.device import for_arch
+    p = Problem(256, 4096, 4096, Pattern(8, 32, 32))
+    dev = for_arch(arch)
+    for asked in (8, 2, 1):
+        k = build(p, Schedule(stages=3, min_blocks=asked))
+        fit = dev.smem_per_sm // (k.smem_bytes + dev.reserved_smem_per_block)
+        assert f".minnctapersm {max(1, min(asked, fit))}" in generate_ptx(k, arch)
+    assert for_arch("sm_90").smem_per_sm // (k.smem_bytes + for_arch("sm_90").reserved_smem_per_block) == 3
