@@ -34,8 +34,8 @@ from .errors import ScheduleError
 
 A_LOADS = ("window", "rows", "gather")
 # what the lowest value of a field means, for the out-of-range message
-_MEANING = {"stages": " (a pipeline holds the tile being multiplied and the next)", "split_k": " (1: no split)", "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)",
-            "a_pad": " (0: no padding)"}
+_MEANING = {"stages": " (a pipeline holds the tile being multiplied and the next)", "split_k": " (1: no split)",
+            "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)", "a_pad": " (0: no padding)"}
 A_SMEM = ("km", "mk")
 
 

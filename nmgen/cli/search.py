@@ -17,8 +17,9 @@ def register(sub):
                                    "database; nmgen.spmm then runs the best without measuring. A search that was "
                                    "stopped resumes where it stopped.")
     add_problem_args(p, required=False)
-    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` (or n:mxV) a line (in "
-                                                    "--dtype, with --a-major and --out-dtype), instead of --shape")
+    p.add_argument("--shapes", metavar="FILE", help="tune every problem listed, one `MxNxK n:m V` (or n:mxV) a "
+                                                    "line (in --dtype, with --a-major and --out-dtype), instead of "
+                                                    "--shape")
     p.add_argument("--strategy", choices=("exhaustive", "model-topk"), default="model-topk",
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",

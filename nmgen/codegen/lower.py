@@ -71,7 +71,8 @@ class Lowerer:
         # exact block size: ptxas budgets registers for it, LLVM learns the range of tid
         m.add_named_metadata("nvvm.annotations", [fn, "reqntidx", ir.Constant(I32, kernel.threads)])
         if kernel.min_blocks:
-            m.add_named_metadata("nvvm.annotations", [fn, "minctasm", ir.Constant(I32, launch_bound(kernel, target))])
+            bound = ir.Constant(I32, launch_bound(kernel, target))
+            m.add_named_metadata("nvvm.annotations", [fn, "minctasm", bound])
         self.entry = fn.append_basic_block("entry")
         self.eb = ir.IRBuilder(self.entry)
         start = fn.append_basic_block("start")
