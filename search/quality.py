@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.schedule import Schedule
-from .space import family
+from .tuner import best_families
 
 
 def ranks(x) -> np.ndarray:
@@ -42,15 +42,8 @@ def quality(rows: list[dict], fraction: float = 0.1) -> dict:
     meas = np.array([r["median_us"] for r in rows])
     pred = np.array([r["model_us"] for r in rows])
     k = max(1, int(round(fraction * len(rows))))
-    top, seen = [], set()
-    for i in np.argsort(pred, kind="stable"):      # the first of each family, k families
-        f = family(Schedule.from_json(rows[i]["schedule"]))
-        if f not in seen:
-            seen.add(f)
-            top.append(i)
-            if len(top) == k:
-                break
-    top = np.array(top)
+    ranked = [(Schedule.from_json(rows[i]["schedule"]), i) for i in np.argsort(pred, kind="stable")]
+    top = np.array([i for _, i in best_families(ranked, k)])      # the first of each family, k families
     best, best_top = meas.min(), meas[top].min()
     return {"n": len(rows), "spearman": spearman(pred, meas), "k": k, "best_us": float(best),
             "topk_best_us": float(best_top), "topk_gap": float(best_top / best - 1.0),

@@ -118,13 +118,12 @@ def fit(F, x0):
     return minimize(loss, x0, method="Nelder-Mead", options=dict(maxiter=20000, maxfev=20000, xatol=1e-6, fatol=1e-9))
 
 
-def top_families(us, predicted, fams, k: int = 4) -> float:
+def top_families(us, predicted, schedules, k: int = 4) -> float:
     """What the tuner's model-topk k measures first (search.tuner.best_families): the best-predicted
     member of each of the k best-predicted families; its best over the measured best."""
-    reps = {}
-    for i in np.argsort(predicted):
-        reps.setdefault(fams[i], i)
-    return us[list(reps.values())[:k]].min() / us.min()
+    from nmgen.search.tuner import best_families
+    first = [i for _, i in best_families([(schedules[i], i) for i in np.argsort(predicted)], k)]
+    return us[first].min() / us.min()
 
 
 def ranks(a):
@@ -146,7 +145,6 @@ def main():
     ap.add_argument("samples", nargs="+", help="samples JSON ({\"records\": [...]}) or model_sample.py's database (.db)")
     args = ap.parse_args()
     from nmgen import Schedule
-    from nmgen.search.space import family
     records = []
     for path in args.samples:
         try:
@@ -163,7 +161,7 @@ def main():
     print("  PIPELINE_FACTOR (wgmma, stages, prefetch): factor [families]: "
           + ", ".join(f"{m}: {f:.3f} [{c}]" for m, f, c in zip(MEMBERS, P, counts)))
     t = predict(r.x, F)
-    fam = np.array([hash((r["problem_key"], family(Schedule.from_json(r["schedule"])))) for r in records])
+    schedules = np.array([Schedule.from_json(r["schedule"]) for r in records], dtype=object)
     print(f"{'problem':40s} {'n':>3s} {'rho':>5s} {'top-4 / best':>12s} {'left out':>9s} {'shipped':>8s} {'families':>8s} {'shipped':>8s}")
     for key in sorted(set(keys)):
         m = keys == key
@@ -172,7 +170,7 @@ def main():
         lo = predict(fit(rest, r.x).x, {k: v[m] for k, v in F.items()})
         print(f"{key:40s} {m.sum():3d} {np.corrcoef(ranks(us), ranks(pr))[0, 1]:5.2f} "
               f"{us[np.argsort(pr)[:4]].min() / us.min():12.2f} {us[np.argsort(lo)[:4]].min() / us.min():9.2f} "
-              f"{us[np.argsort(F['shipped'][m])[:4]].min() / us.min():8.2f} {top_families(us, pr, fam[m]):8.2f} {top_families(us, F['shipped'][m], fam[m]):8.2f}")
+              f"{us[np.argsort(F['shipped'][m])[:4]].min() / us.min():8.2f} {top_families(us, pr, schedules[m]):8.2f} {top_families(us, F['shipped'][m], schedules[m]):8.2f}")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,9 @@ import numpy as np
 SAMPLED_SHARE = 0.4     # families beyond the model's best 40% are tiles too small for these problems
 
 
-def family(s) -> tuple:
-    d = s.to_dict()
-    for f in ("stages", "prefetch", "refill_row", "min_blocks"):
-        d.pop(f, None)
-    return tuple(sorted(d.items()))
-
-
 def sample(ranked, per_problem: int, rng, top: int = 8) -> list:
-    fams: dict[tuple, list] = {}
+    from nmgen.search.space import family
+    fams: dict[str, list] = {}
     for s, p in ranked:                          # ranked: fastest predicted first
         fams.setdefault(family(s), []).append((s, p))
     order = list(fams)
