@@ -39,7 +39,7 @@ def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
     if name_or_file in SUITES:
         return SUITES[name_or_file]
     shapes = []
-    with open(name_or_file) as f:
+    with open(name_or_file, encoding="utf-8-sig") as f:      # -sig: a byte-order mark some editors write
         for number, line in enumerate(f, 1):
             text = line.split("#", 1)[0].strip()
             if not text:

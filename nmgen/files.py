@@ -42,6 +42,15 @@ def why_not_readable(path) -> str | None:
     return None
 
 
+def file_name(path, verb: str) -> None:
+    """ShapeError unless `path` is a file name (str or os.PathLike): nmgen opens the file itself, so an
+    open file object (or a descriptor number) is refused with what to pass instead."""
+    if not isinstance(path, (str, os.PathLike)):
+        name = getattr(path, "name", None)
+        raise ShapeError(f"nmgen {verb}s files by name: pass a str or pathlib.Path, not {type(path).__name__}"
+                         + (f" (for an open file, its name: {name!r})" if isinstance(name, str) else ""))
+
+
 def _shown(path) -> str:
     return os.fspath(path) or "''"
 
@@ -55,6 +64,7 @@ def writing(path, errors: tuple = (), overwrite: bool = True):
     """A block that writes `path`: the path is checked first (an existing file refused unless
     `overwrite`: nothing a user has is replaced without asking), and OSError (or one of `errors`, a
     library's own exceptions) inside it becomes ShapeError("cannot write PATH: cause")."""
+    file_name(path, "write")
     why = why_not_writable(path)
     if why:
         raise ShapeError(f"cannot write {_shown(path)}: {why}")
@@ -73,6 +83,7 @@ def reading(path, what: str, errors: tuple = ()):
     """A block that reads `path`, a file of `what` kind ("a file written by nmgen.torch.save"): the
     path is checked first, OSError inside becomes ShapeError("cannot read PATH: cause") and one of
     `errors` (the library's exceptions for a malformed file) ShapeError("PATH is not WHAT: cause")."""
+    file_name(path, "read")
     why = why_not_readable(path)
     if why:
         raise ShapeError(f"cannot read {_shown(path)}: {why}")

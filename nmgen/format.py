@@ -16,7 +16,7 @@ import numpy as np
 
 from .arrays import host_matrix
 from .errors import NMGenError, PatternError, ShapeError
-from .files import writing
+from .files import file_name, writing
 from .ir.dtypes import DTYPES, OUTPUT_DTYPES, cast_finite, dtype as dtype_of, storage_name
 from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
 
@@ -183,10 +183,12 @@ class NMMatrix:
         return nm if dtype is None else nm.astype(dtype)
 
     def to_dense(self, dtype=np.float32) -> np.ndarray:
-        """The (K, N) dense matrix, zeros where the pattern drops a row, in `dtype` (default float32,
-        which holds bf16 and f16 values exactly; pass e.g. ml_dtypes.bfloat16 to keep 16 bits)."""
+        """The (K, N) dense matrix, zeros where the pattern drops a row, in `dtype`: nmgen's names
+        ("f32", "bf16", "f16"; `self.dtype` keeps the stored one), their numpy / torch spellings
+        (ml_dtypes.bfloat16 for 16 bits), or any numpy float type (float64 for a reference).
+        Default (and None) float32, which holds bf16 and f16 values exactly. ShapeError otherwise."""
         K, N = self.shape
-        out = np.zeros((K, N), dtype)
+        out = np.zeros((K, N), _dense_dtype(dtype))
         rows = self._rows()                                  # (W, N) absolute K row of each value
         out[rows, np.broadcast_to(np.arange(N), rows.shape)] = self.values
         return out
@@ -221,6 +223,7 @@ class NMMatrix:
         """The matrix `save` wrote to `path`. Anything else (a missing, empty, truncated or corrupted
         file, a missing array, a meta record that is not 6 integers, arrays that do not fit it)
         raises one ShapeError naming the file and what is wrong."""
+        file_name(path, "read")
         try:
             meta, values, indices = _read_npz(Path(path))
             if meta.dtype.kind not in "iu" or meta.ndim != 1 or not meta.size:
@@ -249,11 +252,33 @@ class NMMatrix:
             # (numpy takes any file that is neither .npy nor .npz for a pickle: look at its first byte)
             why = f"{type(e).__name__}: {e}"
             if "pickle" in str(e):
-                why = "it holds pickled objects" if _first_byte(path) == b"\x80" else "it is not an .npz archive"
+                why = {b"\x80": "it holds pickled objects",
+                       b"P": "it is an .npz archive of object (pickled) arrays"}.get(_first_byte(path),
+                                                                                     "it is not an .npz archive")
             raise ShapeError(f"{path} is not an nmgen matrix file (written by NMMatrix.save): {why}") from None
 
     def __repr__(self):
         return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.dtype}, {self.nbytes()} bytes)"
+
+
+def _dense_dtype(dtype) -> np.dtype:
+    """The numpy dtype `to_dense` writes for `dtype`: nmgen's names first (numpy reads "f16" as a
+    16-byte float), then numpy's floating types."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        return np.dtype(dtype_of(dtype).storage)
+    except ShapeError:
+        pass
+    try:
+        np_dtype = np.dtype(dtype)
+    except (TypeError, ValueError):
+        np_dtype = None
+    if np_dtype is None or np_dtype.kind != "f":
+        shown = dtype.__name__ if isinstance(dtype, type) else repr(dtype)
+        raise ShapeError(f"to_dense writes floating-point values; dtype {shown} is not one (pass 'f32', 'bf16', "
+                         f"'f16', numpy.float64 or leave it out for float32)")
+    return np_dtype
 
 
 def _first_byte(path) -> bytes:

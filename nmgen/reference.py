@@ -41,7 +41,13 @@ FLUSH_ABS = 2.0 ** -126
 
 
 def spmm_reference(A, B: NMMatrix) -> np.ndarray:
-    """C = A @ B in float64: the dense definition, kept deliberately simple."""
+    """C = A @ B in float64 (M x N): the dense definition, kept deliberately simple. A: (M, K)
+    numpy, torch or cupy array (read to the host) of float32, bfloat16 or float16 (float64 is
+    rounded to float32 first, as spmm does); B: an NMMatrix (K x N). ShapeError for anything else
+    or for K that differ."""
+    if not isinstance(B, NMMatrix):
+        raise ShapeError(f"B must be an nmgen.NMMatrix (build one with nmgen.compress or NMMatrix.from_dense), "
+                         f"not {type(B).__name__}")
     A = host_matrix(A, "A")
     if A.shape[1] != B.K:
         raise ShapeError(f"A is {A.shape[0]}x{A.shape[1]} but B has K={B.K} rows; A's columns must equal B's rows")

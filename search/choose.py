@@ -113,16 +113,20 @@ def recorded_top(problem: Problem, device: Device, db=None, n: int = 3) -> list[
 
 
 def model_best(problem: Problem, device: Device, B=None) -> Schedule:
-    """The model's fastest schedule of the space (the "rows" strategy sized by B's real indices)."""
+    """The model's fastest schedule of the space (the "rows" strategy sized by B's real indices).
+    Without B, "rows" schedules are ranked only where nothing else fits (windows so large that a
+    whole window a K tile exceeds shared memory): sized by their bound, they would rank too slow."""
     a_rows = rows_lengths(problem, B)
-    best = None
+    best: dict[bool, tuple] = {}                    # bounded "rows" schedule -> (time, schedule)
     for s in enumerate_space(problem, device):
-        if s.a_load == "rows" and B is None:
-            continue        # its lists need the weights; without them the bound is too pessimistic to rank
+        bounded = s.a_load == "rows" and B is None
         t = model.predict(problem, s, device, None, a_rows(s)).time_us
-        if best is None or t < best[0]:
-            best = (t, s)
-    return best[1] if best else default_schedule(problem, device)
+        if bounded not in best or t < best[bounded][0]:
+            best[bounded] = (t, s)
+    for bounded in (False, True):
+        if bounded in best:
+            return best[bounded][1]
+    return default_schedule(problem, device)
 
 
 def _weights_matter(problem: Problem) -> bool:
@@ -141,6 +145,25 @@ def _model_cache(problem: Problem, B) -> dict | None:
             return None
 
 
+def chosen(problem: Problem, device: Device, B=None, db=None) -> tuple[Schedule, str]:
+    """`choose`'s schedule and where it came from, in words for a report: the database's best (its
+    path), else the model's choice and why (no database, no record for this problem and device,
+    or a database that could not be read). `db`: a TuningDB, or None for the default one."""
+    from ..db import default_path
+    try:
+        reader = _for_reading(db)
+        s = recorded_best(problem, device, reader) if reader is not None else None
+        path = reader.path if reader is not None else default_path()
+        why = (f"no record for this problem on {device.name} in {path}" if reader is not None
+               else f"no tuning database at {path}")
+    except Exception as e:  # noqa: BLE001 - as in choose: the model still answers
+        log.warning("tuning database unavailable (%s); using the model's choice", e)
+        s, why = None, f"the tuning database could not be read: {e}"
+    if s is not None:
+        return s, f"the tuning database's best ({path}, {device.name})"
+    return _model_choice_for(problem, device, B), f"the performance model's choice ({why})"
+
+
 def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
     """The database's best for (problem, device, toolchain), else the model's best for B's indices."""
     try:
@@ -148,8 +171,11 @@ def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
     except Exception as e:  # noqa: BLE001 - an unreadable database must not stop a product from running
         log.warning("tuning database unavailable (%s); using the model's choice", e)
         s = None
-    if s is not None:
-        return s
+    return s if s is not None else _model_choice_for(problem, device, B)
+
+
+def _model_choice_for(problem: Problem, device: Device, B=None) -> Schedule:
+    """`model_best`, cached per problem and device (and per weight matrix where B changes it)."""
     key = (problem, device.key())
     cache = _model_cache(problem, B)
     s = cache.get(key) if cache is not None else None

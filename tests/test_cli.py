@@ -578,3 +578,45 @@ def test_a_shapes_line_of_another_form_is_refused(line):
     from nmgen.errors import NMGenError
     with pytest.raises(NMGenError, match=r"expected `MxNxK n:m V` \(or `MxNxK n:mxV`\)"):
         _problem_of_line(line, "row")
+
+
+@pytest.mark.parametrize("second", ["--markdown", "--plot", "--db"])
+def test_one_file_for_two_outputs_is_refused(tmp_path, second):
+    """bench would write its JSON after every row, then replace it with the table (or the plot) at
+    the end, or write JSON over the tuning database: refused before any work, --force or not."""
+    out = tmp_path / "out.json"
+    line = error_line(nmgen("bench", "--json", str(out), second, str(out), "--force"))
+    assert f"{out}" in line and ("give each its own file" in line or "names the tuning database" in line), line
+    assert not out.exists()
+
+
+def test_a_byte_order_mark_in_a_shapes_file_is_read(tmp_path):
+    shapes = tmp_path / "shapes.txt"
+    shapes.write_bytes(b"\xef\xbb\xbf17x100x64 8:32 8\n")
+    r = nmgen("search", "--shapes", str(shapes), "--dry-run", "--json", "--topk", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["problem"]["M"] == 17
+
+
+def test_ptx_says_where_its_schedule_came_from(tmp_path):
+    r = nmgen("ptx", *SHAPE, env={"NMGEN_DB": str(tmp_path / "none.db")})
+    assert r.returncode == 0, r.stderr
+    assert f"// nmgen: schedule from the performance model's choice (no tuning database at {tmp_path / 'none.db'})" \
+        in r.stdout
+    r = nmgen("ptx", *SHAPE, "--schedule", '{"stages": 3}')
+    assert "// nmgen: schedule from --schedule" in r.stdout
+    assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.parametrize("command", [["ptx", *SHAPE], ["check", *SHAPE], ["check", *SHAPE, "--interpret"]])
+def test_a_missing_db_for_a_lookup_is_named(tmp_path, command):
+    line = error_line(nmgen(*command, "--db", str(tmp_path / "missing.db")))
+    assert f"no tuning database at {tmp_path / 'missing.db'}" in line, line
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_dry_run_counts_the_families_the_space_holds():
+    r = nmgen("search", "--shape", "1x8x4", "--pattern", "2:4", "--dry-run", "--topk", "100000")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"the model's best (\d+) families \(all the space holds\)", r.stdout)
+    assert m and int(m.group(1)) < 100000, r.stdout[:400]

@@ -373,3 +373,42 @@ def test_a_vector_longer_than_any_weight_needs_is_refused_in_one_line(vector):
     with pytest.raises(PatternError, match=f"vector length V={vector} must be at most 65536 \\(a vector of more columns"):
         NMMatrix.from_dense(W, "2:4", vector=vector, prune_first=True)
     assert NMMatrix.from_dense(W, "2:4", vector=65536, prune_first=True).pattern.vector == 65536
+
+
+def test_to_dense_takes_nmgens_dtype_names(rng):
+    """numpy reads "f16" as a 16-byte float: to_dense resolves nmgen's names first, so
+    `B.to_dense(B.dtype)` keeps the stored dtype; None is the documented float32."""
+    import ml_dtypes
+    half = NMMatrix.from_dense(rng.standard_normal((64, 16)).astype(np.float16), "8:32", vector=8, prune_first=True)
+    brain = half.astype("bf16")
+    assert half.to_dense(half.dtype).dtype == np.float16
+    assert brain.to_dense(brain.dtype).dtype == ml_dtypes.bfloat16
+    assert half.to_dense().dtype == half.to_dense(None).dtype == half.to_dense("tf32").dtype == np.float32
+    assert half.to_dense(np.float64).dtype == half.to_dense("float64").dtype == np.float64
+    np.testing.assert_array_equal(half.to_dense(half.dtype).astype(np.float64), half.to_dense(np.float64))
+    for bad in (np.int32, "complex64"):
+        with pytest.raises(ShapeError, match="to_dense writes floating-point values"):
+            half.to_dense(bad)
+
+
+@pytest.mark.parametrize("call", ["save-file", "save-int", "load-file"])
+def test_save_and_load_take_file_names_not_open_files(tmp_path, rng, call):
+    B = NMMatrix.from_dense(rng.standard_normal((64, 16)), "8:32", vector=8, prune_first=True)
+    path = tmp_path / "b.npz"
+    B.save(path)
+    with open(path, "rb") as f, pytest.raises(ShapeError, match="by name: pass a str or pathlib.Path, not") as e:
+        {"save-file": lambda: B.save(open(tmp_path / "c.npz", "wb")), "save-int": lambda: B.save(3),
+         "load-file": lambda: NMMatrix.load(f)}[call]()
+    assert call == "save-int" or "its name" in str(e.value)
+
+
+def test_load_names_an_npz_of_object_arrays(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, values=np.array([1, "a"], dtype=object), indices=I4, meta=np.zeros(7, np.int64))
+    with pytest.raises(ShapeError, match=r"is an \.npz archive of object \(pickled\) arrays$"):
+        NMMatrix.load(path)
+
+
+def test_reference_refuses_a_dense_b(rng):
+    with pytest.raises(ShapeError, match="B must be an nmgen.NMMatrix .*not ndarray"):
+        nmgen.spmm_reference(np.ones((2, 64), np.float32), rng.standard_normal((64, 16)))

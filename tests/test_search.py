@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+import nmgen
 from nmgen import NMMatrix, Pattern, Problem, Schedule
 from nmgen.db import TuningDB
 from nmgen.ir import for_arch, problems
@@ -480,3 +481,13 @@ def test_model_ranks_pipeline_depth_and_loop_form_of_16_bit_mma():
         q = Problem(4096, 4096, 4096, Pattern(16, 32, 32), dtype=dtype)
         s = base.replace(**tile, stages=3)
         assert model.predict(q, s, H100, 128).time_us == model.predict(q, s.replace(prefetch=1), H100, 128).time_us
+
+
+def test_the_model_picks_a_rows_schedule_without_weights_where_nothing_else_fits():
+    """3:4096 with V = 16: a whole window a K tile is 1.1 MB of shared memory, so only "rows" runs;
+    without B (ptx, compile) the model ranks those by their bound instead of giving up."""
+    from nmgen.search.choose import model_best
+    p = Problem(17, 100, 4096, Pattern(3, 4096, 16), "f32", "row")
+    s = model_best(p, for_arch("sm_90"))
+    assert s.a_load == "rows"
+    assert nmgen.compile("17x100x4096", pattern="3:4096", vector=16, arch="sm_90").schedule.a_load == "rows"

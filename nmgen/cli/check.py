@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NMGenError
-from .common import add_problem_args, add_schedule_arg, at_least, problem_from, schedule_from
+from .common import add_db_arg, add_problem_args, add_schedule_arg, at_least, problem_from, schedule_from
 
 # The CPU interpreter runs every block in numpy: it checks small problems. Refused beyond these.
 INTERPRETER_SECONDS = 120
@@ -27,17 +27,20 @@ def register(sub):
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
     p.add_argument("--seed", type=at_least(0), default=None,
                    help="random seed of the inputs (default: fresh; the seed used is printed)")
+    add_db_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from ..api import choose_schedule, current_device
+    from ..api import current_device
     from ..checking import random_inputs, run_gpu, run_interpreter, verdict
     from ..ir.device import for_arch
     problem = problem_from(args)
     if args.interpret and args.array != "numpy":
         raise NMGenError(f"--array {args.array} passes GPU tensors; the CPU interpreter (--interpret) takes numpy "
                          f"arrays: leave out one of the two")
+    from ..search.choose import open_db
+    db = open_db(args.db, create=False) if args.db else None          # a missing --db is reported before "no GPU"
     gpu = current_device()
     given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
     if not args.interpret and gpu is None:
@@ -57,7 +60,11 @@ def run(args):
         from ..ir.interpret import estimate_cost
         within_interpreter_limits(problem, 0.0, estimate_cost(problem)[1], seed)
     A, B = random_inputs(problem, rng)
-    schedule = given or choose_schedule(problem, dev, B)
+    if given is None:
+        from ..search.choose import chosen
+        schedule, source = chosen(problem, dev, B, db)
+    else:
+        schedule, source = given, "--schedule"
     if args.interpret:
         from ..ir import validate
         from ..ir.operands import prepare
@@ -75,6 +82,7 @@ def run(args):
         where = f"{dev.name} ({args.array})"
     v = verdict(problem, C, A, B, rng)
     print(f"{problem}  schedule {schedule.short()}  on {where}  seed {seed}")
+    print(f"schedule from {source}")
     print(f"{v.summary()}: {'PASS' if v.ok else 'FAIL'}")
     return 0 if v.ok else 1
 

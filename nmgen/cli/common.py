@@ -48,8 +48,21 @@ def add_output_arg(p, *flags, **kwargs):
 
 def refuse_existing_outputs(args) -> None:
     """NMGenError, one line, for an output file (an OutputPath among `args`) that already exists,
-    unless --force: nothing the user has is replaced without asking. A device or a pipe
-    (/dev/null, /dev/stdout) is written through, not replaced, so it is not refused."""
+    unless --force, or that another output (or --db) names too: nothing the user has is replaced
+    without asking. A device or a pipe (/dev/null, /dev/stdout) is written through, not replaced,
+    so it is not refused."""
+    from ..files import is_device
+    named = [(dest, value) for dest, value in vars(args).items()
+             if isinstance(value, OutputPath) and not is_device(os.path.realpath(value))]
+    db = getattr(args, "db", None)
+    for i, (dest, value) in enumerate(named):   # --force or not: one run writing a file twice keeps the last
+        for other, path in named[i + 1:] + ([("db", db)] if db else []):
+            if same_file(value, path):
+                flag = f"--{dest.replace('_', '-')}"
+                if other == "db":
+                    raise NMGenError(f"{flag} names the tuning database (--db) {value}; give it another file")
+                raise NMGenError(f"{flag} and --{other.replace('_', '-')} both name {value}: the second would "
+                                 f"overwrite the first; give each its own file")
     if getattr(args, "force", False):
         return
     for value in vars(args).values():
@@ -98,7 +111,7 @@ def read_text(path: str, what: str) -> str:
     directory."""
     if path == "-":
         try:
-            text = sys.stdin.buffer.read().decode("utf-8")
+            text = sys.stdin.buffer.read().decode("utf-8-sig")      # -sig: a byte-order mark some editors write
         except UnicodeDecodeError as e:
             raise NMGenError(f"{what} on standard input is not UTF-8 text (byte {e.start}); give text") from None
         except (OSError, AttributeError, ValueError) as e:           # closed, or no standard input at all
@@ -107,7 +120,7 @@ def read_text(path: str, what: str) -> str:
             raise NMGenError(f"{what} on standard input is not text (it holds NUL bytes); give text")
         return text
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except IsADirectoryError:
         raise NMGenError(f"{what} {path} is a directory; give a file") from None

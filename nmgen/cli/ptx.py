@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_output_arg, add_problem_args, add_schedule_arg, atomic_output, problem_from, schedule_from
+from .common import (add_db_arg, add_output_arg, add_problem_args, add_schedule_arg, atomic_output, problem_from,
+                     schedule_from)
 
 
 def register(sub):
@@ -17,16 +18,25 @@ def register(sub):
     p.add_argument("--resources", action="store_true",
                    help="add ptxas's report: registers, spills, stack frame, shared memory")
     p.add_argument("--ir", action="store_true", help="also show the kernel IR (as PTX comments)")
+    add_db_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from ..api import compile
+    from ..api import compile, current_device
     from ..ir.device import for_arch
+    from ..search.choose import chosen, open_db
     problem = problem_from(args)
-    k = compile(problem, schedule=schedule_from(args, problem, for_arch(args.arch)), arch=args.arch)
+    given = schedule_from(args, problem, for_arch(args.arch))
+    if given is None:       # what spmm would run here: the database's best for this GPU, else the model's
+        gpu = current_device()
+        dev = gpu if gpu is not None and gpu.arch == args.arch else for_arch(args.arch)
+        given, source = chosen(problem, dev, None, open_db(args.db, create=False) if args.db else None)
+    else:
+        source = "--schedule"
+    k = compile(problem, schedule=given, arch=args.arch)
     text = k.ptx
-    notes = [f"nmgen: {problem}  schedule {k.schedule.to_json()}",
+    notes = [f"nmgen: {problem}  schedule {k.schedule.to_json()}", f"nmgen: schedule from {source}",
              f"nmgen: launch grid {k.ir.grid}, {k.ir.threads} threads, {k.smem_bytes} B dynamic shared memory"]
     if args.ir:
         notes += k.ir_text().splitlines()

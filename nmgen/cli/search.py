@@ -148,14 +148,16 @@ def dry_run(args, problems):
         a_rows = random_rows_lengths(p, rng)   # random weights size the "rows" strategy's lists, as the tuner's do
         ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
                         key=lambda x: x[1].time_us)
+        top = best_families(ranked, k)
         if not args.json:
-            what = "family" if k == 1 else f"{k} families"
+            what = ("family" if k == 1 else f"{k} families" if len(top) >= k
+                    else f"{len(top)} families (all the space holds)")
             order = (f"exhaustive measures them all, best-predicted first; the model's best {what}"
                      if args.strategy == "exhaustive"
                      else f"the model's best {what}, what model-topk measures first")
             print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; {order} (nothing measured here)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5}  schedule")
-        for i, (s, pr) in enumerate(best_families(ranked, k), 1):
+        for i, (s, pr) in enumerate(top, 1):
             validate(p, s, dev, a_rows(s))
             r = Kernel(p, s, dev.arch, a_rows(s)).resources            # ptxas validates the PTX
             if r.spill_stores:
