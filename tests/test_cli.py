@@ -586,7 +586,7 @@ def test_one_file_for_two_outputs_is_refused(tmp_path, second):
     the end, or write JSON over the tuning database: refused before any work, --force or not."""
     out = tmp_path / "out.json"
     line = error_line(nmgen("bench", "--json", str(out), second, str(out), "--force"))
-    assert f"{out}" in line and ("give each its own file" in line or "names the tuning database" in line), line
+    assert f"{out}" in line and ("give each its own file" in line or "is the tuning database itself" in line), line
     assert not out.exists()
 
 

@@ -51,23 +51,31 @@ def refuse_existing_outputs(args) -> None:
     unless --force, or that another output (or --db) names too: nothing the user has is replaced
     without asking. A device or a pipe (/dev/null, /dev/stdout) is written through, not replaced,
     so it is not refused."""
+    from ..db import default_path
     from ..files import is_device
-    named = [(dest, value) for dest, value in vars(args).items()
+    named = [(f"--{dest.replace('_', '-')}", value) for dest, value in vars(args).items()
              if isinstance(value, OutputPath) and not is_device(os.path.realpath(value))]
-    db = getattr(args, "db", None)
-    for i, (dest, value) in enumerate(named):   # --force or not: one run writing a file twice keeps the last
-        for other, path in named[i + 1:] + ([("db", db)] if db else []):
+    for i, (flag, value) in enumerate(named):   # --force or not: one run writing a file twice keeps the last
+        for other, path in named[i + 1:]:
             if same_file(value, path):
-                flag = f"--{dest.replace('_', '-')}"
-                if other == "db":
-                    raise NMGenError(f"{flag} names the tuning database (--db) {value}; give it another file")
-                raise NMGenError(f"{flag} and --{other.replace('_', '-')} both name {value}: the second would "
-                                 f"overwrite the first; give each its own file")
+                raise NMGenError(f"{flag} and {other} both name {value}: the second would overwrite the first; "
+                                 f"give each its own file")
+        if hasattr(args, "db"):                 # a command that opens the tuning database
+            not_the_database(flag, value, args.db or default_path())
     if getattr(args, "force", False):
         return
     for value in vars(args).values():
         if isinstance(value, OutputPath) and os.path.isfile(value):
             raise NMGenError(f"{value} already exists; pass --force to replace it, or give another file")
+
+
+def not_the_database(flag: str, output, db_path) -> None:
+    """NMGenError if `output` is the tuning database file (or its WAL, shared-memory or journal
+    file): writing there would destroy the database the command reads."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        if same_file(output, f"{db_path}{suffix}"):
+            raise NMGenError(f"{flag} {output} is the tuning database itself ({db_path}{suffix}); write to another "
+                             f"file")
 
 
 def output_file(text: str) -> OutputPath:

@@ -9,7 +9,7 @@ import sys
 from ..errors import NMGenError
 from ..ir.schedule import Schedule
 from .common import (add_db_arg, add_output_arg, add_problem_args, atomic_output, db_for_writing, problem_from,
-                     read_text, same_file)
+                     read_text)
 
 
 def register(sub):
@@ -42,10 +42,8 @@ def register(sub):
 
 
 def run(args):
-    from ..db import default_path
     from ..search.choose import open_db
-    if args.op == "export" and args.output:
-        _not_the_database(args.output, args.db or default_path())
+    # (an output naming the database itself is refused before this: common.refuse_existing_outputs)
     if args.op == "import":
         return _import(args)
     db = open_db(args.db, create=False)     # the others only read: a missing database is an error
@@ -124,15 +122,6 @@ def _import(args) -> int:
     print(f"imported {len(recs)} records into {db.path}: {written} new or faster than the record they met, "
           f"{len(recs) - written} already there as good or better")
     return 0
-
-
-def _not_the_database(output: str, db_path) -> None:
-    """NMGenError if `output` is the database file (or its WAL, shared-memory or journal file):
-    writing the export there would destroy what is being exported."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if same_file(output, f"{db_path}{suffix}"):
-            raise NMGenError(f"-o {output} is the tuning database itself ({db_path}{suffix}); export to another "
-                             f"file")
 
 
 def _predict_again(r: dict) -> float:
