@@ -72,6 +72,7 @@ MAX_OFFSET_CHUNK = 1024   # bytes of 32-bit offsets per (K tile, block column) b
 # "rows" lists coloured for ldmatrix (_colour_rows); False gives the sorted lists, for same-run
 # comparisons below the API (scripts/probe_mma.py's "patch")
 COLOUR_ROWS = True
+SWAP_ROWS = 16       # rows a colouring step tries to swap from (those whose leaving lowers the excess most)
 
 
 def geometry(problem: Problem, s: Schedule, a_rows: int | None = None) -> Geometry:
@@ -337,7 +338,7 @@ def _repair_colours(keep: np.ndarray, group: np.ndarray, size: np.ndarray, cap: 
 
     Measured on random 128x1024x768 bf16 weights, 128x256 blocks (tests/test_mma.py): the greedy
     pass alone left a conflict in about one run in six at 12:32 (two windows a tile); 16:32's mean
-    passes a phase went from 1.23 to 1.11 with the search.
+    passes a phase went from 1.23 to 1.12 with the search.
 
     A step's gain needs no trial colouring: a unit's excess in a group changes by one only where its
     count is past `phases` (leaving) or at it (joining), so every move and swap of a chunk is scored
@@ -364,10 +365,18 @@ def _repair_colours(keep: np.ndarray, group: np.ndarray, size: np.ndarray, cap: 
         move[(O > 0) | (size[todo][:, None, :] >= cap[todo][:, None, None]) | ~live] = -1
         # swap rows i (group g) and j (group h): the units only i has leave g and join h, those only
         # j has leave h and join g, shared units do not change. With D = U*full_r - full_r - U*over_r
-        # the gain is leave_i + leave_j + D_i.U_j + U_i.D_j (expand "only i" as u_i (1 - u_j))
-        DU = (U * full_r - full_r - U * over_r) @ U.transpose(0, 2, 1)     # (C', BK, BK)
-        swap = leave[:, :, None] + leave[:, None, :] + DU + DU.transpose(0, 2, 1)
-        swap[(grp[:, :, None] == grp[:, None, :]) | ~live | ~live.transpose(0, 2, 1)] = -1
+        # the gain is leave_i + leave_j + D_i.U_j + U_i.D_j (expand "only i" as u_i (1 - u_j)). D <= 0,
+        # so a swap gains only if leave_i or leave_j > 0: i ranges over the SWAP_ROWS rows of largest
+        # leave (C' x SWAP_ROWS x BK products, not C' x BK x BK: BK is k_windows * m, 512 at 128:512)
+        D = U * full_r - full_r - U * over_r                                 # (C', BK, upb)
+        R = min(SWAP_ROWS, BK)
+        first = np.argpartition(-leave, R - 1, axis=1)[:, :R]                # (C', R) row indices
+        take = lambda x: np.take_along_axis(x, first[:, :, None], axis=1)   # noqa: E731 - (C', BK, k) -> (C', R, k)
+        Ut = U.transpose(0, 2, 1)
+        swap = (np.take_along_axis(leave, first, axis=1)[:, :, None] + leave[:, None, :]
+                + take(D) @ Ut + take(U) @ D.transpose(0, 2, 1))             # (C', R, BK)
+        g_first = np.take_along_axis(grp, first, axis=1)
+        swap[(g_first[:, :, None] == grp[:, None, :]) | (g_first < 0)[:, :, None] | ~live.transpose(0, 2, 1)] = -1
         best_move, best_swap = move.reshape(len(todo), -1).max(axis=1), swap.reshape(len(todo), -1).max(axis=1)
         moving = (best_move >= best_swap) & (best_move > 0)
         swapping = ~moving & (best_swap > 0)
@@ -377,7 +386,8 @@ def _repair_colours(keep: np.ndarray, group: np.ndarray, size: np.ndarray, cap: 
         size[c, h] += 1
         group[c, i] = h
         c = todo[swapping]
-        i, j = np.divmod(swap[swapping].reshape(len(c), BK * BK).argmax(axis=1), BK)
+        r, j = np.divmod(swap[swapping].reshape(len(c), R * BK).argmax(axis=1), BK)
+        i = first[swapping, r]
         group[c, i], group[c, j] = group[c, j], group[c, i]
         todo = todo[moving | swapping]
 

@@ -270,15 +270,17 @@ def _dense_dtype(dtype) -> np.dtype:
         return np.dtype(dtype_of(dtype).storage)
     except ShapeError:
         pass
+    import ml_dtypes
     try:
         np_dtype = np.dtype(dtype)
+        if np_dtype.kind not in "fV":      # numpy's floats and ml_dtypes' (float8_e4m3fn, ...: kind V)
+            raise TypeError(np_dtype)
+        ml_dtypes.finfo(np_dtype)          # a V kind that is not a float raises
+        return np_dtype
     except (TypeError, ValueError):
-        np_dtype = None
-    if np_dtype is None or np_dtype.kind != "f":
         shown = dtype.__name__ if isinstance(dtype, type) else repr(dtype)
-        raise ShapeError(f"to_dense writes floating-point values; dtype {shown} is not one (pass 'f32', 'bf16', "
-                         f"'f16', numpy.float64 or leave it out for float32)")
-    return np_dtype
+        raise ShapeError(f"to_dense writes floating-point values; dtype {shown} is not a floating-point type (pass "
+                         f"'f32', 'bf16', 'f16', numpy.float64 or leave it out for float32)") from None
 
 
 def _first_byte(path) -> bytes:

@@ -154,8 +154,8 @@ def chosen(problem: Problem, device: Device, B=None, db=None) -> tuple[Schedule,
         reader = _for_reading(db)
         s = recorded_best(problem, device, reader) if reader is not None else None
         path = reader.path if reader is not None else default_path()
-        why = (f"no record for this problem on {device.name} in {path}" if reader is not None
-               else f"no tuning database at {path}")
+        why = (f"no usable record for this problem, {device.name} and this toolchain in {path}"
+               if reader is not None else f"no tuning database at {path}")
     except Exception as e:  # noqa: BLE001 - as in choose: the model still answers
         log.warning("tuning database unavailable (%s); using the model's choice", e)
         s, why = None, f"the tuning database could not be read: {e}"

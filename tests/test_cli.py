@@ -580,14 +580,22 @@ def test_a_shapes_line_of_another_form_is_refused(line):
         _problem_of_line(line, "row")
 
 
-@pytest.mark.parametrize("second", ["--markdown", "--plot", "--db"])
-def test_one_file_for_two_outputs_is_refused(tmp_path, second):
+@pytest.mark.parametrize("second,says", [("--markdown", "--json and --markdown both name {out}"),
+                                         ("--plot", "--json and --plot both name {out}"),
+                                         ("--db", "--json {out} is the tuning database itself")])
+def test_one_file_for_two_outputs_is_refused(tmp_path, second, says):
     """bench would write its JSON after every row, then replace it with the table (or the plot) at
     the end, or write JSON over the tuning database: refused before any work, --force or not."""
     out = tmp_path / "out.json"
     line = error_line(nmgen("bench", "--json", str(out), second, str(out), "--force"))
-    assert f"{out}" in line and ("give each its own file" in line or "is the tuning database itself" in line), line
+    assert says.format(out=out) in line, line
     assert not out.exists()
+
+
+def test_an_output_onto_the_default_database_is_refused(tmp_path):
+    db = tmp_path / "tuning.db"
+    line = error_line(nmgen("bench", "--json", str(db), "--force", env={"NMGEN_DB": str(db)}))
+    assert f"--json {db} is the tuning database itself" in line, line
 
 
 def test_a_byte_order_mark_in_a_shapes_file_is_read(tmp_path):
@@ -613,6 +621,9 @@ def test_a_missing_db_for_a_lookup_is_named(tmp_path, command):
     line = error_line(nmgen(*command, "--db", str(tmp_path / "missing.db")))
     assert f"no tuning database at {tmp_path / 'missing.db'}" in line, line
     assert not (tmp_path / "missing.db").exists()
+    # with --schedule the database is not read (ptx and check alike)
+    r = nmgen(*command, "--db", str(tmp_path / "missing.db"), "--schedule", '{"stages": 3}')
+    assert "no tuning database" not in r.stderr, r.stderr
 
 
 def test_dry_run_counts_the_families_the_space_holds():

@@ -386,6 +386,7 @@ def test_to_dense_takes_nmgens_dtype_names(rng):
     assert half.to_dense().dtype == half.to_dense(None).dtype == half.to_dense("tf32").dtype == np.float32
     assert half.to_dense(np.float64).dtype == half.to_dense("float64").dtype == np.float64
     np.testing.assert_array_equal(half.to_dense(half.dtype).astype(np.float64), half.to_dense(np.float64))
+    assert half.to_dense(ml_dtypes.float8_e4m3fn).dtype == ml_dtypes.float8_e4m3fn   # any float type numpy holds
     for bad in (np.int32, "complex64"):
         with pytest.raises(ShapeError, match="to_dense writes floating-point values"):
             half.to_dense(bad)

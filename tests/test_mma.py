@@ -116,8 +116,8 @@ def test_rows_lists_let_ldmatrix_gather_without_bank_conflicts(rng, pattern, k_w
     """The "rows" lists are ordered so that each ldmatrix phase's gathered rows fall in distinct bank
     groups where the rows allow it (the sorted lists took 1.8-2.1 passes a phase; the greedy
     colouring alone left a conflict at 12:32 in one run of six, 16:32 at 1.23 passes, the local
-    search after it 1.0 and 1.11 over 60 seeds), and are no longer than the sorted lists: every kept row appears, and the product is unchanged (the
-    interpreter cases above)."""
+    search after it 1.0 and 1.12 over 60 seeds), and are no longer than the sorted lists: every
+    kept row appears, and the product is unchanged (the interpreter cases above)."""
     p = Problem(128, 1024, 32 * 24, Pattern(*pattern, 32), "bf16", "col")
     s = Schedule(**MMA, block_m=128, block_n=256, warp_m=128, warp_n=32, k_windows=k_windows, a_load="rows")
     A, B = random_inputs(p, rng)

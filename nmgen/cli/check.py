@@ -40,9 +40,10 @@ def run(args):
         raise NMGenError(f"--array {args.array} passes GPU tensors; the CPU interpreter (--interpret) takes numpy "
                          f"arrays: leave out one of the two")
     from ..search.choose import open_db
-    db = open_db(args.db, create=False) if args.db else None          # a missing --db is reported before "no GPU"
     gpu = current_device()
     given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
+    # the database is read only for the schedule (as in ptx); a missing --db is reported before "no GPU"
+    db = open_db(args.db, create=False) if args.db and given is None else None
     if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
         if given is not None and given.a_load != "rows":   # ("rows" is sized by the weights, made below)
