@@ -21,15 +21,22 @@ code, which the model does not know, so they are decided by measuring them next 
   block tile   twice the warps along M or along N, the warp tile kept (512x4096x11008 at 12:32:
                128x256 blocks took 399 us warm where the space's best 64x256 took 427, run 14; 418.8
                against 416.5 us flushed in run 19: close enough that only measuring decides)
+  K tile       (tensor cores) twice the windows, at the deepest of the space's depths up to the
+               measured one that fits: fewer barriers and index loads a kept row, against fewer
+               stages and more registers. The space stops at 32 kept rows a tile at 16:32, where the
+               model predicts 64 ~16% faster for 128x256 tiles (NOTES.md 40); not yet measured, so
+               the tuner measures it next to its winners rather than the space offering it to all
+               (FFMA: every larger K tile was slower on the H100, NOTES.md 13)
 """
 from __future__ import annotations
 
 from ..ir.device import Device
+from ..ir.instructions import for_dtype
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from ..ir.validate import problems, shared_bytes
 from .model import blocks_per_sm
-from .space import stage_choices
+from .space import copyable_k_windows, stage_choices
 
 MAX_REFINE_THREADS = 512   # beyond 16 warps a block the FFMA tiles hold too few blocks per SM
 
@@ -54,6 +61,10 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
     if s.stages in depths:
         i = depths.index(s.stages)
         out += [s.replace(stages=d) for d in depths[max(0, i - 1):i] + depths[i + 1:i + 2]]
+    if for_dtype(problem.dtype).is_mma:
+        kw = copyable_k_windows(problem, min(2 * s.k_windows, problem.windows))
+        deeper = [s.replace(k_windows=kw, stages=d) for d in reversed(depths) if d <= s.stages]
+        out += [c for c in deeper if kw > s.k_windows and not problems(problem, c, device, a_rows(c))][:1]
     for field in ("block_m", "block_n"):
         bigger = s.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:

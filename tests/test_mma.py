@@ -64,6 +64,8 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
     (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, warps_k=2)),  # V=8
     (40, 136, 256, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, prefetch=1, a_load="rows")),
     (40, 130, 256, 4, 16, 16, "f16", "col", None, dict(SMALL, warp_n=16, k_windows=8, refill_row=1, stages=4)),
+    # 16:32 at 64 kept rows a tile (the tuner's deeper K tile): rotated loop, coloured "rows", last tile short
+    (40, 100, 320, 16, 32, 32, "bf16", "col", None, dict(SMALL, k_windows=4, prefetch=1, a_load="rows")),
     (24, 72, 192, 2, 8, 8, "bf16", "col", None, dict(SMALL, warp_n=8, block_n=24, k_windows=8)),   # 3 n-tiles
     (17, 100, 64, 8, 32, 32, "tf32", "row", None, dict(SMALL, k_windows=2, a_pad=4)),
     (40, 136, 256, 4, 32, 8, "tf32", "col", None, dict(SMALL, warp_n=64, k_windows=8, refill_row=1)),

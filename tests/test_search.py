@@ -280,6 +280,13 @@ def test_refinements_are_one_step_from_a_measured_schedule():
     w = Schedule(block_m=64, block_n=256, warp_m=64, warp_n=128, thread_m=0, thread_n=0, a_pad=8, k_windows=2,
                  stages=4, wgmma=1)
     assert {c.stages for c in refinements(bf, w, H100, None) if c.replace(stages=4) == w} == {3, 6}
+    # a tensor-core K tile twice as deep, at the deepest depth up to the measured one that fits
+    m = Schedule(block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=0, thread_n=0, a_pad=8, k_windows=2,
+                 stages=4, a_load="rows", prefetch=1)
+    deeper = [c for c in refinements(bf, m, H100, None) if c.k_windows != m.k_windows]
+    assert deeper == [m.replace(k_windows=4, stages=3)], [c.short() for c in deeper]   # 4 stages: 270 KB
+    twelve = Problem(4096, 4096, 4096, Pattern(12, 32, 32), "bf16", "col")     # 8 windows of 128x256: none fits
+    assert all(c.k_windows == 4 for c in refinements(twelve, m.replace(k_windows=4, stages=3), H100, None))
     # 130 registers: one block of 256 threads a SM, though shared memory would take two
     assert s.replace(min_blocks=2) in refinements(p, s, H100, registers=130)
     # from a prefetching schedule: back to the plain loop; no bound without a register count

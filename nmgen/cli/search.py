@@ -31,7 +31,7 @@ def register(sub):
     p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "
                         "(the other loop form, the copies after a tile's first rows, a register bound, bigger "
-                        "blocks); 0 for none (default 2)")
+                        "blocks, on the tensor cores a K tile twice as deep); 0 for none (default 2)")
     add_db_arg(p)
     p.add_argument("--reps", type=positive_int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",

@@ -91,6 +91,8 @@ FAMILIES = [   # every family of tensor-core schedule the search can pick, on od
     dict(block_m=128, block_n=256, warp_m=64, warp_n=256, k_windows=2, stages=4, wgmma=1),
     dict(block_m=128, block_n=128, warp_m=64, warp_n=128, k_windows=4, stages=4, wgmma=1, a_load="gather"),
     dict(block_m=128, block_n=128, warp_m=128, warp_n=128, k_windows=2, stages=3, wgmma=1, a_load="rows"),
+    # the tuner's deeper K tile (search.refine): 64 kept rows a tile at 16:32, rotated loop, 3 stages
+    dict(block_m=128, block_n=256, warp_m=128, warp_n=32, k_windows=4, stages=3, a_load="rows", prefetch=1),
 ]
 
 
@@ -101,7 +103,7 @@ def _family_cases():
     from nmgen.ir.validate import problems
     out = []
     for shape, pattern in (((1000, 3000, 4096), (8, 32, 32)), ((4095, 300, 1024), (4, 32, 32)),
-                           ((33, 200, 768), (12, 32, 32))):
+                           ((33, 200, 768), (12, 32, 32)), ((1000, 1000, 1056), (16, 32, 32))):
         for a_major in ("row", "col"):
             for fields in FAMILIES:
                 if a_major == "row":
