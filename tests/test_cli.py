@@ -241,6 +241,12 @@ GUARD = [
      "--arrays torch with --interpret: the interpreter runs numpy arrays only"),
     ("schedule cannot run", ["ptx", *SHAPE, "--schedule", '{"warp_m": 48}'], {}, False,
      "cannot run 64x64x64 2:4x1 on H100 SXM (typical): warp tile 48x16 does not divide block tile"),
+    # a "rows" schedule no weights let run (judged at the shortest list) is refused before "no GPU"
+    ("check rows schedule cannot run", ["check", "--shape", "4096x4096x4096", "--pattern", "16:32", "--vector", "32",
+                                        "--dtype", "bf16", "--a-major", "col", "--schedule",
+                                        '{"block_m": 256, "block_n": 256, "warp_m": 128, "warp_n": 32, '
+                                        '"k_windows": 8, "stages": 4, "a_load": "rows"}'], {}, False,
+     "rows cannot run 4096x4096x4096 16:32x32 bf16 (A column-major)"),
 ]
 
 
@@ -258,7 +264,10 @@ def test_without_a_gpu_good_arguments_reach_the_gpu_check(tmp_path):
     from nmgen.api import current_device
     if current_device() is not None:
         pytest.skip("there is a GPU here")
-    for args in (["bench", "--suite", "odd", "--json", str(tmp_path / "x.json")], ["search", *SHAPE]):
+    rows = ["check", "--shape", "4096x4096x4096", "--pattern", "16:32", "--vector", "32", "--dtype", "bf16",
+            "--a-major", "col", "--schedule", '{"block_m": 128, "block_n": 256, "warp_m": 128, "warp_n": 32, '
+            '"k_windows": 2, "stages": 3, "a_load": "rows"}']     # a "rows" schedule that runs: not refused early
+    for args in (["bench", "--suite", "odd", "--json", str(tmp_path / "x.json")], ["search", *SHAPE], rows):
         assert "no GPU here" in error_line(nmgen(*args))
     assert not (tmp_path / "x.json").exists()
 

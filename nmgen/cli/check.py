@@ -46,9 +46,14 @@ def run(args):
     db = open_db(args.db, create=False) if args.db and given is None else None
     if not args.interpret and gpu is None:
         from ..errors import CudaUnavailable
-        if given is not None and given.a_load != "rows":   # ("rows" is sized by the weights, made below)
+        if given is not None:       # a schedule that cannot run says so before "no GPU"
             from ..ir import validate
-            validate(problem, given, for_arch("sm_90"))      # a schedule that cannot run says so before "no GPU"
+            from ..ir.operands import geometry
+            # "rows" lists are sized by the weights: judged at the shortest any weights give (each unit's
+            # kept rows), so that only a schedule no weights let run is refused here
+            g = geometry(problem, given)
+            validate(problem, given, for_arch("sm_90"),
+                     min(g.a_rows, -(-g.kept // 8) * 8) if given.a_load == "rows" else None)
         line, same = interpreter_command(problem, given, args.seed)
         dropped = "; your --schedule is for this shape and is left out" if given is not None else ""
         raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
