@@ -165,6 +165,9 @@ class TuningDB:
     def _setup(self):
         """Identify the file (refusing what is not nmgen's), then migrate, stamp and switch to WAL."""
         state = _inspect(self.db.conn, self.path)
+        if state["kind"] == "new" and not self.create:      # an empty file: a reader leaves it empty
+            raise MissingDatabase(f"the tuning database {self.path} is an empty file (`nmgen search` or `nmgen db "
+                                  f"import` sets it up); nmgen leaves it unchanged")
         if _up_to_date(state):
             pass
         elif self.readonly:

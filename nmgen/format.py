@@ -9,6 +9,7 @@ by each vector of V consecutive columns (the last vector may be partial). Compre
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,9 +210,13 @@ class NMMatrix:
     def save(self, path, *, overwrite: bool = False) -> None:
         """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta). An
         existing file is replaced only with overwrite=True. A path that exists (without it) or
-        cannot be written (a directory, a missing directory, no permission, an OS error) raises one
-        ShapeError naming the file and why."""
+        cannot be written (a directory, a missing directory, a device or pipe, no permission, an OS
+        error) raises one ShapeError naming the file and why."""
         p = self.pattern
+        file_name(path, "write")
+        if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+            raise ShapeError(f"cannot write {path}: NMMatrix.save writes a regular file (an .npz archive seeks back "
+                             f"to finish it), and {path} is a device or a pipe; give a file name")
         raw = self.values.view(np.uint16) if self.dtype == "bf16" else self.values    # npz has no bfloat16
         with writing(path, overwrite=overwrite), open(Path(path), "wb") as f:
             np.savez(f, values=raw, indices=self.indices,
@@ -261,26 +266,32 @@ class NMMatrix:
         return f"NMMatrix({self.K}x{self.N}, {self.pattern}, {self.dtype}, {self.nbytes()} bytes)"
 
 
+_FLOAT64_NAMES = {"f64", "fp64", "float64", "double", "torch.float64", "torch.double"}
+
+
 def _dense_dtype(dtype) -> np.dtype:
     """The numpy dtype `to_dense` writes for `dtype`: nmgen's names first (numpy reads "f16" as a
-    16-byte float), then numpy's floating types."""
+    16-byte float), float64's usual names, then numpy's floating types (exact for every stored
+    value: ml_dtypes' narrower floats, which round them or cannot hold the zeros, are refused)."""
     if dtype is None:
         return np.dtype(np.float32)
-    try:
-        return np.dtype(dtype_of(dtype).storage)
-    except ShapeError:
-        pass
-    import ml_dtypes
-    try:
-        np_dtype = np.dtype(dtype)
-        if np_dtype.kind not in "fV":      # numpy's floats and ml_dtypes' (float8_e4m3fn, ...: kind V)
-            raise TypeError(np_dtype)
-        ml_dtypes.finfo(np_dtype)          # a V kind that is not a float raises
-        return np_dtype
-    except (TypeError, ValueError):
-        shown = dtype.__name__ if isinstance(dtype, type) else repr(dtype)
-        raise ShapeError(f"to_dense writes floating-point values; dtype {shown} is not a floating-point type (pass "
-                         f"'f32', 'bf16', 'f16', numpy.float64 or leave it out for float32)") from None
+    name = str(dtype).strip().lower() if isinstance(dtype, str) or type(dtype).__module__ == "torch" else None
+    if name in _FLOAT64_NAMES:
+        return np.dtype(np.float64)
+    if not isinstance(dtype, bytes):
+        try:
+            return np.dtype(dtype_of(dtype).storage)
+        except ShapeError:
+            pass
+        try:
+            np_dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            np_dtype = None
+        if np_dtype is not None and np_dtype.kind == "f":
+            return np_dtype
+    shown = dtype.__name__ if isinstance(dtype, type) else repr(dtype)
+    raise ShapeError(f"to_dense writes float32, float64, float16 or bfloat16 values; dtype {shown} is none of them "
+                     f"(pass 'f32', 'bf16', 'f16', 'f64', a numpy float type, or leave it out for float32)")
 
 
 def _first_byte(path) -> bytes:

@@ -74,10 +74,20 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
             s = s.replace(k_windows=copyable_k_windows(problem, max(1, s.k_windows // 2)))
         elif s.split_k > 1:
             s = s.replace(split_k=max(1, s.split_k // 2))
+        elif ins.is_mma and s.block_m > 16:           # windows of thousands of rows: fewer rows of A a stage
+            s = s.replace(block_m=s.block_m // 2, warp_m=min(s.warp_m, s.block_m // 2))
         else:
             break
     from ..ir.errors import ScheduleError
-    raise ScheduleError(f"no default schedule fits {problem} on {device.name}: " + "; ".join(problems(problem, s, device)))
+    why = "; ".join(problems(problem, s, device))
+    if s.a_smem == "mk" and ins.is_mma and ins.per_reg == 2:      # the one copy a row-major 16-bit A has
+        raise ScheduleError(f"no schedule fits {problem} on {device.name}: a row-major 16-bit A is copied a whole "
+                            f"window ({p.m} columns) at a time, and even a 16-row tile of one window does not fit "
+                            f"({why}); "
+                            f"store A column-major (--a-major col, a_major=\"col\"), whose copies take only the "
+                            f"kept rows, or use a smaller window m")
+    raise ScheduleError(f"no default schedule fits {problem} on {device.name} ({why}); give a schedule that does "
+                        f"(--schedule / schedule=, e.g. {{\"a_load\": \"rows\"}} to copy only the kept rows of A)")
 
 
 def schedule_fields(given) -> "Schedule | dict":

@@ -119,13 +119,18 @@ def warps_k_choices(blocks: int, warps: int, sms: int) -> list[int]:
 def k_windows_choices(problem: Problem) -> list[int]:
     """FFMA: the fewest windows giving >= 32 K rows and >= 8 kept rows a tile, and twice that. mma:
     the fewest giving one step of k kept rows, the fewest giving whole steps (no padding), and twice
-    the first, while a stage of 128 rows of A stays within 64 KB."""
+    the first, while a stage of 128 rows of A stays within 64 KB; where none does, the first and the
+    most windows that do (at least one)."""
     p = problem.pattern
     ins = for_dtype(problem.dtype)
     if ins.is_mma:
         first, exact = ceil_div(ins.k, p.n), ins.k // gcd(ins.k, p.n)
-        fits = [kw for kw in (first, exact, 2 * first) if kw * p.m * 128 * dtype_of(problem.dtype).itemsize <= 65536]
-        return sorted({copyable_k_windows(problem, min(kw, problem.windows)) for kw in fits or [first]})
+        per_window = p.m * 128 * dtype_of(problem.dtype).itemsize
+        fits = [kw for kw in (first, exact, 2 * first) if kw * per_window <= 65536]
+        # none within 64 KB (windows of hundreds of rows): the step's windows, and the most that do fit
+        # (down to one window: a K tile whose kept rows pad the mma step, but the only one smaller tiles hold)
+        fits = fits or [first, max(1, min(first, 65536 // per_window))]
+        return sorted({copyable_k_windows(problem, min(kw, problem.windows)) for kw in fits})
     kw = max(1, ceil_div(32, p.m), ceil_div(8, p.n))
     return sorted({min(kw, problem.windows), min(2 * kw, problem.windows)})
 

@@ -640,3 +640,27 @@ def test_dry_run_counts_the_families_the_space_holds():
     assert r.returncode == 0, r.stderr
     m = re.search(r"the model's best (\d+) families \(all the space holds\)", r.stdout)
     assert m and int(m.group(1)) < 100000, r.stdout[:400]
+
+
+def test_an_output_onto_a_symlinked_databases_wal_is_refused(tmp_path):
+    """SQLite names its -wal / -shm files after the symlink's target: an output there would be
+    deleted (or would clobber the live log) when the database closes."""
+    real = tmp_path / "real.db"
+    assert nmgen("db", "import", os.devnull, "--db", str(real)).returncode == 0
+    (tmp_path / "link.db").symlink_to(real)
+    for suffix in ("-wal", "-shm"):
+        line = error_line(nmgen("ptx", *SHAPE, "--db", str(tmp_path / "link.db"), "-o", f"{real}{suffix}"))
+        assert f"is the tuning database itself ({real}{suffix})" in line, line
+
+
+def test_check_without_a_gpu_judges_a_rows_schedule_on_the_interpreters_weights(tmp_path):
+    """17x100x4096 3:4096 (V = 1): any weights' lists exceed shared memory under this schedule, so the
+    suggested interpreter line would fail; where the lists fit (V = 16) the line carries the seed
+    they were judged with, and --db."""
+    base = ["check", "--shape", "17x100x4096", "--pattern", "3:4096", "--schedule", '{"a_load": "rows"}']
+    line = error_line(nmgen(*base))
+    assert "cannot run" in line and "shared memory" in line and "no GPU" not in line, line
+    db = tmp_path / "t.db"
+    assert nmgen("db", "import", os.devnull, "--db", str(db)).returncode == 0
+    line = error_line(nmgen(*base, "--vector", "16", "--db", str(db)))
+    assert "no GPU here" in line and "--seed " in line and f"--db {db}" in line, line

@@ -72,6 +72,17 @@ def test_schema_version_and_migration_of_an_old_file(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_a_reader_leaves_an_empty_file_empty(tmp_path):
+    """A writer sets an empty file up (above); a reader (lookups, db list) finds no records in it and
+    writes nothing: the file may be the user's, made for another purpose."""
+    from nmgen.db import MissingDatabase
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(MissingDatabase, match="is an empty file"):
+        TuningDB(path, create=False)
+    assert path.read_bytes() == b""
+
+
 def _writer(path, who, n):
     db = TuningDB(path)
     for i in range(n):

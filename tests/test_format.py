@@ -386,9 +386,10 @@ def test_to_dense_takes_nmgens_dtype_names(rng):
     assert half.to_dense().dtype == half.to_dense(None).dtype == half.to_dense("tf32").dtype == np.float32
     assert half.to_dense(np.float64).dtype == half.to_dense("float64").dtype == np.float64
     np.testing.assert_array_equal(half.to_dense(half.dtype).astype(np.float64), half.to_dense(np.float64))
-    assert half.to_dense(ml_dtypes.float8_e4m3fn).dtype == ml_dtypes.float8_e4m3fn   # any float type numpy holds
-    for bad in (np.int32, "complex64"):
-        with pytest.raises(ShapeError, match="to_dense writes floating-point values"):
+    assert half.to_dense("f64").dtype == half.to_dense("fp64").dtype == np.float64
+    # types that would round the values or cannot hold the zeros, bytes (numpy's "f16" is float128)
+    for bad in (np.int32, "complex64", ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e8m0fnu, b"f16"):
+        with pytest.raises(ShapeError, match="to_dense writes float32, float64, float16 or bfloat16 values"):
             half.to_dense(bad)
 
 
@@ -413,3 +414,10 @@ def test_load_names_an_npz_of_object_arrays(tmp_path):
 def test_reference_refuses_a_dense_b(rng):
     with pytest.raises(ShapeError, match="B must be an nmgen.NMMatrix .*not ndarray"):
         nmgen.spmm_reference(np.ones((2, 64), np.float32), rng.standard_normal((64, 16)))
+
+
+def test_save_refuses_a_device(rng):
+    """An .npz archive seeks back to finish: zipfile failed on /dev/null with a raw struct.error."""
+    B = NMMatrix.from_dense(rng.standard_normal((64, 16)), "8:32", vector=8, prune_first=True)
+    with pytest.raises(ShapeError, match="cannot write /dev/null: NMMatrix.save writes a regular file"):
+        B.save("/dev/null", overwrite=True)

@@ -498,3 +498,17 @@ def test_the_model_picks_a_rows_schedule_without_weights_where_nothing_else_fits
     s = model_best(p, for_arch("sm_90"))
     assert s.a_load == "rows"
     assert nmgen.compile("17x100x4096", pattern="3:4096", vector=16, arch="sm_90").schedule.a_load == "rows"
+
+
+def test_windows_of_thousands_of_rows_still_get_a_schedule():
+    """A row-major 16-bit A is copied whole windows at a time: 3:2048 fits only one window of 16 rows
+    a stage (the space's and the default's last resort); 3:4096 fits nothing, and says to store A
+    column-major, which copies only the kept rows."""
+    from nmgen.errors import ScheduleError
+    from nmgen.search.space import k_windows_choices
+    row = Problem(17, 100, 4096, Pattern(3, 2048, 32), "bf16", "row")
+    assert k_windows_choices(row) == [1, 2]
+    assert nmgen.compile(row, arch="sm_90").schedule.k_windows == 1
+    with pytest.raises(ScheduleError, match=r"store A column-major \(--a-major col"):
+        nmgen.compile(Problem(17, 100, 4096, Pattern(3, 4096, 32), "bf16", "row"), arch="sm_90")
+    assert nmgen.compile(Problem(17, 100, 4096, Pattern(3, 4096, 32), "bf16", "col"), arch="sm_90")

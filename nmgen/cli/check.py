@@ -55,6 +55,18 @@ def run(args):
             validate(problem, given, for_arch("sm_90"),
                      min(g.a_rows, -(-g.kept // 8) * 8) if given.a_load == "rows" else None)
         line, same = interpreter_command(problem, given, args.seed)
+        if same and given is not None and given.a_load == "rows":
+            # the interpreter would run it on its own weights: judge the schedule on them (seeded, so
+            # that the command below meets the very lists judged here)
+            from ..ir import validate
+            from ..ir.operands import prepare
+            seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+            _, B = random_inputs(problem, np.random.default_rng(seed))
+            validate(problem, given, for_arch("sm_90"), prepare(problem, given, B.values, B.indices).geometry.a_rows)
+            line, _ = interpreter_command(problem, given, seed)
+        if args.db:
+            import shlex
+            line += f" --db {shlex.quote(args.db)}"
         dropped = "; your --schedule is for this shape and is left out" if given is not None else ""
         raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
                               f"CPU{'' if same else f' (the interpreter runs small shapes{dropped})'}")

@@ -72,10 +72,11 @@ def refuse_existing_outputs(args) -> None:
 def not_the_database(flag: str, output, db_path) -> None:
     """NMGenError if `output` is the tuning database file (or its WAL, shared-memory or journal
     file): writing there would destroy the database the command reads."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if same_file(output, f"{db_path}{suffix}"):
-            raise NMGenError(f"{flag} {output} is the tuning database itself ({db_path}{suffix}); write to another "
-                             f"file")
+    for base in dict.fromkeys((str(db_path), os.path.realpath(db_path))):   # SQLite names its files after
+        for suffix in ("", "-wal", "-shm", "-journal"):                      # a symlink's target
+            if same_file(output, f"{base}{suffix}"):
+                raise NMGenError(f"{flag} {output} is the tuning database itself ({base}{suffix}); write to another "
+                                 f"file")
 
 
 def output_file(text: str) -> OutputPath:
