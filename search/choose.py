@@ -156,7 +156,7 @@ def chosen(problem: Problem, device: Device, B=None, db=None) -> tuple[Schedule,
         path = reader.path if reader is not None else default_path()
         why = (f"no usable record for this problem, {device.name} and this toolchain in {path}"
                if reader is not None else f"no tuning database at {path}")
-    except Exception as e:  # noqa: BLE001 - as in choose: the model still answers
+    except Exception as e:  # noqa: BLE001 - an unreadable database must not stop a product from running
         log.warning("tuning database unavailable (%s); using the model's choice", e)
         s, why = None, f"the tuning database could not be read: {e}"
     if s is not None:
@@ -165,13 +165,9 @@ def chosen(problem: Problem, device: Device, B=None, db=None) -> tuple[Schedule,
 
 
 def choose(problem: Problem, device: Device, B=None, db=None) -> Schedule:
-    """The database's best for (problem, device, toolchain), else the model's best for B's indices."""
-    try:
-        s = recorded_best(problem, device, db)
-    except Exception as e:  # noqa: BLE001 - an unreadable database must not stop a product from running
-        log.warning("tuning database unavailable (%s); using the model's choice", e)
-        s = None
-    return s if s is not None else _model_choice_for(problem, device, B)
+    """The database's best for (problem, device, toolchain), else the model's best for B's indices
+    (an unreadable database is warned about and passed over: a product must still run)."""
+    return chosen(problem, device, B, db)[0]
 
 
 def _model_choice_for(problem: Problem, device: Device, B=None) -> Schedule:

@@ -58,11 +58,9 @@ def run(args):
         if same and given is not None and given.a_load == "rows":
             # the interpreter would run it on its own weights: judge the schedule on them (seeded, so
             # that the command below meets the very lists judged here)
-            from ..ir import validate
-            from ..ir.operands import prepare
-            seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+            seed = args.seed if args.seed is not None else fresh_seed()
             _, B = random_inputs(problem, np.random.default_rng(seed))
-            validate(problem, given, for_arch("sm_90"), prepare(problem, given, B.values, B.indices).geometry.a_rows)
+            validate_on(problem, given, for_arch("sm_90"), B)
             line, _ = interpreter_command(problem, given, seed)
         if args.db:
             import shlex
@@ -71,7 +69,7 @@ def run(args):
         raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
                               f"CPU{'' if same else f' (the interpreter runs small shapes{dropped})'}")
     dev = gpu or for_arch("sm_90")
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    seed = args.seed if args.seed is not None else fresh_seed()
     rng = np.random.default_rng(seed)
     if args.interpret:   # before any input exists: the operands alone can exceed the memory bound (the
         # time is judged once the schedule is known: a bound for every schedule would refuse what runs)
@@ -84,10 +82,7 @@ def run(args):
     else:
         schedule, source = given, "--schedule"
     if args.interpret:
-        from ..ir import validate
-        from ..ir.operands import prepare
-        a_rows = prepare(problem, schedule, B.values, B.indices).geometry.a_rows if schedule.a_load == "rows" else None
-        validate(problem, schedule, dev, a_rows)
+        validate_on(problem, schedule, dev, B)
         seconds, nbytes = estimate_cost(problem, schedule)
         within_interpreter_limits(problem, seconds, nbytes, seed)
         print(f"CPU interpreter: about {max(seconds, 0.1):.1f} s and {max(nbytes / 2**20, 1):.0f} MB at most", flush=True)
@@ -103,6 +98,19 @@ def run(args):
     print(f"schedule from {source}")
     print(f"{v.summary()}: {'PASS' if v.ok else 'FAIL'}")
     return 0 if v.ok else 1
+
+
+def fresh_seed() -> int:
+    """A seed for inputs the user did not seed (printed, so that a run can be replayed)."""
+    return int(np.random.SeedSequence().entropy % 2**32)
+
+
+def validate_on(problem, schedule, device, B) -> None:
+    """ir.validate for `schedule` with these weights: a "rows" schedule's A lists are sized by B."""
+    from ..ir import validate
+    from ..ir.operands import prepare
+    a_rows = prepare(problem, schedule, B.values, B.indices).geometry.a_rows if schedule.a_load == "rows" else None
+    validate(problem, schedule, device, a_rows)
 
 
 def within_interpreter_limits(problem, seconds: float, nbytes: int, seed: int) -> None:
