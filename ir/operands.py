@@ -112,25 +112,50 @@ class Operands:
     arows: np.ndarray | None
 
 
-def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarray) -> Operands:
+def _tile_rows(problem: Problem, s: Schedule, indices: np.ndarray, g0: Geometry):
+    """(at, chunks, real) of B's kept rows under `s`: at (W,) the row of its tile's KR each kept row
+    sits at (a tile's last KR - kept rows stay zero padding); chunks (T*tn, KR*upb) the shared A row
+    (window offset in the tile + position) each tile row reads for each index unit, one chunk per
+    (K tile, block column), padding rows reading row 0; real (T, KR) the tile rows holding a kept row."""
     p = problem.pattern
-    W, N = problem.kept_rows, problem.N
-    g0 = geometry(problem, s)
-    T, KR, BK, tn = g0.T, g0.KR, g0.BK, g0.tiles_n
-    Np, Wp, upb = tn * s.block_n, T * KR, g0.upb
-    # kept row w sits at row `at[w]` of its tile's KR (the tile's last KR - kept rows stay zero)
+    W = problem.kept_rows
+    T, KR, tn, upb = g0.T, g0.KR, g0.tiles_n, g0.upb
+    Np, Wp = tn * s.block_n, T * KR
     at = np.arange(W) // g0.kept * KR + np.arange(W) % g0.kept
-
-    bv = np.zeros((Wp, Np), dtype_of(problem.dtype).storage)
-    bv[at, :N] = as_computed(values, problem.dtype)
-
-    # Shared A row of each kept row for each index unit: window offset inside the tile + position.
     unit_vec = np.minimum(np.arange(Np // g0.unit) * g0.unit // p.vector, problem.vectors - 1)
     window_in_tile = (np.arange(W) // p.n) % s.k_windows
     asrow = np.zeros((Wp, Np // g0.unit), np.int64)
     asrow[at] = window_in_tile[:, None] * p.m + indices[:, unit_vec].astype(np.int64)
     # (T, KR, tn, upb) -> one chunk per (tile, block column): (T*tn, KR*upb)
     chunks = asrow.reshape(T, KR, tn, upb).transpose(0, 2, 1, 3).reshape(T * tn, KR * upb)
+    real = np.zeros(Wp, bool)
+    real[at] = True
+    return at, chunks, real.reshape(T, KR)
+
+
+def rows_length(problem: Problem, s: Schedule, indices: np.ndarray) -> int:
+    """The length of the "rows" strategy's A lists (geometry.a_rows) that `prepare` gives B's
+    `indices` under `s`, without ordering the lists: what the model needs to rank a "rows"
+    schedule, at a fraction of prepare's cost (which colours the lists for ldmatrix). The longest
+    chunk's distinct rows, in whole groups of 8, at least 8: the coloured lists (`_colour_rows`)
+    count the rows kept rows read; the sorted ones (`_compact_rows`) also row 0 where padding reads it."""
+    g0 = geometry(problem, s)
+    _, chunks, real = _tile_rows(problem, s, indices, g0)
+    if colours_rows(problem, s, g0):
+        chunks = np.where(np.repeat(np.repeat(real, g0.tiles_n, axis=0), g0.upb, axis=1), chunks, -1)
+    srt = np.sort(chunks, axis=1)
+    distinct = 1 + (np.diff(srt, axis=1) != 0).sum(axis=1) - (srt[:, 0] < 0)
+    return max(8, ceil_div(int(distinct.max()), 8) * 8)
+
+
+def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarray) -> Operands:
+    N = problem.N
+    g0 = geometry(problem, s)
+    T, KR, BK, tn = g0.T, g0.KR, g0.BK, g0.tiles_n
+    Np, Wp, upb = tn * s.block_n, T * KR, g0.upb
+    at, chunks, real = _tile_rows(problem, s, indices, g0)
+    bv = np.zeros((Wp, Np), dtype_of(problem.dtype).storage)
+    bv[at, :N] = as_computed(values, problem.dtype)
 
     arows = None
     a_rows = None
@@ -139,9 +164,6 @@ def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarr
         arows = (chunks.reshape(T * tn, KR, upb).transpose(0, 2, 1).reshape(T * tn, upb * KR)
                  + (tile * BK)[:, None]).astype(np.int32)
         return Operands(g0, wgmma_b_order(bv, g0, s) if s.wgmma else bv, None, arows)
-    real = np.zeros(Wp, bool)              # the tile rows that hold a kept row (the others are zero padding)
-    real[at] = True
-    real = real.reshape(T, KR)
     ldmatrix = gathers_with_ldmatrix(problem, s)
     if colours_rows(problem, s, g0):
         chunks, arows = _colour_rows(chunks, real, BK, tn)

@@ -191,14 +191,14 @@ def compile_case(case_dict: dict, arch: str):
     """Worker process: (ptx, cubin, resources dict | error text) of a case's kernel. The "rows"
     strategy's list length comes from the case's own weights, drawn again from its seed."""
     from .checking import random_weights
-    from .ir.operands import prepare
+    from .ir.operands import rows_length
     from .search.tuner import compile_worker
     case = case_from_dict(case_dict)
     p, s = case.problem, case.schedule
     a_rows = None
     if s.a_load == "rows":
         B = random_weights(p, case.seed)
-        a_rows = prepare(p, s, B.values, B.indices).geometry.a_rows
+        a_rows = rows_length(p, s, B.indices)
     return compile_worker(p.to_dict(), s.to_json(), arch, a_rows)
 
 
@@ -247,9 +247,8 @@ def _kernel(case: Case, device: Device, B, compiled):
         from .errors import CompileError
         raise CompileError(str(res))
     from .codegen import Resources
-    from .ir.operands import prepare
-    a_rows = prepare(case.problem, case.schedule, B.values, B.indices).geometry.a_rows \
-        if case.schedule.a_load == "rows" else None
+    from .ir.operands import rows_length
+    a_rows = rows_length(case.problem, case.schedule, B.indices) if case.schedule.a_load == "rows" else None
     return Kernel(case.problem, case.schedule, device.arch, a_rows, ptx=ptx, cubin=cubin,
                   resources=Resources(**res, log="") if isinstance(res, dict) else None)
 

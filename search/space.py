@@ -27,7 +27,7 @@ from ..ir.device import Device
 from ..ir.dtypes import dtype as dtype_of
 from ..ir.instructions import for_dtype
 from ..ir.layout import ComputeLayout
-from ..ir.operands import geometry, prepare
+from ..ir.operands import geometry, rows_length
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import problems
@@ -281,7 +281,7 @@ def rows_lengths(problem: Problem, B):
             return None
         key = (s.block_n, s.k_windows, s.warp_n)
         if key not in cache:
-            cache[key] = prepare(problem, s, B.values, B.indices).geometry.a_rows
+            cache[key] = rows_length(problem, s, B.indices)
         return cache[key]
 
     return a_rows

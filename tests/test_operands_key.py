@@ -1,4 +1,5 @@
-"""The prepared-weights cache key (ir.operands.layout_key) against what `prepare` really makes.
+"""The prepared-weights cache key (ir.operands.layout_key), and the model's "rows" list length
+(ir.operands.rows_length), against what `prepare` really makes.
 
 nmgen.api and nmgen.torch keep one prepared copy of a weight matrix per layout_key and hand it to
 every kernel whose schedule has that key. A field `prepare` reads but the key leaves out makes a
@@ -13,7 +14,7 @@ import nmgen
 from nmgen import Pattern, Problem, Schedule
 from nmgen.checking import random_inputs, stored_weights
 from nmgen.ir import for_arch
-from nmgen.ir.operands import layout_key, prepare
+from nmgen.ir.operands import layout_key, prepare, rows_length
 from nmgen.search.refine import refinements
 from nmgen.search.space import enumerate_space
 
@@ -36,7 +37,7 @@ def _arrays(ops) -> tuple:
 def test_schedules_sharing_a_key_get_the_same_prepared_weights(rng, spec):
     """Every schedule of the space (and its tuner refinements) is prepared; within each key all
     prepare byte-identical arrays. And keys are not so coarse that this holds trivially: the space
-    has several of them."""
+    has several of them. The model's cheap list length (rows_length) is the one prepare makes."""
     M, N, K, n, m, V, dtype, a_major = spec
     p = Problem(M, N, K, Pattern(n, m, V), dtype, a_major)
     _, B = random_inputs(p, rng)
@@ -49,7 +50,10 @@ def test_schedules_sharing_a_key_get_the_same_prepared_weights(rng, spec):
     for key, members in groups.items():
         first = None
         for s in members.values():
-            got = _arrays(prepare(p, s, B.values, B.indices))
+            ops = prepare(p, s, B.values, B.indices)
+            if s.a_load == "rows":
+                assert rows_length(p, s, B.indices) == ops.geometry.a_rows, s.short()
+            got = _arrays(ops)
             if first is None:
                 first, who = got, s
             assert got == first, f"{s.short()} and {who.short()} share the key {key} but not their weights"

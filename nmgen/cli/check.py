@@ -108,8 +108,8 @@ def fresh_seed() -> int:
 def validate_on(problem, schedule, device, B) -> None:
     """ir.validate for `schedule` with these weights: a "rows" schedule's A lists are sized by B."""
     from ..ir import validate
-    from ..ir.operands import prepare
-    a_rows = prepare(problem, schedule, B.values, B.indices).geometry.a_rows if schedule.a_load == "rows" else None
+    from ..ir.operands import rows_length
+    a_rows = rows_length(problem, schedule, B.indices) if schedule.a_load == "rows" else None
     validate(problem, schedule, device, a_rows)
 
 
