@@ -57,7 +57,8 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
 5. DRAM bytes: A once, B once per block-row group when B exceeds half of L2, C once (three times
    under split-K: memset, atomics). time_DRAM = bytes / memory bandwidth.
 6. time = max(time_SM, time_L2, time_DRAM) + 3 us launch; split-K adds 2.3 us (the memset of C)
-   and 7.5 us per million atomic adds (M * N * split), both fitted like item 3. Sliced K adds, once
+   and 7.5 us per million atomic adds (M * N * split), both fitted like item 3; into a 16-bit C,
+   reduced in the kernel (no memset), 12.7 us and 2.5 us per million (fitted on the H200). Sliced K adds, once
    per block, the shared-memory reduction: 2 * TM * TN / b_vec accesses per warp and a barrier,
    counted as one more K tile's ramp plus those accesses at the issue rate.
 """
@@ -66,7 +67,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ir.build import copy_plans
+from ..ir.build import copy_plans, reduces_in_kernel
 from ..ir.device import Device
 from ..ir.layout import ComputeLayout
 from ..ir.nodes import DTYPE_BYTES
@@ -82,6 +83,10 @@ SPLIT_US, ATOMIC_US_PER_MILLION = 2.3, 7.53
 # tensor-core kernels, fitted on the H200 (item 3b): issue-chain, L1 and tensor-pipe weights, ramp cycles
 MMA_ISSUE_LATENCY, MMA_L1_WEIGHT, MMA_TENSOR_WEIGHT, MMA_RAMP_CYCLES = 3.29, 0.663, 1.55, 950.0
 MMA_SPLIT_FACTOR = 1.80     # split-K's zeroing and atomics cost this much more than FFMA's fit says
+# split-K into a 16-bit C, reduced in the kernel (ir.nodes.SplitKReduce): a fixed cost and one per million
+# partial sums (M * N * split), fitted in log time on the H200 to 26 split-K bf16 kernels against their
+# measured split-K 1 times scaled by the model's split / no-split ratio (benchmarks/2026-12-01-h200-splitk/)
+REDUCE16_US, REDUCE16_US_PER_MILLION = 12.7, 2.49
 WGMMA_FACTOR = 0.899        # wgmma kernels' tiles against what the shared terms say (fitted with them)
 # (wgmma, stages, prefetch) -> the pipeline's factor on a tile (item 3b): measured inside families on
 # the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; the families each rests on, in order: mma.sync
@@ -275,7 +280,9 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     elif t == dram_us:
         bound = "DRAM"
     t += LAUNCH_US
-    if s.split_k > 1:
+    if s.split_k > 1 and reduces_in_kernel(problem, s):
+        t += REDUCE16_US + REDUCE16_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6
+    elif s.split_k > 1:
         t += ((SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6)
               * (MMA_SPLIT_FACTOR if fitted else 1.0))
     return Prediction(t, sm_us, l2_us, dram_us, bound, bps, waves, issue, l1, l2_bytes, dram_bytes)
