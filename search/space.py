@@ -27,7 +27,7 @@ from ..ir.device import Device
 from ..ir.dtypes import dtype as dtype_of
 from ..ir.instructions import for_dtype
 from ..ir.layout import ComputeLayout
-from ..ir.operands import geometry, rows_length
+from ..ir.operands import colours_rows, geometry, rows_length
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import problems
@@ -273,13 +273,15 @@ def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Sch
 
 def rows_lengths(problem: Problem, B):
     """A function schedule -> compacted A-list length of the "rows" strategy for the weights B
-    (None for other strategies, or without B), computed once per layout that decides it."""
+    (None for other strategies, or without B), computed once per layout that decides it: a list
+    holds the K rows any column of its block column reads (however the columns split into index
+    units), plus row 0 where the uncoloured lists' padding reads it (ir.operands.rows_length)."""
     cache = {}
 
     def a_rows(s: Schedule) -> int | None:
         if s.a_load != "rows" or B is None:
             return None
-        key = (s.block_n, s.k_windows, s.warp_n)
+        key = (s.block_n, s.k_windows, colours_rows(problem, s))
         if key not in cache:
             cache[key] = rows_length(problem, s, B.indices)
         return cache[key]
