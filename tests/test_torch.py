@@ -599,12 +599,12 @@ def test_emulated_product(emu, dtype, pattern, V, compute, M):
 
 @pytest.mark.parametrize("dtype,reduced", [(torch.float32, False), (torch.bfloat16, True)])
 def test_emulated_split_k_zeroes_or_reduces_in_the_kernel(emu, dtype, reduced):
-    """1x256x2048 runs split-K (the model's choice). An fp32 C is zeroed before every launch. A
-    16-bit C is one launch: the kernel sums into the stream's shared workspace (zeroed when made)
-    and leaves it zeroed, so no memset comes before the next call, and its product is right (not
-    the sum of two)."""
-    layer = _rand_layer(2048, 256, "8:32", 32, dtype, bias=False)
-    x = torch.randn(1, 2048).to(dtype)
+    """1x256x4096 runs split-K (the model's choice: 16 ways for fp32 and bf16). An fp32 C is zeroed
+    before every launch. A 16-bit C is one launch: the kernel sums into the stream's shared workspace
+    (zeroed when made) and leaves it zeroed, so no memset comes before the next call, and its
+    product is right (not the sum of two)."""
+    layer = _rand_layer(4096, 256, "8:32", 32, dtype, bias=False)
+    x = torch.randn(1, 4096).to(dtype)
     compute = "ffma" if dtype == torch.float32 else "mma"
     for call in range(2):
         del emu.calls[:]
