@@ -23,18 +23,23 @@ code, which the model does not know, so they are decided by measuring them next 
                against 416.5 us flushed in run 19: close enough that only measuring decides)
   K tile       (tensor cores) twice the windows, at the deepest of the space's depths up to the
                measured one that fits: fewer barriers and index loads a kept row, against fewer
-               stages and more registers. The space stops at 32 kept rows a tile at 16:32, where the
-               model predicts 64 ~16% faster for 128x256 tiles (NOTES.md 40); not yet measured, so
-               the tuner measures it next to its winners rather than the space offering it to all
+               stages and more registers. The space stops at 32 kept rows a tile at 16:32; measured
+               on the H200, 64 were 4-6% slower for the 128x256 winners of the large shapes and 9%
+               faster for 512x4096x11008's 64x256 tile (NOTES.md 41), so only measuring decides
                (FFMA: every larger K tile was slower on the H100, NOTES.md 13)
+  waves        block_n less whole warp columns where the grid's last wave is then fuller: the
+               space's block tiles are powers of two, and 1024x5120x5120 in 128x256 tiles is 160
+               blocks on 132 SMs, two waves for 1.2 waves of work; 128x160 tiles are 256 blocks in
+               the same two waves, each block 5/8 of the work (wave_balanced_block_n). Fewer warps
+               a block hide less latency, so the model cannot rank it (not yet measured)
 """
 from __future__ import annotations
 
 from ..ir.device import Device
 from ..ir.instructions import for_dtype
-from ..ir.problem import Problem
+from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
-from ..ir.validate import problems, shared_bytes
+from ..ir.validate import estimate_registers, problems, shared_bytes
 from .model import blocks_per_sm
 from .space import copyable_k_windows, stage_choices
 
@@ -65,6 +70,11 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
         kw = copyable_k_windows(problem, min(2 * s.k_windows, problem.windows))
         deeper = [s.replace(k_windows=kw, stages=d) for d in reversed(depths) if d <= s.stages]
         out += [c for c in deeper if kw > s.k_windows and not problems(problem, c, device, a_rows(c))][:1]
+    balanced = wave_balanced_block_n(problem, s, device, held or blocks_per_sm(
+        s, device, estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype)),
+        shared_bytes(problem, s, a_rows(s))))
+    if balanced:
+        out.append(s.replace(block_n=balanced))
     for field in ("block_m", "block_n"):
         bigger = s.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:
@@ -75,3 +85,20 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
             seen.add(c.hash())
             keep.append(c)
     return keep
+
+
+def wave_balanced_block_n(problem: Problem, s: Schedule, device: Device, per_sm: int) -> int | None:
+    """The block_n between half `s`'s (the space has that one) and its own, whole warp columns less,
+    whose grid takes the least time in whole waves of `per_sm` blocks per SM, counting a block's time
+    as its share of columns: (waves) x (block_n). None where none beats `s`'s own by 10% (the margin:
+    fewer warps hide less latency; per_sm is held, though fewer threads may let more blocks in)."""
+    if per_sm < 1:
+        return None
+    tiles_m, slots = ceil_div(problem.M, s.block_m), device.sms * per_sm
+
+    def cost(bn: int) -> int:
+        return ceil_div(tiles_m * ceil_div(problem.N, bn) * s.split_k, slots) * bn
+
+    narrower = [bn for bn in range(s.block_n - s.warp_n, 0, -s.warp_n) if 2 * bn > s.block_n]
+    best = min(narrower, key=cost, default=None)
+    return best if best and cost(best) < 0.9 * cost(s.block_n) else None

@@ -67,6 +67,9 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
     # 16:32 at 64 kept rows a tile (the tuner's deeper K tile): rotated loop, coloured "rows", last tile short
     (40, 100, 320, 16, 32, 32, "bf16", "col", None, dict(SMALL, k_windows=4, prefetch=1, a_load="rows")),
     (24, 72, 192, 2, 8, 8, "bf16", "col", None, dict(SMALL, warp_n=8, block_n=24, k_windows=8)),   # 3 n-tiles
+    # five warps a block (the tuner's wave-balancing block_n, search.refine): copies over 160 threads
+    (40, 330, 256, 8, 32, 32, "bf16", "col", None, dict(SMALL, block_n=160, k_windows=4, prefetch=1, a_load="rows")),
+    (40, 330, 256, 8, 32, 32, "f16", "row", "bf16", dict(SMALL, block_n=160, k_windows=4, a_smem="mk", split_k=2)),
     (17, 100, 64, 8, 32, 32, "tf32", "row", None, dict(SMALL, k_windows=2, a_pad=4)),
     (40, 136, 256, 4, 32, 8, "tf32", "col", None, dict(SMALL, warp_n=64, k_windows=8, refill_row=1)),
     (40, 136, 512, 4, 32, 8, "tf32", "row", None, dict(SMALL, warp_n=64, k_windows=8, a_smem="mk", split_k=2)),

@@ -264,7 +264,7 @@ def test_model_topk_also_measures_the_bests_of_nearby_problems(tmp_path):
 
 
 def test_refinements_are_one_step_from_a_measured_schedule():
-    from nmgen.search.refine import refinements
+    from nmgen.search.refine import refinements, wave_balanced_block_n
     p = Problem(4096, 4096, 4096, Pattern(12, 32, 32), a_major="col")
     s = Schedule(block_m=64, block_n=256, warp_m=64, warp_n=32, k_windows=2, stages=2)
     got = refinements(p, s, H100, registers=127)
@@ -295,6 +295,13 @@ def test_refinements_are_one_step_from_a_measured_schedule():
     # from a refill_row schedule: the rotated loop has no refill_row; the other row count is tried
     rf = refinements(p, s.replace(refill_row=1), H100, registers=None)
     assert s.replace(prefetch=1) in rf and s.replace(refill_row=2) in rf and s.replace(refill_row=1) not in rf
+    # a grid whose last wave is short: 1024x5120 in 128x256 tiles is 160 blocks for 132 SMs (two waves);
+    # 128x160 is 256 blocks in the same two waves, 5/8 of the work each. 4096x4096's 512 tiles fill theirs
+    mid = Problem(1024, 5120, 5120, Pattern(8, 32, 32), "bf16", "col")
+    m8 = m.replace(k_windows=4, stages=3)
+    assert [c.block_n for c in refinements(mid, m8, H100, registers=241) if c.block_n < 256] == [160]
+    assert wave_balanced_block_n(mid, m8, H100, 1) == 160
+    assert wave_balanced_block_n(Problem(4096, 4096, 4096, Pattern(8, 32, 32), "bf16", "col"), m8, H100, 1) is None
 
 
 class FasterWithPrefetch(FakeGPU):

@@ -93,6 +93,9 @@ FAMILIES = [   # every family of tensor-core schedule the search can pick, on od
     dict(block_m=128, block_n=128, warp_m=128, warp_n=128, k_windows=2, stages=3, wgmma=1, a_load="rows"),
     # the tuner's deeper K tile (search.refine): 64 kept rows a tile at 16:32, rotated loop, 3 stages
     dict(block_m=128, block_n=256, warp_m=128, warp_n=32, k_windows=4, stages=3, a_load="rows", prefetch=1),
+    # the tuner's wave-balancing block_n (search.refine): five warps of 128x32, 160 threads
+    dict(block_m=128, block_n=160, warp_m=128, warp_n=32, k_windows=4, stages=3, a_load="rows", prefetch=1),
+    dict(block_m=128, block_n=160, warp_m=128, warp_n=32, k_windows=2, stages=3),
 ]
 
 
