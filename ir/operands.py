@@ -30,6 +30,7 @@ T = K tiles, KR = k_windows*n kept rows per tile (padded as above), BK = k_windo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
 
@@ -135,17 +136,27 @@ def _tile_rows(problem: Problem, s: Schedule, indices: np.ndarray, g0: Geometry)
 
 def rows_length(problem: Problem, s: Schedule, indices: np.ndarray) -> int:
     """The length of the "rows" strategy's A lists (geometry.a_rows) that `prepare` gives B's
-    `indices` under `s`, without ordering the lists: what the model needs to rank a "rows"
-    schedule, at a fraction of prepare's cost (which colours the lists for ldmatrix). The longest
-    chunk's distinct rows, in whole groups of 8, at least 8: the coloured lists (`_colour_rows`)
-    count the rows kept rows read; the sorted ones (`_compact_rows`) also row 0 where padding reads it."""
+    `indices` under `s`, without building or ordering the lists: what the model needs to rank a
+    "rows" schedule, at a small part of prepare's cost. The longest chunk's distinct K rows, in whole
+    groups of 8, at least 8. A chunk (K tile, block column) reads the rows its columns' vectors keep;
+    the sorted lists (`_compact_rows`) also row 0 where the tile has zero padding rows (they read
+    it), the coloured ones (`_colour_rows`) only rows that kept rows read."""
     g0 = geometry(problem, s)
-    _, chunks, real = _tile_rows(problem, s, indices, g0)
-    if colours_rows(problem, s, g0):
-        chunks = np.where(np.repeat(np.repeat(real, g0.tiles_n, axis=0), g0.upb, axis=1), chunks, -1)
-    srt = np.sort(chunks, axis=1)
-    distinct = 1 + (np.diff(srt, axis=1) != 0).sum(axis=1) - (srt[:, 0] < 0)
-    return max(8, ceil_div(int(distinct.max()), 8) * 8)
+    p = problem.pattern
+    W, T, tn = problem.kept_rows, g0.T, g0.tiles_n
+    w = np.arange(W)
+    tile = w // g0.kept
+    # column groups that lie in one vector and one block column: (group) -> vector, block column
+    step = gcd(s.block_n, p.vector)
+    first = np.arange(0, problem.N, step)
+    vec, col = first // p.vector, first // s.block_n
+    shift = ((w // p.n) % s.k_windows) * p.m                      # the kept row's window in its tile
+    used = np.zeros((T, tn, g0.BK), bool)
+    used[tile[:, None], col[None, :], shift[:, None] + indices[:, vec].astype(np.int64)] = True
+    if not colours_rows(problem, s, g0):
+        in_tile = np.minimum(g0.kept, W - np.arange(T) * g0.kept)   # kept rows of each tile
+        used[in_tile < g0.KR, :, 0] = True
+    return max(8, ceil_div(int(used.sum(axis=2).max()), 8) * 8)
 
 
 def prepare(problem: Problem, s: Schedule, values: np.ndarray, indices: np.ndarray) -> Operands:
