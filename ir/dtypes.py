@@ -75,6 +75,22 @@ def dtype(name) -> DType:
                      f"ml_dtypes.bfloat16, numpy.float16 or a torch dtype of these")
 
 
+def output_dtype(name) -> str:
+    """nmgen's name of the stored dtype `name` names for C (f32, bf16, f16; spellings as `dtype`
+    takes them). ShapeError naming the output dtypes for anything else, tf32 included (a way of
+    computing: its products accumulate into an f32 C)."""
+    try:
+        d = dtype(name).name
+    except ShapeError:
+        d = None
+    if d not in OUTPUT_DTYPES:
+        why = " (tf32 is a way of computing from float32 inputs; its C is f32)" if d == "tf32" else ""
+        raise ShapeError(f"output dtype {name!r} is not one of {', '.join(OUTPUT_DTYPES)}{why}: C holds float32, "
+                         f"bfloat16 or float16; pass one of those names, numpy.float32, ml_dtypes.bfloat16, "
+                         f"numpy.float16 or a torch dtype of these")
+    return d
+
+
 def storage_name(np_dtype) -> str | None:
     """nmgen's name of a numpy dtype of stored values (f32, bf16, f16), or None."""
     d = np.dtype(np_dtype)

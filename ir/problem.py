@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from .errors import NMGenError, PatternError, ShapeError
 
-_PATTERN_RE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*$")     # a sign: the range checks say what is wrong
+# "n:m", or "n:mxV" as problems print (a sign: the range checks say what is wrong)
+_PATTERN_RE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*(?:[xX]\s*(-?\d+)\s*)?$")
 _SHAPE_RE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 
 # Indices are stored as uint8 up to m=256 and uint16 beyond; a window larger than this is no
@@ -59,11 +60,18 @@ class Pattern:
                                f"columns than B has shares one choice across all of them, as any wider one would)")
 
     @classmethod
-    def parse(cls, text: str, vector: int = 1) -> "Pattern":
+    def parse(cls, text: str, vector: int | None = None) -> "Pattern":
+        """"n:m" with `vector` (None: 1), or "n:mxV" (`vector` None or V). PatternError otherwise."""
         mt = _PATTERN_RE.match(str(text))
         if not mt:
-            raise PatternError(f"pattern {text!r} is not of the form n:m, e.g. 2:4 or 8:32")
-        return cls(int(mt.group(1)), int(mt.group(2)), vector)   # Pattern refuses a vector that is no integer
+            raise PatternError(f"pattern {text!r} is not of the form n:m (or n:mxV), e.g. 2:4, 8:32 or 8:32x32")
+        if mt.group(3) is not None:
+            V = int(mt.group(3))
+            if vector is not None and vector != V:
+                raise PatternError(f"pattern {text!r} has vector length V={V} but vector={vector} was given: "
+                                   f"give one of them")
+            vector = V
+        return cls(int(mt.group(1)), int(mt.group(2)), 1 if vector is None else vector)   # refuses a non-integer V
 
     @property
     def density(self) -> float:
@@ -133,14 +141,10 @@ class Problem:
             object.__setattr__(self, name, v)
             if v < 1:
                 raise ShapeError(f"{name}={v} must be a positive integer: " + _WHY_POSITIVE[name])
-        from .dtypes import OUTPUT_DTYPES, dtype as dtype_of
+        from .dtypes import dtype as dtype_of, output_dtype
         object.__setattr__(self, "dtype", dtype_of(self.dtype).name)      # any spelling: "float16", np.float16, ...
-        if self.c_dtype is not None:
-            object.__setattr__(self, "c_dtype", dtype_of(self.c_dtype).name)
-        if self.c_dtype is None:
-            object.__setattr__(self, "c_dtype", "f32" if self.dtype == "tf32" else self.dtype)
-        if self.c_dtype not in OUTPUT_DTYPES:
-            raise ShapeError(f"output dtype {self.c_dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
+        object.__setattr__(self, "c_dtype", output_dtype("f32" if self.dtype == "tf32" else self.dtype)
+                           if self.c_dtype is None else output_dtype(self.c_dtype))
         self.pattern.check_k(self.K)
         if self.M * max(self.K, self.N) >= 2**40 or self.K * self.N >= 2**40:
             raise ShapeError(f"{self.M}x{self.N}x{self.K} is too large: M * max(K, N) and K * N must stay below 2^40 "

@@ -121,7 +121,7 @@ def _problem(problem, pattern, vector, a_major, dtype="f32", c_dtype=None) -> Pr
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
     return Problem(M, N, K, _pattern(pattern, vector), dtype_of(dtype).name, a_major,   # Problem checks the sizes
-                   None if c_dtype is None else dtype_of(c_dtype).name)
+                   c_dtype)
 
 
 def current_device(ordinal: int = 0) -> Device | None:

@@ -26,19 +26,20 @@ DTYPE_CODES = {"f32": 0, "bf16": 1, "f16": 2}
 
 
 def _pattern(pattern, vector) -> Pattern:
-    """A Pattern from a Pattern, "n:m" or (n, m), and `vector` (None: the pattern's, or 1).
+    """A Pattern from a Pattern, "n:m", "n:mxV" or (n, m), and `vector` (None: the pattern's, or 1).
     Sizes must be integers: Pattern refuses 2.5 or True instead of truncating them (PatternError)."""
     if isinstance(pattern, Pattern):
         if vector is not None and as_int(vector, "vector length V", PatternError) != pattern.vector:
-            raise PatternError(f"vector={vector} disagrees with the pattern's V={pattern.vector}")
+            hint = (f" (nmgen.Pattern({pattern.n}, {pattern.m}) is element-wise, V=1); pass "
+                    f"Pattern({pattern.n}, {pattern.m}, {vector}), or '{pattern.n}:{pattern.m}' with vector={vector}"
+                    if pattern.vector == 1 else "; give one of them")
+            raise PatternError(f"vector={vector} disagrees with the pattern's V={pattern.vector}{hint}")
         return pattern
-    v = 1 if vector is None else vector
+    if isinstance(pattern, str):
+        return Pattern.parse(pattern, vector)
     if isinstance(pattern, (tuple, list)) and len(pattern) == 2:
-        return Pattern(pattern[0], pattern[1], v)
-    if not isinstance(pattern, str):
-        raise PatternError(f"pattern {pattern!r} must be a string 'n:m' (e.g. '8:32'), a tuple (n, m) or a "
-                           f"nmgen.Pattern")
-    return Pattern.parse(pattern, v)
+        return Pattern(pattern[0], pattern[1], 1 if vector is None else vector)
+    raise PatternError(f"pattern {pattern!r} must be a string 'n:m' (e.g. '8:32'), a tuple (n, m) or a nmgen.Pattern")
 
 
 def _window(m) -> int:

@@ -486,6 +486,17 @@ def test_check_interpret_passes(a_major):
 def test_help_lists_the_commands():
     r = nmgen("--help")
     assert r.returncode == 0 and "ptx" in r.stdout and "check" in r.stdout
+    bare = nmgen()                       # no command: the list of commands, not only "required"
+    assert bare.returncode == 2 and "ptx" in bare.stderr and "fuzz" in bare.stderr and "Traceback" not in bare.stderr
+
+
+def test_pattern_with_its_vector_as_problems_print_it(tmp_path):
+    """--pattern 8:32x32 is 8:32 with V = 32 (what nmgen prints); a --vector that disagrees is refused."""
+    out = tmp_path / "k.ptx"
+    r = nmgen("ptx", "--shape", "64x64x64", "--pattern", "8:32x32", "--dtype", "bf16", "-o", str(out))
+    assert r.returncode == 0 and "nmspmm_64x64x64_8_32_32_bf16" in out.read_text(), r.stderr
+    r = nmgen("ptx", "--shape", "64x64x64", "--pattern", "8:32x32", "--vector", "16", "--dtype", "bf16")
+    assert r.returncode == 2 and "V=32 but vector=16 was given" in r.stderr, r.stderr
 
 
 def test_python_m_nmgen_is_the_nmgen_command():

@@ -70,9 +70,15 @@ def test_bad_input_says_what_and_how(args, match):
         prune(np.ones(shape, np.float32), pattern)
 
 
-def test_bad_vector_and_dtype():
+def test_bad_vector_and_dtype(rng):
     with pytest.raises(PatternError, match="V=0 must be at least 1"):
         prune(np.ones((4, 4), np.float32), "2:4", vector=0)
+    W = rng.standard_normal((32, 8)).astype(np.float32)
+    assert np.array_equal(prune(W, "2:4x2"), prune(W, "2:4", vector=2))     # "n:mxV", as nmgen prints patterns
+    with pytest.raises(PatternError, match="V=2 but vector=4 was given"):
+        prune(W, "2:4x2", vector=4)
+    with pytest.raises(PatternError, match=r"Pattern\(2, 4, 4\), or '2:4' with vector=4"):
+        prune(W, Pattern(2, 4), vector=4)                 # a Pattern's V (1 by default) against another
     with pytest.raises(ShapeError, match="dtype int64.*floating-point"):
         prune(np.ones((4, 4), np.int64), "2:4")
     with pytest.raises(ShapeError, match="NaN"):

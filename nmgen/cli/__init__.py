@@ -52,6 +52,9 @@ def one_line(message: str) -> str:
 def main(argv=None) -> int:
     from .common import refuse_existing_outputs
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):      # bare `nmgen`: the commands, not just "required"
+        parser.print_help(sys.stderr)
+        return 2
     args, extra = parser.parse_known_args(argv)
     if extra:                 # reported by the command's own parser: "nmgen check: error: ..."
         parser.subparser(args.command).error(f"unrecognized arguments: {' '.join(extra)}")

@@ -22,7 +22,9 @@ def register(sub):
                                    "Exits 1 on FAIL (an element over its bound, or never written).")
     add_problem_args(p)
     add_schedule_arg(p)
-    p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter (no GPU)")
+    p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter instead of the GPU (needed on a "
+                   f"machine without one; small shapes: it refuses runs past {INTERPRETER_SECONDS} s or "
+                   f"{INTERPRETER_BYTES >> 30} GB)")
     p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
     p.add_argument("--seed", type=at_least(0), default=None,
@@ -74,7 +76,7 @@ def run(args):
     if args.interpret:   # before any input exists: the operands alone can exceed the memory bound (the
         # time is judged once the schedule is known: a bound for every schedule would refuse what runs)
         from ..ir.interpret import estimate_cost
-        within_interpreter_limits(problem, 0.0, estimate_cost(problem)[1], seed)
+        within_interpreter_limits(problem, None, estimate_cost(problem)[1], seed)
     A, B = random_inputs(problem, rng)
     if given is None:
         from ..search.choose import chosen
@@ -113,11 +115,13 @@ def validate_on(problem, schedule, device, B) -> None:
     validate(problem, schedule, device, a_rows)
 
 
-def within_interpreter_limits(problem, seconds: float, nbytes: int, seed: int) -> None:
-    """Refuse, before starting, a run the CPU interpreter cannot finish in its time and memory bounds."""
+def within_interpreter_limits(problem, seconds: float | None, nbytes: int, seed: int) -> None:
+    """Refuse, before starting, a run the CPU interpreter cannot finish in its time and memory bounds
+    (`seconds` None: judged on memory alone, before the schedule that decides the time is known)."""
     from ..checking import command
-    if seconds > INTERPRETER_SECONDS or nbytes > INTERPRETER_BYTES:
-        raise NMGenError(f"{problem} would take the CPU interpreter about {seconds:.0f} s and {nbytes / 2**20:.0f} MB "
+    if (seconds or 0.0) > INTERPRETER_SECONDS or nbytes > INTERPRETER_BYTES:
+        need = f"about {seconds:.0f} s and " if seconds is not None else ""
+        raise NMGenError(f"{problem} would take the CPU interpreter {need}{nbytes / 2**20:.0f} MB "
                          f"(limits {INTERPRETER_SECONDS} s, {INTERPRETER_BYTES >> 20} MB); check a smaller shape, "
                          f"e.g. `{command(smaller(problem), None, seed, interpret=True)}`, or run on a GPU")
 
