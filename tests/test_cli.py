@@ -675,3 +675,15 @@ def test_check_without_a_gpu_judges_a_rows_schedule_on_the_interpreters_weights(
     assert nmgen("db", "import", os.devnull, "--db", str(db)).returncode == 0
     line = error_line(nmgen(*base, "--vector", "16", "--db", str(db)))
     assert "no GPU here" in line and "--seed " in line and f"--db {db}" in line, line
+
+
+def test_ptx_states_its_launch_contract():
+    """The .entry's parameters are addresses: the comments say which array each is, in order (a split-K
+    kernel into a 16-bit C also takes its fp32 workspace and tile counts, zero before and after)."""
+    r = nmgen("ptx", "--shape", "64x256x288", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+              "--schedule", '{"split_k": 4}')
+    assert r.returncode == 0, r.stderr
+    params = re.findall(r"// nmgen: param_(\d+) (\w+): (\w+)", r.stdout)
+    assert [(int(i), name) for i, name, _ in params] == list(enumerate(["A", "Bv", "Bi", "C", "Work", "Counts"]))
+    assert ("4", "Work", "f32") in params and "zero before and after" in r.stdout
+    assert r.stdout.count(".param .u64") == len(params)

@@ -38,6 +38,10 @@ def run(args):
     text = k.ptx
     notes = [f"nmgen: {problem}  schedule {k.schedule.to_json()}", f"nmgen: schedule from {source}",
              f"nmgen: launch grid {k.ir.grid}, {k.ir.threads} threads, {k.smem_bytes} B dynamic shared memory"]
+    # the launch contract: the .entry's u64 parameters are these arrays' addresses, in this order
+    notes += [f"nmgen: param_{i} {p.name}: {p.dtype} ({p.rows}, {p.cols}), {p.doc}" for i, p in enumerate(k.ir.params)]
+    notes.append("nmgen: the weight arrays (B's values and indices, a \"rows\" schedule's A row lists) are laid out "
+                 "by nmgen.ir.operands.prepare for this schedule; nmgen.prepared.PreparedSpMM launches the kernel")
     if args.ir:
         notes += k.ir_text().splitlines()
     if args.resources:
