@@ -55,16 +55,34 @@ def _window(m) -> int:
     return w
 
 
+# Elements of B a pass over it handles at once: the temporaries of pruning and compressing (absolute
+# values, masks, gather indices) stay this size instead of growing with B (a 28672 x 8192 float32 matrix
+# needed ~5 GB at once for its 0.94 GB)
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _window_chunks(windows: int, m: int, N: int):
+    """slices of whole windows (of m rows of N columns) holding about CHUNK_ELEMENTS elements each."""
+    step = max(1, CHUNK_ELEMENTS // max(1, m * N))
+    return (slice(w, min(w + step, windows)) for w in range(0, windows, step))
+
+
 def _windows(B: np.ndarray, p: Pattern) -> np.ndarray:
-    """Per-row scores grouped as (windows, m, vectors): the L1 norm of each row over each vector."""
+    """Per-row scores grouped as (windows, m, vectors): the L1 norm of each row over each vector,
+    summed in float64."""
     K, N = B.shape
     p.check_k(K)
     if N < 1:
         raise ShapeError(f"B is {K}x{N}: it needs at least one column")
-    nv = ceil_div(N, p.vector)
-    padded = np.zeros((K, nv * p.vector), np.float64)
-    padded[:, :N] = np.abs(B)
-    return padded.reshape(K // p.m, p.m, nv, p.vector).sum(axis=3)
+    nv, whole = ceil_div(N, p.vector), N // p.vector
+    out = np.empty((K // p.m, p.m, nv), np.float64)
+    for w in _window_chunks(K // p.m, p.m, N):
+        a = np.abs(B[w.start * p.m:w.stop * p.m]).astype(np.float64).reshape(-1, p.m, N)
+        if whole:
+            out[w, :, :whole] = a[:, :, :whole * p.vector].reshape(-1, p.m, whole, p.vector).sum(axis=3)
+        if whole < nv:                                      # the last vector, cut short by N
+            out[w, :, whole] = a[:, :, whole * p.vector:].sum(axis=2)
+    return out
 
 
 def _select(scores: np.ndarray, n: int) -> np.ndarray:
@@ -83,7 +101,11 @@ def prune(B, pattern, vector: int | None = None) -> np.ndarray:
     mask = np.zeros((B.shape[0] // p.m, p.m, keep.shape[2]), bool)
     np.put_along_axis(mask, keep, True, axis=1)
     cols = np.arange(B.shape[1]) // p.vector
-    return np.where(mask.reshape(B.shape[0], -1)[:, cols], B, B.dtype.type(0))
+    out = np.empty_like(B)
+    for w in _window_chunks(mask.shape[0], p.m, B.shape[1]):
+        rows = slice(w.start * p.m, w.stop * p.m)
+        out[rows] = np.where(mask[w].reshape(-1, mask.shape[2])[:, cols], B[rows], B.dtype.type(0))
+    return out
 
 
 def _frozen_copy(x):
@@ -338,10 +360,13 @@ def compress(B, pattern, vector: int | None = None) -> NMMatrix:
     W, nv = K // p.m * p.n, keep.shape[2]
     dt = np.uint8 if index_dtype_bits(p.m - 1) == 8 else np.uint16
     indices = keep.reshape(W, nv).astype(dt)
-    window = np.arange(W) // p.n
     cols = np.arange(N) // p.vector
-    values = B[window[:, None] * p.m + indices[:, cols].astype(np.int64), np.arange(N)[None, :]]
-    return NMMatrix(np.ascontiguousarray(values), indices, p, (K, N))
+    values = np.empty((W, N), B.dtype)
+    for w in _window_chunks(K // p.m, p.m, N):          # each kept row's value in every column
+        kept = slice(w.start * p.n, w.stop * p.n)
+        window = np.arange(kept.start, kept.stop) // p.n
+        values[kept] = B[window[:, None] * p.m + indices[kept][:, cols].astype(np.int64), np.arange(N)[None, :]]
+    return NMMatrix(values, indices, p, (K, N))
 
 
 def pad_k(A=None, B=None, m=32):
