@@ -80,6 +80,16 @@ def test_split_k_even_and_uneven(rng, split_k, c_dtype, wgmma):
     check(spmm(A, B, out=out, schedule=s), p, A32, B32)
 
 
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_split_k_with_sliced_k_into_a_16_bit_c(rng, split_k):
+    """Sliced K (2 warps a warp tile) under split-K into a bf16 C: slice 0's accumulators take the
+    tile's sums back from the workspace (the space never pairs them; a user's schedule may)."""
+    p, A, A32, B32, B = inputs(rng, (200, 1000, 2048), (8, 32, 32), "bf16", "col", "bf16")
+    s = Schedule(**MMA, block_m=64, block_n=128, warp_m=64, warp_n=32, k_windows=4, split_k=split_k, warps_k=2)
+    out = np.full((p.M, p.N), np.nan, DTYPES["bf16"].storage)
+    check(spmm(A, B, out=out, schedule=s), p, A32, B32)
+
+
 FAMILIES = [   # every family of tensor-core schedule the search can pick, on odd sizes
     dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=2),
     dict(block_m=128, block_n=128, warp_m=64, warp_n=32, k_windows=2, a_load="rows", min_blocks=2),
