@@ -60,8 +60,8 @@ class Pattern:
                                f"columns than B has shares one choice across all of them, as any wider one would)")
 
     @classmethod
-    def parse(cls, text: str, vector: int | None = None) -> "Pattern":
-        """"n:m" with `vector` (None: 1), or "n:mxV" (`vector` None or V). PatternError otherwise."""
+    def parse(cls, text: str, vector: int | None = None, default: int = 1) -> "Pattern":
+        """"n:m" with `vector` (None: `default`), or "n:mxV" (`vector` None or V). PatternError otherwise."""
         mt = _PATTERN_RE.match(str(text))
         if not mt:
             raise PatternError(f"pattern {text!r} is not of the form n:m (or n:mxV), e.g. 2:4, 8:32 or 8:32x32")
@@ -71,7 +71,7 @@ class Pattern:
                 raise PatternError(f"pattern {text!r} has vector length V={V} but vector={vector} was given: "
                                    f"give one of them")
             vector = V
-        return cls(int(mt.group(1)), int(mt.group(2)), 1 if vector is None else vector)   # refuses a non-integer V
+        return cls(int(mt.group(1)), int(mt.group(2)), default if vector is None else vector)   # refuses a non-integer V
 
     @property
     def density(self) -> float:

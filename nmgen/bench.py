@@ -57,10 +57,11 @@ def read_suite(name_or_file: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def problem_of(shape, pattern: str, vector: int, a_major: str = "row", dtype: str = "f32") -> Problem:
-    """The benchmark problem of a shape, n:m text, V, A's order and dtype (C: A's storage dtype)."""
+def problem_of(shape, pattern: str, vector: int | None, a_major: str = "row", dtype: str = "f32") -> Problem:
+    """The benchmark problem of a shape, "n:m" or "n:mxV" text, V (None: the text's, else 32), A's
+    order and dtype (C: A's storage dtype)."""
     M, N, K = shape
-    return Problem(M, N, K, Pattern.parse(pattern, vector), dtype, a_major)
+    return Problem(M, N, K, Pattern.parse(pattern, vector, default=32), dtype, a_major)
 
 
 KEY_DRAWS = 1 << 24      # random keys drawn per step of random_nm: bounds its sort's temporaries (~200 MB)

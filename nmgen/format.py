@@ -80,8 +80,10 @@ def _windows(B: np.ndarray, p: Pattern) -> np.ndarray:
         a = np.abs(B[w.start * p.m:w.stop * p.m]).astype(np.float64).reshape(-1, p.m, N)
         if whole:
             out[w, :, :whole] = a[:, :, :whole * p.vector].reshape(-1, p.m, whole, p.vector).sum(axis=3)
-        if whole < nv:                                      # the last vector, cut short by N
-            out[w, :, whole] = a[:, :, whole * p.vector:].sum(axis=2)
+        if whole < nv:      # the last vector, cut short by N: summed zero-padded to V, in the order it always was
+            tail = np.zeros((a.shape[0], p.m, p.vector))
+            tail[:, :, :N - whole * p.vector] = a[:, :, whole * p.vector:]
+            out[w, :, whole] = tail.sum(axis=2)
     return out
 
 

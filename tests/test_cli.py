@@ -585,19 +585,31 @@ def test_an_unknown_option_is_reported_by_its_command():
 
 
 @pytest.mark.parametrize("line,expected", [("64x128x256 8:32 32", (8, 32, 32)), ("64x128x256 8:32x32", (8, 32, 32)),
-                                           ("64x128x256 2:4", (2, 4, 1)), ("64x128x256 2:4x1", (2, 4, 1))])
+                                           ("64x128x256 2:4", (2, 4, 1)), ("64x128x256 2:4x1", (2, 4, 1)),
+                                           ("64x128x256 8:32X32", (8, 32, 32)), ("64x128x256 8:32x32 32", (8, 32, 32))])
 def test_a_shapes_line_takes_the_pattern_as_nmgen_prints_it(line, expected):
     from nmgen.cli.search import _problem_of_line
     p = _problem_of_line(line, "row")
     assert (p.M, p.N, p.K) == (64, 128, 256) and (p.pattern.n, p.pattern.m, p.pattern.vector) == expected
 
 
-@pytest.mark.parametrize("line", ["64x128x256 8:32x32 32", "64x128x256", "64x128x256 8:32 32 1"])
+@pytest.mark.parametrize("line", ["64x128x256", "64x128x256 8:32 32 1"])
 def test_a_shapes_line_of_another_form_is_refused(line):
     from nmgen.cli.search import _problem_of_line
     from nmgen.errors import NMGenError
     with pytest.raises(NMGenError, match=r"expected `MxNxK n:m V` \(or `MxNxK n:mxV`\)"):
         _problem_of_line(line, "row")
+    with pytest.raises(NMGenError, match=r"has vector length V=32 but vector=16 was given"):
+        _problem_of_line("64x128x256 8:32x32 16", "row")
+
+
+def test_bench_takes_a_pattern_with_its_vector_length():
+    """--patterns 8:32x16 means V = 16 (bench's V is 32 when neither it nor --vector says otherwise)."""
+    from nmgen.bench import problem_of
+    assert problem_of((64, 128, 256), "8:32x16", None).pattern.vector == 16
+    assert problem_of((64, 128, 256), "8:32", None).pattern.vector == 32
+    r = nmgen("bench", "--patterns", "8:32x12", "--dtype", "bf16")
+    assert r.returncode == 2 and "V=12 is no multiple of 8" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("second,says", [("--markdown", "--json and --markdown both name {out}"),

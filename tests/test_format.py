@@ -73,6 +73,9 @@ def test_bad_input_says_what_and_how(args, match):
 def test_bad_vector_and_dtype(rng):
     with pytest.raises(PatternError, match="V=0 must be at least 1"):
         prune(np.ones((4, 4), np.float32), "2:4", vector=0)
+    # a vector cut short by N is scored as one padded with zeros to V, in float64: 1 + 2^-52 beats 1
+    t = 2.0 ** -53
+    assert prune(np.array([[1, 0, 0, 0], [1, 0, t, t]], np.float32), "1:2", vector=8)[0].tolist() == [0, 0, 0, 0]
     W = rng.standard_normal((32, 8)).astype(np.float32)
     assert np.array_equal(prune(W, "2:4x2"), prune(W, "2:4", vector=2))     # "n:mxV", as nmgen prints patterns
     with pytest.raises(PatternError, match="V=2 but vector=4 was given"):

@@ -24,7 +24,7 @@ def register(sub):
                                    "median of --reps runs, L2 warm (the NM-SpMM paper's method).")
     p.add_argument("--suite", default="paper6", help="paper6 (default), decode, odd, or a FILE of MxNxK lines")
     p.add_argument("--patterns", default=",".join(PAPER_PATTERNS), help="comma-separated n:m (default the paper's)")
-    p.add_argument("--vector", type=int, default=32, help="vector length V (default 32)")
+    p.add_argument("--vector", type=int, help="vector length V (default 32, or the V of a pattern written n:mxV)")
     p.add_argument("--a-major", choices=("row", "col"), default="row",
                    help="A's memory order: row-major (default) or column-major, as NM-SpMM stores it")
     add_dtype_arg(p)
@@ -111,12 +111,12 @@ def run(args):
     patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
     if not patterns:
         raise NMGenError(f"--patterns {args.patterns!r} lists no pattern; give comma-separated n:m, e.g. 8:32,4:32")
-    check_tensor_core_vector(args.dtype, args.vector)
     problems = {}
     for shape in shapes:
         for pat in patterns:
             try:
                 problems[shape, pat] = problem_of(shape, pat, args.vector, args.a_major, args.dtype)
+                check_tensor_core_vector(args.dtype, problems[shape, pat].pattern.vector)
             except NMGenError as e:
                 raise NMGenError(f"--patterns {pat} with --suite {args.suite} shape {'x'.join(map(str, shape))}: "
                                  f"{e}") from None

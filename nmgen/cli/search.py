@@ -72,16 +72,14 @@ def _problem_of_line(line: str, a_major: str, dtype: str = "f32", c_dtype: str |
     """The problem of a --shapes line `MxNxK n:m [V]`, or `MxNxK n:mxV` as nmgen prints problems (A's
     order and the dtypes: the options')."""
     parts = line.split()
-    if len(parts) == 2 and "x" in parts[1]:          # "8:32x32": the pattern with its vector length
-        parts = [parts[0], *parts[1].split("x", 1)]
-    if len(parts) not in (2, 3) or "x" in parts[1]:
+    if len(parts) not in (2, 3):
         raise NMGenError(f"expected `MxNxK n:m V` (or `MxNxK n:mxV`), got {line!r}")
     try:
-        V = int(parts[2]) if len(parts) == 3 else 1
+        V = int(parts[2]) if len(parts) == 3 else None
     except ValueError:
         raise NMGenError(f"vector length V={parts[2]!r} is not an integer (line {line!r})") from None
     M, N, K = parse_shape(parts[0])
-    pattern = Pattern.parse(parts[1], V)
+    pattern = Pattern.parse(parts[1], V)              # "8:32x32": the pattern with its vector length
     check_tensor_core_vector(dtype, pattern.vector)
     return Problem(M, N, K, pattern, dtype, a_major, c_dtype)
 

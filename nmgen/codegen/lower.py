@@ -550,6 +550,7 @@ class Lowerer:
         with b.if_then(first):
             b.call(fence, [])              # cumulative: what the barrier made visible to thread 0 is released too
             before = b.atomic_rmw("add", count, ir.Constant(I32, 1), "monotonic")
+            b.call(fence, [])              # acquire, by the thread that read the count, before the barrier hands it on
             b.store(b.zext(b.icmp_unsigned("==", before, ir.Constant(I32, st.splits - 1)), I32), flag)
         # thread 0's finding, handed to the block: bar.red.or.pred is a barrier that ORs a predicate
         vote = ir.InlineAsm(ir.FunctionType(I32, [I32]),
