@@ -134,27 +134,47 @@ def _tile_rows(problem: Problem, s: Schedule, indices: np.ndarray, g0: Geometry)
     return at, chunks, real.reshape(T, KR)
 
 
-def rows_length(problem: Problem, s: Schedule, indices: np.ndarray) -> int:
+def vector_rows(problem: Problem, k_windows: int, indices: np.ndarray) -> np.ndarray:
+    """(T, vectors, BK) bool: the K rows of each K tile of `k_windows` windows that each vector's kept
+    rows read (B's `indices`). What a "rows" list holds is its block column's vectors' union."""
+    p = problem.pattern
+    W, BK, kept = problem.kept_rows, k_windows * p.m, k_windows * p.n
+    w = np.arange(W)
+    nv = indices.shape[1]
+    flat = ((w // kept) * nv)[:, None] + np.arange(nv)[None, :]                 # (tile, vector) of each entry
+    flat = flat * BK + (((w // p.n) % k_windows) * p.m)[:, None] + indices.astype(np.int64)
+    out = np.zeros(ceil_div(problem.windows, k_windows) * nv * BK, bool)
+    out[flat.ravel()] = True
+    return out.reshape(-1, nv, BK)
+
+
+def rows_length(problem: Problem, s: Schedule, indices: np.ndarray, by_vector: np.ndarray | None = None) -> int:
     """The length of the "rows" strategy's A lists (geometry.a_rows) that `prepare` gives B's
     `indices` under `s`, without building or ordering the lists: what the model needs to rank a
     "rows" schedule, at a small part of prepare's cost. The longest chunk's distinct K rows, in whole
-    groups of 8, at least 8. A chunk (K tile, block column) reads the rows its columns' vectors keep;
-    the sorted lists (`_compact_rows`) also row 0 where the tile has zero padding rows (they read
-    it), the coloured ones (`_colour_rows`) only rows that kept rows read."""
+    groups of 8, at least 8. A chunk (K tile, block column) reads the rows its columns' vectors keep
+    (`by_vector`: vector_rows for s.k_windows, where the caller has it); the sorted lists
+    (`_compact_rows`) also row 0 where the tile has zero padding rows (they read it), the coloured
+    ones (`_colour_rows`) only rows that kept rows read."""
     g0 = geometry(problem, s)
     p = problem.pattern
-    W, T, tn = problem.kept_rows, g0.T, g0.tiles_n
-    w = np.arange(W)
-    tile = w // g0.kept
-    # column groups that lie in one vector and one block column: (group) -> vector, block column
-    step = gcd(s.block_n, p.vector)
-    first = np.arange(0, problem.N, step)
-    vec, col = first // p.vector, first // s.block_n
-    shift = ((w // p.n) % s.k_windows) * p.m                      # the kept row's window in its tile
-    used = np.zeros((T, tn, g0.BK), bool)
-    used[tile[:, None], col[None, :], shift[:, None] + indices[:, vec].astype(np.int64)] = True
+    T, tn, BK = g0.T, g0.tiles_n, g0.BK
+    if by_vector is None:
+        by_vector = vector_rows(problem, s.k_windows, indices)
+    nv = by_vector.shape[1]
+    if s.block_n % p.vector == 0:                       # whole vectors a block column: their union
+        per = s.block_n // p.vector
+        padded = np.zeros((T, tn * per, BK), bool)
+        padded[:, :nv] = by_vector
+        used = padded.reshape(T, tn, per, BK).any(axis=2)
+    else:                                               # column groups of one vector and one block column
+        step = gcd(s.block_n, p.vector)
+        first = np.arange(0, problem.N, step)
+        used = np.zeros((T, tn, BK), bool)
+        for c, v in set(zip((first // s.block_n).tolist(), (first // p.vector).tolist())):
+            used[:, c] |= by_vector[:, v]
     if not colours_rows(problem, s, g0):
-        in_tile = np.minimum(g0.kept, W - np.arange(T) * g0.kept)   # kept rows of each tile
+        in_tile = np.minimum(g0.kept, problem.kept_rows - np.arange(T) * g0.kept)   # kept rows of each tile
         used[in_tile < g0.KR, :, 0] = True
     return max(8, ceil_div(int(used.sum(axis=2).max()), 8) * 8)
 

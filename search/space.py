@@ -27,7 +27,7 @@ from ..ir.device import Device
 from ..ir.dtypes import dtype as dtype_of
 from ..ir.instructions import for_dtype
 from ..ir.layout import ComputeLayout
-from ..ir.operands import colours_rows, geometry, rows_length
+from ..ir.operands import colours_rows, geometry, rows_length, vector_rows
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import problems
@@ -276,14 +276,16 @@ def rows_lengths(problem: Problem, B):
     (None for other strategies, or without B), computed once per layout that decides it: a list
     holds the K rows any column of its block column reads (however the columns split into index
     units), plus row 0 where the uncoloured lists' padding reads it (ir.operands.rows_length)."""
-    cache = {}
+    cache, by_vector = {}, {}
 
     def a_rows(s: Schedule) -> int | None:
         if s.a_load != "rows" or B is None:
             return None
         key = (s.block_n, s.k_windows, colours_rows(problem, s))
         if key not in cache:
-            cache[key] = rows_length(problem, s, B.indices)
+            if s.k_windows not in by_vector:            # each vector's rows: one pass over B's indices a K tile
+                by_vector[s.k_windows] = vector_rows(problem, s.k_windows, B.indices)
+            cache[key] = rows_length(problem, s, B.indices, by_vector[s.k_windows])
         return cache[key]
 
     return a_rows
