@@ -486,10 +486,15 @@ class Lowerer:
         """Each run of accumulators in vectors as wide as C's alignment allows (k.c_alignment);
         rows and columns past M and N masked."""
         c_dt = self.k.param(st.dst).dtype
-        vec = self.k.store_vec
-        if st.atomic and not (self.target.cc >= 90 and vec in (2, 4)):
-            vec = 1                        # vector atomics (red.global.add.v2/v4.f32) are sm_90's
+        vec = self._atomic_vec() if st.atomic else self.k.store_vec
         self._each_acc_part(st.row0, st.col0, vec, lambda row, col, part: self._store(st, row, col, part, c_dt))
+
+    def _atomic_vec(self) -> int:
+        """Accumulators one atomic add takes: a run of C's alignment (k.store_vec) where the target has
+        vector atomics (red.global.add.v2/v4.f32 are sm_90's), else 1. SplitKReduce reads the sums
+        back in the same parts."""
+        vec = self.k.store_vec
+        return vec if self.target.cc >= 90 and vec in (2, 4) else 1
 
     def _each_acc_part(self, row0, col0, vec: int, emit):
         """emit(row, col, part) for each `vec` consecutive accumulators `part` of a run (layout.runs),
@@ -563,12 +568,11 @@ class Lowerer:
             # runs, vector loads): every load is independent, so a thread has all of them in flight at
             # once. (A strided loop over the tile, one scalar load an iteration, took ~0.35 us an
             # iteration: ~45 us for a 128 x 256 tile on the H200.) Then the usual store into C.
-            vec = k.store_vec if self.target.cc >= 90 and k.store_vec in (2, 4) else 1
             if k.layout.warps_k > 1:       # sliced K: slice 0's accumulators cover the tile
                 with b.if_then(self._slice_is("==", 0)):
-                    self._take_sums(st, vec)
+                    self._take_sums(st, self._atomic_vec())
             else:
-                self._take_sums(st, vec)
+                self._take_sums(st, self._atomic_vec())
             with b.if_then(first):
                 b.store(ir.Constant(I32, 0), count, align=4)
 
