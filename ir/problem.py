@@ -71,7 +71,8 @@ class Pattern:
                 raise PatternError(f"pattern {text!r} has vector length V={V} but vector={vector} was given: "
                                    f"give one of them")
             vector = V
-        return cls(int(mt.group(1)), int(mt.group(2)), default if vector is None else vector)   # refuses a non-integer V
+        # Pattern refuses a vector that is no integer
+        return cls(int(mt.group(1)), int(mt.group(2)), default if vector is None else vector)
 
     @property
     def density(self) -> float:

@@ -122,8 +122,9 @@ def test_a_pipeline_of_fewer_than_two_stages_is_refused_as_the_space_would():
             Schedule(stages=stages)
 
 
-@pytest.mark.parametrize("c_dtype,match", [("f64", r"output dtype 'f64' is not one of f32, bf16, f16: C holds"),
-                                           ("tf32", r"\(tf32 is a way of computing from float32 inputs; its C is f32\)")])
+@pytest.mark.parametrize("c_dtype,match", [
+    ("f64", r"output dtype 'f64' is not one of f32, bf16, f16: C holds"),
+    ("tf32", r"\(tf32 is a way of computing from float32 inputs; its C is f32\)")])
 def test_an_output_dtype_error_names_the_output_dtypes(c_dtype, match):
     """Not the input dtypes (tf32 among them): C holds float32, bfloat16 or float16."""
     with pytest.raises(ShapeError, match=match):

@@ -22,9 +22,10 @@ def register(sub):
                                    "Exits 1 on FAIL (an element over its bound, or never written).")
     add_problem_args(p)
     add_schedule_arg(p)
-    p.add_argument("--interpret", action="store_true", help="run the kernel IR in the CPU interpreter instead of the GPU (needed on a "
-                   f"machine without one; small shapes: it refuses runs past {INTERPRETER_SECONDS} s or "
-                   f"{INTERPRETER_BYTES >> 30} GB)")
+    p.add_argument("--interpret", action="store_true",
+                   help="run the kernel IR in the CPU interpreter instead of the GPU (needed on a machine without "
+                        f"one; small shapes: it refuses runs past {INTERPRETER_SECONDS} s or "
+                        f"{INTERPRETER_BYTES >> 30} GB)")
     p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
     p.add_argument("--seed", type=at_least(0), default=None,

@@ -211,8 +211,9 @@ def check_tensor_core_vector(dtype: str, vector: int) -> None:
 # ---- the problem ---------------------------------------------------------------------------------
 def add_problem_args(p, required=True):
     p.add_argument("--shape", required=required, metavar="MxNxK", help="C is MxN, A is MxK, B is KxN (e.g. 4096x4096x4096)")
-    p.add_argument("--pattern", required=required, metavar="n:m", help="n of every m rows of B kept along K (e.g. 8:32; "
-                   "or 8:32x32 with its vector length, as nmgen prints problems)")
+    p.add_argument("--pattern", required=required, metavar="n:m",
+                   help="n of every m rows of B kept along K (e.g. 8:32; or 8:32x32 with its vector length, as "
+                        "nmgen prints problems)")
     p.add_argument("--vector", type=int, metavar="V",
                    help="consecutive columns sharing one choice of rows (default 1: element-wise n:m, or the V of "
                         "--pattern n:mxV)")
