@@ -148,14 +148,18 @@ def vector_rows(problem: Problem, k_windows: int, indices: np.ndarray) -> np.nda
     return out.reshape(-1, nv, BK)
 
 
-def rows_length(problem: Problem, s: Schedule, indices: np.ndarray, by_vector: np.ndarray | None = None) -> int:
+def rows_length(problem: Problem, s: Schedule, indices: np.ndarray,
+                by_vector: np.ndarray | None = None) -> int | None:
     """The length of the "rows" strategy's A lists (geometry.a_rows) that `prepare` gives B's
-    `indices` under `s`, without building or ordering the lists: what the model needs to rank a
+    `indices` under `s` (None for the other A loads, which have no lists), without building or
+    ordering the lists: what the model needs to rank a
     "rows" schedule, at a small part of prepare's cost. The longest chunk's distinct K rows, in whole
     groups of 8, at least 8. A chunk (K tile, block column) reads the rows its columns' vectors keep
     (`by_vector`: vector_rows for s.k_windows, where the caller has it); the sorted lists
     (`_compact_rows`) also row 0 where the tile has zero padding rows (they read it), the coloured
     ones (`_colour_rows`) only rows that kept rows read."""
+    if s.a_load != "rows":
+        return None
     g0 = geometry(problem, s)
     p = problem.pattern
     T, tn, BK = g0.T, g0.tiles_n, g0.BK

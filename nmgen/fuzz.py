@@ -195,10 +195,7 @@ def compile_case(case_dict: dict, arch: str):
     from .search.tuner import compile_worker
     case = case_from_dict(case_dict)
     p, s = case.problem, case.schedule
-    a_rows = None
-    if s.a_load == "rows":
-        B = random_weights(p, case.seed)
-        a_rows = rows_length(p, s, B.indices)
+    a_rows = rows_length(p, s, random_weights(p, case.seed).indices) if s.a_load == "rows" else None
     return compile_worker(p.to_dict(), s.to_json(), arch, a_rows)
 
 
@@ -248,7 +245,7 @@ def _kernel(case: Case, device: Device, B, compiled):
         raise CompileError(str(res))
     from .codegen import Resources
     from .ir.operands import rows_length
-    a_rows = rows_length(case.problem, case.schedule, B.indices) if case.schedule.a_load == "rows" else None
+    a_rows = rows_length(case.problem, case.schedule, B.indices)
     return Kernel(case.problem, case.schedule, device.arch, a_rows, ptx=ptx, cubin=cubin,
                   resources=Resources(**res, log="") if isinstance(res, dict) else None)
 

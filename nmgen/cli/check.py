@@ -52,11 +52,12 @@ def run(args):
         if given is not None:       # a schedule that cannot run says so before "no GPU"
             from ..ir import validate
             from ..ir.operands import geometry
+            from ..ir.problem import ceil_div
             # "rows" lists are sized by the weights: judged at the shortest any weights give (each unit's
             # kept rows), so that only a schedule no weights let run is refused here
             g = geometry(problem, given)
             validate(problem, given, for_arch("sm_90"),
-                     min(g.a_rows, -(-g.kept // 8) * 8) if given.a_load == "rows" else None)
+                     min(g.a_rows, ceil_div(g.kept, 8) * 8) if given.a_load == "rows" else None)
         line, same = interpreter_command(problem, given, args.seed)
         if same and given is not None and given.a_load == "rows":
             # the interpreter would run it on its own weights: judge the schedule on them (seeded, so
@@ -112,8 +113,7 @@ def validate_on(problem, schedule, device, B) -> None:
     """ir.validate for `schedule` with these weights: a "rows" schedule's A lists are sized by B."""
     from ..ir import validate
     from ..ir.operands import rows_length
-    a_rows = rows_length(problem, schedule, B.indices) if schedule.a_load == "rows" else None
-    validate(problem, schedule, device, a_rows)
+    validate(problem, schedule, device, rows_length(problem, schedule, B.indices))
 
 
 def within_interpreter_limits(problem, seconds: float | None, nbytes: int, seed: int) -> None:
