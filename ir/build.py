@@ -34,7 +34,7 @@ interpreter checks the very order the GPU will run:
 from __future__ import annotations
 
 from .dtypes import dtype as dtype_of
-from .expr import Var, lt, min_
+from .expr import Var, binop, lt, min_, select
 from .layout import ComputeLayout, CopyPlan
 from .nodes import (AsyncProxyFence, Barrier, Commit, Copy, For, If, Kernel, Let, LoadFragments, LoadList, MmaWait,
                     Param, ReduceSlices, Shared, SparseMMA, SparseOperands, SplitKReduce, StoreAcc, Wait, ZeroAcc)
@@ -57,9 +57,10 @@ def storage(problem: Problem) -> str:
 
 
 def reduces_in_kernel(problem: Problem, s: Schedule) -> bool:
-    """Whether the kernel sums split-K partials in an fp32 workspace and rounds them into a 16-bit
-    C itself (SplitKReduce): atomic adds of fp32 partial sums cannot go into a 16-bit C."""
-    return s.split_k > 1 and problem.c_dtype != "f32"
+    """Whether the kernel sums split-K partials in an fp32 workspace and stores them into C itself
+    (SplitKReduce): atomic adds of fp32 partial sums cannot go into a 16-bit C, and a tail split
+    stores its whole tiles plainly, so C is not zeroed for the split ones."""
+    return s.split_k > 1 and problem.c_dtype != "f32" or s.tail_tiles > 0
 
 
 def b_pad(problem: Problem) -> int:
@@ -104,7 +105,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     if reduce16:
         params += [Param("Work", "f32", M, N, readonly=False, doc="fp32 partial sums (M, N), zero before and after"),
                    Param("Counts", "i32", 1, g.tiles_m * g.tiles_n, readonly=False,
-                         doc="splits done per output tile, zero before and after")]
+                         doc="split parts done per output tile, zero before and after")]
 
     mk = s.a_smem == "mk"
     if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-element vectors
@@ -147,8 +148,21 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
         b = Copy("Bs", stage, "Bv", chunk, 0, b_plan) if s.wgmma else Copy("Bs", stage, "Bv", tile * g.KR, bn * BN, b_plan)
         return (a, b) + (() if g.gathered else (Copy("Is", stage, "Bi", chunk, 0, i_plan),))
 
-    body = list(_raster(g.tiles_m, g.tiles_n, s.raster))
-    if s.split_k == 1:
+    tiles = g.tiles_m * g.tiles_n
+    whole = tiles - s.tail_tiles       # output tiles one block computes over all of K
+    tail = s.tail_split                # blocks each of the other tiles is split over (1: none)
+    part = Var("part")
+    if s.tail_tiles:    # blocks [0, whole): tile = block; then `tail` blocks per tile, its parts in a row
+        in_tail = binop("<=", whole, CTAID_X)             # (whole may be 0: no "whole - 1 <" here, which
+                                                            #  would wrap around as the GPU compares unsigned)
+        past = binop("max", CTAID_X, whole) - whole        # blocks into the tail (0 before it): no wrap-around
+        body = [Let("tile", min_(CTAID_X, whole) + past // tail), Let("part", past % tail)]
+    else:
+        body = [Let("tile", CTAID_X)]
+    body += _raster(g.tiles_m, g.tiles_n, s.raster, Var("tile"))
+    if s.tail_tiles:    # uneven parts allowed: part p gets K tiles [p*T/tail, (p+1)*T/tail)
+        body += [Let("t0", part * g.T // tail), Let("t1", select(in_tail, (part + 1) * g.T // tail, g.T))]
+    elif s.split_k == 1:
         body += [Let("t0", 0), Let("t1", g.T)]
     else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
         body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
@@ -197,14 +211,19 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
-    if reduce16:
-        body += [StoreAcc("Work", bm * BM, bn * BN, atomic=True),
-                 SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, s.split_k)]
+    tile = Var("tile")
+    reduce = (StoreAcc("Work", bm * BM, bn * BN, atomic=True),
+              SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, max(s.split_k, tail), tile))
+    if s.tail_tiles:    # the whole tiles' blocks store C; the tail's parts add up in the workspace
+        body += [If(lt(CTAID_X, whole), (StoreAcc("C", bm * BM, bn * BN, atomic=False),)),
+                 If(in_tail, reduce)]
+    elif reduce16:
+        body += reduce
     else:
         body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
 
     return Kernel(name=kernel_name(problem, s), params=tuple(params), shared=shared,
-                  threads=threads, grid=(g.tiles_m * g.tiles_n, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
+                  threads=threads, grid=(whole + s.tail_tiles * tail, 1, s.split_k), layout=lay, idx_bits=g.idx_bits,
                   M=M, N=N, body=tuple(body), zero_output=s.split_k > 1 and not reduce16, min_blocks=s.min_blocks,
                   a_alignment=g.esize * a_elems,
                   notes={"problem": str(problem), "schedule": s.short(), "a_rows": g.a_rows})
@@ -256,10 +275,9 @@ def a_copy_elems(problem: Problem, s: Schedule) -> int:
     return next((e for e in widths if extent % e == 0 and tile % e == 0), None)
 
 
-def _raster(tiles_m: int, tiles_n: int, group: int):
-    """Block index -> (bm, bn). Consecutive blocks walk down `group` block rows of one block
-    column before moving right, so the A rows and B columns they share are still in L2."""
-    bid = CTAID_X
+def _raster(tiles_m: int, tiles_n: int, group: int, bid):
+    """Output tile index `bid` -> (bm, bn). Consecutive tiles walk down `group` block rows of one
+    block column before moving right, so the A rows and B columns they share are still in L2."""
     if group <= 1:
         return [Let("bm", bid // tiles_n), Let("bn", bid % tiles_n)]
     group = min(group, tiles_m)

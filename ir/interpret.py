@@ -563,7 +563,7 @@ class Interpreter:
         into C and zeroes the sums and the count (blocks run one after another here, so the
         ordering the GPU needs fences for holds by construction)."""
         counts, work, C = self.arrays[op.counts], self.arrays[op.work], self.arrays[op.dst]
-        tile = blk.env["ctaid_x"]
+        tile = self._scalar(op.tile, blk)
         counts[0, tile] += 1
         if counts[0, tile] < op.splits:
             return

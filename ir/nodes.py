@@ -223,9 +223,10 @@ class StoreAcc:
 
 @dataclass(frozen=True)
 class SplitKReduce:
-    """Split-K into a 16-bit C in one launch (the serial split-K reduction). Before it, StoreAcc
+    """Split-K in one launch (the serial split-K reduction): a 16-bit C, or the tail of a tail
+    split (its whole tiles store C plainly). Before it, StoreAcc
     added the block's partial sums atomically into the fp32 workspace `work` (M, N). Each block
-    then counts itself in `counts`[0][ctaid.x] (one i32 per output tile); the block that counts
+    then counts itself in `counts`[0][tile] (one i32 per output tile); the block that counts
     `splits` (every split's sums are in) reads its (rows, cols) tile at (row0, col0) of `work`,
     masked to M x N, stores it into `dst` rounded to dst's dtype, and stores zero over what it read
     and over its count. So `work` and `counts` are zero after the launch as before it: the launcher
@@ -242,6 +243,7 @@ class SplitKReduce:
     rows: int
     cols: int
     splits: int
+    tile: IntLike             # the output tile's index (its count's)
 
 
 Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, AsyncProxyFence, Barrier, ZeroAcc, LoadFragments,

@@ -77,9 +77,9 @@ def _body(body, out, depth, lay):
         elif isinstance(st, ReduceSlices):
             out.append(f"{pad}slices 1.. -> {st.buf}; barrier; slice 0: acc += {st.buf}[each]")
         elif isinstance(st, SplitKReduce):
-            out.append(f"{pad}fence; barrier; count the block in {st.counts}[ctaid.x]; the block that counts "
+            out.append(f"{pad}fence; barrier; count the block in {st.counts}[{st.tile}]; the block that counts "
                        f"{st.splits}: {st.dst}[{st.row0} : +{st.rows}, {st.col0} : +{st.cols}] = "
-                       f"round({st.work}[same]); {st.work}[same] = 0; {st.counts}[ctaid.x] = 0")
+                       f"round({st.work}[same]); {st.work}[same] = 0; {st.counts}[{st.tile}] = 0")
         elif isinstance(st, StoreAcc):
             out.append(f"{pad}{'atomic-add' if st.atomic else 'store'} acc -> {st.dst}[{st.row0} : +{lay.block_m}, "
                        f"{st.col0} : +{lay.block_n}]"

@@ -8,6 +8,10 @@ thread_m = thread_n = 0 there ("tiled by the instruction"), and every "kept row"
 in instruction steps of k kept rows (16, or 8 for tf32) instead of single rows. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
 A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
 in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
+`tail_tiles` and `tail_split` split only the grid's last output tiles along K: the blocks of a grid
+one or two waves long whose last wave is short (160 tiles on 132 SMs) run the first tiles whole and
+the last `tail_tiles` each in `tail_split` blocks of 1/tail_split of the K tiles (the data-parallel
+plus split-K form of stream-K), so the last wave is as many short blocks as the GPU holds.
 `warps_k` splits each K tile's kept rows among that many warps of the block instead (sliced K): every
 warp tile of C is computed by warps_k warps, each over its share of the rows, and the partial sums
 are added through shared memory once at the end. It gives a grid too small to fill the GPU more
@@ -35,8 +39,10 @@ from .errors import ScheduleError
 A_LOADS = ("window", "rows", "gather")
 # what the lowest value of a field means, for the out-of-range message
 _MEANING = {"stages": " (a pipeline holds the tile being multiplied and the next)", "split_k": " (1: no split)",
-            "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)", "a_pad": " (0: no padding)"}
+            "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)", "a_pad": " (0: no padding)",
+            "tail_split": " (1: no split)", "tail_tiles": " (0: no tail)"}
 A_SMEM = ("km", "mk")
+OMITTED_AT_DEFAULT = {"tail_tiles": 0, "tail_split": 1}
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class Schedule:
     prefetch: int = 0         # 1: a K tile's first fragments load before the previous tile's last FMAs (0: after its barrier)
     refill_row: int = 0       # plain loop: kept rows multiplied after the barrier before the next copies are issued
     wgmma: int = 0            # 1 (sm_90, bf16/f16): warpgroup mma; warp_m x warp_n is then a warpgroup's tile
+    tail_tiles: int = 0       # the grid's last output tiles (block order) split along K; 0: none
+    tail_split: int = 1       # blocks each tail tile's K tiles are split over (fp32 sums in a workspace)
 
     def __post_init__(self):
         for f in fields(self):
@@ -71,7 +79,7 @@ class Schedule:
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
             elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
-                                             "wgmma") else 2 if f.name == "stages" else 1):
+                                             "wgmma", "tail_tiles") else 2 if f.name == "stages" else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
                                     + _MEANING.get(f.name, ""))
 
@@ -95,7 +103,10 @@ class Schedule:
 
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; those added after schedules were first recorded (OMITTED_AT_DEFAULT) only off
+        their defaults, so that a recorded schedule keeps its JSON, hash and kernel name."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces. Its hash is the schedule's identity."""
@@ -134,7 +145,7 @@ class Schedule:
 
     def short(self) -> str:
         """One-line summary, e.g. `128x128 w64x32 t8x8 k1 s3 sk1 window`; fields off their defaults
-        follow (wk2, mk, pf, rf1, mb2)."""
+        follow (wk2, mk, pf, rf1, mb2, tail28x4)."""
         tile = ("wgmma" if self.wgmma else "mma") if self.mma else f"t{self.thread_m}x{self.thread_n}"
         return (f"{self.block_m}x{self.block_n} w{self.warp_m}x{self.warp_n} {tile} "
                 f"k{self.k_windows} s{self.stages} sk{self.split_k} {self.a_load}"
@@ -142,4 +153,5 @@ class Schedule:
                 + ("" if self.a_smem == "km" else f" {self.a_smem}")
                 + (" pf" if self.prefetch else "")
                 + (f" rf{self.refill_row}" if self.refill_row else "")
-                + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}"))
+                + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}")
+                + (f" tail{self.tail_tiles}x{self.tail_split}" if self.tail_tiles else ""))

@@ -134,6 +134,7 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                       else ""))   # (only where one window a tile gives enough tiles, and can be copied)
     if s.split_k > 65535:
         why.append(f"split_k={s.split_k} exceeds gridDim.z's limit of 65535")
+    why += _tail_problems(s, g.tiles_m * g.tiles_n, g.T)
     if g.tiles_m * g.tiles_n >= 2**31:
         why.append(f"{g.tiles_m * g.tiles_n} blocks exceed gridDim.x's limit")
     smem = shared_bytes(problem, s, a_rows)
@@ -225,3 +226,19 @@ def validate(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if why:
         raise ScheduleError(f"schedule {s.short()} cannot run {problem} on {device.name}:\n  - "
                             + "\n  - ".join(why))
+
+
+def _tail_problems(s: Schedule, tiles: int, T: int) -> list[str]:
+    """A tail split (tail_tiles, tail_split) names tiles the grid has and K tiles each part gets."""
+    if (s.tail_tiles > 0) != (s.tail_split > 1):
+        return [f"tail_tiles={s.tail_tiles} and tail_split={s.tail_split} go together: give both (tail_tiles >= 1 "
+                f"and tail_split >= 2) or neither"]
+    why = []
+    if s.tail_tiles > tiles:
+        why.append(f"tail_tiles={s.tail_tiles} exceeds the grid's {tiles} output tiles; use tail_tiles <= {tiles}")
+    if s.tail_split > T:
+        why.append(f"tail_split={s.tail_split} exceeds the {T} K tiles of this problem; use tail_split <= {T}")
+    if s.tail_tiles and s.split_k > 1:
+        why.append(f"tail_tiles={s.tail_tiles} with split_k={s.split_k}: split every tile (split_k) or the last ones "
+                   f"(tail_tiles, tail_split), not both")
+    return why

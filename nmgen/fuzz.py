@@ -166,7 +166,8 @@ def draw_schedule(rng, problem: Problem, device: Device):
     s = sample_space(problem, device, rng)
     if s is None:
         return False
-    T = geometry(problem, s).T
+    g = geometry(problem, s)
+    T, tiles = g.T, g.tiles_m * g.tiles_n
     moves = {
         "split_k": lambda: int(rng.integers(1, min(T, 16) + 1)),
         "warps_k": lambda: int(rng.choice((1, 2, 3, 4))),
@@ -178,10 +179,14 @@ def draw_schedule(rng, problem: Problem, device: Device):
         "a_pad": lambda: int(rng.choice((0, 4, 8))),
         "raster": lambda: int(rng.choice((1, 3, 8, 32))),
         "k_windows": lambda: int(rng.integers(1, 5)),
+        # the last tiles' K split over blocks, up to every tile (the tuner's tail split)
+        "tail": lambda: dict(tail_tiles=int(rng.integers(1, tiles + 1)), tail_split=int(rng.integers(2, min(T, 8) + 1)),
+                             split_k=1) if T > 1 else {},
     }
     for field in rng.permutation(list(moves)):
         if rng.random() < 0.3:
-            moved = s.replace(**{field: moves[field]()})
+            move = moves[field]()
+            moved = s.replace(**(move if isinstance(move, dict) else {field: move}))
             if not problems(problem, moved, device):
                 s = moved
     return s
@@ -366,7 +371,8 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
         k = {"dtype": c.dtype, "out_dtype": c.out_dtype, "a_major": c.a_major, "array": c.array,
              "empty_batch": c.M == 0}
         if s is not None:
-            k.update(instruction="wgmma" if s.wgmma else "mma" if s.thread_m == 0 else "ffma", split_k=s.split_k > 1, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
+            k.update(instruction="wgmma" if s.wgmma else "mma" if s.thread_m == 0 else "ffma", split_k=s.split_k > 1,
+                     tail_split=s.tail_tiles > 0, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
                      refill_row=bool(s.refill_row), stages=s.stages)
         return k
     counts: dict = {}

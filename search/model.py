@@ -58,7 +58,9 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
    under split-K: memset, atomics). time_DRAM = bytes / memory bandwidth.
 6. time = max(time_SM, time_L2, time_DRAM) + 3 us launch; split-K adds 2.3 us (the memset of C)
    and 7.5 us per million atomic adds (M * N * split), both fitted like item 3; into a 16-bit C,
-   reduced in the kernel (no memset), 12.7 us and 2.5 us per million (fitted on the H200). Sliced K adds, once
+   reduced in the kernel (no memset), 12.7 us and 2.5 us per million (fitted on the H200); a tail
+   split (the last tail_tiles tiles in tail_split blocks each) the same per million of its partial
+   sums, its blocks' time after the whole tiles' on the busiest SM. Sliced K adds, once
    per block, the shared-memory reduction: 2 * TM * TN / b_vec accesses per warp and a barrier,
    counted as one more K tile's ramp plus those accesses at the issue rate.
 """
@@ -224,7 +226,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     bps = blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows))
     if bps == 0:
         return Prediction(math.inf, math.inf, math.inf, math.inf, "does not fit", 0, 0, issue, l1, 0, 0)
-    blocks = g.tiles_m * g.tiles_n * s.split_k
+    whole = g.tiles_m * g.tiles_n - s.tail_tiles          # tiles a block computes over all of K
+    blocks = whole * s.split_k + s.tail_tiles * s.tail_split
     waves = ceil_div(blocks, device.sms * bps)
     per_sm = min(bps, ceil_div(blocks, device.sms))            # blocks sharing an SM in practice
     # warps per scheduler with a tile of their own: measured on the H100 (NOTES.md, run 10), the
@@ -245,14 +248,17 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     else:
         tile_c = max(tensor_c, issue_c + l1_c) + RAMP_CYCLES / per_sm
     bound = "tensor" if tensor_c > issue_c + l1_c else "issue" if issue_c >= l1_c else "L1"
-    tiles = ceil_div(g.T, s.split_k)
-    block_c = tiles * tile_c
+    once = 0.0
     if s.warps_k > 1:   # the reduction through shared memory, once per block
-        block_c += ISSUE_WEIGHT * 2 * lay.acc_count / lay.c_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
+        once = ISSUE_WEIGHT * 2 * lay.acc_count / lay.c_vec * W / 4 / (wps / (wps + ISSUE_HALF)) + RAMP_CYCLES / per_sm
     # An SM starts a block as soon as one of its slots frees, not in lockstep waves: the busiest SM
     # runs ceil(blocks / SMs) blocks, per_sm at a time (H100: 1280 blocks at 8 per SM took 1.06x
-    # the time of 1056, not the 2x that whole waves predict; NOTES.md, run 21)
-    sm_us = ceil_div(blocks, device.sms) * block_c / (device.clock_khz * 1e3) * 1e6
+    # the time of 1056, not the 2x that whole waves predict; NOTES.md, run 21). A tail split's
+    # blocks start after the whole tiles' (block order), so its busiest SM's share follows theirs.
+    sm_c = ceil_div(whole * s.split_k, device.sms) * (ceil_div(g.T, s.split_k) * tile_c + once)
+    if s.tail_tiles:
+        sm_c += ceil_div(s.tail_tiles * s.tail_split, device.sms) * (ceil_div(g.T, s.tail_split) * tile_c + once)
+    sm_us = sm_c / (device.clock_khz * 1e3) * 1e6
 
     # 3. L2 traffic of the whole kernel
     rows_m = min(s.block_m, problem.M)
@@ -265,6 +271,8 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     l2_bytes = g.tiles_m * g.tiles_n * g.T * (a_tile + b_tile)
     c_bytes = problem.M * problem.N * (4 if s.split_k > 1 else DTYPE_BYTES[problem.c_dtype])
     l2_bytes += c_bytes * (1 if s.split_k == 1 else 2 * s.split_k)
+    tail_sums = s.tail_tiles * s.block_m * s.block_n * s.tail_split     # fp32 partial sums of a tail split
+    l2_bytes += 4 * 2 * tail_sums
     l2_us = l2_bytes / device.l2_bandwidth * 1e6
 
     # 4. DRAM traffic
@@ -280,7 +288,9 @@ def predict(problem: Problem, s: Schedule, device: Device, registers: int | None
     elif t == dram_us:
         bound = "DRAM"
     t += LAUNCH_US
-    if s.split_k > 1 and reduces_in_kernel(problem, s):
+    if s.tail_tiles:    # the same in-kernel reduction, over the tail's tiles
+        t += REDUCE16_US + REDUCE16_US_PER_MILLION * tail_sums * 1e-6
+    elif s.split_k > 1 and reduces_in_kernel(problem, s):
         t += REDUCE16_US + REDUCE16_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6
     elif s.split_k > 1:
         t += ((SPLIT_US + ATOMIC_US_PER_MILLION * problem.M * problem.N * s.split_k * 1e-6)

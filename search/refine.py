@@ -31,7 +31,10 @@ code, which the model does not know, so they are decided by measuring them next 
                space's block tiles are powers of two, and 1024x5120x5120 in 128x256 tiles is 160
                blocks on 132 SMs, two waves for 1.2 waves of work; 128x160 tiles are 256 blocks in
                the same two waves, each block 5/8 of the work (wave_balanced_block_n). Fewer warps
-               a block hide less latency, so the model cannot rank it (not yet measured)
+               a block hide less latency, so the model cannot rank it (H200, 2026-12-01: 128x160
+               and 128x192 took 8-10% less time than 128x256 at 1024x5120x5120)
+  tail split   the tiles of a short last wave split along K over the slots it leaves idle
+               (tail_split): the data-parallel plus split-K form of stream-K
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
 from ..ir.validate import estimate_registers, problems, shared_bytes
 from .model import blocks_per_sm
-from .space import copyable_k_windows, stage_choices
+from .space import copyable_k_windows, stage_choices, tail_split
 
 MAX_REFINE_THREADS = 512   # beyond 16 warps a block the FFMA tiles hold too few blocks per SM
 
@@ -70,6 +73,13 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
         kw = copyable_k_windows(problem, min(2 * s.k_windows, problem.windows))
         deeper = [s.replace(k_windows=kw, stages=d) for d in reversed(depths) if d <= s.stages]
         out += [c for c in deeper if kw > s.k_windows and not problems(problem, c, device, a_rows(c))][:1]
+    tail = tail_split(problem, s, device, held or blocks_per_sm(
+        s, device, estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype)),
+        shared_bytes(problem, s, a_rows(s))))
+    if tail:
+        out.append(tail)
+    elif s.tail_tiles:      # the model's pick of a family may carry a tail split: measure it without too
+        out.append(s.replace(tail_tiles=0, tail_split=1))
     balanced = wave_balanced_block_n(problem, s, device, held or blocks_per_sm(
         s, device, estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype)),
         shared_bytes(problem, s, a_rows(s))))
@@ -102,3 +112,4 @@ def wave_balanced_block_n(problem: Problem, s: Schedule, device: Device, per_sm:
     narrower = [bn for bn in range(s.block_n - s.warp_n, 0, -s.warp_n) if 2 * bn > s.block_n]
     best = min(narrower, key=cost, default=None)
     return best if best and cost(best) < 0.9 * cost(s.block_n) else None
+

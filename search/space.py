@@ -10,6 +10,8 @@ Dimensions (each a choice the H100 measurements showed to matter; see NOTES.md):
   A             window+km, window+mk, and rows+km when at most a quarter of the rows are kept;
                 with A column-major window+km, and rows+km when at most half are kept
   split-K       1, plus up to two values that bring a grid too small for the GPU to ~1 and ~2 waves
+  tail split    for a grid of more than one wave whose last is at most half full, also the last
+                wave's tiles split along K over the slots it leaves idle (tail_split)
   sliced K      for such a grid, without split-K, also 2 and 4 warps per warp tile (warps_k), up to
                 512 threads a block: the other way to give a small grid more warps
 On the tensor cores (bf16, f16, tf32) the warp tile is a grid of 16 x 8 mma tiles instead
@@ -30,8 +32,8 @@ from ..ir.layout import ComputeLayout
 from ..ir.operands import colours_rows, geometry, rows_length, vector_rows
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
-from ..ir.validate import problems
-from .model import MMA_FIT_DTYPES
+from ..ir.validate import estimate_registers, problems, shared_bytes
+from .model import MMA_FIT_DTYPES, blocks_per_sm
 
 # (warp_m, warp_n, thread_m, thread_n); lanes follow (warp / thread), 32 per warp. The last four
 # hold 1-2 rows per thread: for M <= 16 (decode) a taller tile multiplies mostly padding.
@@ -176,8 +178,10 @@ def loop_forms(problem: Problem) -> tuple[int, ...]:
 # depth and the loop form (for FFMA and tf32 the model sees the depth only through the blocks per SM
 # that shared memory allows; for 16-bit tensor-core schedules it ranks both by measured factors,
 # search.model.PIPELINE_FACTOR, so a family's best-predicted member is its best-predicted depth and
-# form), the copies' place in a tile and the register bound
-MEASURED_FIELDS = ("stages", "prefetch", "refill_row", "min_blocks")
+# form), the copies' place in a tile, the register bound, and whether the last wave is split (the
+# model ranks it, H200 2026-12-01: within 6% of the measured ratio for mma.sync, but not the sign
+# for wgmma, so the refinements measure the other choice beside a family's best)
+MEASURED_FIELDS = ("stages", "prefetch", "refill_row", "min_blocks", "tail_tiles", "tail_split")
 
 
 def family(s: Schedule) -> str:
@@ -205,8 +209,19 @@ def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None)
                                 s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem,
                                                  split_k=split, warps_k=wk, prefetch=pf)
                                 if not problems(problem, s, device, a_rows if a_load == "rows" else None):
-                                    out.append(s)
+                                    out += [s] + _tail_of(problem, s, device, blocks, a_rows)
     return out + wgmma_space(problem, device, a_rows)
+
+
+def _tail_of(problem: Problem, s: Schedule, device: Device, blocks: int, a_rows: int | None) -> list[Schedule]:
+    """[`s` with its short last wave split along K] where that applies (tail_split), else []; the
+    blocks per SM from the register estimate (the tuner's refinement uses ptxas's count)."""
+    if blocks <= device.sms or s.split_k > 1 or s.warps_k > 1:
+        return []
+    rows = a_rows if s.a_load == "rows" else None
+    regs = estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype))
+    t = tail_split(problem, s, device, blocks_per_sm(s, device, regs, shared_bytes(problem, s, rows)))
+    return [t] if t and not problems(problem, t, device, rows) else []
 
 
 def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
@@ -228,7 +243,7 @@ def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> 
                     for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
                         s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
                         if not problems(problem, s, device, a_rows if a_load == "rows" else None):
-                            out.append(s)
+                            out += [s] + _tail_of(problem, s, device, g.tiles_m * g.tiles_n, a_rows)
     return out
 
 
@@ -289,3 +304,27 @@ def rows_lengths(problem: Problem, B):
         return cache[key]
 
     return a_rows
+
+
+# Most blocks a tail tile is split over: each part keeps at least this many K tiles (a pipeline's
+# worth), and the sums a tile adds up grow with the parts (search.model: REDUCE16_US_PER_MILLION)
+MAX_TAIL_SPLIT = 8
+MIN_TAIL_PART_TILES = 4
+
+
+def tail_split(problem: Problem, s: Schedule, device: Device, per_sm: int) -> Schedule | None:
+    """`s` with the tiles of its grid's short last wave split along K (tail_tiles, tail_split), so
+    that their parts fill that wave: a grid of `tiles` output tiles on slots = SMs x per_sm runs
+    floor(tiles / slots) full waves and then tiles % slots tiles, which take a whole wave's time on
+    a fraction of the GPU. Split `tail_split` ways, the last wave takes about 1 / tail_split of it
+    (plus the reduction). None where the last wave is full or more than half full, where the grid
+    is one partial wave (that is split_k), or where no split of 2 or more fits the wave and K."""
+    tiles, slots = ceil_div(problem.M, s.block_m) * ceil_div(problem.N, s.block_n), device.sms * per_sm
+    if per_sm < 1 or s.split_k > 1 or s.tail_tiles or tiles <= slots:
+        return None
+    tail = tiles % slots
+    if not tail or 2 * tail > slots:
+        return None
+    k_tiles = ceil_div(problem.windows, s.k_windows)
+    split = min(slots // tail, MAX_TAIL_SPLIT, k_tiles // MIN_TAIL_PART_TILES)
+    return s.replace(tail_tiles=tail, tail_split=split) if split >= 2 else None

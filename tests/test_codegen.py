@@ -35,6 +35,36 @@ def test_the_rows_strategy_and_split_k_assemble():
         assert r.spill_stores == 0 and r.stack_frame == 0, (s.short(), r.summary())
 
 
+@pytest.mark.parametrize("dtype,fields", [
+    ("f32", {}), ("f32", dict(a_load="rows", k_windows=2, prefetch=1)),
+    ("bf16", dict(block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=0, thread_n=0, a_pad=8, k_windows=4,
+                  a_load="rows", prefetch=1))])
+@pytest.mark.parametrize("tail", [(28, 4), (1, 2), (128, 3)], ids=lambda t: "tail%dx%d" % t)
+def test_a_tail_split_assembles(dtype, fields, tail):
+    """The last tiles' K split over blocks, up to all of them (no whole tile: the block-order test
+    against the first tail block must not wrap around), for FFMA and mma.sync, without spills."""
+    p = Problem(1024, 4096, 5120, Pattern(8, 32, 32), dtype, "col")
+    s = Schedule(**fields, tail_tiles=tail[0], tail_split=tail[1])
+    k = compile(p, schedule=s, arch="sm_90")
+    tiles = (1024 // s.block_m) * (4096 // s.block_n)
+    assert k.ir.grid == (tiles - tail[0] + tail[0] * tail[1], 1, 1) and k.ir.workspace_words == 1024 * 4096 + tiles
+    r = k.resources
+    assert r.spill_stores == 0 and r.stack_frame == 0, (s.short(), r.summary())
+
+
+def test_unsigned_index_operators_refuse_negative_constants():
+    """The GPU compares and divides indices unsigned, the interpreter as Python ints: an expression
+    that compares with a negative constant would run right on the CPU and wrong on the GPU."""
+    from nmgen.ir.build import CTAID_X
+    from nmgen.ir.expr import lt
+    from nmgen.ir.nodes import If, Let
+    import dataclasses
+    k = build(Problem(64, 64, 64, Pattern(8, 32, 32)), Schedule(block_m=32, warp_m=32, thread_m=4))
+    bad = dataclasses.replace(k, body=(Let("x", 0), If(lt(0 - 1, CTAID_X), (Let("x", 1),))) + k.body)
+    with pytest.raises(ValueError, match="negative constant"):
+        generate_ptx(bad, "sm_90")
+
+
 @pytest.mark.parametrize("prefetch", [0, 1])
 def test_inner_loop_is_fma_with_16_byte_loads(prefetch):
     ptx = compile(Problem(4096, 4096, 4096, Pattern(8, 32, 32)), schedule=Schedule(prefetch=prefetch), arch="sm_90").ptx

@@ -35,6 +35,9 @@ CASES = [  # (M, N, K, n, m, V, schedule or None for the default)
     (20, 96, 160, 12, 32, 32, Schedule(block_m=64, block_n=64, a_load="rows", k_windows=2, warps_k=4, stages=2)),
     (9, 33, 96, 3, 6, 3, Schedule(**SMALL, k_windows=2, split_k=2, warps_k=2)),   # with split-K too
     (17, 100, 128, 4, 32, 32, Schedule(**SMALL, warps_k=4)),   # one kept row a thread: no head to prefetch
+    # a tail split: the last tiles' K split over blocks (uneven), the sums through the workspace
+    (40, 200, 320, 8, 32, 32, Schedule(**SMALL, tail_tiles=3, tail_split=4)),
+    (9, 33, 96, 3, 6, 3, Schedule(**SMALL, k_windows=2, warps_k=2, tail_tiles=1, tail_split=3)),
     # five warps a block (the tuner's wave-balancing block_n, search.refine): copies over 160 threads
     (20, 330, 192, 8, 32, 32, Schedule(block_m=32, block_n=160, warp_m=32, warp_n=32, thread_m=4, thread_n=8,
                                        a_load="rows", k_windows=2)),

@@ -70,6 +70,18 @@ CASES = [  # (M, N, K, n, m, V, dtype, a_major, c_dtype, schedule fields)
     # five warps a block (the tuner's wave-balancing block_n, search.refine): copies over 160 threads
     (40, 330, 256, 8, 32, 32, "bf16", "col", None, dict(SMALL, block_n=160, k_windows=4, prefetch=1, a_load="rows")),
     (40, 330, 256, 8, 32, 32, "f16", "row", "bf16", dict(SMALL, block_n=160, k_windows=4, a_smem="mk", split_k=2)),
+    # a tail split (the last tiles' K split over blocks, sums in the workspace; the others store C):
+    # uneven parts, every C dtype, both loop forms, wgmma, a tail of every tile
+    (40, 136, 288, 12, 32, 32, "bf16", "col", None, dict(SMALL, warp_m=16, k_windows=4, tail_tiles=3, tail_split=2)),
+    (40, 136, 288, 12, 32, 32, "bf16", "col", "f32", dict(SMALL, warp_m=16, k_windows=4, tail_tiles=6, tail_split=3)),
+    (100, 330, 256, 8, 32, 32, "f16", "row", "f32", dict(SMALL, k_windows=2, a_smem="mk", tail_tiles=5, tail_split=3)),
+    (17, 100, 640, 8, 32, 32, "bf16", "col", "bf16", dict(SMALL, k_windows=2, a_load="rows", prefetch=1, tail_tiles=2,
+                                                         tail_split=4)),
+    (17, 100, 640, 8, 32, 32, "tf32", "col", None, dict(SMALL, k_windows=2, tail_tiles=2, tail_split=5)),
+    (100, 96, 288, 12, 32, 32, "f16", "col", "bf16", dict(block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=2,
+                                                         tail_tiles=1, tail_split=3, wgmma=1)),
+    (40, 136, 512, 4, 32, 8, "bf16", "col", None, dict(SMALL, warp_n=64, k_windows=8, warps_k=2, tail_tiles=6,
+                                                       tail_split=2)),
     (17, 100, 64, 8, 32, 32, "tf32", "row", None, dict(SMALL, k_windows=2, a_pad=4)),
     (40, 136, 256, 4, 32, 8, "tf32", "col", None, dict(SMALL, warp_n=64, k_windows=8, refill_row=1)),
     (40, 136, 512, 4, 32, 8, "tf32", "row", None, dict(SMALL, warp_n=64, k_windows=8, a_smem="mk", split_k=2)),

@@ -137,8 +137,13 @@ class Lowerer:
         if isinstance(e, Select):
             return b.select(b.icmp_unsigned("!=", self.val(e.cond), ir.Constant(I32, 0)), self.val(e.a), self.val(e.b))
         assert isinstance(e, BinOp), e
-        x, y = self.val(e.a), self.val(e.b)
         op = e.op
+        if op not in ("+", "-", "*") and any(isinstance(o, Const) and o.value < 0 for o in (e.a, e.b)):
+            # the i32 values are compared and divided unsigned here but as Python ints by the
+            # interpreter: a negative operand would make the two disagree (a kernel that runs on
+            # the CPU and not on the GPU)
+            raise ValueError(f"index expression {e} applies {op!r} to a negative constant")
+        x, y = self.val(e.a), self.val(e.b)
         if op == "+":
             return b.add(x, y, flags=NUW)
         if op == "-":
@@ -546,7 +551,7 @@ class Lowerer:
         fence = ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), "fence.acq_rel.gpu;", "~{memory}", side_effect=True)
         tid = self.env["tid"]
         first = b.icmp_unsigned("==", tid, ir.Constant(I32, 0))
-        count = b.gep(self.args[st.counts], [b.zext(self.env["ctaid_x"], I64)], inbounds=True, source_etype=I32)
+        count = b.gep(self.args[st.counts], [b.zext(self.val(st.tile), I64)], inbounds=True, source_etype=I32)
         # every thread's atomic adds to the sums are performed (gpu scope) before thread 0 counts the block
         b.call(fence, [])
         self._Barrier(None)

@@ -65,6 +65,9 @@ def test_split_k_even_and_uneven(rng, split_k):
     # the next tile's copies issued after the first kept rows of each tile
     Schedule(a_load="rows", k_windows=2, refill_row=1),
     Schedule(k_windows=1, split_k=3, refill_row=2, min_blocks=2),
+    # the last tiles' K split over blocks (tail split), the sums in the workspace, the others whole
+    Schedule(tail_tiles=7, tail_split=3),
+    Schedule(a_load="rows", k_windows=2, prefetch=1, tail_tiles=40, tail_split=5),
 ], ids=lambda s: s.short().replace(" ", "_"))
 @pytest.mark.parametrize("pattern", [(4, 32, 32), (16, 32, 32)], ids=lambda p: "%d:%dx%d" % p)
 def test_other_schedules(rng, schedule, pattern):
