@@ -30,6 +30,9 @@ interpreter checks the very order the GPU will run:
                store acc to C (atomic add under split-K); a 16-bit C under split-K: atomic adds into
                an fp32 workspace, then the block that finishes a tile last converts it into C and
                leaves the workspace zeroed (SplitKReduce: one launch, no memset, no conversion pass)
+               tail split: blocks [0, whole) compute a tile each over all of K and store C; the
+               tail's blocks (tail_split per tile, in a row) add their part into the workspace,
+               which holds only the tail's tiles, and the last part of each stores C the same way
 """
 from __future__ import annotations
 
@@ -102,10 +105,15 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
                             "K columns of each index unit's kept rows, per (K tile, block column)"))
     params.append(Param("C", problem.c_dtype, M, N, readonly=False, doc="output (M, N), row-major"))
     reduce16 = reduces_in_kernel(problem, s)
-    if reduce16:
+    if s.tail_tiles:    # the tail's tiles only, one after another: a few MB where (M, N) may be a GB
+        params += [Param("Work", "f32", s.tail_tiles * BM, BN, readonly=False,
+                         doc="fp32 partial sums of the tail's tiles (tail_tiles * BM, BN), zero before and after"),
+                   Param("Counts", "i32", 1, s.tail_tiles, readonly=False,
+                         doc="parts done per tail tile, zero before and after")]
+    elif reduce16:
         params += [Param("Work", "f32", M, N, readonly=False, doc="fp32 partial sums (M, N), zero before and after"),
                    Param("Counts", "i32", 1, g.tiles_m * g.tiles_n, readonly=False,
-                         doc="split parts done per output tile, zero before and after")]
+                         doc="splits done per output tile, zero before and after")]
 
     mk = s.a_smem == "mk"
     if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-element vectors
@@ -212,13 +220,15 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     tile = Var("tile")
-    reduce = (StoreAcc("Work", bm * BM, bn * BN, atomic=True),
-              SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, max(s.split_k, tail), tile))
     if s.tail_tiles:    # the whole tiles' blocks store C; the tail's parts add up in the workspace
+        at = ((tile - whole) * BM, 0)       # the tail tile's place in it (tile >= whole there)
+        reduce = (StoreAcc("Work", bm * BM, bn * BN, atomic=True, at=at),
+                  SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, tail, tile - whole, at))
         body += [If(lt(CTAID_X, whole), (StoreAcc("C", bm * BM, bn * BN, atomic=False),)),
                  If(in_tail, reduce)]
     elif reduce16:
-        body += reduce
+        body += [StoreAcc("Work", bm * BM, bn * BN, atomic=True),
+                 SplitKReduce("C", "Work", "Counts", bm * BM, bn * BN, BM, BN, s.split_k, tile)]
     else:
         body.append(StoreAcc("C", bm * BM, bn * BN, atomic=s.split_k > 1))
 

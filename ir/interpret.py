@@ -166,7 +166,9 @@ class Interpreter:
     def _exec(self, body, blk: _Block):
         for st in body:
             if isinstance(st, Let):
-                blk.env[st.var] = self._scalar(st.value, blk)
+                v = blk.env[st.var] = self._scalar(st.value, blk)
+                if v < 0:    # the GPU's index arithmetic is unsigned: it would wrap around there
+                    raise HazardError(f"{st.var} = {st.value} is {v}: index values must not be negative")
             elif isinstance(st, For):
                 for v in range(self._scalar(st.start, blk), self._scalar(st.stop, blk)):
                     blk.env[st.var] = v
@@ -545,6 +547,9 @@ class Interpreter:
         rows = self._scalar(op.row0, blk) + self.rows
         cols = self._scalar(op.col0, blk) + self.cols
         ok = (rows < self.k.M) & (cols < self.k.N) & (self.slice == 0)[:, None]   # sliced K: slice 0 stores
+        if op.at is not None:     # the same elements, at their place in a workspace laid out by tile
+            rows = self._scalar(op.at[0], blk) + self.rows
+            cols = self._scalar(op.at[1], blk) + self.cols
         rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]
         if op.atomic:
             if C.dtype != np.float32:
@@ -569,11 +574,13 @@ class Interpreter:
             return
         r0, c0 = self._scalar(op.row0, blk), self._scalar(op.col0, blk)
         r1, c1 = min(r0 + op.rows, self.k.M), min(c0 + op.cols, self.k.N)
+        w0, v0 = (self._scalar(x, blk) for x in op.work_origin)
         if self.written[r0:r1, c0:c1].any():
             raise HazardError("two blocks store the same tile of C")
         self.written[r0:r1, c0:c1] = True
-        C[r0:r1, c0:c1] = work[r0:r1, c0:c1].astype(C.dtype)      # rounded to nearest, as cvt.rn does
-        work[r0:r1, c0:c1] = 0
+        sums = work[w0:w0 + r1 - r0, v0:v0 + c1 - c0]
+        C[r0:r1, c0:c1] = sums.astype(C.dtype)      # rounded to nearest, as cvt.rn does
+        sums[:] = 0
         counts[0, tile] = 0
 
 

@@ -214,11 +214,18 @@ class ReduceSlices:
 class StoreAcc:
     """C[row0 + row][col0 + col] = acc (or += with `atomic`) for each accumulator's (row, col)
     (layout.acc_row / acc_col), converted to C's dtype, masked to the problem's M x N; with sliced
-    K (layout.warps_k > 1) by the threads of slice 0 only."""
+    K (layout.warps_k > 1) by the threads of slice 0 only. With `at`, the same elements (masked by
+    their place in C) go to dst[at[0] + row][at[1] + col]: a workspace laid out by tile."""
     dst: str
     row0: IntLike
     col0: IntLike
     atomic: bool
+    at: Optional[tuple] = None    # (row, col) of `dst` the tile's first element goes to; None: (row0, col0)
+
+    @property
+    def origin(self) -> tuple:
+        """Where in `dst` the tile starts (masking stays by (row0, col0) against M x N)."""
+        return self.at if self.at is not None else (self.row0, self.col0)
 
 
 @dataclass(frozen=True)
@@ -229,8 +236,10 @@ class SplitKReduce:
     then counts itself in `counts`[0][tile] (one i32 per output tile); the block that counts
     `splits` (every split's sums are in) reads its (rows, cols) tile at (row0, col0) of `work`,
     masked to M x N, stores it into `dst` rounded to dst's dtype, and stores zero over what it read
-    and over its count. So `work` and `counts` are zero after the launch as before it: the launcher
-    zeroes them once, when it allocates them, not before every launch.
+    and over its count. The tile's sums sit in `work` at work_origin (a tail split's workspace holds
+    its tail tiles only, one (rows, cols) tile after another). So `work` and `counts` are zero after
+    the launch as before it: the launcher zeroes them once, when it allocates them, not before
+    every launch.
 
     Ordering (PTX ISA, memory consistency model): every thread's adds, then a gpu-scope fence and
     a barrier, before the count (an atomic add by thread 0); the last block fences again before it
@@ -243,7 +252,12 @@ class SplitKReduce:
     rows: int
     cols: int
     splits: int
-    tile: IntLike             # the output tile's index (its count's)
+    tile: IntLike             # the tile's count: counts[0][tile]
+    work_at: Optional[tuple] = None   # (row, col) of `work` where the tile's sums start; None: (row0, col0)
+
+    @property
+    def work_origin(self) -> tuple:
+        return self.work_at if self.work_at is not None else (self.row0, self.col0)
 
 
 Stmt = Union[Let, For, If, Copy, LoadList, Commit, Wait, MmaWait, AsyncProxyFence, Barrier, ZeroAcc, LoadFragments,
@@ -269,12 +283,21 @@ class Kernel:
 
     @property
     def workspace_words(self) -> int:
-        """32-bit words of the zeroed scratch a split-K kernel with a 16-bit C needs (SplitKReduce):
-        its "Work" (M, N) fp32 partial sums, then its "Counts" (one per output tile); 0 for others.
-        The launcher passes the scratch's address as Work and address + 4 * M * N as Counts."""
+        """32-bit words of the zeroed scratch a kernel that reduces split K parts itself needs
+        (SplitKReduce: split-K into a 16-bit C, or a tail split): its "Work" fp32 partial sums ((M, N);
+        a tail split's (tail_tiles * block_m, block_n)), then its "Counts" (one per tile split); 0
+        for others. The launcher passes the scratch's address as Work and address + 4 * (Work's
+        elements) as Counts."""
         if not any(p.name == "Work" for p in self.params):
             return 0
-        return self.param("Work").rows * self.param("Work").cols + self.param("Counts").cols
+        return self.work_words + self.param("Counts").cols
+
+    @property
+    def work_words(self) -> int:
+        """fp32 elements of "Work" (0 without): the offset of "Counts" in the scratch, in words."""
+        if not any(p.name == "Work" for p in self.params):
+            return 0
+        return self.param("Work").rows * self.param("Work").cols
 
     @property
     def store_vec(self) -> int:

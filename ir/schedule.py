@@ -8,10 +8,11 @@ thread_m = thread_n = 0 there ("tiled by the instruction"), and every "kept row"
 in instruction steps of k kept rows (16, or 8 for tf32) instead of single rows. Along K the block walks "K tiles" of `k_windows` pattern windows (k_windows * m rows of
 A's K dimension, k_windows * n kept rows of B), streamed through a `stages`-deep cp.async pipeline
 in shared memory. `split_k` splits the K tiles over gridDim.z and reduces with atomic adds.
-`tail_tiles` and `tail_split` split only the grid's last output tiles along K: the blocks of a grid
-one or two waves long whose last wave is short (160 tiles on 132 SMs) run the first tiles whole and
-the last `tail_tiles` each in `tail_split` blocks of 1/tail_split of the K tiles (the data-parallel
-plus split-K form of stream-K), so the last wave is as many short blocks as the GPU holds.
+`tail_tiles` and `tail_split` split only the grid's last output tiles along K: a grid whose last
+wave is short (160 tiles on 132 SMs: the second wave 28 tiles) runs the first tiles whole and the
+last `tail_tiles` each in `tail_split` blocks of 1/tail_split of the K tiles (the data-parallel plus
+split-K form of stream-K), so the last wave is as many short blocks as the GPU holds; their fp32
+sums meet in a workspace of the tail's tiles, the last part of each storing C.
 `warps_k` splits each K tile's kept rows among that many warps of the block instead (sliced K): every
 warp tile of C is computed by warps_k warps, each over its share of the rows, and the partial sums
 are added through shared memory once at the end. It gives a grid too small to fill the GPU more
@@ -75,9 +76,9 @@ class Schedule:
             if f.name in ("a_load", "a_smem"):
                 allowed = A_LOADS if f.name == "a_load" else A_SMEM
                 if v not in allowed:
-                    raise ScheduleError(f"{f.name}={v!r} must be one of {', '.join(allowed)}")
+                    raise ScheduleError(f"{f.name}={_as_json(v)} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
-                raise ScheduleError(f"schedule field {f.name}={v!r} must be an integer")
+                raise ScheduleError(f"schedule field {f.name}={_as_json(v)} ({type(v).__name__}) must be an integer")
             elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
                                              "wgmma", "tail_tiles") else 2 if f.name == "stages" else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
@@ -121,11 +122,23 @@ class Schedule:
         return cls(**d)
 
     @staticmethod
+    def unique_fields(pairs) -> dict:
+        """json's object_pairs_hook: the object's fields, ScheduleError when one is given twice (JSON
+        would keep the last one silently)."""
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise ScheduleError(f"schedule field {k!r} is given twice ({_as_json(out[k])} and {_as_json(v)}); "
+                                    f"give it once")
+            out[k] = v
+        return out
+
+    @staticmethod
     def fields_of_json(text: str) -> dict:
         """The fields a JSON object of schedule fields gives (not checked); ScheduleError if `text`
         is not JSON or not an object."""
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=Schedule.unique_fields)
         except json.JSONDecodeError as e:
             raise ScheduleError(f"schedule is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}; give a "
                                 f"JSON object of schedule fields, e.g. '{{\"split_k\": 2}}'") from None
@@ -155,3 +168,11 @@ class Schedule:
                 + (f" rf{self.refill_row}" if self.refill_row else "")
                 + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}")
                 + (f" tail{self.tail_tiles}x{self.tail_split}" if self.tail_tiles else ""))
+
+
+def _as_json(v) -> str:
+    """A field's value as the JSON a user wrote it in (true, null, "3"), else as Python shows it."""
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)

@@ -134,9 +134,10 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                       else ""))   # (only where one window a tile gives enough tiles, and can be copied)
     if s.split_k > 65535:
         why.append(f"split_k={s.split_k} exceeds gridDim.z's limit of 65535")
-    why += _tail_problems(s, g.tiles_m * g.tiles_n, g.T)
-    if g.tiles_m * g.tiles_n >= 2**31:
-        why.append(f"{g.tiles_m * g.tiles_n} blocks exceed gridDim.x's limit")
+    why += _tail_problems(s, g.tiles_m * g.tiles_n, g.T, problem.windows)
+    grid_x = g.tiles_m * g.tiles_n + s.tail_tiles * (s.tail_split - 1)
+    if grid_x >= 2**31:
+        why.append(f"{grid_x} blocks exceed gridDim.x's limit of 2^31 - 1")
     smem = shared_bytes(problem, s, a_rows)
     if smem > device.smem_per_block:
         why.append(f"needs {smem / 1024:.1f} KB of shared memory per block ({s.stages} stages); "
@@ -228,7 +229,7 @@ def validate(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
                             + "\n  - ".join(why))
 
 
-def _tail_problems(s: Schedule, tiles: int, T: int) -> list[str]:
+def _tail_problems(s: Schedule, tiles: int, T: int, windows: int) -> list[str]:
     """A tail split (tail_tiles, tail_split) names tiles the grid has and K tiles each part gets."""
     if (s.tail_tiles > 0) != (s.tail_split > 1):
         return [f"tail_tiles={s.tail_tiles} and tail_split={s.tail_split} go together: give both (tail_tiles >= 1 "
@@ -237,7 +238,11 @@ def _tail_problems(s: Schedule, tiles: int, T: int) -> list[str]:
     if s.tail_tiles > tiles:
         why.append(f"tail_tiles={s.tail_tiles} exceeds the grid's {tiles} output tiles; use tail_tiles <= {tiles}")
     if s.tail_split > T:
-        why.append(f"tail_split={s.tail_split} exceeds the {T} K tiles of this problem; use tail_split <= {T}")
+        more = windows if s.k_windows > 1 and windows >= 2 else 0     # K tiles of one window each
+        why.append(f"tail_split={s.tail_split} exceeds the {T} K tile(s) of this problem ({s.k_windows} window(s) "
+                   f"a tile), which the parts share out; "
+                   + (f"use tail_split <= {T}" if T >= 2 else "a tail split needs 2 or more")
+                   + (f", or k_windows=1 for {more} K tiles" if more else ""))
     if s.tail_tiles and s.split_k > 1:
         why.append(f"tail_tiles={s.tail_tiles} with split_k={s.split_k}: split every tile (split_k) or the last ones "
                    f"(tail_tiles, tail_split), not both")

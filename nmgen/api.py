@@ -15,7 +15,7 @@ from .errors import CudaUnavailable, ShapeError
 from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
 from .ir.build import a_leading_dim
-from .ir.device import Device, for_arch
+from .ir.device import ARCHS, Device, for_arch
 from .ir.dtypes import DTYPES, dtype as dtype_of, storage_name
 from .ir.operands import Geometry, layout_key, prepare
 from .ir.problem import Problem, as_int, parse_shape
@@ -44,7 +44,7 @@ class Kernel:
         self.ptx = ptx or codegen.generate_ptx(self.ir, arch)
         self.cubin = cubin
         self._loaded = {}           # device ordinal -> loaded module (runtime.module)
-        self._workspaces = None     # split-K scratch of a 16-bit C (runtime.memory.ZeroedWorkspaces)
+        self._workspaces = None     # scratch of split-K into a 16-bit C or a tail split (ZeroedWorkspaces)
         if resources is not None:
             self.__dict__["resources"] = resources
 
@@ -63,8 +63,9 @@ class Kernel:
     def launch(self, A_ptr: int, operands: "DeviceOperands", C_ptr: int, stream: int = 0, device: int = 0) -> None:
         """Raw launch on device pointers: A as the kernel reads it (its dtype, order and leading
         dimension: ir.build.a_leading_dim), C (M, N) of the problem's c_dtype. Under split-K an fp32
-        C is zeroed first; a 16-bit C is summed in this kernel's workspace for (device, stream),
-        zero between launches (ir.nodes.SplitKReduce). Prefer `spmm`."""
+        C is zeroed first; a 16-bit C under split-K, and a tail split's tiles, are summed in this
+        kernel's workspace for (device, stream), zero between launches (ir.nodes.SplitKReduce).
+        Prefer `spmm`."""
         from .runtime.memory import memset32
         k = self.ir
         loaded = self.loaded(device)
@@ -74,7 +75,7 @@ class Kernel:
                 "Arows": operands.arows and operands.arows.ptr}
         if k.workspace_words:
             ptrs["Work"] = self._workspace(device, stream)
-            ptrs["Counts"] = ptrs["Work"] + 4 * k.M * k.N
+            ptrs["Counts"] = ptrs["Work"] + 4 * k.work_words
         args = [ptrs[p.name] for p in k.params]
         loaded.launch(k.grid, k.threads, args, stream)
 
@@ -89,8 +90,8 @@ class Kernel:
         return loaded
 
     def _workspace(self, device: int, stream: int) -> int:
-        """The scratch of a split-K kernel with a 16-bit C (ir workspace_words: fp32 sums, tile
-        counts) for (device, stream), zeroed once when made; each launch leaves it zeroed."""
+        """The scratch of a kernel that reduces split parts itself (ir workspace_words: fp32 sums,
+        tile counts) for (device, stream), zeroed once when made; each launch leaves it zeroed."""
         if self._workspaces is None:
             from .runtime.memory import ZeroedWorkspaces
             self._workspaces = ZeroedWorkspaces(self.ir.workspace_words)
@@ -149,10 +150,18 @@ def compile(problem, pattern=None, vector=None, *, schedule: Schedule | dict | s
     tuning database's best for this GPU, or the performance model's best; a dict of schedule fields
     (or a JSON object of them, as the command line's --schedule) is laid over the default schedule
     for the problem (search.heuristic.default_schedule), e.g. schedule={"split_k": 2}. `B` supplies
-    the real indices, which the "rows" A-loading strategy needs for its compacted row lists."""
+    the real indices, which the "rows" A-loading strategy needs for its compacted row lists.
+    ShapeError for a tensor-core dtype with V no multiple of 8."""
     problem = _problem(problem, pattern, vector, a_major, dtype, c_dtype)
-    if arch is not None:
-        codegen.target_for(arch)
+    v = problem.pattern.vector
+    if dtype_of(problem.dtype).compute == "mma" and v % 8:     # no schedule could: say why, not what failed
+        raise ShapeError(f"V={v}: {problem.dtype} multiplies on the tensor cores, whose 8-column mma tiles must each "
+                         f"lie inside one vector of columns sharing kept rows, so V must be a multiple of 8; use "
+                         f"vector=8, 16, 32, ... or dtype='f32' (the FFMA path) for V={v}")
+    if arch is not None and arch not in ARCHS:
+        from .errors import CompileError
+        raise CompileError(f"arch={arch!r} is not a GPU nmgen makes kernels for; choose one of {', '.join(ARCHS)} "
+                           f"(the GPU's: sm_90's wgmma kernels take the PTX target sm_90a by themselves)")
     gpu = current_device(device)
     arch = arch or (gpu.arch if gpu else "sm_90")
     dev = gpu if gpu is not None and gpu.arch == arch else for_arch(arch)   # a GPU of another arch: typical

@@ -3,9 +3,10 @@
 `nmgen.spmm` checks its inputs, looks up the kernel and the weights' device copies, and packs the
 launch arguments on every call (about 140 us of host time at 1x4096x4096). A `PreparedSpMM` does
 all of that once: it holds the loaded CUfunction, the weights' device addresses, grid, block,
-shared memory and a packed argument block in which only A and C (and a split-K workspace) are
-patched per call. A launch is then one cuLaunchKernel (plus, under split-K into an fp32 C, the
-memset that zeroes C first; a 16-bit C is reduced in the kernel, in a workspace it leaves zeroed):
+shared memory and a packed argument block in which only A and C (and a workspace) are patched
+per call. A launch is then one cuLaunchKernel (plus, under split-K into an fp32 C, the memset that
+zeroes C first; a 16-bit C under split-K, and a tail split, are reduced in the kernel, in a
+workspace it leaves zeroed):
 a few microseconds of host time, nothing allocated, nothing synchronised, nothing compiled. CUDA
 graphs capture it like any other launch.
 
@@ -39,8 +40,9 @@ class PreparedSpMM:
 
     Attributes a caller needs to feed it: `lda` (elements from one row of A to the next as the
     kernel reads it), `a_alignment` / `c_alignment` (bytes A's and C's addresses must be aligned
-    to), `workspace_bytes` (the scratch a split-K kernel with a 16-bit C needs, 4-byte aligned:
-    fp32 partial sums and tile counts, ir.nodes.SplitKReduce; 0 otherwise), `launches` (driver
+    to), `workspace_bytes` (the scratch a kernel that reduces split parts itself needs - split-K
+    into a 16-bit C, a tail split - 4-byte aligned: fp32 partial sums and tile counts,
+    ir.nodes.SplitKReduce; 0 otherwise), `launches` (driver
     calls per launch with a zeroed workspace: 2 for split-K into an fp32 C, else 1).
 
     Raises ShapeError when an operand the kernel reads is missing."""
@@ -62,7 +64,7 @@ class PreparedSpMM:
         self.workspace_words = k.workspace_words
         self.workspace_bytes = 4 * self.workspace_words
         # the workspace's two parts: its slots in the argument block, the counts' byte offset in it
-        self._work = (names.index("Work"), names.index("Counts"), 4 * self.M * self.N) if self.workspace_words else None
+        self._work = (names.index("Work"), names.index("Counts"), 4 * k.work_words) if self.workspace_words else None
         self._plain = not (self.zero_words or self.workspace_words)
         self.launches = 1 + bool(self.zero_words)
         self._slots = self._main.slots
@@ -101,10 +103,10 @@ class PreparedSpMM:
         a_ptr: A as the kernel reads it (its dtype; rows of `lda` elements; `a_alignment`-aligned).
         c_ptr: C, (M, N) row-major of the problem's c_dtype, `c_alignment`-aligned; it must not
                overlap A.
-        workspace: address of `workspace_bytes` bytes of scratch for a split-K kernel with a 16-bit
-               C, used in stream order (one per stream launched on concurrently); 0: this object's
-               own for `stream`, allocated and zeroed on first use (not while a CUDA graph is being
-               captured: pass one then).
+        workspace: address of `workspace_bytes` bytes of scratch for a kernel that reduces split
+               parts itself (split-K into a 16-bit C, a tail split), used in stream order (one per
+               stream launched on concurrently); 0: this object's own for `stream`, allocated and
+               zeroed on first use (not while a CUDA graph is being captured: pass one then).
         workspace_zeroed: the workspace holds zeros when this launch reaches it in stream order, so
                no memset clears it first. The kernel leaves it zeroed, so a workspace zeroed when
                made and used only by these launches stays so; pass False for any other (the memset

@@ -113,7 +113,8 @@ def schedule_fields(given) -> "Schedule | dict":
 def as_schedule(given, problem: Problem, device: Device) -> Schedule:
     """The schedule a `schedule=` argument (or the command line's --schedule) asks for: a Schedule
     as it is; a dict of schedule fields, or a JSON object of them (text), laid over the default
-    schedule for `problem` on `device` (the plain Schedule()'s fields where no default fits).
+    schedule for `problem` on `device` (the plain Schedule()'s fields where no default fits; a
+    tail split asked for without split_k replaces the default's split-K).
     ScheduleError as `schedule_fields` says. Whether the result can run `problem` is for
     ir.validate to say."""
     from ..ir.errors import ScheduleError
@@ -124,4 +125,6 @@ def as_schedule(given, problem: Problem, device: Device) -> Schedule:
         base = default_schedule(problem, device)
     except ScheduleError:
         base = Schedule()
+    if {"tail_tiles", "tail_split"} & set(fields) and "split_k" not in fields:
+        base = base.replace(split_k=1)     # the default's split-K for a small grid gives way to the asked tail
     return Schedule.from_dict({**base.to_dict(), **fields})

@@ -73,22 +73,22 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
         kw = copyable_k_windows(problem, min(2 * s.k_windows, problem.windows))
         deeper = [s.replace(k_windows=kw, stages=d) for d in reversed(depths) if d <= s.stages]
         out += [c for c in deeper if kw > s.k_windows and not problems(problem, c, device, a_rows(c))][:1]
-    tail = tail_split(problem, s, device, held or blocks_per_sm(
-        s, device, estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype)),
-        shared_bytes(problem, s, a_rows(s))))
-    if tail:
-        out.append(tail)
-    elif s.tail_tiles:      # the model's pick of a family may carry a tail split: measure it without too
-        out.append(s.replace(tail_tiles=0, tail_split=1))
-    balanced = wave_balanced_block_n(problem, s, device, held or blocks_per_sm(
-        s, device, estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype)),
-        shared_bytes(problem, s, a_rows(s))))
-    if balanced:
-        out.append(s.replace(block_n=balanced))
+    # the grid's shape: the tail split (re-derived for the measured blocks per SM, or dropped) and
+    # block tiles, each from `s` without its tail (a tail counts tiles of s's grid), with their own
+    plain = s.replace(tail_tiles=0, tail_split=1)
+    tail = tail_split(problem, plain, device, held or _per_sm_estimate(problem, plain, device, a_rows))
+    out += [c for c in (plain, tail) if c is not None]
+    balanced = wave_balanced_block_n(problem, plain, device, held or _per_sm_estimate(problem, plain, device, a_rows))
+    shapes = [plain.replace(block_n=balanced)] if balanced else []
     for field in ("block_m", "block_n"):
-        bigger = s.replace(**{field: 2 * getattr(s, field)})
+        bigger = plain.replace(**{field: 2 * getattr(s, field)})
         if bigger.threads <= MAX_REFINE_THREADS and getattr(bigger, field) <= 256:
-            out.append(bigger)
+            shapes.append(bigger)
+    for c in shapes:
+        out.append(c)
+        c_tail = tail_split(problem, c, device, _per_sm_estimate(problem, c, device, a_rows))
+        if c_tail:
+            out.append(c_tail)
     seen, keep = {s.hash()}, []
     for c in out:
         if c.hash() not in seen and not problems(problem, c, device, a_rows(c)):
@@ -113,3 +113,8 @@ def wave_balanced_block_n(problem: Problem, s: Schedule, device: Device, per_sm:
     best = min(narrower, key=cost, default=None)
     return best if best and cost(best) < 0.9 * cost(s.block_n) else None
 
+
+def _per_sm_estimate(problem: Problem, s: Schedule, device: Device, a_rows) -> int:
+    """Blocks of `s` per SM with the register estimate (before ptxas has counted)."""
+    regs = estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype))
+    return blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows(s)))

@@ -179,8 +179,9 @@ def loop_forms(problem: Problem) -> tuple[int, ...]:
 # that shared memory allows; for 16-bit tensor-core schedules it ranks both by measured factors,
 # search.model.PIPELINE_FACTOR, so a family's best-predicted member is its best-predicted depth and
 # form), the copies' place in a tile, the register bound, and whether the last wave is split (the
-# model ranks it, H200 2026-12-01: within 6% of the measured ratio for mma.sync, but not the sign
-# for wgmma, so the refinements measure the other choice beside a family's best)
+# model ranks it, H200 2026-12-01: its ratio to the plain schedule within 2-8% of the measured one
+# for mma.sync 128x256, but not the sign for wgmma, so the refinements measure the other choice
+# beside a family's best)
 MEASURED_FIELDS = ("stages", "prefetch", "refill_row", "min_blocks", "tail_tiles", "tail_split")
 
 

@@ -39,15 +39,19 @@ def test_the_rows_strategy_and_split_k_assemble():
     ("f32", {}), ("f32", dict(a_load="rows", k_windows=2, prefetch=1)),
     ("bf16", dict(block_m=128, block_n=256, warp_m=128, warp_n=32, thread_m=0, thread_n=0, a_pad=8, k_windows=4,
                   a_load="rows", prefetch=1))])
-@pytest.mark.parametrize("tail", [(28, 4), (1, 2), (128, 3)], ids=lambda t: "tail%dx%d" % t)
+@pytest.mark.parametrize("tail", [(28, 4), (1, 2), ("all", 3)], ids=lambda t: "tail%sx%d" % t)
 def test_a_tail_split_assembles(dtype, fields, tail):
     """The last tiles' K split over blocks, up to all of them (no whole tile: the block-order test
-    against the first tail block must not wrap around), for FFMA and mma.sync, without spills."""
+    against the first tail block must not wrap around), for FFMA and mma.sync, without spills; the
+    workspace holds the tail's tiles only (fp32 sums, then a count each)."""
     p = Problem(1024, 4096, 5120, Pattern(8, 32, 32), dtype, "col")
-    s = Schedule(**fields, tail_tiles=tail[0], tail_split=tail[1])
+    bm, bn = fields.get("block_m", 128), fields.get("block_n", 128)
+    tiles = (1024 // bm) * (4096 // bn)
+    count = tiles if tail[0] == "all" else tail[0]
+    s = Schedule(**fields, tail_tiles=count, tail_split=tail[1])
     k = compile(p, schedule=s, arch="sm_90")
-    tiles = (1024 // s.block_m) * (4096 // s.block_n)
-    assert k.ir.grid == (tiles - tail[0] + tail[0] * tail[1], 1, 1) and k.ir.workspace_words == 1024 * 4096 + tiles
+    assert k.ir.grid == (tiles - count + count * tail[1], 1, 1)
+    assert k.ir.workspace_words == count * bm * bn + count
     r = k.resources
     assert r.spill_stores == 0 and r.stack_frame == 0, (s.short(), r.summary())
 

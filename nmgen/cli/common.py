@@ -230,11 +230,14 @@ def problem_from(args) -> Problem:
 
 
 def add_schedule_arg(p):
+    from dataclasses import fields
+    names = ", ".join(f.name for f in fields(Schedule))
     p.add_argument("--schedule", metavar="JSON", help="schedule as JSON (or a file holding it); fields left out "
                                                     "take the values of the shape's heuristic default schedule "
                                                     "(not the tuned or model-ranked one a run without --schedule "
                                                     "gets): give every field to pin one, as search's reproduce "
-                                                    "lines do")
+                                                    f"lines do. Fields (nmgen.Schedule's docstring says what each "
+                                                    f"means): {names}")
 
 
 def _looks_like_a_path(text: str) -> bool:
@@ -252,7 +255,7 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
     if os.path.isfile(text) or os.path.isdir(text) or _looks_like_a_path(text):
         text = read_text(args.schedule, "--schedule")
     try:
-        given = json.loads(text)
+        given = json.loads(text, object_pairs_hook=Schedule.unique_fields)
     except json.JSONDecodeError as e:
         where = f"{args.schedule} " if text is not args.schedule else ""
         raise ScheduleError(f"--schedule {where}is not valid JSON ({e.msg} at column {e.colno}); give a JSON "

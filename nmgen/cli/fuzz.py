@@ -12,11 +12,11 @@ def register(sub):
                                    "of windows, n:m with m up to 64, V from 1 to 128, both A layouts, every dtype: "
                                    "f32 on FFMA, tf32, bf16 and f16 on the tensor cores where V is a multiple of 8, "
                                    "C now and then in another dtype) under random "
-                                   "schedules of the search space (split-K, sliced K, rows/window, the rotated loop, "
-                                   "refill_row, stages), run each on the GPU (or the CPU interpreter) with C poisoned "
-                                   "with NaN, and compare with float64 within the error bound of the sum. Every "
-                                   "failure is printed with the `nmgen check` line that replays it. Exits 1 if any "
-                                   "case fails.")
+                                   "schedules of the search space (split-K, tail split, sliced K, rows/window, "
+                                   "the rotated loop, refill_row, stages), run each on the GPU (or the CPU "
+                                   "interpreter) with C poisoned with NaN, and compare with float64 within the "
+                                   "error bound of the sum. Every failure is printed with the `nmgen check` line "
+                                   "that replays it. Exits 1 if any case fails.")
     p.add_argument("--cases", type=positive_int, default=100, help="cases to draw (default 100)")
     p.add_argument("--seed", type=at_least(0), default=0, help="seed of the case generator (default 0)")
     p.add_argument("--interpret", action="store_true", help="run the cases in the CPU interpreter (small sizes, no GPU)")

@@ -24,14 +24,15 @@ def register(sub):
                    help="measure the whole space, or only the model's best k (default)")
     p.add_argument("--topk", type=positive_int, metavar="K",
                    help="schedule families model-topk measures, one schedule each (a family: schedules "
-                        "differing only in stages or loop form; the model's best-predicted one is measured and "
-                        "the refinements try the others next to the winners; default 10%% of the space, each "
-                        "loop form counted once; --dry-run shows 10)")
+                        "differing only in stages, loop form or tail split; the model's best-predicted one is "
+                        "measured and the refinements try the others next to the winners; default 10%% of the "
+                        "space, each loop form counted once; --dry-run shows 10)")
     p.add_argument("--budget", type=positive_int, metavar="N", help="measure at most N schedules in this run")
     p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "
                         "(the other loop form, the copies after a tile's first rows, a register bound, bigger "
-                        "blocks, on the tensor cores a K tile twice as deep); 0 for none (default 2)")
+                        "blocks, a short last wave's tiles split along K or not, on the tensor cores a K tile "
+                        "twice as deep); 0 for none (default 2)")
     add_db_arg(p)
     p.add_argument("--reps", type=positive_int, default=20, help="timed runs per schedule, median reported (default 20)")
     p.add_argument("--dry-run", action="store_true",

@@ -492,7 +492,8 @@ class Lowerer:
         rows and columns past M and N masked."""
         c_dt = self.k.param(st.dst).dtype
         vec = self._atomic_vec() if st.atomic else self.k.store_vec
-        self._each_acc_part(st.row0, st.col0, vec, lambda row, col, part: self._store(st, row, col, part, c_dt))
+        self._each_acc_part(st.row0, st.col0, vec, lambda row, col, part: self._store(st, row, col, part, c_dt),
+                            st.at)
 
     def _atomic_vec(self) -> int:
         """Accumulators one atomic add takes: a run of C's alignment (k.store_vec) where the target has
@@ -501,15 +502,18 @@ class Lowerer:
         vec = self.k.store_vec
         return vec if self.target.cc >= 90 and vec in (2, 4) else 1
 
-    def _each_acc_part(self, row0, col0, vec: int, emit):
+    def _each_acc_part(self, row0, col0, vec: int, emit, at=None):
         """emit(row, col, part) for each `vec` consecutive accumulators `part` of a run (layout.runs),
-        at (row0 + row, col0 + col) of an (M, N) array, under a mask where the tile passes M or N."""
+        at (row0 + row, col0 + col) of an (M, N) array, under a mask where the tile passes M or N;
+        with `at`, emitted at (at[0] + row, at[1] + col) instead (a workspace laid out by tile),
+        masked the same."""
         k, lay, b = self.k, self.k.layout, self.b
         tid = Var("tid")
         for run in lay.runs:
             for part in (run[i:i + vec] for i in range(0, len(run), vec)):
-                row = row0 + lay.acc_row(tid, part[0])
-                col = col0 + lay.acc_col(tid, part[0])
+                local = lay.acc_row(tid, part[0]), lay.acc_col(tid, part[0])
+                row, col = row0 + local[0], col0 + local[1]
+                where = (row, col) if at is None else (at[0] + local[0], at[1] + local[1])
                 ok = None
                 if k.M % lay.block_m:
                     ok = b.icmp_unsigned("<", self.val(row), ir.Constant(I32, k.M))
@@ -517,10 +521,10 @@ class Lowerer:
                     okc = b.icmp_unsigned("<", self.val(col), ir.Constant(I32, k.N - (len(part) - 1)))
                     ok = okc if ok is None else b.and_(ok, okc)
                 if ok is None:
-                    emit(row, col, part)
+                    emit(*where, part)
                 else:
                     with b.if_then(ok):
-                        emit(row, col, part)
+                        emit(*where, part)
 
     def _store(self, st, row, col, part, c_dt):
         b = self.b
@@ -602,7 +606,7 @@ class Lowerer:
             for i, e in enumerate(part):
                 b.store(b.extract_value(x, i) if vec > 1 else x, self.acc[e])
             b.call(clear, [src] + [zero] * vec)
-        self._each_acc_part(st.row0, st.col0, vec, take)
+        self._each_acc_part(st.row0, st.col0, vec, take, st.work_at)
         self._store_acc(StoreAcc(st.dst, st.row0, st.col0, atomic=False))
 
 

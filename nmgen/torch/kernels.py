@@ -272,12 +272,13 @@ def _pitched(a: torch.Tensor, lda: int) -> torch.Tensor:
 
 
 def workspace(device: int, stream: int, nbytes: int) -> tuple[torch.Tensor, bool]:
-    """(scratch, zeroed): fp32 scratch of at least `nbytes` for split-K kernels with a 16-bit C on
-    (device, stream), and whether it holds zeros. Eager: one per stream, zeroed when made and reused
-    by every such launch on it in stream order, each of which leaves it zeroed (nmgen.prepared: no
-    memset per call). While a CUDA graph is being captured, a temporary from the graph's pool instead
-    (not zeroed: the launch clears it; freed after it, as any other intermediate of the captured
-    work), so graphs never share scratch with eager work."""
+    """(scratch, zeroed): fp32 scratch of at least `nbytes` for kernels that reduce split parts
+    themselves (split-K into a 16-bit C, a tail split) on (device, stream), and whether it holds
+    zeros. Eager: one per stream, zeroed when made and reused by every such launch on it in stream
+    order, each of which leaves it zeroed (nmgen.prepared: no memset per call). While a CUDA graph
+    is being captured, a temporary from the graph's pool instead (not zeroed: the launch clears it;
+    freed after it, as any other intermediate of the captured work), so graphs never share scratch
+    with eager work."""
     if capturing():
         return torch.empty(nbytes, dtype=torch.uint8, device=torch_device(device)), False
     key = (device, stream)

@@ -67,6 +67,9 @@ def terms(records) -> dict:
         issue += 1.5 * (a_plan.iterations + b_plan.iterations + i_plan.iterations) + 30
         l1 += (4 if a_plan.transpose else a_plan.width // 4) * a_plan.iterations + 4 * b_plan.iterations + i_plan.iterations
         bps = model.blocks_per_sm(s, dev, r["registers"], shared_bytes(p, s, a_rows))
+        if s.tail_tiles:     # the fit's terms describe a grid of equal blocks: a tail split's are not
+            raise SystemExit(f"fit_mma_model.py: {s.short()} ({r['problem_key']}) has a tail split, which this fit "
+                             f"does not describe; leave tail schedules out of its samples")
         blocks = g.tiles_m * g.tiles_n * s.split_k
         pred = model.predict(p, s, dev, r["registers"], a_rows)
         # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run

@@ -94,8 +94,8 @@ def test_split_k_with_sliced_k_into_a_16_bit_c(rng, split_k):
 @pytest.mark.parametrize("c_dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("tail", [(1, 2), (5, 3), (28, 4), (7, 8), (96, 5)], ids=lambda t: "tail%dx%d" % t)
 def test_tail_split(rng, tail, c_dtype, wgmma):
-    """The last tiles' K split over blocks (tail_tiles x tail_split; 30 K tiles: 3, 4, 8 and 5 of 96
-    tiles (all of them) are uneven), the others whole; called twice, so the second call finds the
+    """The last tiles' K split over blocks (tail_tiles x tail_split; 30 K tiles split 4 and 8 ways
+    unevenly; 96 tiles is all of them), the others whole; called twice, so the second call finds the
     workspace the first one left zeroed. Odd M and N: the tail's tiles are cut by both edges."""
     p, A, A32, B32, B = inputs(rng, (1000, 3000, 3840), (8, 32, 32), "bf16", "col", c_dtype)
     tiles = dict(block_m=128, block_n=256, warp_m=64, warp_n=128, wgmma=1) if wgmma else \
