@@ -13,6 +13,11 @@ class ShapeError(NMGenError, ValueError):
     """Operand shapes, dtypes or layouts that do not fit the operation."""
 
 
+class FileError(NMGenError, OSError):
+    """A file nmgen was asked to read or write that it cannot: missing, a directory, not
+    permitted, full, or existing where nothing may be replaced without asking."""
+
+
 class ScheduleError(NMGenError, ValueError):
     """A schedule that cannot run for this problem on this device; the message lists every reason."""
 

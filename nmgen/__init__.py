@@ -17,7 +17,7 @@ if not _os.path.isdir(_os.path.join(_here, "ir")) and _os.path.isfile(_os.path.j
 
 __version__ = "0.1.0"
 
-from .errors import (CompileError, CudaError, CudaUnavailable, HazardError, NMGenError,  # noqa: E402
+from .errors import (CompileError, CudaError, CudaUnavailable, FileError, HazardError, NMGenError,  # noqa: E402
                      PatternError, ScheduleError, ShapeError)
 from .format import NMMatrix, compress, pad_k, prune  # noqa: E402
 from .ir.problem import Pattern, Problem  # noqa: E402
@@ -34,6 +34,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'nmgen' has no attribute {name!r}")
 
 
-__all__ = ["CompileError", "CudaError", "CudaUnavailable", "HazardError", "Kernel", "NMGenError", "NMMatrix",
-           "Pattern", "PatternError", "Problem", "Schedule", "ScheduleError", "ShapeError", "compile", "compress",
-           "default_schedule", "pad_k", "prune", "spmm", "spmm_reference"]
+__all__ = ["CompileError", "CudaError", "CudaUnavailable", "FileError", "HazardError", "Kernel", "NMGenError",
+           "NMMatrix", "Pattern", "PatternError", "Problem", "Schedule", "ScheduleError", "ShapeError", "compile",
+           "compress", "default_schedule", "pad_k", "prune", "spmm", "spmm_reference"]

@@ -1,5 +1,5 @@
 """Every error nmgen raises on purpose derives from NMGenError."""
-from .ir.errors import HazardError, NMGenError, PatternError, ScheduleError, ShapeError
+from .ir.errors import FileError, HazardError, NMGenError, PatternError, ScheduleError, ShapeError
 
 
 class CudaUnavailable(NMGenError, RuntimeError):
@@ -18,5 +18,5 @@ class CompileError(NMGenError, RuntimeError):
     """Code generation or PTX assembly failed."""
 
 
-__all__ = ["CompileError", "CudaError", "CudaUnavailable", "HazardError", "NMGenError", "PatternError",
+__all__ = ["CompileError", "CudaError", "CudaUnavailable", "FileError", "HazardError", "NMGenError", "PatternError",
            "ScheduleError", "ShapeError"]

@@ -1,13 +1,14 @@
 """Reading and writing the files of the API (NMMatrix.save / load, nmgen.torch.save / load): a path
-that cannot be used, or an OS or library error on the way, ends in one ShapeError naming the file
-and the cause, never a raw IsADirectoryError, FileNotFoundError or a library's own exception."""
+that cannot be used, or an OS error on the way, ends in one FileError (an OSError) naming the file
+and the cause, a file that is not what it should be in one ShapeError; never a raw
+IsADirectoryError, FileNotFoundError or a library's own exception."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 
-from .errors import NMGenError, ShapeError
+from .errors import FileError, NMGenError, ShapeError
 
 
 def why_not_writable(path) -> str | None:
@@ -63,36 +64,36 @@ def _cause(e: BaseException) -> str:
 def writing(path, errors: tuple = (), overwrite: bool = True):
     """A block that writes `path`: the path is checked first (an existing file refused unless
     `overwrite`: nothing a user has is replaced without asking), and OSError (or one of `errors`, a
-    library's own exceptions) inside it becomes ShapeError("cannot write PATH: cause")."""
+    library's own exceptions) inside it becomes FileError("cannot write PATH: cause")."""
     file_name(path, "write")
     why = why_not_writable(path)
     if why:
-        raise ShapeError(f"cannot write {_shown(path)}: {why}")
+        raise FileError(f"cannot write {_shown(path)}: {why}")
     if not overwrite and os.path.isfile(path):
-        raise ShapeError(f"{_shown(path)} already exists; pass overwrite=True to replace it, or give another file")
+        raise FileError(f"{_shown(path)} already exists; pass overwrite=True to replace it, or give another file")
     try:
         yield
     except NMGenError:
         raise
     except (OSError, *errors) as e:
-        raise ShapeError(f"cannot write {_shown(path)}: {_cause(e)}") from None
+        raise FileError(f"cannot write {_shown(path)}: {_cause(e)}") from None
 
 
 @contextlib.contextmanager
 def reading(path, what: str, errors: tuple = ()):
     """A block that reads `path`, a file of `what` kind ("a file written by nmgen.torch.save"): the
-    path is checked first, OSError inside becomes ShapeError("cannot read PATH: cause") and one of
+    path is checked first, OSError inside becomes FileError("cannot read PATH: cause") and one of
     `errors` (the library's exceptions for a malformed file) ShapeError("PATH is not WHAT: cause")."""
     file_name(path, "read")
     why = why_not_readable(path)
     if why:
-        raise ShapeError(f"cannot read {_shown(path)}: {why}")
+        raise FileError(f"cannot read {_shown(path)}: {why}")
     try:
         yield
     except NMGenError:
         raise
     except OSError as e:
-        raise ShapeError(f"cannot read {_shown(path)}: {_cause(e)}") from None
+        raise FileError(f"cannot read {_shown(path)}: {_cause(e)}") from None
     except errors as e:
         raise ShapeError(f"{_shown(path)} is not {what} ({_cause(e)})") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import host_matrix
-from .errors import NMGenError, PatternError, ShapeError
+from .errors import FileError, NMGenError, PatternError, ShapeError
 from .files import file_name, writing
 from .ir.dtypes import DTYPES, OUTPUT_DTYPES, cast_finite, dtype as dtype_of, storage_name
 from .ir.problem import Pattern, as_int, ceil_div, index_dtype_bits
@@ -236,11 +236,11 @@ class NMMatrix:
         """Write the matrix to `path` (numpy .npz: values as their raw bits, indices, meta). An
         existing file is replaced only with overwrite=True. A path that exists (without it) or
         cannot be written (a directory, a missing directory, a device or pipe, no permission, an OS
-        error) raises one ShapeError naming the file and why."""
+        error) raises one FileError (an OSError) naming the file and why."""
         p = self.pattern
         file_name(path, "write")
         if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
-            raise ShapeError(f"cannot write {path}: NMMatrix.save writes a regular file (an .npz archive seeks back "
+            raise FileError(f"cannot write {path}: NMMatrix.save writes a regular file (an .npz archive seeks back "
                              f"to finish it), and {path} is a device or a pipe; give a file name")
         raw = self.values.view(np.uint16) if self.dtype == "bf16" else self.values    # npz has no bfloat16
         with writing(path, overwrite=overwrite), open(Path(path), "wb") as f:
@@ -252,7 +252,8 @@ class NMMatrix:
     def load(cls, path) -> "NMMatrix":
         """The matrix `save` wrote to `path`. Anything else (a missing, empty, truncated or corrupted
         file, a missing array, a meta record that is not 6 integers, arrays that do not fit it)
-        raises one ShapeError naming the file and what is wrong."""
+        raises one ShapeError naming the file and what is wrong; FileError (an OSError) where it
+        cannot be read at all."""
         file_name(path, "read")
         try:
             meta, values, indices = _read_npz(Path(path))
@@ -276,7 +277,7 @@ class NMMatrix:
         except NMGenError as e:
             raise ShapeError(f"{path} is not a valid nmgen matrix file: {e}") from None
         except OSError as e:
-            raise ShapeError(f"cannot read {path}: {e.strerror or e}") from None
+            raise FileError(f"cannot read {path}: {e.strerror or e}") from None
         except Exception as e:  # noqa: BLE001 - zipfile, numpy and the OS raise a dozen kinds for a bad file
             # numpy's own text can advise loading pickles: name the kind of failure, not that advice
             # (numpy takes any file that is neither .npy nor .npz for a pickle: look at its first byte)

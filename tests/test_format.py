@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import nmgen
-from nmgen import NMMatrix, Pattern, PatternError, ShapeError, compress, pad_k, prune
+from nmgen import FileError, NMMatrix, Pattern, PatternError, ShapeError, compress, pad_k, prune
 
 
 @pytest.mark.parametrize("n,m,v,K,N", [(2, 4, 1, 16, 10), (2, 8, 4, 32, 13), (8, 32, 32, 64, 100), (4, 16, 64, 48, 70),
@@ -267,8 +267,10 @@ def test_load_of_the_good_meta_writer_works(tmp_path):
 
 
 def test_load_missing_file(tmp_path):
-    with pytest.raises(ShapeError, match=r"cannot read .*nothere\.npz: No such file"):
+    """A FileError, which code that handles files catches as the OSError it is."""
+    with pytest.raises(OSError, match=r"cannot read .*nothere\.npz: No such file") as e:
         NMMatrix.load(tmp_path / "nothere.npz")
+    assert isinstance(e.value, FileError)
 
 
 # ---- dtypes: every spelling numpy (and torch) has for the stored types ------------------------------
@@ -345,7 +347,7 @@ def test_float64_beyond_float32s_range_is_refused_with_the_range():
 def test_save_to_a_place_it_cannot_write_names_it(tmp_path, rng, name, match):
     (tmp_path / "afile").write_text("x")
     nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
-    with pytest.raises(ShapeError, match=match):
+    with pytest.raises(FileError, match=match):
         nm.save(tmp_path / name)
 
 
@@ -359,7 +361,7 @@ def test_save_replaces_a_file_only_when_asked(tmp_path, rng):
     notes = tmp_path / "notes"
     notes.write_text("my notes")
     nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
-    with pytest.raises(ShapeError, match=r"notes already exists; pass overwrite=True to replace it"):
+    with pytest.raises(FileError, match=r"notes already exists; pass overwrite=True to replace it"):
         nm.save(notes)
     assert notes.read_text() == "my notes"
     nm.save(notes, overwrite=True)
@@ -371,7 +373,7 @@ def test_save_wraps_an_os_error_during_the_write(tmp_path, rng, monkeypatch):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(np, "savez", full)
     nm = NMMatrix.from_dense(rng.standard_normal((8, 4)), "2:4", prune_first=True)
-    with pytest.raises(ShapeError, match=r"cannot write .*b\.npz: No space left on device$"):
+    with pytest.raises(FileError, match=r"cannot write .*b\.npz: No space left on device$"):
         nm.save(tmp_path / "b.npz")
 
 
@@ -428,5 +430,5 @@ def test_reference_refuses_a_dense_b(rng):
 def test_save_refuses_a_device(rng):
     """An .npz archive seeks back to finish: zipfile failed on /dev/null with a raw struct.error."""
     B = NMMatrix.from_dense(rng.standard_normal((64, 16)), "8:32", vector=8, prune_first=True)
-    with pytest.raises(ShapeError, match="cannot write /dev/null: NMMatrix.save writes a regular file"):
+    with pytest.raises(FileError, match="cannot write /dev/null: NMMatrix.save writes a regular file"):
         B.save("/dev/null", overwrite=True)

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
                                             "CPU tests need it")
 nn = torch.nn
 nmt = pytest.importorskip("nmgen.torch")
-from nmgen import NMMatrix, PatternError, ShapeError  # noqa: E402
+from nmgen import FileError, NMMatrix, PatternError, ShapeError  # noqa: E402
 from nmgen.torch import kernels  # noqa: E402
 from nmgen.torch.linear import NMLinear  # noqa: E402
 
@@ -386,15 +386,16 @@ def test_load_errors(tmp_path):
         nmt.load(Tied(), tmp_path / "plain.safetensors")
 
 
-@pytest.mark.parametrize("name,match", [
-    ("missing.safetensors", r"cannot read .*missing\.safetensors: No such file or directory$"),
-    ("garbage.safetensors", r".*garbage\.safetensors is not a file written by nmgen.torch.save \(.*header"),
-    ("", r"cannot read .*: it is a directory; give a file$"),
+@pytest.mark.parametrize("name,error,match", [
+    ("missing.safetensors", FileError, r"cannot read .*missing\.safetensors: No such file or directory$"),
+    ("garbage.safetensors", ShapeError, r".*garbage\.safetensors is not a file written by nmgen.torch.save \(.*header"),
+    ("", FileError, r"cannot read .*: it is a directory; give a file$"),
 ])
-def test_load_of_a_missing_or_foreign_file_names_it(tmp_path, name, match):
+def test_load_of_a_missing_or_foreign_file_names_it(tmp_path, name, error, match):
+    """A file that cannot be read is a FileError (an OSError); one that is not nmgen's a ShapeError."""
     (tmp_path / "garbage.safetensors").write_text("print('not a model')\n")
     for call in (lambda: nmt.load(Tied(), tmp_path / name), lambda: nmt.io.read_header(tmp_path / name)):
-        with pytest.raises(ShapeError, match=match):
+        with pytest.raises(error, match=match):
             call()
 
 
@@ -405,7 +406,7 @@ def test_load_of_a_missing_or_foreign_file_names_it(tmp_path, name, match):
 ])
 def test_save_to_a_place_it_cannot_write_names_it(tmp_path, name, match):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(ShapeError, match=match):
+    with pytest.raises(FileError, match=match):
         nmt.save(Tied(), tmp_path / name)
 
 
@@ -416,7 +417,7 @@ def test_save_wraps_what_safetensors_raises(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr(st, "save_file", fail)
-    with pytest.raises(ShapeError, match=r"cannot write .*m\.safetensors: Error while serializing: .*No space left"):
+    with pytest.raises(FileError, match=r"cannot write .*m\.safetensors: Error while serializing: .*No space left"):
         nmt.save(Tied(), tmp_path / "m.safetensors")
 
 

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from nmgen import ShapeError
+from nmgen import FileError, ShapeError
 
 # tests/test_torch.py's idiom (pytest.importorskip at module level) skips the whole module, which alone exits 5
 # ("no tests collected"); a skip mark on every test says the same and exits 0
@@ -142,7 +142,7 @@ def test_save_replaces_an_existing_file_only_with_overwrite(tmp_path):
     path = saved(tmp_path)
     first = path.read_bytes()
     other = sparse(shared())
-    with pytest.raises(ShapeError, match=f"^{path} already exists; pass overwrite=True to replace it, or give another "
+    with pytest.raises(FileError, match=f"^{path} already exists; pass overwrite=True to replace it, or give another "
                                          f"file$"):
         nmt.save(other, path)
     assert path.read_bytes() == first
@@ -173,7 +173,7 @@ def test_a_failed_overwrite_leaves_the_file_as_it_was(tmp_path, monkeypatch):
             f.write(b"half a fi")
         raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr(st, "save_file", fail)
-    with pytest.raises(ShapeError, match=r"cannot write .*m\.safetensors: Error while serializing: .*No space left"):
+    with pytest.raises(FileError, match=r"cannot write .*m\.safetensors: Error while serializing: .*No space left"):
         nmt.save(sparse(shared()), path, overwrite=True)
     assert path.read_bytes() == first and os.listdir(tmp_path) == ["m.safetensors"]   # no temporary file left
 
