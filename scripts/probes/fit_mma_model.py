@@ -1,6 +1,6 @@
 """Development probe: fit the model's tensor-core constants (search/model.py, item 3b) to measurements.
 
-    python scripts/probes/fit_mma_model.py benchmarks/2026-11-30-h200-model-fit/samples.json
+    python scripts/probes/fit_mma_model.py benchmarks/2026-11-30-h200-model-fit/samples.json.gz
     python scripts/probes/fit_mma_model.py OUT.db          (model_sample.py's database itself)
     python scripts/probes/fit_mma_model.py A.json B.db ... (several, fitted together)
 
@@ -140,6 +140,10 @@ def load(path: str) -> list[dict]:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute("select * from results")]
+    if path.endswith(".gz"):         # the committed samples are gzipped (the device tool carries 64 MiB)
+        import gzip
+        with gzip.open(path, "rt") as f:
+            return json.load(f)["records"]
     return json.load(open(path))["records"]
 
 
