@@ -222,18 +222,13 @@ class StoreAcc:
     atomic: bool
     at: Optional[tuple] = None    # (row, col) of `dst` the tile's first element goes to; None: (row0, col0)
 
-    @property
-    def origin(self) -> tuple:
-        """Where in `dst` the tile starts (masking stays by (row0, col0) against M x N)."""
-        return self.at if self.at is not None else (self.row0, self.col0)
-
 
 @dataclass(frozen=True)
 class SplitKReduce:
     """Split-K in one launch (the serial split-K reduction): a 16-bit C, or the tail of a tail
-    split (its whole tiles store C plainly). Before it, StoreAcc
-    added the block's partial sums atomically into the fp32 workspace `work` (M, N). Each block
-    then counts itself in `counts`[0][tile] (one i32 per output tile); the block that counts
+    split (its whole tiles store C plainly). Before it, StoreAcc added the block's partial sums
+    atomically into the fp32 workspace `work`. Each block then counts itself in `counts`[0][tile]
+    (one i32 per tile that is split); the block that counts
     `splits` (every split's sums are in) reads its (rows, cols) tile at (row0, col0) of `work`,
     masked to M x N, stores it into `dst` rounded to dst's dtype, and stores zero over what it read
     and over its count. The tile's sums sit in `work` at work_origin (a tail split's workspace holds

@@ -401,10 +401,17 @@ def test_a_writer_that_fails_before_writing_creates_no_database(tmp_path, args, 
 
 
 def test_db_import_creates_the_database_and_its_folders(tmp_path):
+    from nmgen.db import TuningDB
+    TuningDB(tmp_path / "a.db").record({"problem_key": "64x64x64:2:4:1:f32", "schedule_hash": "h", "device_key": "d",
+                                        "toolchain_key": "t", "status": "ok", "median_us": 3.0,
+                                        "schedule": '{"stages": 2}'})
+    nmgen("db", "export", "--db", str(tmp_path / "a.db"), "-o", str(tmp_path / "a.jsonl"))
     path = tmp_path / "zz" / "sub" / "x.db"
-    r = nmgen("db", "import", os.devnull, "--db", str(path))
-    assert r.returncode == 0 and "imported 0 records" in r.stdout, r.stderr
+    r = nmgen("db", "import", str(tmp_path / "a.jsonl"), "--db", str(path))
+    assert r.returncode == 0 and "imported 1 records" in r.stdout, r.stderr
     assert path.is_file()
+    r = nmgen("db", "import", os.devnull, "--db", str(tmp_path / "yy" / "y.db"))     # nothing to import: no database
+    assert r.returncode != 0 and "holds no records" in r.stderr and not (tmp_path / "yy").exists()
 
 
 # ---- an output file that exists is replaced only with --force ----------------------------------------
@@ -562,6 +569,10 @@ def test_db_import_reads_standard_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "b.db")],
                        input="[1]\n", capture_output=True, text=True)
     assert "error: standard input: 1 bad line(s), nothing imported: line 1 is a JSON list" in error_line(r)
+    r = subprocess.run([sys.executable, "-m", "nmgen", "db", "import", "-", "--db", str(tmp_path / "c.db")],
+                       input="\n", capture_output=True, text=True)        # a failed export piped in: no records
+    assert r.returncode != 0 and "standard input holds no records; nothing imported" in error_line(r)
+    assert not (tmp_path / "c.db").exists()
 
 
 def test_db_export_import_round_trip(tmp_path):

@@ -117,6 +117,9 @@ def _import(args) -> int:
         recs = parse_records(io.StringIO(text))
     except NMGenError as e:
         raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
+    if not recs:     # an empty file (a failed export piped in) must not leave an empty database behind
+        raise NMGenError(f"{'standard input' if args.file == '-' else args.file} holds no records; nothing "
+                         f"imported (give the output of `nmgen db export`)")
     db = open_writable()
     written = db.record_many(recs)
     print(f"imported {len(recs)} records into {db.path}: {written} new or faster than the record they met, "
