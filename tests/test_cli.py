@@ -490,6 +490,21 @@ def test_check_interpret_passes(a_major):
     assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
 
 
+def test_check_interpret_judges_the_schedule_for_the_arch_asked():
+    """--arch with --interpret: the schedule is chosen and judged for that GPU (an A100 has no wgmma),
+    and --arch without --interpret is refused (a GPU run uses the GPU's own)."""
+    args = ["check", "--shape", "17x100x64", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+            "--a-major", "col", "--interpret"]
+    r = nmgen(*args, "--arch", "sm_80")
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+    wgmma = '{"block_m": 64, "block_n": 64, "warp_m": 64, "warp_n": 64, "wgmma": 1}'
+    r = nmgen(*args, "--arch", "sm_80", "--schedule", wgmma)
+    assert r.returncode == 2 and "wgmma needs a Hopper GPU" in error_line(r), r.stderr
+    assert nmgen(*args, "--schedule", wgmma).returncode == 0                     # sm_90 by default
+    r = nmgen(*args[:-1], "--arch", "sm_80")
+    assert r.returncode == 2 and "add --interpret, or leave out --arch" in error_line(r), r.stderr
+
+
 def test_help_lists_the_commands():
     r = nmgen("--help")
     assert r.returncode == 0 and "ptx" in r.stdout and "check" in r.stdout
@@ -591,8 +606,8 @@ def test_db_export_import_round_trip(tmp_path):
 
 
 def test_an_unknown_option_is_reported_by_its_command():
-    line = error_line(nmgen("check", *SHAPE, "--arch", "sm_80"))
-    assert line == "nmgen check: error: unrecognized arguments: --arch sm_80", line
+    line = error_line(nmgen("check", *SHAPE, "--resources"))
+    assert line == "nmgen check: error: unrecognized arguments: --resources", line
 
 
 @pytest.mark.parametrize("line,expected", [("64x128x256 8:32 32", (8, 32, 32)), ("64x128x256 8:32x32", (8, 32, 32)),
@@ -680,7 +695,8 @@ def test_an_output_onto_a_symlinked_databases_wal_is_refused(tmp_path):
     """SQLite names its -wal / -shm files after the symlink's target: an output there would be
     deleted (or would clobber the live log) when the database closes."""
     real = tmp_path / "real.db"
-    assert nmgen("db", "import", os.devnull, "--db", str(real)).returncode == 0
+    from nmgen.db import TuningDB
+    TuningDB(real)
     (tmp_path / "link.db").symlink_to(real)
     for suffix in ("-wal", "-shm"):
         line = error_line(nmgen("ptx", *SHAPE, "--db", str(tmp_path / "link.db"), "-o", f"{real}{suffix}"))
@@ -695,7 +711,8 @@ def test_check_without_a_gpu_judges_a_rows_schedule_on_the_interpreters_weights(
     line = error_line(nmgen(*base))
     assert "cannot run" in line and "shared memory" in line and "no GPU" not in line, line
     db = tmp_path / "t.db"
-    assert nmgen("db", "import", os.devnull, "--db", str(db)).returncode == 0
+    from nmgen.db import TuningDB
+    TuningDB(db)                                    # an existing, empty database
     line = error_line(nmgen(*base, "--vector", "16", "--db", str(db)))
     assert "no GPU here" in line and "--seed " in line and f"--db {db}" in line, line
 

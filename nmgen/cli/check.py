@@ -26,6 +26,9 @@ def register(sub):
                    help="run the kernel IR in the CPU interpreter instead of the GPU (needed on a machine without "
                         f"one; small shapes: it refuses runs past {INTERPRETER_SECONDS} s or "
                         f"{INTERPRETER_BYTES >> 30} GB)")
+    p.add_argument("--arch", choices=("sm_80", "sm_86", "sm_89", "sm_90"), default=None,
+                   help="with --interpret: the GPU the schedule is chosen and judged for (its shared memory, "
+                        "registers, instructions; default sm_90). A GPU run uses the GPU's own")
     p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
     p.add_argument("--seed", type=at_least(0), default=None,
@@ -42,9 +45,14 @@ def run(args):
     if args.interpret and args.array != "numpy":
         raise NMGenError(f"--array {args.array} passes GPU tensors; the CPU interpreter (--interpret) takes numpy "
                          f"arrays: leave out one of the two")
+    if args.arch and not args.interpret:
+        raise NMGenError(f"--arch {args.arch} chooses the GPU the CPU interpreter judges schedules for; a GPU run "
+                         f"uses the GPU's own: add --interpret, or leave out --arch")
     from ..search.choose import open_db
     gpu = current_device()
-    given = schedule_from(args, problem, gpu or for_arch("sm_90"))     # a bad --schedule is reported as such
+    typical = for_arch(args.arch or "sm_90")        # the GPU judged for without one (or as --arch asks)
+    judge = typical if args.arch else gpu or typical
+    given = schedule_from(args, problem, judge)     # a bad --schedule is reported as such
     # the database is read only for the schedule (as in ptx); a missing --db is reported before "no GPU"
     db = open_db(args.db, create=False) if args.db and given is None else None
     if not args.interpret and gpu is None:
@@ -56,7 +64,7 @@ def run(args):
             # "rows" lists are sized by the weights: judged at the shortest any weights give (each unit's
             # kept rows), so that only a schedule no weights let run is refused here
             g = geometry(problem, given)
-            validate(problem, given, for_arch("sm_90"),
+            validate(problem, given, typical,
                      min(g.a_rows, ceil_div(g.kept, 8) * 8) if given.a_load == "rows" else None)
         line, same = interpreter_command(problem, given, args.seed)
         if same and given is not None and given.a_load == "rows":
@@ -64,7 +72,7 @@ def run(args):
             # that the command below meets the very lists judged here)
             seed = args.seed if args.seed is not None else fresh_seed()
             _, B = random_inputs(problem, np.random.default_rng(seed))
-            validate_on(problem, given, for_arch("sm_90"), B)
+            validate_on(problem, given, typical, B)
             line, _ = interpreter_command(problem, given, seed)
         if args.db:
             import shlex
@@ -72,7 +80,7 @@ def run(args):
         dropped = "; your --schedule is for this shape and is left out" if given is not None else ""
         raise CudaUnavailable(f"no GPU here: `{line}` checks {'this problem' if same else 'the same pattern'} on the "
                               f"CPU{'' if same else f' (the interpreter runs small shapes{dropped})'}")
-    dev = gpu or for_arch("sm_90")
+    dev = judge
     seed = args.seed if args.seed is not None else fresh_seed()
     rng = np.random.default_rng(seed)
     if args.interpret:   # before any input exists: the operands alone can exceed the memory bound (the

@@ -4,6 +4,7 @@ Only nmgen's own databases are opened (nmgen.db refuses any other file, unchange
 written to a temporary file renamed over the target, so a failed export never empties a file."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import NMGenError
@@ -117,9 +118,11 @@ def _import(args) -> int:
         recs = parse_records(io.StringIO(text))
     except NMGenError as e:
         raise NMGenError(f"{'standard input' if args.file == '-' else args.file}: {e}") from None
-    if not recs:     # an empty file (a failed export piped in) must not leave an empty database behind
+    from ..db import default_path
+    if not recs and not os.path.exists(args.db or default_path()):
+        # an empty file (a failed export piped in) must not leave an empty database behind
         raise NMGenError(f"{'standard input' if args.file == '-' else args.file} holds no records; nothing "
-                         f"imported (give the output of `nmgen db export`)")
+                         f"imported and no database created (give the output of `nmgen db export`)")
     db = open_writable()
     written = db.record_many(recs)
     print(f"imported {len(recs)} records into {db.path}: {written} new or faster than the record they met, "
