@@ -548,6 +548,8 @@ class Interpreter:
         cols = self._scalar(op.col0, blk) + self.cols
         ok = (rows < self.k.M) & (cols < self.k.N) & (self.slice == 0)[:, None]   # sliced K: slice 0 stores
         if op.at is not None:     # the same elements, at their place in a workspace laid out by tile
+            if not op.atomic:
+                raise HazardError(f"StoreAcc into {op.dst} at a tile's place adds partial sums: it must be atomic")
             rows = self._scalar(op.at[0], blk) + self.rows
             cols = self._scalar(op.at[1], blk) + self.cols
         rows, cols, vals = rows[ok], cols[ok], blk.acc[ok]

@@ -78,7 +78,7 @@ class Schedule:
                 if v not in allowed:
                     raise ScheduleError(f"{f.name}={_as_json(v)} must be one of {', '.join(allowed)}")
             elif not isinstance(v, int) or isinstance(v, bool):
-                raise ScheduleError(f"schedule field {f.name}={_as_json(v)} ({type(v).__name__}) must be an integer")
+                raise ScheduleError(f"schedule field {f.name}={_as_json(v)} ({_json_type(v)}) must be an integer")
             elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
                                              "wgmma", "tail_tiles") else 2 if f.name == "stages" else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
@@ -176,3 +176,10 @@ def _as_json(v) -> str:
         return json.dumps(v)
     except (TypeError, ValueError):
         return repr(v)
+
+
+def _json_type(v) -> str:
+    """What JSON calls a value's type (a schedule comes from JSON or a Python dict): "string" for
+    "3", "boolean" for true, "null"; Python's name for what JSON has no name for."""
+    names = {bool: "boolean", type(None): "null", str: "string", float: "number", list: "array", dict: "object"}
+    return names.get(type(v), type(v).__name__)

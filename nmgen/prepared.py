@@ -41,8 +41,9 @@ class PreparedSpMM:
     Attributes a caller needs to feed it: `lda` (elements from one row of A to the next as the
     kernel reads it), `a_alignment` / `c_alignment` (bytes A's and C's addresses must be aligned
     to), `workspace_bytes` (the scratch a kernel that reduces split parts itself needs - split-K
-    into a 16-bit C, a tail split - 4-byte aligned: fp32 partial sums and tile counts,
-    ir.nodes.SplitKReduce; 0 otherwise), `launches` (driver
+    into a 16-bit C, a tail split - 16-byte aligned (sm_90's vector atomics and loads read 4
+    floats at once): fp32 partial sums and tile counts, ir.nodes.SplitKReduce; 0 otherwise),
+    `launches` (driver
     calls per launch with a zeroed workspace: 2 for split-K into an fp32 C, else 1).
 
     Raises ShapeError when an operand the kernel reads is missing."""

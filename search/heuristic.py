@@ -125,6 +125,6 @@ def as_schedule(given, problem: Problem, device: Device) -> Schedule:
         base = default_schedule(problem, device)
     except ScheduleError:
         base = Schedule()
-    if {"tail_tiles", "tail_split"} & set(fields) and "split_k" not in fields:
+    if (fields.get("tail_tiles", 0) or fields.get("tail_split", 1) != 1) and "split_k" not in fields:
         base = base.replace(split_k=1)     # the default's split-K for a small grid gives way to the asked tail
     return Schedule.from_dict({**base.to_dict(), **fields})

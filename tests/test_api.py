@@ -122,7 +122,7 @@ def test_schedule_fields_mean_the_same_in_the_api_and_on_the_command_line():
     ("[2]", "schedule JSON must be an object of fields, got list"),
     (42, r"schedule must be a nmgen.Schedule, a dict of schedule fields or a JSON object of them .*got int 42"),
     ({"split_k": 0}, r"split_k=0 is out of range: it must be at least 1 \(1: no split\)"),
-    ({"split_k": "2"}, 'split_k="2" \\(str\\) must be an integer'),
+    ({"split_k": "2"}, 'split_k="2" \\(string\\) must be an integer'),
 ])
 def test_bad_schedule_arguments_are_refused_by_compile_and_spmm(rng, given, match):
     with pytest.raises(nmgen.ScheduleError, match=match):

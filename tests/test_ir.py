@@ -20,8 +20,8 @@ def test_schedule_json_round_trip_and_hash():
     ("{not json", "not valid JSON"),
     ("[1, 2]", "must be an object"),
     ('{"a_load": "everything"}', 'a_load="everything" must be one of'),
-    ('{"stages": "3"}', r'stages="3" \(str\) must be an integer'),
-    ('{"stages": true}', r"stages=true \(bool\) must be an integer"),
+    ('{"stages": "3"}', r'stages="3" \(string\) must be an integer'),
+    ('{"stages": true}', r"stages=true \(boolean\) must be an integer"),
     ('{"split_k": 1, "split_k": 2}', r"schedule field 'split_k' is given twice \(1 and 2\); give it once"),
 ])
 def test_schedule_json_errors(text, match):

@@ -137,3 +137,6 @@ def test_a_tail_asked_for_replaces_the_default_split_k():
     assert (s.split_k, s.tail_tiles, s.tail_split) == (1, 4, 2) and not problems(p, s, H100)
     both = as_schedule({"tail_tiles": 4, "tail_split": 2, "split_k": 3}, p, H100)
     assert "not both" in "; ".join(problems(p, both, H100))
+    default = as_schedule({}, p, H100)
+    for none in ({"tail_tiles": 0}, {"tail_tiles": 0, "tail_split": 1}):     # no tail asked: the default's split
+        assert as_schedule(none, p, H100).split_k == default.split_k > 1

@@ -28,7 +28,8 @@ def register(sub):
                         f"{INTERPRETER_BYTES >> 30} GB)")
     p.add_argument("--arch", choices=("sm_80", "sm_86", "sm_89", "sm_90"), default=None,
                    help="with --interpret: the GPU the schedule is chosen and judged for (its shared memory, "
-                        "registers, instructions; default sm_90). A GPU run uses the GPU's own")
+                        "registers, instructions; default this machine's GPU, else sm_90). A GPU run uses the "
+                        "GPU's own")
     p.add_argument("--array", choices=("numpy", "torch"), default="numpy",
                    help="GPU run: numpy arrays (copied in and out, default) or torch CUDA tensors used in place")
     p.add_argument("--seed", type=at_least(0), default=None,

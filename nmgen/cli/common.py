@@ -108,6 +108,8 @@ def atomic_output(path: str, binary: bool = False):
         else:
             with new_version(target) as tmp, open(tmp, mode) as f:
                 yield f
+    except NMGenError:            # (a FileError is an OSError too: its own message stands)
+        raise
     except OSError as e:
         left = ("" if is_device(target) else "; it is left as it was" if os.path.exists(target)
                 else "; nothing was written")

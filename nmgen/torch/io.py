@@ -100,8 +100,9 @@ def save(model: nn.Module, path, *, metadata: dict[str, str] | None = None, over
 
     Raises TypeError for a model that is not an nn.Module, a path that is not a file name, or
     metadata that is not a dict; ShapeError for metadata that is not str -> str or takes one of
-    nmgen's keys ("format", "nmgen.*"), a path that exists (without overwrite=True) or cannot be
-    written (naming the file and why), and a model with tensors on the meta device (no data)."""
+    nmgen's keys ("format", "nmgen.*") and a model with tensors on the meta device (no data);
+    FileError (an OSError) for a path that exists (without overwrite=True) or cannot be written
+    (naming the file and why)."""
     st = _safetensors()
     if not isinstance(model, nn.Module):
         raise TypeError(f"nmgen.torch.save needs the model (an nn.Module), got {type(model).__name__}: pass the "
@@ -163,7 +164,8 @@ def _tensors_of(model: nn.Module) -> tuple[dict, dict]:
 
 def read_header(path) -> dict[str, str]:
     """The safetensors header metadata of `path` (strings); {} if it has none. Raises TypeError for
-    a path that is not a file name, ShapeError for a file that cannot be read or is not safetensors."""
+    a path that is not a file name, FileError (an OSError) for a file that cannot be read,
+    ShapeError for one that is not safetensors."""
     return _contents(_path(path, "read_header"))[0]
 
 
@@ -221,8 +223,9 @@ def load(model_or_factory, path, *, strict: bool = True, device=None) -> nn.Modu
     replaced are put back and the model is left as it was.
 
     Raises TypeError for a model_or_factory that is neither an nn.Module nor a callable returning
-    one, a path that is not a file name, or a device of another type; ShapeError for a device that
-    is not one torch has here (meta included), a file that cannot be read, was not written by `save`
+    one, a path that is not a file name, or a device of another type; FileError (an OSError) for a
+    file that cannot be read; ShapeError for a device that is not one torch has here (meta
+    included), a file that was not written by `save`
     with this format or has a damaged header (a missing, unknown or invalid field, naming the layer
     and field), and a model that lacks a recorded layer or has it in another shape or pattern, or
     whose tensors do not match the file's (strict: names; always: shapes)."""
