@@ -13,9 +13,8 @@ A case draws (each choice independent, so that rare combinations come up):
   schedule nmgen's own choice now and then; else one of the search space's schedules for the
            problem (of its dtype: FFMA thread tiles or mma warp tiles), with some fields moved off
            the space (split-K up to the K tiles, uneven; a tail split of up to every tile; sliced K;
-           the rotated loop; copies after
-           the first rows; stages; register bounds; copy widths; A padding; rasterization), kept
-           only if it still validates. A problem nmgen has no schedule for is drawn again.
+           the rotated loop; copies after the first rows; stages; register bounds; copy widths; A
+           padding; rasterization), kept only if it still validates. A problem nmgen has no schedule for is drawn again.
 On the GPU the kernels compile ahead in worker processes, as the tuner's do; on the CPU (CI) the
 interpreter runs small cases.
 """
