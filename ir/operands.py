@@ -305,7 +305,8 @@ def _spread_banks(chunks: np.ndarray, bv: np.ndarray, g: Geometry, real: np.ndar
     # padding rows sort after every kept row, so a phase's first row is kept unless the phase is all padding
     by_phase[:] = np.where(padded, by_phase[:, :, :, :1, :], by_phase)
     # bv: (T*KR, tn*BN) as (T, KR, tn, upb) records of one unit's `unit` values, whole records moved
-    # per (tile, block column, unit): ~6x faster than gathering them value by value (an index per value)
+    # per (tile, block column, unit), one index a record (with an index a value, prepare of 8192x28672
+    # 16:32 weights in 128x256 tiles took 4.2 s instead of 3.6)
     unit = np.dtype((np.void, g.unit * bv.itemsize))
     vals = bv.reshape(T, KR, tn, upb * g.unit).view(unit)
     vals[:] = np.take_along_axis(vals, perm.transpose(0, 2, 1, 3), axis=1)
