@@ -42,9 +42,9 @@ from ..ir.device import Device
 from ..ir.instructions import for_dtype
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
-from ..ir.validate import estimate_registers, problems, shared_bytes
+from ..ir.validate import problems, shared_bytes
 from .model import blocks_per_sm
-from .space import copyable_k_windows, stage_choices, tail_split
+from .space import copyable_k_windows, per_sm_estimate, stage_choices, tail_split
 
 MAX_REFINE_THREADS = 512   # beyond 16 warps a block the FFMA tiles hold too few blocks per SM
 
@@ -76,9 +76,10 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
     # the grid's shape: the tail split (re-derived for the measured blocks per SM, or dropped) and
     # block tiles, each from `s` without its tail (a tail counts tiles of s's grid), with their own
     plain = s.replace(tail_tiles=0, tail_split=1)
-    tail = tail_split(problem, plain, device, held or _per_sm_estimate(problem, plain, device, a_rows))
+    per_sm = held or per_sm_estimate(problem, plain, device, a_rows(plain))
+    tail = tail_split(problem, plain, device, per_sm)
     out += [c for c in (plain, tail) if c is not None]
-    balanced = wave_balanced_block_n(problem, plain, device, held or _per_sm_estimate(problem, plain, device, a_rows))
+    balanced = wave_balanced_block_n(problem, plain, device, per_sm)
     shapes = [plain.replace(block_n=balanced)] if balanced else []
     for field in ("block_m", "block_n"):
         bigger = plain.replace(**{field: 2 * getattr(s, field)})
@@ -86,7 +87,7 @@ def refinements(problem: Problem, s: Schedule, device: Device, registers: int | 
             shapes.append(bigger)
     for c in shapes:
         out.append(c)
-        c_tail = tail_split(problem, c, device, _per_sm_estimate(problem, c, device, a_rows))
+        c_tail = tail_split(problem, c, device, per_sm_estimate(problem, c, device, a_rows(c)))
         if c_tail:
             out.append(c_tail)
     seen, keep = {s.hash()}, []
@@ -112,9 +113,3 @@ def wave_balanced_block_n(problem: Problem, s: Schedule, device: Device, per_sm:
     narrower = [bn for bn in range(s.block_n - s.warp_n, 0, -s.warp_n) if 2 * bn > s.block_n]
     best = min(narrower, key=cost, default=None)
     return best if best and cost(best) < 0.9 * cost(s.block_n) else None
-
-
-def _per_sm_estimate(problem: Problem, s: Schedule, device: Device, a_rows) -> int:
-    """Blocks of `s` per SM with the register estimate (before ptxas has counted)."""
-    regs = estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype))
-    return blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows(s)))

@@ -220,9 +220,15 @@ def _tail_of(problem: Problem, s: Schedule, device: Device, blocks: int, a_rows:
     if blocks <= device.sms or s.split_k > 1 or s.warps_k > 1:
         return []
     rows = a_rows if s.a_load == "rows" else None
-    regs = estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype))
-    t = tail_split(problem, s, device, blocks_per_sm(s, device, regs, shared_bytes(problem, s, rows)))
+    t = tail_split(problem, s, device, per_sm_estimate(problem, s, device, rows))
     return [t] if t and not problems(problem, t, device, rows) else []
+
+
+def per_sm_estimate(problem: Problem, s: Schedule, device: Device, a_rows: int | None) -> int:
+    """Blocks of `s` per SM with the register estimate (before ptxas has counted); `a_rows` the
+    "rows" lists' length, where s has them."""
+    regs = estimate_registers(s, problem.pattern.vector, for_dtype(problem.dtype))
+    return blocks_per_sm(s, device, regs, shared_bytes(problem, s, a_rows))
 
 
 def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
