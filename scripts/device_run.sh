@@ -45,9 +45,15 @@ for step in "$@"; do
                    --metrics "$STALLS,smsp__inst_executed.sum,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sectors_srcunit_tex.sum" \
                    -k regex:nmspmm python3 scripts/cases.py scripts/cases/$name.json launch > $OUT/ncu_$name.txt 2>&1
                tail -5 $OUT/ncu_$name.txt ;;
-    probe-*)   # tensor-core kernels of scripts/cases/NAME.json below the API, beside cuBLAS of their dtype
+    probe-*)   # tensor-core kernels of scripts/cases/NAME.json below the API, beside cuBLAS of their dtype,
+               # at most $PROBE_S seconds (default 300): a kernel that hangs (2026-12-01: a deadlocked
+               # cluster kernel took a whole 400 s call) is killed with what was printed before it kept
                name=${step#probe-}
-               python3 scripts/probe_mma.py scripts/cases/$name.json --json $OUT/probe_$name.json 2>&1 | tee $OUT/probe_$name.log ;;
+               timeout ${PROBE_S:-300} python3 scripts/probe_mma.py scripts/cases/$name.json --json $OUT/probe_$name.json \
+                 2>&1 | tee $OUT/probe_$name.log
+               [ ${PIPESTATUS[0]} = 124 ] && echo "probe-$name: stopped after ${PROBE_S:-300} s (a hang?)" ;;
+    l2-copy-rate) # what an SM pulls from L2 into shared memory by cp.async and by bulk copies (no arithmetic)
+               timeout 150 python3 scripts/probes/l2_copy_rate.py --json $OUT/l2_copy_rate.json 2>&1 | tee $OUT/l2_copy_rate.log ;;
     ncu-probe-*) # ncu on the first launch of each tensor-core case of scripts/cases/NAME.json (probe_mma.py)
                name=${step#ncu-probe-}
                ncu --clock-control none --section SpeedOfLight --section SchedulerStats --section Occupancy \

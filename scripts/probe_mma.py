@@ -37,15 +37,12 @@ def main():
     dev = device_info(0)
     rng = np.random.default_rng(0)
     out, dense = [], {}
-    for case in json.load(open(args.cases)):
+
+    def one(case):     # one case, with its patch of nmgen.ir.operands in force
         M, N, K = parse_shape(case["shape"])
         n, m = (int(x) for x in case["pattern"].split(":"))
         p = Problem(M, N, K, Pattern(n, m, case.get("vector", 32)), case.get("dtype", "bf16"), case.get("a_major", "col"),
                     case.get("c_dtype"))
-        import nmgen.ir.operands as operands
-        saved = {name: getattr(operands, name) for name in case.get("patch", {})}
-        for name, value in case.get("patch", {}).items():
-            setattr(operands, name, value)
         A, B = random_inputs(p, rng)
         s = Schedule.from_dict(case["schedule"]) if "schedule" in case else model_best(p, dev, B)
         ops = prepare(p, s, B.values, B.indices)
@@ -53,7 +50,7 @@ def main():
         why = problems(p, s, dev, ops.geometry.a_rows if s.a_load == "rows" else None)
         if why:
             print(f"{str(p):48s} {s.short():46s} {case.get('label', ''):10s} skipped: {'; '.join(why)}", flush=True)
-            continue
+            return
         k = Kernel(p, s, dev.arch, ops.geometry.a_rows if s.a_load == "rows" else None)
         d = DeviceOperands(ops.geometry, DeviceBuffer.from_array(ops.bv),
                            DeviceBuffer.from_array(ops.bi) if ops.bi is not None else None,
@@ -83,10 +80,19 @@ def main():
                "dense_us": dense[key] * 1e3, "speedup": dense[key] * 1e3 / us, "check": "pass" if v.ok else "FAIL",
                "rel_err": v.rel_err, "worst": v.worst}
         out.append(row)
-        for name, value in saved.items():
-            setattr(operands, name, value)
         print(f"{str(p):48s} {s.short():46s} {case.get('label', ''):10s} {us:9.1f} us {eff:6.1f} TF/s eff "
               f"dense {dense[key] * 1e3:8.1f} us  x{row['speedup']:.2f}  {row['check']} ({v.worst:.2g})", flush=True)
+
+    import nmgen.ir.operands as operands
+    for case in json.load(open(args.cases)):
+        saved = {name: getattr(operands, name) for name in case.get("patch", {})}
+        for name, value in case.get("patch", {}).items():
+            setattr(operands, name, value)
+        try:
+            one(case)
+        finally:               # restored whether the case ran, was skipped or failed
+            for name, value in saved.items():
+                setattr(operands, name, value)
     print(f"device: {dev.name}")
     if args.json:
         json.dump({"device": dev.name, "rows": out}, open(args.json, "w"), indent=1)
