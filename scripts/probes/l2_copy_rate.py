@@ -17,28 +17,34 @@ THREADS = 256
 SRC_BYTES = 32 << 20       # L2-resident (the H200's L2 is 50 MB)
 
 
+def _entry(name: str, regs32: str, preds: str) -> str:
+    """PTX up to a kernel's body: its three parameters (source, iterations, chunk mask) loaded into
+    %base, %iters and %mask; %t, %cta and %sm hold the thread, the block and the shared window's base."""
+    return f"""
+.version 8.1
+.target sm_90
+.address_size 64
+.extern .shared .align 128 .b8 smem[];
+.visible .entry {name}(.param .u64 p_src, .param .u64 p_iters, .param .u64 p_mask)
+{{
+  .reg .b64 %base, %src, %off;
+  .reg .b32 %t, %cta, %it, %iters, %mask, %chunk, %stage, %dst, %next, %sm{regs32};
+  .reg .pred %p{preds};
+  ld.param.u64 %base, [p_src];
+  ld.param.u64 %off, [p_iters]; cvt.u32.u64 %iters, %off;
+  ld.param.u64 %off, [p_mask]; cvt.u32.u64 %mask, %off;
+  mov.u32 %t, %tid.x;
+  mov.u32 %cta, %ctaid.x;
+  mov.u32 %sm, smem;"""
+
+
 def cp_async_ptx(stages: int) -> str:
     per_thread = CHUNK // 16 // THREADS
     issue = []
     for j in range(per_thread):
         issue.append(f"cp.async.cg.shared.global [%dst+{j * THREADS * 16}], [%src+{j * THREADS * 16}], 16;")
     issue = "\n    ".join(issue)
-    return f"""
-.version 8.1
-.target sm_90
-.address_size 64
-.extern .shared .align 128 .b8 smem[];
-.visible .entry cp_async_rate(.param .u64 p_src, .param .u64 p_iters, .param .u64 p_mask)
-{{
-  .reg .b64 %base, %src, %off;
-  .reg .b32 %t, %cta, %it, %iters, %mask, %chunk, %stage, %dst, %next, %sm;
-  .reg .pred %p;
-  ld.param.u64 %base, [p_src];
-  ld.param.u64 %off, [p_iters]; cvt.u32.u64 %iters, %off;
-  ld.param.u64 %off, [p_mask]; cvt.u32.u64 %mask, %off;
-  mov.u32 %t, %tid.x;
-  mov.u32 %cta, %ctaid.x;
-  mov.u32 %sm, smem;
+    return _entry("cp_async_rate", "", "") + f"""
   mov.u32 %it, 0;
 PRO:
   setp.ge.u32 %p, %it, {stages - 1};
@@ -94,22 +100,7 @@ NOEXPECT_%L:
   mad.lo.u32 %dst, %t, {piece}, %dst;
   cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%dst], [%src], {piece}, [%bar];
 NOCOPY_%L:"""
-    return f"""
-.version 8.1
-.target sm_90
-.address_size 64
-.extern .shared .align 128 .b8 smem[];
-.visible .entry bulk_rate(.param .u64 p_src, .param .u64 p_iters, .param .u64 p_mask)
-{{
-  .reg .b64 %base, %src, %off;
-  .reg .b32 %t, %cta, %it, %iters, %mask, %chunk, %stage, %dst, %next, %sm, %bar, %par, %done;
-  .reg .pred %p, %q;
-  ld.param.u64 %base, [p_src];
-  ld.param.u64 %off, [p_iters]; cvt.u32.u64 %iters, %off;
-  ld.param.u64 %off, [p_mask]; cvt.u32.u64 %mask, %off;
-  mov.u32 %t, %tid.x;
-  mov.u32 %cta, %ctaid.x;
-  mov.u32 %sm, smem;
+    return _entry("bulk_rate", ", %bar, %par, %done", ", %q") + f"""
   setp.ne.u32 %p, %t, 0;
   @%p bra INITED;
   mov.u32 %it, 0;
