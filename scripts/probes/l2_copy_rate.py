@@ -38,6 +38,13 @@ def _entry(name: str, regs32: str, preds: str) -> str:
   mov.u32 %sm, smem;"""
 
 
+def _chunk_src(step: str) -> str:
+    """PTX: %src <- the chunk this block copies at pipeline step `step` (a register), chunks taken
+    in turn by the blocks and wrapped around the source buffer (%mask)."""
+    return (f"mad.lo.u32 %chunk, %cta, %iters, {step}; and.b32 %chunk, %chunk, %mask;\n"
+            f"  mul.wide.u32 %off, %chunk, {CHUNK}; add.u64 %src, %base, %off;")
+
+
 def cp_async_ptx(stages: int) -> str:
     per_thread = CHUNK // 16 // THREADS
     issue = []
@@ -49,9 +56,7 @@ def cp_async_ptx(stages: int) -> str:
 PRO:
   setp.ge.u32 %p, %it, {stages - 1};
   @%p bra LOOP0;
-  call_issue_pro:
-  mad.lo.u32 %chunk, %cta, %iters, %it; and.b32 %chunk, %chunk, %mask;
-  mul.wide.u32 %off, %chunk, {CHUNK}; add.u64 %src, %base, %off;
+  {_chunk_src("%it")}
   mul.wide.u32 %off, %t, 16; add.u64 %src, %src, %off;
   mul.lo.u32 %dst, %it, {CHUNK}; add.u32 %dst, %dst, %sm; mad.lo.u32 %dst, %t, 16, %dst;
   {issue}
@@ -68,8 +73,7 @@ LOOP:
   add.u32 %next, %it, {stages - 1};
   setp.ge.u32 %p, %next, %iters;
   @%p bra COMMIT;
-  mad.lo.u32 %chunk, %cta, %iters, %next; and.b32 %chunk, %chunk, %mask;
-  mul.wide.u32 %off, %chunk, {CHUNK}; add.u64 %src, %base, %off;
+  {_chunk_src("%next")}
   mul.wide.u32 %off, %t, 16; add.u64 %src, %src, %off;
   rem.u32 %stage, %next, {stages};
   mul.lo.u32 %dst, %stage, {CHUNK}; add.u32 %dst, %dst, %sm; mad.lo.u32 %dst, %t, 16, %dst;
@@ -82,7 +86,7 @@ DONE:
   cp.async.wait_group 0;
   ret;
 }}
-""".replace("  call_issue_pro:\n", "")
+"""
 
 
 def bulk_ptx(stages: int, pieces: int) -> str:
@@ -100,7 +104,7 @@ NOEXPECT_%L:
   mad.lo.u32 %dst, %t, {piece}, %dst;
   cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%dst], [%src], {piece}, [%bar];
 NOCOPY_%L:"""
-    return _entry("bulk_rate", ", %bar, %par, %done", ", %q") + f"""
+    return _entry("bulk_rate", ", %bar, %par", ", %q") + f"""
   setp.ne.u32 %p, %t, 0;
   @%p bra INITED;
   mov.u32 %it, 0;
@@ -117,8 +121,7 @@ INITED:
 PRO:
   setp.ge.u32 %p, %it, {stages - 1};
   @%p bra LOOP0;
-  mad.lo.u32 %chunk, %cta, %iters, %it; and.b32 %chunk, %chunk, %mask;
-  mul.wide.u32 %off, %chunk, {CHUNK}; add.u64 %src, %base, %off;
+  {_chunk_src("%it")}
   mul.lo.u32 %dst, %it, {CHUNK}; add.u32 %dst, %dst, %sm;
   mad.lo.u32 %bar, %it, 8, %sm; add.u32 %bar, %bar, {bars};
   {issue.replace('%L', 'P')}
@@ -139,8 +142,7 @@ WAIT:
   add.u32 %next, %it, {stages - 1};
   setp.ge.u32 %p, %next, %iters;
   @%p bra NEXT;
-  mad.lo.u32 %chunk, %cta, %iters, %next; and.b32 %chunk, %chunk, %mask;
-  mul.wide.u32 %off, %chunk, {CHUNK}; add.u64 %src, %base, %off;
+  {_chunk_src("%next")}
   rem.u32 %stage, %next, {stages};
   mul.lo.u32 %dst, %stage, {CHUNK}; add.u32 %dst, %dst, %sm;
   mad.lo.u32 %bar, %stage, 8, %sm; add.u32 %bar, %bar, {bars};
