@@ -523,16 +523,21 @@ class Interpreter:
             raise HazardError(f"{what} reads the accumulators while {len(blk.mma_groups)} wgmma group(s) are in "
                               f"flight: MmaWait(0) first")
 
-    def _reduce(self, op: ReduceSlices, blk: _Block):
-        """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the
-        pipeline buffers: nothing may still be landing in them or be read without a barrier since."""
+    def _overlay_free(self, blk: _Block, what: str):
+        """A buffer overlaying the pipeline's may be written: nothing still landing in a stage, and
+        no stage read without a barrier since."""
         for (name, stage), st in blk.stages.items():
             if st.state == "pending" or st.read:
-                raise HazardError(f"ReduceSlices writes over {name} stage {stage} while it is "
+                raise HazardError(f"{what} writes over {name} stage {stage} while it is "
                                   f"{'still being copied into' if st.state == 'pending' else 'being read'}: "
                                   f"wait for every copy group and put a barrier first")
         if blk.open_group:
-            raise HazardError("ReduceSlices with cp.async copies not yet committed and waited for")
+            raise HazardError(f"{what} with cp.async copies not yet committed and waited for")
+
+    def _reduce(self, op: ReduceSlices, blk: _Block):
+        """Slices 1.. hand their partial sums to slice 0 through `op.buf`, which overlays the
+        pipeline buffers: nothing may still be landing in them or be read without a barrier since."""
+        self._overlay_free(blk, "ReduceSlices")
         lay = self.k.layout
         share = np.zeros((lay.block_m, lay.block_n), np.float32)
         for q in range(1, lay.warps_k):
@@ -543,6 +548,10 @@ class Interpreter:
 
     def _store(self, op: StoreAcc, blk: _Block):
         self._accumulators_settled(blk, "StoreAcc")
+        if op.via:         # staged through a buffer over the pipeline's: as ReduceSlices, nothing may land or be read
+            if op.atomic:
+                raise HazardError("StoreAcc stages plain stores only, not atomic adds")
+            self._overlay_free(blk, f"StoreAcc through {op.via}")
         C = self.arrays[op.dst]
         rows = self._scalar(op.row0, blk) + self.rows
         cols = self._scalar(op.col0, blk) + self.cols

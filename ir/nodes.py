@@ -215,12 +215,17 @@ class StoreAcc:
     """C[row0 + row][col0 + col] = acc (or += with `atomic`) for each accumulator's (row, col)
     (layout.acc_row / acc_col), converted to C's dtype, masked to the problem's M x N; with sliced
     K (layout.warps_k > 1) by the threads of slice 0 only. With `at`, the same elements (masked by
-    their place in C) go to dst[at[0] + row][at[1] + col]: a workspace laid out by tile."""
+    their place in C) go to dst[at[0] + row][at[1] + col]: a workspace laid out by tile.
+    With `via` (plain stores only) the tile goes through that shared buffer: each thread writes its
+    accumulators there (converted), a barrier, then the block writes whole rows of the tile in
+    vectors of Kernel.c_staged elements. The buffer overlays the pipeline's: every copy must have
+    landed and a barrier must follow the last read of a stage (as for ReduceSlices)."""
     dst: str
     row0: IntLike
     col0: IntLike
     atomic: bool
     at: Optional[tuple] = None    # (row, col) of `dst` the tile's first element goes to; None: (row0, col0)
+    via: str = ""
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,7 @@ class Kernel:
     zero_output: bool = False      # the launcher must zero C first (split-K into an fp32 C accumulates atomically)
     a_alignment: int = 4           # bytes A's base address must be aligned to (16-byte copies of A rows)
     min_blocks: int = 0
+    c_staged: int = 0              # elements of C a thread stores at once from a staged tile (StoreAcc.via); 0: none
     notes: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -305,8 +311,9 @@ class Kernel:
     def c_alignment(self) -> int:
         """Bytes C's base address must be aligned to: a thread's run of consecutive columns
         (layout.runs) is stored (or atomically added, where the target has vector atomics) with
-        one vector access when every row of C starts on such a boundary."""
-        return DTYPE_BYTES[self.param("C").dtype] * self.store_vec
+        one vector access when every row of C starts on such a boundary, and so is a staged tile's
+        row vector of c_staged elements."""
+        return DTYPE_BYTES[self.param("C").dtype] * max(self.store_vec, self.c_staged)
 
     @property
     def smem_bytes(self) -> int:

@@ -14,7 +14,8 @@ Mapping:
   ReduceSlices -> slices 1.. st.shared.v{run} their sums, bar.sync, slice 0 ld.shared and adds
   StoreAcc   -> each run of consecutive accumulator columns (layout.runs): st.global.v2/v4 where C's rows
                 are aligned for it (16-bit C: converted with cvt.rn first), scalar stores or (vector)
-                atomic adds otherwise
+                atomic adds otherwise; staged (`via`, tensor cores): st.shared of the converted pairs,
+                bar.sync, then ld.shared / st.global of 16-byte row vectors of the tile
   SplitKReduce -> fence.acq_rel.gpu; bar.sync; thread 0: atom.global.add.u32 on the tile's count;
                 bar.red.or.pred hands "this block is last" to all; the last block: fence.acq_rel.gpu,
                 then ld.global.cg.v{run} of the sums back into the accumulators each thread added
@@ -491,9 +492,64 @@ class Lowerer:
         """Each run of accumulators in vectors as wide as C's alignment allows (k.c_alignment);
         rows and columns past M and N masked."""
         c_dt = self.k.param(st.dst).dtype
+        if st.via:
+            return self._store_staged(st, c_dt)
         vec = self._atomic_vec() if st.atomic else self.k.store_vec
         self._each_acc_part(st.row0, st.col0, vec, lambda row, col, part: self._store(st, row, col, part, c_dt),
                             st.at)
+
+    def _store_staged(self, st: StoreAcc, c_dt: str):
+        """The tile through shared buffer st.via (pitch padded 16 bytes: a warp's fragment writes,
+        8 rows x 4 lanes, meet no bank twice): each thread's runs of accumulators, converted, in
+        pairs (st.shared.b32 for 16-bit C, .v2.f32 for fp32); bar.sync; then thread t stores the
+        tile's row vectors t, t + threads, ... (k.c_staged elements each, up to 16 bytes; a warp
+        writes 512 contiguous bytes of a 256-column bf16 row), those past M or N left out."""
+        k, lay, b = self.k, self.k.layout, self.b
+        buf = k.buffer(st.via)
+        es = DTYPE_BYTES[c_dt]
+        tid = Var("tid")
+        base = ir.Constant(I32, buf.offset)
+        for run in lay.runs:
+            for part in (run[i:i + 2] for i in range(0, len(run), 2)):
+                row, col = lay.acc_row(tid, part[0]), lay.acc_col(tid, part[0])
+                addr = self.sptr_expr(base, (row * buf.pitch + col) * es)
+                vals = [b.load(self.acc[e], typ=F32) for e in part]
+                if c_dt == "f32":
+                    b.store(self._acc_vector(part), addr, align=4 * len(part))
+                elif len(part) == 2:
+                    cvt = ir.InlineAsm(ir.FunctionType(I32, [F32, F32]), CVT2[c_dt], "=r,f,f")
+                    b.store(b.call(cvt, [vals[1], vals[0]]), addr, align=4)
+                else:
+                    cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
+                    b.store(b.call(cvt, [vals[0]]), addr, align=2)
+        self._Barrier(None)
+        vec = k.c_staged
+        nbytes = vec * es
+        typ = ir.VectorType(I32, nbytes // 4) if nbytes > 4 else ir.IntType(8 * nbytes)
+        per_row = lay.block_n // vec
+        total = lay.block_m * per_row
+        for it in range(-(-total // k.threads)):
+            v = tid + it * k.threads
+            r, c = v // per_row, (v % per_row) * vec
+            conds = []
+            if total % k.threads and (it + 1) * k.threads > total:
+                conds.append(b.icmp_unsigned("<", self.val(v), ir.Constant(I32, total)))
+            if k.M % lay.block_m:
+                conds.append(b.icmp_unsigned("<", self.val(st.row0 + r), ir.Constant(I32, k.M)))
+            if k.N % lay.block_n:     # N % vec == 0: a vector is wholly inside C or wholly past it
+                conds.append(b.icmp_unsigned("<", self.val(st.col0 + c), ir.Constant(I32, k.N)))
+            ok = None
+            for x in conds:
+                ok = x if ok is None else b.and_(ok, x)
+
+            def emit():
+                x = b.load(self.sptr_expr(base, (r * buf.pitch + c) * es), typ=typ, align=nbytes)
+                b.store(x, self.gptr(st.dst, st.row0 + r, st.col0 + c), align=nbytes)
+            if ok is None:
+                emit()
+            else:
+                with b.if_then(ok):
+                    emit()
 
     def _atomic_vec(self) -> int:
         """Accumulators one atomic add takes: a run of C's alignment (k.store_vec) where the target has
