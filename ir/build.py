@@ -36,6 +36,8 @@ interpreter checks the very order the GPU will run:
 """
 from __future__ import annotations
 
+import math
+
 from .dtypes import dtype as dtype_of
 from .expr import Var, binop, lt, min_, select
 from .layout import ComputeLayout, CopyPlan
@@ -251,24 +253,37 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
 
 def c_stage(problem: Problem, s: Schedule, lay: ComputeLayout, pipeline_bytes: int) -> tuple[Shared, int] | None:
-    """(buffer, elements a row vector) to stage a tensor-core tile of C through shared memory
-    before it is stored, or None. An mma fragment holds 2 adjacent columns of a row, so direct
-    stores write 4 bytes (16-bit C) a thread and 16 bytes a row per warp instruction: on the H200
-    the epilogue of a 128x256 bf16 tile took 5-12% of the kernel (2026-12-01: with C's stores
-    skipped, 4096^3 16:32 246.8 -> 224.9 us, 8:32 176.4 -> 154.5). Staged, each warp writes whole
-    rows in 16-byte vectors. Only where the buffer fits in the pipeline's shared memory (which it
-    overlays: no change to the blocks an SM holds) and the block has one slice (sliced K reduces
-    through the same memory)."""
-    if not lay.instr.is_mma or s.warps_k > 1:
-        return None
+    """(buffer, elements a row vector) to stage a tensor-core tile of a 16-bit C through shared
+    memory before it is stored, or None. An mma fragment holds 2 adjacent columns of a row, so
+    direct stores of a 16-bit C write 4 bytes a thread and 16 bytes a row per warp instruction: on
+    the H200 the epilogue of a 128x256 bf16 tile took 5-12% of the kernel (2026-12-01: with C's
+    stores skipped, 4096^3 16:32 246.8 -> 224.9 us, 8:32 176.4 -> 154.5); staged, each warp writes
+    whole rows in 16-byte vectors (2026-12-02: 1.4-6.2% less time, NOTES 48). Only where that widens
+    the stores (row vectors of at least 8 bytes: N and BN multiples of 4; an fp32 C already goes out
+    in 8-byte pairs, whole 32-byte sectors, and was not measured staged), where the buffer fits in
+    the pipeline's shared memory (which it overlays: no change to the blocks an SM holds) and the
+    block has one slice (sliced K reduces through the same memory)."""
     es = dtype_of(problem.c_dtype).itemsize
-    # pitch: rows 16 bytes apart mod 128, so a warp's fragment writes (8 rows x 4 lanes) meet no bank twice
-    pitch = s.block_n + 16 // es
+    if not lay.instr.is_mma or s.warps_k > 1 or es != 2:
+        return None
+    vec = math.gcd(16 // es, problem.N, s.block_n)     # a power of two: 8, 4, 2 or 1 elements
+    if vec * es < 8:
+        return None
+    pitch = c_stage_pitch(s.block_n, es)
     buf = Shared("Cs", problem.c_dtype, 1, s.block_m, pitch, 0, doc="(BM, BN+pad): C's tile on its way out")
     if buf.nbytes > pipeline_bytes:
         return None
-    vec = next(v for v in (16 // es, 8 // es, 4 // es, 2 // es, 1) if v >= 1 and problem.N % v == 0 and s.block_n % v == 0)
     return buf, vec
+
+
+def c_stage_pitch(block_n: int, es: int) -> int:
+    """Elements a row of the staged tile takes: block_n, padded by 16 bytes where needed so that a
+    row takes an odd number of 16-byte units. A warp's fragment writes (8 rows x 4 lanes x 4 bytes,
+    16 contiguous bytes a row) then fall in 8 distinct 16-byte bank groups: no conflict. Rows stay
+    16-byte aligned for the row-vector reads (block_n is a multiple of 8 for mma tiles)."""
+    step = 16 // es
+    pitch = -(-block_n // step) * step
+    return pitch if (pitch // step) % 2 else pitch + step
 
 
 def reduce_buffer(s: Schedule) -> Shared:

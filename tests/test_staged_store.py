@@ -8,6 +8,7 @@ import pytest
 from nmgen import Pattern, Problem, Schedule
 from nmgen.checking import kernel_a, random_inputs, run_interpreter
 from nmgen.ir import HazardError, build, interpret, nodes
+from nmgen.ir.build import c_stage_pitch
 from nmgen.ir.operands import prepare
 from nmgen.reference import compare
 
@@ -15,18 +16,36 @@ MMA = dict(thread_m=0, thread_n=0, a_pad=8)
 TILE = dict(MMA, block_m=64, block_n=64, warp_m=32, warp_n=32, k_windows=2)
 
 
-@pytest.mark.parametrize("N,c_dtype,vec", [
-    (128, "bf16", 8),     # 16-byte row vectors
-    (100, "bf16", 4),     # rows of C start 8 bytes apart: 8-byte vectors
-    (99, "bf16", 1),      # odd N: one element at a time (still whole rows per warp)
-    (128, "f32", 4),
+@pytest.mark.parametrize("N,vec", [
+    (128, 8),     # 16-byte row vectors
+    (100, 4),     # rows of C start 8 bytes apart: 8-byte vectors
 ])
-def test_mma_tiles_are_staged_in_the_widest_vector_c_s_rows_allow(N, c_dtype, vec):
-    p = Problem(64, N, 128, Pattern(8, 32, 32), "bf16", "col", c_dtype)
+def test_mma_tiles_are_staged_in_the_widest_vector_c_s_rows_allow(N, vec):
+    p = Problem(64, N, 128, Pattern(8, 32, 32), "bf16", "col")
     k = build(p, Schedule(**TILE))
     assert k.c_staged == vec
     assert k.buffer("Cs").offset == 0 and k.buffer("Cs").nbytes <= k.smem_bytes
-    assert k.c_alignment == vec * (4 if c_dtype == "f32" else 2)
+    assert k.c_alignment == vec * 2
+
+
+@pytest.mark.parametrize("N,c_dtype", [
+    (98, "bf16"),     # rows 4 bytes apart: staged vectors would be no wider than the direct pairs
+    (99, "bf16"),     # odd N: 2-byte stores either way
+    (128, "f32"),     # an fp32 C already goes out in 8-byte pairs (whole 32-byte sectors a row)
+])
+def test_tiles_whose_stores_staging_would_not_widen_are_stored_directly(N, c_dtype):
+    k = build(Problem(64, N, 128, Pattern(8, 32, 32), "bf16", "col", c_dtype), Schedule(**TILE))
+    assert k.c_staged == 0 and "Cs" not in {b.name for b in k.shared}
+
+
+@pytest.mark.parametrize("block_n", range(8, 264, 8))
+def test_the_staged_tile_s_pitch_keeps_fragment_writes_free_of_bank_conflicts(block_n):
+    """A warp's st.shared.b32 of an m16n8 fragment's pair: lane = 4 * row + t writes the 4 bytes of
+    columns 2t, 2t + 1 of one of 8 rows. 32 banks of 4 bytes: each bank at most once."""
+    pitch = c_stage_pitch(block_n, 2)
+    assert pitch >= block_n and (2 * pitch) % 16 == 0       # rows 16-byte aligned for the row vectors
+    banks = [((row * pitch + 2 * t) * 2 // 4) % 32 for row in range(8) for t in range(4)]
+    assert len(set(banks)) == 32
 
 
 @pytest.mark.parametrize("problem,fields", [
@@ -49,11 +68,11 @@ def test_a_buffer_larger_than_the_pipeline_is_not_made():
     assert k.c_staged == 0
 
 
-@pytest.mark.parametrize("M,N,K,c_dtype", [(17, 100, 64, "bf16"), (64, 99, 96, "f16"), (40, 72, 128, "f32")])
-def test_staged_kernels_compute_the_product(rng, M, N, K, c_dtype):
-    dtype = "f16" if c_dtype == "f16" else "bf16"
-    p = Problem(M, N, K, Pattern(8, 32, 32), dtype, "col", c_dtype)
-    s = Schedule(**TILE)
+@pytest.mark.parametrize("M,N,K,dtype,block_n", [(17, 100, 64, "bf16", 64), (64, 104, 96, "f16", 64),
+                                                 (40, 136, 128, "bf16", 40)])
+def test_staged_kernels_compute_the_product(rng, M, N, K, dtype, block_n):
+    p = Problem(M, N, K, Pattern(8, 32, 8), dtype, "col")
+    s = Schedule(**dict(TILE, block_n=block_n, warp_n=8 if block_n % 32 else 32))
     assert build(p, s).c_staged
     A, B = random_inputs(p, rng)
     v = compare(run_interpreter(p, s, A, B), A, B, compute="mma", out_dtype=p.c_dtype)

@@ -499,9 +499,9 @@ class Lowerer:
                             st.at)
 
     def _store_staged(self, st: StoreAcc, c_dt: str):
-        """The tile through shared buffer st.via (pitch padded 16 bytes: a warp's fragment writes,
-        8 rows x 4 lanes, meet no bank twice): each thread's runs of accumulators, converted, in
-        pairs (st.shared.b32 for 16-bit C, .v2.f32 for fp32); bar.sync; then thread t stores the
+        """The tile through shared buffer st.via (its pitch makes a row an odd number of 16-byte
+        units, so a warp's fragment writes, 8 rows x 4 lanes, meet no bank twice; ir.build.c_stage_pitch):
+        each thread's runs of accumulators, converted, in pairs; bar.sync; then thread t stores the
         tile's row vectors t, t + threads, ... (k.c_staged elements each, up to 16 bytes; a warp
         writes 512 contiguous bytes of a 256-column bf16 row), those past M or N left out."""
         k, lay, b = self.k, self.k.layout, self.b
@@ -512,16 +512,7 @@ class Lowerer:
         for run in lay.runs:
             for part in (run[i:i + 2] for i in range(0, len(run), 2)):
                 row, col = lay.acc_row(tid, part[0]), lay.acc_col(tid, part[0])
-                addr = self.sptr_expr(base, (row * buf.pitch + col) * es)
-                vals = [b.load(self.acc[e], typ=F32) for e in part]
-                if c_dt == "f32":
-                    b.store(self._acc_vector(part), addr, align=4 * len(part))
-                elif len(part) == 2:
-                    cvt = ir.InlineAsm(ir.FunctionType(I32, [F32, F32]), CVT2[c_dt], "=r,f,f")
-                    b.store(b.call(cvt, [vals[1], vals[0]]), addr, align=4)
-                else:
-                    cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
-                    b.store(b.call(cvt, [vals[0]]), addr, align=2)
+                self._store_converted(self.sptr_expr(base, (row * buf.pitch + col) * es), part, c_dt)
         self._Barrier(None)
         vec = k.c_staged
         nbytes = vec * es
@@ -585,26 +576,36 @@ class Lowerer:
     def _store(self, st, row, col, part, c_dt):
         b = self.b
         ptr = self.gptr(st.dst, row, col)
+        if not st.atomic:
+            return self._store_converted(ptr, part, c_dt)
         vals = [b.load(self.acc[e], typ=F32) for e in part]
-        if st.atomic and len(part) > 1:
+        if len(part) > 1:
             # one reduction of 2 or 4 floats (flushes denormal sums to zero, like all f32 vector red)
             regs = ", ".join(f"${i + 1}" for i in range(len(part)))
             red = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [P1] + [F32] * len(part)),
                                f"red.global.add.v{len(part)}.f32 [$0], {{{regs}}};", "l" + ",f" * len(part),
                                side_effect=True)
             b.call(red, [ptr] + vals)
-        elif st.atomic:
+        else:
             b.atomic_rmw("fadd", ptr, vals[0], "monotonic")
-        elif c_dt == "f32":
+
+    def _store_converted(self, ptr: ir.Value, part, c_dt: str):
+        """Accumulators `part` (consecutive columns) to ptr (global or shared) in C's dtype: fp32 as
+        one vector, a 16-bit pair as one 32-bit word (cvt.rn ...x2, the second column in the upper
+        half), other 16-bit runs one element at a time."""
+        b = self.b
+        if c_dt == "f32":
             b.store(self._acc_vector(part), ptr, align=4 * len(part))
-        elif len(part) == 2:     # the pair as one 32-bit word: the second column in the upper half
+            return
+        vals = [b.load(self.acc[e], typ=F32) for e in part]
+        if len(part) == 2:
             cvt = ir.InlineAsm(ir.FunctionType(I32, [F32, F32]), CVT2[c_dt], "=r,f,f")
             b.store(b.call(cvt, [vals[1], vals[0]]), ptr, align=4)
-        else:
-            for i, x in enumerate(vals):
-                cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
-                p = b.gep(ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=I16) if i else ptr
-                b.store(b.call(cvt, [x]), p, align=2)
+            return
+        for i, x in enumerate(vals):
+            cvt = ir.InlineAsm(ir.FunctionType(I16, [F32]), CVT1[c_dt], "=h,f")
+            p = b.gep(ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=I16) if i else ptr
+            b.store(b.call(cvt, [x]), p, align=2)
 
     def _SplitKReduce(self, st: SplitKReduce):
         k, b = self.k, self.b
