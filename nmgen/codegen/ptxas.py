@@ -60,10 +60,30 @@ def find_ptxas() -> str | None:
     return shutil.which("ptxas")
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    """Run ptxas (no input from the terminal); CompileError, naming it, if it cannot be started."""
+def ptxas_timeout() -> float:
+    """Seconds one ptxas run may take: $NMGEN_PTXAS_TIMEOUT, default 300 (the largest kernels here
+    assemble in a few seconds; a ptxas that hangs must not hang nmgen)."""
+    env = os.environ.get("NMGEN_PTXAS_TIMEOUT", "300")
     try:
-        return subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+        t = float(env)
+    except ValueError:
+        t = -1.0
+    if not t > 0:
+        raise CompileError(f"NMGEN_PTXAS_TIMEOUT={env!r} is not a positive number of seconds; set it to one (e.g. 300) "
+                           f"or unset it")
+    return t
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ptxas (no input from the terminal); CompileError, naming it, if it cannot be started or
+    does not finish within ptxas_timeout() seconds."""
+    timeout = ptxas_timeout()
+    try:
+        return subprocess.run(args, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"ptxas {args[0]} did not finish in {timeout:g} s and was stopped; check that it is CUDA's "
+                           f"ptxas, or allow it longer with NMGEN_PTXAS_TIMEOUT=SECONDS") from None
     except OSError as e:
         raise CompileError(f"cannot run ptxas {args[0]} ({e.strerror or e}); point NMGEN_PTXAS at CUDA's ptxas "
                            f"or install the test extra (pip install 'nmgen[test]')") from None
