@@ -113,8 +113,9 @@ def out_of_range(what: str, biggest: float, storage) -> ShapeError:
 def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
     """`x` rounded (to nearest) to the numpy dtype `storage`, or `x` itself when it already is.
     ShapeError, without numpy's overflow warning, when finite values lie beyond the target's range
-    (they would become infinite); `what` names them ("the weights", "A"). NaN or infinity already
-    in `x` are left for the caller to report."""
+    (they would become infinite); `what` names them ("the weights", "A"). A UserWarning, with the
+    count, when non-zero values are too small for the target and round to 0. NaN or infinity
+    already in `x` are left for the caller to report."""
     storage = np.dtype(storage)
     if x.dtype == storage:
         return x
@@ -124,6 +125,12 @@ def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
     lost = ~np.isfinite(y.astype(np.float32, copy=False)) & np.isfinite(x)
     if lost.any():
         raise out_of_range(what, float(np.abs(x[np.isfinite(x)]).max()), storage)
+    flushed = (y == 0) & (x != 0) & np.isfinite(x)
+    if flushed.any():       # below half the smallest subnormal: rounded to zero, said rather than silent
+        small = float(np.abs(x[flushed]).max())
+        wider = " or use bf16 / f32" if storage.itemsize == 2 and float(ml_dtypes.finfo(storage).max) < 1e6 else ""
+        warnings.warn(f"{what}: {int(flushed.sum())} non-zero values of {x.size} (|value| up to {small:.3g}) are "
+                      f"too small for {storage.name} and became 0; scale them{wider}", UserWarning, stacklevel=3)
     return y
 
 

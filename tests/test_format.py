@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -326,6 +328,18 @@ def test_weights_beyond_float16s_range_are_refused_with_the_range(rng):
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_weights_too_small_for_float16_are_flushed_with_a_warning(rng):
+    """Below half float16's smallest subnormal (~3e-8) a kept weight rounds to 0: said, not silent."""
+    W = rng.standard_normal((128, 64)).astype(np.float32) * 1e-8
+    with pytest.warns(UserWarning, match=r"the weights: \d+ non-zero values of 2048 \(\|value\| up to .*\) are too "
+                                         r"small for float16 and became 0; scale them or use bf16 / f32"):
+        nm = NMMatrix.from_dense(W, "8:32", vector=32, prune_first=True, dtype="f16")
+    assert (nm.values == 0).sum() > 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")         # bfloat16 has float32's range: nothing lost, nothing said
+        NMMatrix.from_dense(W, "8:32", vector=32, prune_first=True, dtype="bf16")
+
+
 def test_float64_beyond_float32s_range_is_refused_with_the_range():
     with pytest.raises(ShapeError, match=r"B: \|value\| up to 1e\+39 exceeds float32's largest finite 3.40282e\+38: "
                                          r"scale them$"):
