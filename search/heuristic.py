@@ -86,8 +86,14 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
                             f"({why}); "
                             f"store A column-major (--a-major col, a_major=\"col\"), whose copies take only the "
                             f"kept rows, or use a smaller window m")
+    try:        # suggest copying only the kept rows of A where that alone makes the tile fit
+        rows_fits = s.a_load != "rows" and not problems(problem, s.replace(a_load="rows"), device)
+    except ScheduleError:
+        rows_fits = False
+    hint = ('e.g. {"a_load": "rows"} to copy only the kept rows of A' if rows_fits
+            else "a smaller block tile: block_m, k_windows 1, stages 2")
     raise ScheduleError(f"no default schedule fits {problem} on {device.name} ({why}); give a schedule that does "
-                        f"(--schedule / schedule=, e.g. {{\"a_load\": \"rows\"}} to copy only the kept rows of A)")
+                        f"(--schedule / schedule=, {hint})")
 
 
 def schedule_fields(given) -> "Schedule | dict":

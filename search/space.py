@@ -191,6 +191,19 @@ def family(s: Schedule) -> str:
     return Schedule.from_dict({**s.to_dict(), **{f: getattr(Schedule(), f) for f in MEASURED_FIELDS}}).hash()
 
 
+def space_to_search(problem: Problem, device: Device) -> list[Schedule]:
+    """enumerate_space, for a search: ScheduleError, saying so, where it holds nothing (a search
+    of an empty space would otherwise measure nothing and report success)."""
+    space = enumerate_space(problem, device)
+    if not space:
+        from ..ir.errors import ScheduleError
+        raise ScheduleError(f"no schedule of the search space fits {problem} on {device.name} (none of its block "
+                            f"tiles passes the checks here; windows of m = {problem.pattern.m} rows are copied whole, "
+                            f"so a large m needs a small tile); nothing to search. Give a schedule with a smaller tile "
+                            f"(--schedule / schedule=: block_m, k_windows 1, stages 2) or use a smaller window m")
+    return space
+
+
 def enumerate_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
     """All valid schedules of the space for `problem` on `device`, in a deterministic order."""
     out = []

@@ -33,7 +33,7 @@ from ..ir.device import Device
 from ..ir.problem import Problem
 from ..ir.schedule import Schedule
 from . import model
-from .space import enumerate_space, family, rows_lengths
+from .space import family, rows_lengths, space_to_search
 
 log = logging.getLogger("nmgen.search")
 
@@ -116,7 +116,7 @@ class Tuner:
 
     # ---- which schedules ---------------------------------------------------------------------------
     def ranked(self) -> list[tuple[Schedule, model.Prediction]]:
-        space = enumerate_space(self.problem, self.device)
+        space = space_to_search(self.problem, self.device)
         scored = [(s, model.predict(self.problem, s, self.device, None, self.a_rows(s))) for s in space]
         scored.sort(key=lambda x: x[1].time_us)
         return scored

@@ -72,7 +72,7 @@ def inputs():
     f = {k: os.path.join(root, k) for k in (
         "dir", "random", "foreign.db", "ro.db", "ro_home", "newer.db", "renamed.db", "t.db", "binary",
         "list.jsonl", "text.jsonl", "fast.jsonl", "stages.jsonl", "bad_v.txt", "bad_shape.txt", "empty.txt",
-        "suite_bad.txt", "not_exec", "out")}
+        "suite_bad.txt", "not_exec", "hangs", "out")}
     os.mkdir(f["dir"])
     os.mkdir(f["out"])
     os.chmod(f["out"], 0o777)                  # where an unprivileged run may write
@@ -104,11 +104,13 @@ def inputs():
     lines = {"list.jsonl": "[1]\n", "text.jsonl": '"text"\n', "fast.jsonl": json.dumps({**good, "median_us": "fast"}),
              "stages.jsonl": json.dumps({**good, "schedule": '{"stages": 99}'}), "bad_v.txt": "64x64x64 2:4 abc\n",
              "bad_shape.txt": "# layers\n64x64x64 2:4 1\n64x64 2:4\n", "empty.txt": "# nothing\n",
-             "suite_bad.txt": "64x64x64\nbig\n", "not_exec": "#!/bin/sh\n"}
+             "suite_bad.txt": "64x64x64\nbig\n", "not_exec": "#!/bin/sh\n",
+             "hangs": "#!/bin/sh\nexec sleep 60\n"}
     for name, text in lines.items():
         with open(f[name], "w") as fh:
             fh.write(text)
     os.chmod(f["not_exec"], 0o644)
+    os.chmod(f["hangs"], 0o755)              # a ptxas that never finishes
     yield f
     os.chmod(f["ro_home"], 0o755)
     shutil.rmtree(root)
@@ -196,7 +198,15 @@ GUARD = [
     ("ptxas no cubin", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "/bin/true"}, False, "wrote no cubin"),
     ("ptxas not executable", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{not_exec}"}, False, "is not executable"),
     ("ptxas dir", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{dir}"}, False, "does not exist (or is not a file)"),
+    ("ptxas hangs", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS": "{hangs}", "NMGEN_PTXAS_TIMEOUT": "1"}, False,
+     "did not finish in 1 s and was stopped"),
+    ("ptxas timeout bad", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS_TIMEOUT": "0"}, False,
+     "NMGEN_PTXAS_TIMEOUT='0' is not a positive number of seconds"),
     ("search ptxas", ["search", *SHAPE, "--dry-run"], {"NMGEN_PTXAS": "/bin/true"}, False, "is not CUDA's ptxas"),
+    ("search empty space", ["search", "--shape", "64x64x4096", "--pattern", "512:512", "--dry-run"], {}, False,
+     "no schedule of the search space fits 64x64x4096 512:512x1"),
+    ("ptx no default", ["ptx", "--shape", "64x64x4096", "--pattern", "512:512"], {}, False,
+     "give a schedule that does (--schedule / schedule=, a smaller block tile"),
     ("bench ptxas", ["bench"], {"NMGEN_PTXAS": "/no/such/ptxas"}, False, "does not exist"),
     # numbers, checked the same way by every command, before any GPU is asked for
     ("topk 0", ["search", *SHAPE, "--dry-run", "--topk", "0"], {}, False, "argument --topk: 0 must be at least 1"),

@@ -138,7 +138,7 @@ def dry_run(args, problems):
     from ..ir.device import for_arch
     from ..ir.validate import validate
     from ..search import model
-    from ..search.space import enumerate_space
+    from ..search.space import space_to_search
     from ..search.tuner import best_families
     dev = current_device() or for_arch(args.arch)
     k = args.topk or 10
@@ -146,7 +146,7 @@ def dry_run(args, problems):
     rng = np.random.default_rng(0)
     for p in problems:
         a_rows = random_rows_lengths(p, rng)   # random weights size the "rows" strategy's lists, as the tuner's do
-        ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in enumerate_space(p, dev)),
+        ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in space_to_search(p, dev)),
                         key=lambda x: x[1].time_us)
         top = best_families(ranked, k)
         if not args.json:
