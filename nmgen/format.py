@@ -386,7 +386,7 @@ def pad_k(A=None, B=None, m=32):
         if isinstance(x, NMMatrix):
             raise ShapeError(f"pad_k pads dense matrices; {name} is an NMMatrix ({x.K}x{x.N}, compressed, K a multiple "
                              f"of m={x.pattern.m} already): pad the dense weights before NMMatrix.from_dense, and "
-                             f"A with pad_k(A, m={x.pattern.m})")
+                             f"A with A, _ = pad_k(A, m={x.pattern.m})")
         x = host_matrix(x, name)
         k = ks[name] = x.shape[axis]
         if k < 1:
