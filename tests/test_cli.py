@@ -203,6 +203,8 @@ GUARD = [
     ("ptxas timeout bad", ["ptx", *SHAPE, "--resources"], {"NMGEN_PTXAS_TIMEOUT": "0"}, False,
      "NMGEN_PTXAS_TIMEOUT='0' is not a positive number of seconds"),
     ("search ptxas", ["search", *SHAPE, "--dry-run"], {"NMGEN_PTXAS": "/bin/true"}, False, "is not CUDA's ptxas"),
+    ("db show bad pattern, no db", ["db", "show", "--shape", "64x64x64", "--pattern", "8:"], {"NMGEN_DB": "/no/such.db"},
+     False, "pattern '8:' is not of the form n:m"),
     ("search empty space", ["search", "--shape", "64x64x4096", "--pattern", "512:512", "--dry-run"], {}, False,
      "no schedule of the search space fits 64x64x4096 512:512x1"),
     ("ptx no default", ["ptx", "--shape", "64x64x4096", "--pattern", "512:512"], {}, False,

@@ -47,6 +47,7 @@ def run(args):
     # (an output naming the database itself is refused before this: common.refuse_existing_outputs)
     if args.op == "import":
         return _import(args)
+    p = problem_from(args) if args.op in ("best", "show") else None    # a bad problem first: no database is needed to say so
     db = open_db(args.db, create=False)     # the others only read: a missing database is an error
     if args.op == "list":
         rows = db.summary()
@@ -56,7 +57,6 @@ def run(args):
             print(f"  {r['problem_key']:36s} {r['device_key']:40s} {r['records']:5d} records  {r['ok']:5d} ok  best {best}")
         return 0
     if args.op in ("best", "show"):
-        p = problem_from(args)
         rows = db.rows(p.key(), status="ok" if args.op == "best" else None)
         if not rows:
             # the same sizes recorded as another problem (A's order, dtypes, pattern): name them
