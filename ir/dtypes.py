@@ -128,7 +128,7 @@ def cast_finite(x: np.ndarray, storage, what: str) -> np.ndarray:
     flushed = (y == 0) & (x != 0) & np.isfinite(x)
     if flushed.any():       # below half the smallest subnormal: rounded to zero, said rather than silent
         small = float(np.abs(x[flushed]).max())
-        wider = " or use bf16 / f32" if storage.itemsize == 2 and float(ml_dtypes.finfo(storage).max) < 1e6 else ""
+        wider = " or use bf16 / f32" if storage == np.float16 else ""      # bfloat16 has float32's exponent
         warnings.warn(f"{what}: {int(flushed.sum())} non-zero values of {x.size} (|value| up to {small:.3g}) are "
                       f"too small for {storage.name} and became 0; scale them{wider}", UserWarning, stacklevel=3)
     return y

@@ -13,7 +13,7 @@ from math import gcd
 
 from ..ir.device import Device
 from ..ir.instructions import for_dtype
-from .space import copyable_k_windows
+from .space import SMALL_TILE_HINT, copyable_k_windows
 from ..ir.operands import geometry
 from ..ir.problem import Problem, ceil_div
 from ..ir.schedule import Schedule
@@ -91,7 +91,7 @@ def default_schedule(problem: Problem, device: Device) -> Schedule:
     except ScheduleError:
         rows_fits = False
     hint = ('e.g. {"a_load": "rows"} to copy only the kept rows of A' if rows_fits
-            else "a smaller block tile: block_m, k_windows 1, stages 2")
+            else SMALL_TILE_HINT)
     raise ScheduleError(f"no default schedule fits {problem} on {device.name} ({why}); give a schedule that does "
                         f"(--schedule / schedule=, {hint})")
 

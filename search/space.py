@@ -191,6 +191,10 @@ def family(s: Schedule) -> str:
     return Schedule.from_dict({**s.to_dict(), **{f: getattr(Schedule(), f) for f in MEASURED_FIELDS}}).hash()
 
 
+# what to change in a schedule whose tile does not fit (said by search and by the default schedule)
+SMALL_TILE_HINT = "a smaller block tile: block_m, k_windows 1, stages 2"
+
+
 def space_to_search(problem: Problem, device: Device) -> list[Schedule]:
     """enumerate_space, for a search: ScheduleError, saying so, where it holds nothing (a search
     of an empty space would otherwise measure nothing and report success)."""
@@ -199,8 +203,8 @@ def space_to_search(problem: Problem, device: Device) -> list[Schedule]:
         from ..ir.errors import ScheduleError
         raise ScheduleError(f"no schedule of the search space fits {problem} on {device.name} (none of its block "
                             f"tiles passes the checks here; windows of m = {problem.pattern.m} rows are copied whole, "
-                            f"so a large m needs a small tile); nothing to search. Give a schedule with a smaller tile "
-                            f"(--schedule / schedule=: block_m, k_windows 1, stages 2) or use a smaller window m")
+                            f"so a large m needs a small tile); nothing to search. Give a schedule with "
+                            f"{SMALL_TILE_HINT} (--schedule / schedule=) or use a smaller window m")
     return space
 
 
