@@ -25,6 +25,10 @@ interpreter checks the very order the GPU will run:
                one), and each tile's group retired (MmaWait 0) before the next tile's A fragments
                are loaded: the registers of an in-flight wgmma's A must not be overwritten (PTX ISA,
                wgmma.mma_async), and LLVM reuses them once the instruction is issued.
+               With A read from shared memory too (wgmma_a_smem) there are no such registers: tile
+               t's group stays in flight while tile t+1's is issued (MmaWait 1 after each commit),
+               so the stage a refill may take is the one tile t-2 read (retired by every warpgroup
+               before the barrier of iteration t): S-2 tiles are copied ahead, not S-1.
     epilogue:  sliced K (warps_k > 1): wait for every copy; barrier; add the slices' partial sums
                through shared memory (over the pipeline's buffers)
                store acc to C (atomic add under split-K); a 16-bit C under split-K: atomic adds into
@@ -120,6 +124,9 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     mk = s.a_smem == "mk"
     if mk:   # A tile as in global memory: (stages, BM, BK+pad), copied in a_elems-element vectors
         a_buf = Shared("As", el, S, BM, g.a_rows + s.a_pad, 0, doc="(stages, BM, BK+pad): A as in global")
+    elif s.wgmma_a_smem:   # read by the tensor cores: M-major, 128-byte swizzle (no padding: a_pad is 0)
+        a_buf = Shared("As", el, S, g.a_rows, BM, 0, doc="(stages, A rows, BM): A with K rows, swizzled as "
+                       "wgmma reads an M-major operand", swizzled=True)
     else:
         a_buf = Shared("As", el, S, g.a_rows, BM + s.a_pad, 0, doc="(stages, A rows, BM+pad): A with K rows")
     if s.wgmma:   # read by the tensor cores through descriptors: canonical core matrices (operands.wgmma_b_order)
@@ -177,7 +184,7 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
     else:  # uneven splits allowed: split z gets tiles [z*T/S, (z+1)*T/S)
         body += [Let("t0", CTAID_Z * g.T // s.split_k), Let("t1", (CTAID_Z + 1) * g.T // s.split_k)]
     body.append(ZeroAcc())
-    ahead = S - 1                      # tiles copied ahead of the one multiplied
+    ahead = S - 2 if s.wgmma_a_smem else S - 1      # tiles copied ahead of the one multiplied
     # "rows": the list for a tile is loaded one iteration before its copies are issued
     pre = (lambda tile: (load_list(tile),)) if rows_strategy else (lambda tile: ())
     for st in range(ahead):
@@ -198,7 +205,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
 
     t, it = Var("t"), Var("it")
     if s.wgmma:
-        loop = ready + refill(t, (it + ahead) % S) + (SparseMMA(it % S, ops), MmaWait(0))
+        in_flight = 1 if s.wgmma_a_smem else 0
+        loop = ready + refill(t, (it + ahead) % S) + (SparseMMA(it % S, ops), MmaWait(in_flight))
     elif not s.prefetch:
         # with refill_row, the first rows' fragment loads go out before the copies' address
         # arithmetic and cp.async issue, which then hide their latency instead of delaying them
@@ -219,6 +227,8 @@ def build(problem: Problem, s: Schedule, a_rows: int | None = None) -> Kernel:
             SparseMMA(it % S, ops, share - 1, share, "last"),
             If(lt(t + 1, t1), refill(t + 1, it % S)))
     body.append(For("t", t0, t1, (Let("it", t - t0),) + loop))
+    if s.wgmma_a_smem:      # the last tile's group: retired before anything reads the accumulators
+        body.append(MmaWait(0))
     if s.warps_k > 1:
         body += [Wait(0), Barrier(), ReduceSlices("Rs")]
     # whole tiles are stored plainly without split-K, and by the whole-tile blocks of a tail split

@@ -22,6 +22,7 @@ _BINOPS = {
     "*": lambda a, b: a * b,
     "//": lambda a, b: a // b,
     "%": lambda a, b: a % b,
+    "^": lambda a, b: a ^ b,
     "min": min,
     "max": max,
     "<": lambda a, b: int(a < b),
@@ -48,6 +49,8 @@ class Expr:
     def __rfloordiv__(self, o): return binop("//", o, self)
     def __mod__(self, o): return binop("%", self, o)
     def __rmod__(self, o): return binop("%", o, self)
+    def __xor__(self, o): return binop("^", self, o)
+    def __rxor__(self, o): return binop("^", o, self)
 
     def __bool__(self):
         raise TypeError("a symbolic index expression has no truth value; use lt()/select()")
@@ -148,6 +151,11 @@ def binop(op: str, a: IntLike, b: IntLike) -> IntLike:
     elif op == "%":
         if ib == 1:
             return 0
+    elif op == "^":
+        if ia == 0:
+            return b
+        if ib == 0:
+            return a
     elif op == "and":
         if ia is not None:
             return b if ia else 0

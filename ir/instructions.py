@@ -13,6 +13,8 @@ fragment is A[a_coord(L, i)], and likewise for B and C. A fragment's elements fi
                        rows 16w..16w+15 as the m16n8k16 A fragment), B read by the tensor cores from
                        shared memory through a matrix descriptor (no per-lane fragment), C N/2 floats
                        a thread: N/8 m16n8 C fragments side by side, warp w's in rows 16w..
+  wgmma.m64nNk16.ss    the same with A read from shared memory too, through a second descriptor
+                       (M-major 8x8 core matrices): no A fragment (a_regs = 0)
 
 The mma layouts are the PTX ISA's ("Matrix fragments for mma.m16n8k16 with floating point type" and
 "... mma.m16n8k8 ... .tf32", PTX ISA 8.x, section 9.7.14.5; "Register fragments" of wgmma,
@@ -45,6 +47,11 @@ class MathInstr:
     @property
     def is_wgmma(self) -> bool:
         return self.lanes == 128
+
+    @property
+    def a_from_smem(self) -> bool:
+        """wgmma reading A through a shared-memory descriptor: no lane holds an A fragment."""
+        return self.is_wgmma and self.a_regs == 0
 
     @property
     def macs(self) -> int:
@@ -103,10 +110,11 @@ def for_dtype(dtype: str) -> MathInstr:
     return BY_DTYPE[str(dtype)]
 
 
-def wgmma(dtype: str, n: int) -> MathInstr:
-    """wgmma.mma_async m64nNk16 (bf16 or f16, fp32 accumulators) with A from registers: N columns,
-    a multiple of 8 up to 256 (PTX ISA: the .shape list of wgmma)."""
+def wgmma(dtype: str, n: int, a_smem: bool = False) -> MathInstr:
+    """wgmma.mma_async m64nNk16 (bf16 or f16, fp32 accumulators) with A from registers, or with
+    `a_smem` from shared memory through a descriptor: N columns, a multiple of 8 up to 256 (PTX ISA:
+    the .shape list of wgmma)."""
     if dtype not in ("bf16", "f16") or n % 8 or not 8 <= n <= 256:
         raise ValueError(f"wgmma m64n{n}k16 .{dtype} is not an instruction (bf16/f16, N a multiple of 8 to 256)")
-    return MathInstr(f"wgmma.m64n{n}k16.{dtype}", 64, n, 16, 128, dtype, 4, 0, n // 2, 2, "",
-                     f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{dtype}.{dtype}")
+    return MathInstr(f"wgmma.m64n{n}k16.{dtype}" + (".ss" if a_smem else ""), 64, n, 16, 128, dtype,
+                     0 if a_smem else 4, 0, n // 2, 2, "", f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{dtype}.{dtype}")

@@ -107,8 +107,9 @@ class Interpreter:
         self.lane_g = tid % ins.lanes                         # the thread within its instruction group
         self.wm, self.wn = (np.asarray(x) for x in lay.warp_coords(tid))
         tables = {}
-        tables_of = [("A", ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)),
-                     ("C", ins.c_regs, ins.c_coord, (ins.m, ins.n))]
+        tables_of = [("C", ins.c_regs, ins.c_coord, (ins.m, ins.n))]
+        if not ins.a_from_smem:           # nor A's where wgmma reads it from shared memory
+            tables_of.insert(0, ("A", ins.a_regs * ins.per_reg, ins.a_coord, (ins.m, ins.k)))
         if not ins.is_wgmma:              # wgmma's B comes through a descriptor, not registers
             tables_of.insert(1, ("B", ins.b_regs * ins.per_reg, ins.b_coord, (ins.k, ins.n)))
         for name, count, coord, shape in tables_of:
@@ -121,7 +122,7 @@ class Interpreter:
         self.frag_table = tables
         # a warp's own (row, k) of its A fragment (scalar loads): rows 16w.. of wgmma are added as m0
         self.warp_a_table = np.array([[(r % 16, k) for r, k in (ins.a_coord(int(t), e) for e in
-                                       range(ins.a_regs * ins.per_reg))] for t in range(32)])
+                                       range(ins.a_regs * ins.per_reg))] for t in range(32)]) if ins.a_regs else None
         group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
         per_tile = ins.c_regs
         self.acc_group = np.array([group_of[(e // per_tile) % lay.tiles_n] for e in range(lay.acc_count)])
@@ -291,10 +292,14 @@ class Interpreter:
             values.append(v)
         buf = blk.smem[cp.dst]
 
+        layout = self.k.buffer(cp.dst)
+
         def apply():
             for e, v in enumerate(values):
                 if plan.transpose:
                     buf[stage, c + e, r] = v
+                elif layout.swizzled:           # the stage as wgmma addresses it: flat, swizzled
+                    buf[stage].reshape(-1)[layout.element(r, c + e)] = v
                 else:
                     buf[stage, r, c + e] = v
 
@@ -358,7 +363,8 @@ class Interpreter:
         ins = lay.instr
         first = self.slice * ops.share + step * ins.k                   # (threads,) the step's first kept row
         ldmatrix = ins.per_reg == 2
-        a = np.stack([np.stack([self._a_fragment(ops, As, entries, first, g, i, ldmatrix and ops.a_layout == "km")
+        read_a = self._a_descriptor if ins.a_from_smem else self._a_fragment
+        a = np.stack([np.stack([read_a(ops, As, entries, first, g, i, ldmatrix and ops.a_layout == "km")
                                 for i in range(lay.tiles_m)], 1) for g in range(len(lay.groups))], 1)
         if ins.is_wgmma:    # B is read by the tensor cores through descriptors, per warpgroup
             b = np.stack([self._b_descriptor(Bs, ops, first, j) for j in range(lay.tiles_n)], 1)
@@ -387,6 +393,29 @@ class Interpreter:
         m = m0[:, None] + rc[..., 0]
         vals = As[m, pos] if ops.a_layout == "mk" else As[pos, m]
         return vals.astype(np.float32).reshape(len(first), e.size)
+
+    def _a_descriptor(self, ops, As, entries, first, g: int, i: int, _ldmatrix=False) -> np.ndarray:
+        """The (64 x k) A matrix wgmma reads through its descriptor for m-tile i, look-up group g
+        (instr.a_from_smem; "gather": the group's unit's kept rows): the start as the lowerer computes
+        it (shared A row unit * kept + the step's first kept row, the warpgroup's first row m0), then
+        the PTX ISA's rule for an M-major operand with the 128-byte swizzle, independently of how the
+        copies placed it (nodes.Shared.element): element (m, k) at byte start + (m % 8) * 2 +
+        (m // 8 % 8) * 16 + (m // 64) * LBO + (k % 8) * 128 + (k // 8) * SBO, its bits 4-6 XORed with
+        bits 7-9 (the stage starts 1 KB-aligned; operands.wgmma_a_desc). Returns (threads, 64, k)."""
+        from .operands import wgmma_a_desc
+        lay, ins = self.k.layout, self.k.layout.instr
+        buf = self.k.buffer(ops.a)
+        lbo, sbo = wgmma_a_desc(buf.pitch, 2)
+        flat = As.reshape(-1)
+        m = np.arange(ins.m)[:, None]
+        k = np.arange(ins.k)[None, :]
+        rel = (m % 8) * 2 + (m // 8 % 8) * 16 + (m // 64) * lbo + (k % 8) * 128 + (k // 8) * sbo
+        krow = self.group_units[:, g] * ops.kept + first                 # (threads,) multiples of 8
+        m0 = self.wm * lay.warp_m + i * ins.m                            # multiples of 64
+        start = 2 * (krow * buf.pitch + m0 * 8)                           # bytes: buf.element(krow, m0)
+        byte = start[:, None, None] + rel[None]
+        byte = byte ^ (((byte >> 7) & 7) << 4)
+        return flat[byte // 2].astype(np.float32)
 
     def _b_descriptor(self, Bs, ops, first, j: int) -> np.ndarray:
         """The (k x n) B matrix wgmma reads for n-tile j of each thread's warpgroup: through the
@@ -467,13 +496,16 @@ class Interpreter:
         T = len(self.lane)
         G = T // 128
         group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
-        ta, tc = self.frag_table["A"], self.frag_table["C"]
+        ta, tc = self.frag_table.get("A"), self.frag_table["C"]
         threads = np.arange(128)[:, None]
         acc = blk.acc.reshape(G, 128, -1)
         for i in range(lay.tiles_m):
             for j in range(lay.tiles_n):
-                A = np.zeros((G, ins.m, ins.k), np.float32)
-                A[:, ta[..., 0], ta[..., 1]] = a[:, group_of[j], i].reshape(G, 128, -1)
+                if ins.a_from_smem:                                      # as the descriptor gave it
+                    A = a[::128, group_of[j], i]
+                else:
+                    A = np.zeros((G, ins.m, ins.k), np.float32)
+                    A[:, ta[..., 0], ta[..., 1]] = a[:, group_of[j], i].reshape(G, 128, -1)
                 B = b[::128, j]                                          # (G, k, n): one per warpgroup
                 e = (i * lay.tiles_n + j) * ins.c_regs + np.arange(ins.c_regs)
                 C = np.zeros((G, ins.m, ins.n), np.float32)
@@ -501,15 +533,18 @@ class Interpreter:
         if len(steps):
             parts.append(self._fragments(op.ops, self._scalar(op.stage, blk), steps, blk, "SparseMMA"))
         lay = self.k.layout
-        if lay.instr.is_wgmma:            # one asynchronous group reading B from the stage until retired
-            if blk.mma_groups:
+        if lay.instr.is_wgmma:            # one asynchronous group reading the stage until retired
+            if blk.mma_groups and not lay.instr.a_from_smem:
                 raise HazardError("a wgmma group loads new A fragments while an earlier group is in flight: its A "
                                   "registers may be overwritten (retire it with MmaWait(0) first)")
-            key = (op.ops.b, self._scalar(op.stage, blk))
-            if not blk.stages[key].async_ok:
-                raise HazardError(f"wgmma reads {key[0]} stage {key[1]} through the async proxy, but what cp.async "
-                                  f"wrote there was not fenced into it (fence.proxy.async before the barrier)")
-            blk.mma_groups.append({key})
+            stage = self._scalar(op.stage, blk)
+            keys = {(op.ops.b, stage)} | ({(op.ops.a, stage)} if lay.instr.a_from_smem else set())
+            for key in sorted(keys):
+                if not blk.stages[key].async_ok:
+                    raise HazardError(f"wgmma reads {key[0]} stage {key[1]} through the async proxy, but what "
+                                      f"cp.async wrote there was not fenced into it (fence.proxy.async before the "
+                                      f"barrier)")
+            blk.mma_groups.append(keys)
         for part in parts:
             if lay.instr.is_mma:
                 for a, b in part:

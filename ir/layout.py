@@ -83,7 +83,8 @@ class ComputeLayout:
         instr = for_dtype(problem.dtype)
         if s.wgmma and problem.dtype in ("bf16", "f16"):
             unit = gcd(problem.pattern.vector, s.warp_n)
-            instr = wgmma(problem.dtype, max((n for n in range(8, 257, 8) if unit % n == 0), default=8))
+            instr = wgmma(problem.dtype, max((n for n in range(8, 257, 8) if unit % n == 0), default=8),
+                          a_smem=bool(s.wgmma_a_smem))
         return cls.of(s, problem.pattern.vector, instr)
 
     @property

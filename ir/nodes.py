@@ -29,7 +29,14 @@ class Param:
 
 @dataclass(frozen=True)
 class Shared:
-    """A shared-memory buffer of `stages` copies of a (rows, pitch) tile; `offset` in bytes."""
+    """A shared-memory buffer of `stages` copies of a (rows, pitch) tile; `offset` in bytes.
+    Element (r, c) of a stage sits at r * pitch + c, or, `swizzled` (16-bit elements, rows a
+    multiple of 8, pitch a multiple of 64, no padding), as wgmma reads an M-major operand with the
+    128-byte swizzle (PTX ISA, "Shared Memory Matrix Layout": canonical layout
+    ((8,8,m),(8,k)):((1,8,LBO),(64,SBO)) in elements, then 16-byte chunk bits 4-6 of the address
+    XORed with bits 7-9): each run of 8 rows is a slab of pitch / 64 atoms of 1 KB, atom a holding
+    columns 64a..64a+63 of the 8 rows, row r%8 a 128-byte line of it whose 16-byte chunk q sits at
+    position q ^ (r % 8). A warp's 16-byte stores along a row then hit 8 distinct bank groups."""
     name: str
     dtype: str
     stages: int
@@ -37,6 +44,13 @@ class Shared:
     pitch: int          # elements per row, padding included
     offset: int = 0
     doc: str = ""
+    swizzled: bool = False
+
+    def element(self, r, c):
+        """Element offset of (r, c) inside a stage (index expressions or numpy arrays)."""
+        if not self.swizzled:
+            return r * self.pitch + c
+        return (r // 8) * (8 * self.pitch) + (c // 64) * 512 + (r % 8) * 64 + ((c // 8 % 8) ^ (r % 8)) * 8 + c % 8
 
     @property
     def stage_bytes(self) -> int:

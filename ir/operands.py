@@ -241,6 +241,23 @@ def wgmma_b_desc(unit: int, step: int, n: int, steps: int) -> tuple[int, int, in
     return (unit * steps + step) * 16 * n, WGMMA_LBO, WGMMA_SBO
 
 
+# wgmma's imm-trans-a for an A read from shared memory: 1, M-major (PTX ISA, wgmma.mma_async: the
+# transpose operands are valid for .f16/.bf16 descriptors only); WGMMA_A_SWAP exchanges LBO and SBO
+# of wgmma_a_desc. Both are here to be patched (scripts/probe_mma.py "patch") when a convention is
+# checked on the GPU, as B's was (NOTES.md 27).
+WGMMA_TRANS_A = 1
+WGMMA_A_SWAP = False
+
+
+def wgmma_a_desc(pitch: int, esize: int) -> tuple[int, int]:
+    """(LBO, SBO) bytes of an A operand that wgmma reads M-major with the 128-byte swizzle from a
+    buffer of `pitch` elements a row (nodes.Shared.swizzled): PTX ISA's canonical layout
+    ((8,8,m),(8,k)):((1,8,LBO),(64,SBO)) in 16-bit elements, so the next 64 rows of A lie one 1 KB
+    atom on (LBO) and the next 8 K rows one slab of 8 rows x pitch on (SBO)."""
+    lbo, sbo = 1024, 8 * pitch * esize
+    return (sbo, lbo) if WGMMA_A_SWAP else (lbo, sbo)
+
+
 def wgmma_b_order(bv: np.ndarray, g: Geometry, s: Schedule) -> np.ndarray:
     """bv (T*KR, tn*BN) -> (T*tn, KR*BN): for each (K tile, block column) one contiguous chunk, per
     index unit and step its core matrices in wgmma's order (wgmma_b_desc). 16-bit values only."""

@@ -28,6 +28,10 @@ one of two ways (NM-SpMM's two strategies):
   "gather": (tensor cores) each index unit's own kept rows are copied, in order, into a shared A of
             (units x kept rows): the gather happens in the copy, so fragments are read from
             consecutive rows (ldmatrix without bank conflicts) and no index is loaded at all.
+With wgmma and "gather" (A column-major), `wgmma_a_smem` has the tensor cores read A from that
+shared tile too, through a matrix descriptor (laid out with wgmma's 128-byte swizzle), instead of
+from A fragments a warpgroup first loads into registers: with no registers to protect, a K tile's
+group stays in flight while the next tile's is issued.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ _MEANING = {"stages": " (a pipeline holds the tile being multiplied and the next
             "warps_k": " (1: one warp per warp tile)", "raster": " (1: plain order)", "a_pad": " (0: no padding)",
             "tail_split": " (1: no split)", "tail_tiles": " (0: no tail)"}
 A_SMEM = ("km", "mk")
-OMITTED_AT_DEFAULT = {"tail_tiles": 0, "tail_split": 1}
+OMITTED_AT_DEFAULT = {"tail_tiles": 0, "tail_split": 1, "wgmma_a_smem": 0}
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Schedule:
     wgmma: int = 0            # 1 (sm_90, bf16/f16): warpgroup mma; warp_m x warp_n is then a warpgroup's tile
     tail_tiles: int = 0       # the grid's last output tiles (block order) split along K; 0: none
     tail_split: int = 1       # blocks each tail tile's K tiles are split over (fp32 sums in a workspace)
+    wgmma_a_smem: int = 0     # 1 (wgmma, "gather"): A read from shared memory through a descriptor too; a K
+                              # tile's group then stays in flight while the next is issued
 
     def __post_init__(self):
         for f in fields(self):
@@ -80,7 +86,7 @@ class Schedule:
             elif not isinstance(v, int) or isinstance(v, bool):
                 raise ScheduleError(f"schedule field {f.name}={_as_json(v)} ({_json_type(v)}) must be an integer")
             elif v < (lo := 0 if f.name in ("a_pad", "min_blocks", "prefetch", "refill_row", "thread_m", "thread_n",
-                                             "wgmma", "tail_tiles") else 2 if f.name == "stages" else 1):
+                                             "wgmma", "tail_tiles", "wgmma_a_smem") else 2 if f.name == "stages" else 1):
                 raise ScheduleError(f"schedule field {f.name}={v} is out of range: it must be at least {lo}"
                                     + _MEANING.get(f.name, ""))
 
@@ -165,6 +171,7 @@ class Schedule:
                 + ("" if self.warps_k == 1 else f" wk{self.warps_k}")
                 + ("" if self.a_smem == "km" else f" {self.a_smem}")
                 + (" pf" if self.prefetch else "")
+                + (" a-smem" if self.wgmma_a_smem else "")
                 + (f" rf{self.refill_row}" if self.refill_row else "")
                 + ("" if self.min_blocks == 1 else f" mb{self.min_blocks}")
                 + (f" tail{self.tail_tiles}x{self.tail_split}" if self.tail_tiles else ""))

@@ -50,6 +50,10 @@ def problems(problem: Problem, s: Schedule, device: Device, a_rows: int | None =
     if s.block_m % s.warp_m or s.block_n % s.warp_n:
         why.append(f"warp tile {s.warp_m}x{s.warp_n} does not divide block tile {s.block_m}x{s.block_n}")
         return why
+    if s.wgmma_a_smem and not s.wgmma:
+        why.append(f"wgmma_a_smem={s.wgmma_a_smem} is a choice of the warpgroup mma: give wgmma=1 with it, or "
+                   f"wgmma_a_smem=0")
+        return why
     instr = ComputeLayout.for_problem(problem, s).instr
     if s.wgmma:
         why += _wgmma_problems(problem, s, device)
@@ -204,6 +208,8 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
     if s.warps_k != 1 or s.prefetch or s.refill_row:
         why.append("wgmma schedules issue each K tile's products as one asynchronous group: warps_k=1, prefetch=0, "
                    "refill_row=0")
+    if s.wgmma_a_smem:
+        why += _wgmma_a_smem_problems(problem, s)
     if s.min_blocks and s.warp_m % 64 == 0:
         # wgmma's accumulators cannot spill: ptxas refuses a register bound below them plus ~30
         # (13.0, sm_90a: 94 asked for a 64x128 warpgroup tile's 64 under min_blocks=3 of 256 threads)
@@ -219,6 +225,24 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
                 why.append(f"min_blocks={s.min_blocks} bounds {s.threads} threads to {cap} registers, fewer than "
                            f"the {acc} fp32 accumulators of a {s.warp_m}x{s.warp_n} warpgroup tile need plus ~30: "
                            f"use min_blocks <= {fits} (0 for no bound)")
+    return why
+
+
+def _wgmma_a_smem_problems(problem: Problem, s: Schedule) -> list[str]:
+    """What keeps wgmma from reading A out of shared memory (wgmma_a_smem=1) under `s`: the A tile
+    must be a whole K row per kept row, in the core matrices the copies write 16 bytes at a time."""
+    if s.wgmma_a_smem != 1:
+        return [f"wgmma_a_smem={s.wgmma_a_smem} must be 0 (A fragments from registers) or 1 (A from shared memory)"]
+    why = []
+    if s.a_load != "gather" or problem.a_major != "col" or s.a_smem != "km":
+        why.append(f"wgmma_a_smem=1 reads each index unit's kept rows of A in order: it needs a_load='gather', "
+                   f"a_smem='km' and A column-major (a_major='col'), not a_load={s.a_load!r}, a_smem={s.a_smem!r}, "
+                   f"a_major={problem.a_major!r}")
+    if s.a_pad:
+        why.append(f"wgmma_a_smem=1 lays A out in core matrices, which take no padding: give a_pad=0, not {s.a_pad}")
+    if s.stages < 3:
+        why.append(f"wgmma_a_smem=1 keeps a K tile's group in flight while the next is issued, so a pipeline needs "
+                   f"a stage for each besides the one being filled: stages >= 3, not {s.stages}")
     return why
 
 

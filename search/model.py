@@ -172,7 +172,9 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: 
     steps = g.KR // s.warps_k // ins.k     # "gather": consecutive rows, no conflicts, no index loads
     G, tm, tn = len(lay.groups), lay.tiles_m, lay.tiles_n
     mma = tm * tn
-    if ins.per_reg == 2 and ops_layout == "km":
+    if ins.a_from_smem:   # the tensor cores read each instruction's 64 x 16 A (2 KB: 16 wavefronts a warpgroup)
+        a_lds, a_wave, idx, pack = 0, tm * tn * 4, 0, 0
+    elif ins.per_reg == 2 and ops_layout == "km":
         a_lds, a_wave, idx = G * tm, G * tm * 4 * (1 if gathered else conflicts), 0 if gathered else G
         pack = 0
     else:

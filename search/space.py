@@ -250,7 +250,8 @@ def per_sm_estimate(problem: Problem, s: Schedule, device: Device, a_rows: int |
 
 def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> list[Schedule]:
     """The warpgroup-mma schedules (Hopper, bf16/f16): WGMMA_TILES x K tiles x stages x A loads x
-    split-K for small grids. Warpgroup tiles span whole vectors (each wgmma's N is one index unit)."""
+    split-K for small grids, the "gather" ones also with A read from shared memory (wgmma_a_smem).
+    Warpgroup tiles span whole vectors (each wgmma's N is one index unit)."""
     if device.cc != (9, 0) or problem.dtype not in ("bf16", "f16"):
         return []
     out = []
@@ -266,8 +267,9 @@ def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> 
                 for a_load, a_smem in a_choices(problem):
                     for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
                         s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
-                        if not problems(problem, s, device, a_rows if a_load == "rows" else None):
-                            out += [s] + _tail_of(problem, s, device, g.tiles_m * g.tiles_n, a_rows)
+                        for x in (s, s.replace(wgmma_a_smem=1, a_pad=0)) if a_load == "gather" else (s,):
+                            if not problems(problem, x, device, a_rows if a_load == "rows" else None):
+                                out += [x] + _tail_of(problem, x, device, g.tiles_m * g.tiles_n, a_rows)
     return out
 
 
@@ -304,6 +306,8 @@ def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Sch
         pf = pick(forms) if len(forms) > 1 else 0    # no draw for one form: f32 and tf32 seeds keep their cases
         s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk,
                          prefetch=pf)
+        if base.wgmma and a_load == "gather" and rng.random() < 0.5:    # A from shared memory
+            s = s.replace(wgmma_a_smem=1, a_pad=0)
         if not problems(problem, s, device):
             return s
     space = enumerate_space(problem, device)

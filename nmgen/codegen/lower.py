@@ -60,7 +60,9 @@ class Lowerer:
         m.data_layout = data_layout
         smem = ir.GlobalVariable(m, ir.ArrayType(I8, 0), "smem", addrspace=3)
         smem.linkage = "external"
-        smem.align = 16
+        # 1024 bytes where a buffer is swizzled: the swizzle pattern repeats every 1 KB of the
+        # shared window (PTX ISA, matrix descriptor: base offset 0 needs the operand so aligned)
+        smem.align = 1024 if any(x.swizzled for x in kernel.shared) else 16
         smem.type = P3  # llvmlite still types globals; shared pointers are opaque
         self.smem = smem
         fn = self.fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [P1] * len(kernel.params)), kernel.name)
@@ -155,6 +157,8 @@ class Lowerer:
             return b.udiv(x, y)
         if op == "%":
             return b.urem(x, y)
+        if op == "^":
+            return b.xor(x, y)
         if op in ("min", "max"):
             return b.select(b.icmp_unsigned("<" if op == "min" else ">", x, y), x, y)
         if op in ("<", "<=", "==", "!="):
@@ -311,7 +315,7 @@ class Lowerer:
                 size = b.select(ok, ir.Constant(I32, 4), ir.Constant(I32, 0))
                 self._call("llvm.nvvm.cp.async.ca.shared.global.4.s", ir.VoidType(), [dst, src, size])
             return
-        dst = self.sptr_expr(base, (r * buf.pitch + c) * esize)
+        dst = self.sptr_expr(base, _element(buf, r, c) * esize)
         if cp.row_list is not None:   # compacted rows of a column-major A: the row a LoadList prefetched
             src = self.gptr(cp.src, 0, cp.col0 + c, row_value=b.load(self.regs[cp.row_list][it], typ=I32))
         else:
@@ -357,28 +361,36 @@ class Lowerer:
     def _wgmma_group(self, op: SparseMMA):
         """A K tile's steps as one asynchronous group: every A fragment loaded first (ldmatrix writes
         registers the wgmma then read, so wgmma.fence comes after them), then one wgmma per step,
-        m-tile and n-tile (B through its descriptor), then commit. An MmaWait retires the group."""
+        m-tile and n-tile (B through its descriptor; A through one too where the instruction reads
+        it from shared memory: M-major, imm-trans-a 1), then commit. An MmaWait retires the group."""
         lay, b = self.k.layout, self.b
         ins = lay.instr
         reader = self._reader(op.ops, op.stage)
         steps = list(op.steps)
-        frags = {j: reader.step(j)[0] for j in steps}
+        frags = {} if ins.a_from_smem else {j: reader.step(j)[0] for j in steps}
         self._call("llvm.nvvm.wgmma.fence.sync.aligned", ir.VoidType(), [])
         group_of = {j: g for g, js in enumerate(lay.groups) for j in js}
         outs = ",".join(f"${q}" for q in range(ins.c_regs))
         n_in = ins.c_regs
-        text = ("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n" + ins.ptx + f" {{{outs}}}, {{${n_in},${n_in + 1},${n_in + 2},"
-                f"${n_in + 3}}}, ${n_in + 4}, p, 1, 1, 0;\n}}")
-        constraints = ",".join(["=f"] * ins.c_regs + ["r"] * 4 + ["l"] + [str(q) for q in range(ins.c_regs)])
+        if ins.a_from_smem:     # d, a-desc, b-desc, scale-d, imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b
+            from ..ir.operands import WGMMA_TRANS_A
+            a_types, a_text = [I64], f"${n_in}, ${n_in + 1}, p, 1, 1, {WGMMA_TRANS_A}, 0"
+        else:                   # d, a (4 registers), b-desc, scale-d, imm-scale-a, imm-scale-b, imm-trans-b
+            a_types = [I32] * 4
+            a_text = f"{{${n_in},${n_in + 1},${n_in + 2},${n_in + 3}}}, ${n_in + 4}, p, 1, 1, 0"
+        text = "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n" + ins.ptx + f" {{{outs}}}, {a_text};\n}}"
+        constraints = ",".join(["=f"] * ins.c_regs + ["l" if t is I64 else "r" for t in a_types] + ["l"]
+                               + [str(q) for q in range(ins.c_regs)])
         ret = ir.LiteralStructType([F32] * ins.c_regs)
-        asm = ir.InlineAsm(ir.FunctionType(ret, [I32] * 4 + [I64] + [F32] * ins.c_regs), text, constraints,
+        asm = ir.InlineAsm(ir.FunctionType(ret, a_types + [I64] + [F32] * ins.c_regs), text, constraints,
                            side_effect=True)
         for j in steps:
             for i in range(lay.tiles_m):
                 for t in range(lay.tiles_n):
                     e0 = (i * lay.tiles_n + t) * ins.c_regs
                     acc = [b.load(self.acc[e0 + q], typ=F32) for q in range(ins.c_regs)]
-                    d = b.call(asm, frags[j][group_of[t]][i] + [reader.b_descriptor(j, t)] + acc)
+                    a = [reader.a_descriptor(j, i, group_of[t])] if ins.a_from_smem else frags[j][group_of[t]][i]
+                    d = b.call(asm, a + [reader.b_descriptor(j, t)] + acc)
                     for q in range(ins.c_regs):
                         b.store(b.extract_value(d, q), self.acc[e0 + q])
         self._call("llvm.nvvm.wgmma.commit_group.sync.aligned", ir.VoidType(), [])
@@ -805,19 +817,39 @@ class _MmaReader:
         return a, b
 
     def b_descriptor(self, j: int, t: int) -> ir.Value:
-        """The 64-bit wgmma matrix descriptor of n-tile t's B at step j (PTX ISA 9.7.15.5.1.2.2):
-        bits 0-13 the start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, no swizzle (bits 62-63 = 0)."""
+        """The 64-bit wgmma matrix descriptor of n-tile t's B at step j."""
         from ..ir.operands import wgmma_b_desc
-        lw, lay, b = self.lw, self.lw.k.layout, self.lw.b
-        unit = lay.group_unit(self.tid, t)
+        unit = self.lw.k.layout.group_unit(self.tid, t)
         start, lbo, sbo = wgmma_b_desc(0, j, self.ins.n, self.ops.kept // self.ins.k)
-        # the unit's part of the start: units lie (KR * n) elements apart. The descriptor holds the
-        # shared-window address, not the offset into nmgen's dynamic buffer (which starts past the
-        # block's reserved shared memory): the pointer's integer value
-        offset = lw.b.add(self.b_base, lw.val(unit * self.ops.kept * self.ins.n * self.es + start * self.es), flags=NUW)
-        addr = b.ptrtoint(lw.sptr(offset), I32)
+        # the unit's part of the start: units lie (KR * n) elements apart
+        offset = self.lw.val((unit * self.ops.kept * self.ins.n + start) * self.es)
+        return self._descriptor(self.lw.sptr(self.lw.b.add(self.b_base, offset, flags=NUW)), lbo, sbo)
+
+    def a_descriptor(self, j: int, i: int, g: int) -> ir.Value:
+        """The 64-bit wgmma matrix descriptor of the A operand (64 rows x 16 kept rows, M-major with
+        the 128-byte swizzle: nodes.Shared.swizzled) of m-tile i and look-up group g at step j: the
+        group's unit's kept rows (unit * kept + j * 16 ..., "gather"), the warpgroup's rows."""
+        from ..ir.operands import wgmma_a_desc
+        lay, buf = self.lw.k.layout, self.lw.k.buffer(self.ops.a)
+        unit = lay.group_unit(self.tid, g)
+        krow = unit * self.ops.kept + self.first + j * self.ins.k      # a multiple of 8: a slab's first row
+        m0 = self.wm * lay.warp_m + i * self.ins.m                     # a multiple of 64
+        lbo, sbo = wgmma_a_desc(buf.pitch, self.es)
+        # buf.element(krow, m0), written linearly (both multiples of 8) so that the step and m-tile
+        # parts fold into immediates
+        return self._descriptor(self.lw.sptr_expr(self.a_base, (krow * buf.pitch + m0 * 8) * self.es), lbo, sbo,
+                                swizzle128=True)
+
+    def _descriptor(self, ptr: ir.Value, lbo: int, sbo: int, swizzle128: bool = False) -> ir.Value:
+        """The wgmma matrix descriptor of the operand at shared pointer `ptr` (PTX ISA 9.7.15.5.1.2.2):
+        bits 0-13 the start address >> 4, 16-29 LBO >> 4, 32-45 SBO >> 4, bits 62-63 the swizzle
+        (0 none, 1 128 bytes). The start is the shared-window address, not the offset into nmgen's
+        dynamic buffer (which starts past the block's reserved shared memory): the pointer's value."""
+        b = self.lw.b
+        addr = b.ptrtoint(ptr, I32)
         field = b.and_(b.lshr(addr, ir.Constant(I32, 4)), ir.Constant(I32, 0x3FFF))
-        return b.or_(b.zext(field, I64), ir.Constant(I64, ((lbo >> 4) << 16) | ((sbo >> 4) << 32)))
+        bits = ((lbo >> 4) << 16) | ((sbo >> 4) << 32) | ((1 << 62) if swizzle128 else 0)
+        return b.or_(b.zext(field, I64), ir.Constant(I64, bits))
 
     def _ldmatrix(self, addr, count: int) -> list:
         lw = self.lw
@@ -883,6 +915,19 @@ class _MmaReader:
         for lo, hi in zip(vals[0::2], vals[1::2]):
             regs.append(b.or_(b.zext(lo, I32), b.shl(b.zext(hi, I32), ir.Constant(I32, 16))))
         return regs
+
+
+def _element(buf, r, c):
+    """buf.element(r, c) with the constant parts of r and c pulled out where the layout allows
+    (a swizzled buffer: whole slabs of 8 rows and whole 64-column atoms), so that they fold into
+    the address's immediate instead of a swizzle computed per copy."""
+    if not buf.swizzled:
+        return buf.element(r, c)
+    rv, rc = split_offset(r)
+    cv, cc = split_offset(c)
+    if rc % 8 or cc % 64:
+        return buf.element(r, c)
+    return buf.element(rv, cv) + buf.element(rc, cc)
 
 
 def _flatten(x) -> list:

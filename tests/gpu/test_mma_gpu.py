@@ -66,7 +66,10 @@ def test_torch_16_bit_in_place_with_poisoned_out(rng, shape, pattern, a_major, d
     check(fresh.float().cpu().numpy(), p, A32, B32)
 
 
-@pytest.mark.parametrize("wgmma", [0, 1])
+WGMMA_A_SMEM = dict(wgmma=1, a_load="gather", wgmma_a_smem=1, a_pad=0, stages=4)
+
+
+@pytest.mark.parametrize("wgmma", [0, 1, "a_smem"])
 @pytest.mark.parametrize("c_dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("split_k", range(1, 9))
 def test_split_k_even_and_uneven(rng, split_k, c_dtype, wgmma):
@@ -75,7 +78,9 @@ def test_split_k_even_and_uneven(rng, split_k, c_dtype, wgmma):
     p, A, A32, B32, B = inputs(rng, (256, 2048, 2048), (8, 32, 32), "bf16", "col", c_dtype)
     tiles = dict(block_m=128, block_n=128, warp_m=64, warp_n=128, wgmma=1) if wgmma else \
         dict(block_m=128, block_n=128, warp_m=64, warp_n=32)
-    s = Schedule(**MMA, **tiles, k_windows=2, split_k=split_k)
+    if wgmma == "a_smem":
+        tiles.update(WGMMA_A_SMEM)
+    s = Schedule(**{**MMA, **tiles, "k_windows": 2, "split_k": split_k})
     out = np.full((p.M, p.N), np.nan, DTYPES[c_dtype].storage)
     check(spmm(A, B, out=out, schedule=s), p, A32, B32)
 
@@ -90,7 +95,7 @@ def test_split_k_with_sliced_k_into_a_16_bit_c(rng, split_k):
     check(spmm(A, B, out=out, schedule=s), p, A32, B32)
 
 
-@pytest.mark.parametrize("wgmma", [0, 1])
+@pytest.mark.parametrize("wgmma", [0, 1, "a_smem"])
 @pytest.mark.parametrize("c_dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("tail", [(1, 2), (5, 3), (28, 4), (7, 8), (96, 5)], ids=lambda t: "tail%dx%d" % t)
 def test_tail_split(rng, tail, c_dtype, wgmma):
@@ -100,7 +105,9 @@ def test_tail_split(rng, tail, c_dtype, wgmma):
     p, A, A32, B32, B = inputs(rng, (1000, 3000, 3840), (8, 32, 32), "bf16", "col", c_dtype)
     tiles = dict(block_m=128, block_n=256, warp_m=64, warp_n=128, wgmma=1) if wgmma else \
         dict(block_m=128, block_n=256, warp_m=128, warp_n=32, prefetch=1, a_load="rows")
-    s = Schedule(**MMA, **tiles, k_windows=4, tail_tiles=tail[0], tail_split=tail[1])
+    if wgmma == "a_smem":       # each of 8 units' own rows of A: a 128x256 block does not fit 4 stages
+        tiles.update(WGMMA_A_SMEM, block_n=128, warp_n=128)
+    s = Schedule(**{**MMA, **tiles, "k_windows": 4, "tail_tiles": tail[0], "tail_split": tail[1]})
     for _ in range(2):
         out = np.full((p.M, p.N), np.nan, DTYPES[c_dtype].storage)
         check(spmm(A, B, out=out, schedule=s), p, A32, B32)
@@ -122,6 +129,11 @@ FAMILIES = [   # every family of tensor-core schedule the search can pick, on od
     # the tuner's wave-balancing block_n (search.refine): five warps of 128x32, 160 threads
     dict(block_m=128, block_n=160, warp_m=128, warp_n=32, k_windows=4, stages=3, a_load="rows", prefetch=1),
     dict(block_m=128, block_n=160, warp_m=128, warp_n=32, k_windows=2, stages=3),
+    # wgmma reading A from shared memory (128-byte swizzle), one group in flight across K tiles
+    dict(block_m=128, block_n=128, warp_m=64, warp_n=128, k_windows=2, stages=4, wgmma=1, a_load="gather",
+         wgmma_a_smem=1, a_pad=0),
+    dict(block_m=256, block_n=32, warp_m=64, warp_n=32, k_windows=8, stages=4, wgmma=1, a_load="gather",
+         wgmma_a_smem=1, a_pad=0),
 ]
 
 
@@ -139,7 +151,7 @@ def _family_cases():
                     if fields.get("a_load", "window") != "window":
                         continue
                     fields = dict(fields, a_smem="mk")
-                s = Schedule(**MMA, **fields)
+                s = Schedule(**{**MMA, **fields})
                 if not problems(Problem(*shape, Pattern(*pattern), "bf16", a_major), s, for_arch("sm_90")):
                     out.append((shape, pattern, a_major, s))
     return out
