@@ -5,7 +5,8 @@ interpreter checks the very order the GPU will run:
 
     prologue:  for s in 0..S-2:  copy tile t0+s -> stage s;  commit
     main loop: for t in [t0, t1):
-                   ready(t):  wait until tile t has landed (S-2 groups may stay in flight); barrier
+                   ready(t):  wait until tile t has landed (S-2 groups may stay in flight, S-3 with
+                              wgmma_a_smem, which copies a tile less ahead); barrier
                    acc += rows [0, refill_row) of tile t (from stage (t-t0) % S)
                    refill(t): copy tile t+S-1 -> stage (t-t0+S-1) % S   # the stage read in iteration t-1:
                               commit                                    #   the barrier above freed it

@@ -405,6 +405,9 @@ class Interpreter:
         from .operands import wgmma_a_desc
         lay, ins = self.k.layout, self.k.layout.instr
         buf = self.k.buffer(ops.a)
+        if buf.offset % 1024 or buf.stage_bytes % 1024:     # the swizzle below is taken relative to the stage
+            raise HazardError(f"{buf.name}'s stages start {buf.offset} + k * {buf.stage_bytes} bytes into shared "
+                              f"memory: the 128-byte swizzle repeats every 1 KB, so they must be 1 KB-aligned")
         lbo, sbo = wgmma_a_desc(buf.pitch, 2)
         flat = As.reshape(-1)
         m = np.arange(ins.m)[:, None]

@@ -230,14 +230,18 @@ def _wgmma_problems(problem: Problem, s: Schedule, device: Device) -> list[str]:
 
 def _wgmma_a_smem_problems(problem: Problem, s: Schedule) -> list[str]:
     """What keeps wgmma from reading A out of shared memory (wgmma_a_smem=1) under `s`: the A tile
-    must be a whole K row per kept row, in the core matrices the copies write 16 bytes at a time."""
+    must hold each index unit's kept rows in order (the "gather" copy of a column-major A), unpadded
+    in the 128-byte swizzled layout wgmma reads (nodes.Shared.swizzled), and the pipeline one stage
+    more than the tile multiplied and the one being filled (a group stays in flight)."""
     if s.wgmma_a_smem != 1:
         return [f"wgmma_a_smem={s.wgmma_a_smem} must be 0 (A fragments from registers) or 1 (A from shared memory)"]
     why = []
-    if s.a_load != "gather" or problem.a_major != "col" or s.a_smem != "km":
-        why.append(f"wgmma_a_smem=1 reads each index unit's kept rows of A in order: it needs a_load='gather', "
-                   f"a_smem='km' and A column-major (a_major='col'), not a_load={s.a_load!r}, a_smem={s.a_smem!r}, "
-                   f"a_major={problem.a_major!r}")
+    wrong = [f"{name}={value!r} (needs {need!r})" for name, value, need in
+             (("a_load", s.a_load, "gather"), ("a_smem", s.a_smem, "km"), ("a_major", problem.a_major, "col"))
+             if value != need]
+    if wrong:
+        why.append(f"wgmma_a_smem=1 reads each index unit's kept rows of a column-major A in order: "
+                   f"{', '.join(wrong)}; or use wgmma_a_smem=0")
     if s.a_pad:
         why.append(f"wgmma_a_smem=1 lays A out in core matrices, which take no padding: give a_pad=0, not {s.a_pad}")
     if s.stages < 3:

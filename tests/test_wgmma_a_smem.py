@@ -113,7 +113,7 @@ def test_a_group_left_in_flight_fails_on_the_cpu(rng):
 
 @pytest.mark.parametrize("fields,words", [
     (dict(wgmma=0, thread_m=0, thread_n=0, wgmma_a_smem=1), "give wgmma=1"),
-    (dict(SS, a_load="rows"), "a_load='gather'"),
+    (dict(SS, a_load="rows"), "a_load='rows' (needs 'gather')"),
     (dict(SS, a_pad=8), "a_pad=0"),
     (dict(SS, stages=2), "stages >= 3"),
     (dict(SS, wgmma_a_smem=2), "must be 0"),
@@ -127,7 +127,7 @@ def test_what_keeps_a_schedule_off_it_is_said(fields, words):
 def test_row_major_a_is_refused():
     p = Problem(128, 128, 256, Pattern(8, 32, 32), "bf16", "row")
     s = Schedule(**SS, block_m=64, block_n=64, warp_m=64, warp_n=64, k_windows=2, stages=3)
-    assert "column-major" in " ".join(problems(p, s, H100))
+    assert "a_major='row' (needs 'col')" in " ".join(problems(p, s, H100))
 
 
 def test_the_field_keeps_recorded_schedules_as_they_were():
