@@ -14,7 +14,7 @@ fragment is A[a_coord(L, i)], and likewise for B and C. A fragment's elements fi
                        shared memory through a matrix descriptor (no per-lane fragment), C N/2 floats
                        a thread: N/8 m16n8 C fragments side by side, warp w's in rows 16w..
   wgmma.m64nNk16.ss    the same with A read from shared memory too, through a second descriptor
-                       (M-major 8x8 core matrices): no A fragment (a_regs = 0)
+                       (M-major, 128-byte swizzle): no A fragment (a_regs = 0)
 
 The mma layouts are the PTX ISA's ("Matrix fragments for mma.m16n8k16 with floating point type" and
 "... mma.m16n8k8 ... .tf32", PTX ISA 8.x, section 9.7.14.5; "Register fragments" of wgmma,

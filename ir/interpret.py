@@ -415,7 +415,7 @@ class Interpreter:
         rel = (m % 8) * 2 + (m // 8 % 8) * 16 + (m // 64) * lbo + (k % 8) * 128 + (k // 8) * sbo
         krow = self.group_units[:, g] * ops.kept + first                 # (threads,) multiples of 8
         m0 = self.wm * lay.warp_m + i * ins.m                            # multiples of 64
-        start = 2 * (krow * buf.pitch + m0 * 8)                           # bytes: buf.element(krow, m0)
+        start = 2 * buf.element(krow, m0)                                 # bytes: a slab's, an atom's start
         byte = start[:, None, None] + rel[None]
         byte = byte ^ (((byte >> 7) & 7) << 4)
         return flat[byte // 2].astype(np.float32)

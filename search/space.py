@@ -267,10 +267,15 @@ def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> 
                 for a_load, a_smem in a_choices(problem):
                     for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
                         s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
-                        for x in (s, s.replace(wgmma_a_smem=1, a_pad=0)) if a_load == "gather" else (s,):
+                        for x in (s, _a_from_smem(s)) if a_load == "gather" else (s,):
                             if not problems(problem, x, device, a_rows if a_load == "rows" else None):
                                 out += [x] + _tail_of(problem, x, device, g.tiles_m * g.tiles_n, a_rows)
     return out
+
+
+def _a_from_smem(s: Schedule) -> Schedule:
+    """A "gather" wgmma schedule with A read from shared memory instead (unpadded, swizzled)."""
+    return s.replace(wgmma_a_smem=1, a_pad=0)
 
 
 def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Schedule | None:
@@ -306,8 +311,8 @@ def sample_space(problem: Problem, device: Device, rng, tries: int = 300) -> Sch
         pf = pick(forms) if len(forms) > 1 else 0    # no draw for one form: f32 and tf32 seeds keep their cases
         s = base.replace(k_windows=kw, stages=pick(stages), a_load=a_load, a_smem=a_smem, split_k=split, warps_k=wk,
                          prefetch=pf)
-        if base.wgmma and a_load == "gather" and rng.random() < 0.5:    # A from shared memory
-            s = s.replace(wgmma_a_smem=1, a_pad=0)
+        if base.wgmma and a_load == "gather" and rng.random() < 0.5:
+            s = _a_from_smem(s)
         if not problems(problem, s, device):
             return s
     space = enumerate_space(problem, device)
