@@ -34,6 +34,7 @@ K rows per K tile, G index look-ups per kept row, S stages, bps blocks per SM.
 3b. 16-bit tensor-core kernels (mma.sync, wgmma; bf16, f16) use their own fit, made on the H200 (tf32's,
    whose gathers are scalar loads, were not measured for it and keep item 3): per K tile of a block
      tile_c = (hypot(tensor_c, issue_c + l1_c) + 950 / bps_used) * P[kind, stages, prefetch] * (0.899 for wgmma)
+     (kind: mma.sync, wgmma with A in registers, wgmma with A from shared memory)
      issue_c = 3.29 * issue / bps_used    (a warp's instruction chain - with sliced K its share of the
                                            rows - a latency that only other resident blocks hide)
      l1_c = 0.663 * l1 * W,  tensor_c = 1.55 * tensor * W,  split-K's costs (item 6) x 1.80
@@ -90,11 +91,15 @@ MMA_SPLIT_FACTOR = 1.80     # split-K's zeroing and atomics cost this much more 
 # measured split-K 1 times scaled by the model's split / no-split ratio (benchmarks/2026-12-01-h200-splitk/)
 REDUCE16_US, REDUCE16_US_PER_MILLION = 12.7, 2.49
 WGMMA_FACTOR = 0.899        # wgmma kernels' tiles against what the shared terms say (fitted with them)
-# (wgmma, stages, prefetch) -> the pipeline's factor on a tile (item 3b): measured inside families on
-# the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; the families each rests on, in order: mma.sync
-# 149, 145, 130, 125, 113, 108; wgmma 53, 51, 41)
+# (kind, stages, prefetch) -> the pipeline's factor on a tile (item 3b; kind: pipeline_kind). Kinds 0 and 1
+# measured inside families on the H200 (benchmarks/2026-11-30-h200-pipeline-fit/; the families each rests
+# on, in order: mma.sync 149, 145, 130, 125, 113, 108; wgmma 53, 51, 41). Kind 2 (wgmma reading A from a
+# swizzled shared tile, one group in flight) from 29 such kernels of 5 problems against the 8 others
+# timed in the same calls (benchmarks/2026-12-02-h200-wgmma-a-smem/probe_wgmma_a_smem.json; geomean of
+# measured / predicted over the others' geomean, scripts/probes/a_smem_factor.py): 0.854, depths 4, 5
+# and 6 at 0.866, 0.882, 0.818 (not separable from their tiles in so few kernels, so one factor for all)
 PIPELINE_FACTOR = {(0, 2, 0): 1.0, (0, 2, 1): 1.036, (0, 3, 0): 0.904, (0, 3, 1): 0.856, (0, 4, 0): 0.878,
-                   (0, 4, 1): 0.846, (1, 3, 0): 1.0, (1, 4, 0): 1.003, (1, 6, 0): 1.158}
+                   (0, 4, 1): 0.846, (1, 3, 0): 1.0, (1, 4, 0): 1.003, (1, 6, 0): 1.158, (2, 4, 0): 0.854}
 # what the fit measured: the 16-bit kernels (ldmatrix gathers); tf32's scalar gathers keep the FFMA form
 # until measured (its paper6 choices, benchmarks/2026-11-30-h200-tensor-cores/, came from that form)
 MMA_FIT_DTYPES = ("bf16", "f16")
@@ -197,11 +202,19 @@ def _mma_costs(s: Schedule, g, lay, ops_layout: str, device: Device, conflicts: 
     return issue, l1, steps * mma * macs / rate
 
 
+def pipeline_kind(s: Schedule) -> int:
+    """The pipeline PIPELINE_FACTOR keys `s` by: 0 mma.sync (and FFMA), 1 wgmma with A in registers
+    (each K tile's group retired before the next tile's fragments load), 2 wgmma with A read from
+    shared memory (wgmma_a_smem: one group in flight across K tiles)."""
+    return 2 if s.wgmma_a_smem else 1 if s.wgmma else 0
+
+
 def pipeline_factor(s: Schedule) -> float:
     """PIPELINE_FACTOR of `s` (item 3b); a depth it does not list takes the nearest listed one of its
     kind and loop form (not measured: mma.sync levels off at 3-4 stages, wgmma turns up at 6), 1.0
     for a kind and form it does not list (wgmma has no rotated loop)."""
-    listed = [k for k in PIPELINE_FACTOR if k[0] == s.wgmma and k[2] == s.prefetch]
+    kind = pipeline_kind(s)
+    listed = [k for k in PIPELINE_FACTOR if k[0] == kind and k[2] == s.prefetch]
     if not listed:
         return 1.0
     return PIPELINE_FACTOR[min(listed, key=lambda k: (abs(k[1] - s.stages), k[1]))]

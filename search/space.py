@@ -50,7 +50,7 @@ MMA_STAGES = (2, 3, 4)
 MMA_PAD = 8          # elements a shared A row is padded by: 16 bytes, ldmatrix rows on distinct banks
 # wgmma (sm_90, bf16/f16): (block_m, block_n, warpgroup tile m, n): one or two warpgroups a block
 WGMMA_TILES = ((64, 256, 64, 128), (64, 256, 64, 256), (128, 128, 64, 128), (64, 128, 64, 128), (128, 256, 64, 256),
-               (128, 128, 128, 128))
+               (128, 128, 128, 128), (128, 64, 64, 64))
 WGMMA_STAGES = (3, 4, 6)
 
 
@@ -267,14 +267,16 @@ def wgmma_space(problem: Problem, device: Device, a_rows: int | None = None) -> 
                 for a_load, a_smem in a_choices(problem):
                     for split in split_choices(g.tiles_m * g.tiles_n, T, device.sms):
                         s = base.replace(k_windows=kw, stages=stages, a_load=a_load, a_smem=a_smem, split_k=split)
-                        for x in (s, _a_from_smem(s)) if a_load == "gather" else (s,):
+                        for x in (s, _a_from_smem(s)) if a_load == "gather" and stages >= 4 else (s,):
                             if not problems(problem, x, device, a_rows if a_load == "rows" else None):
                                 out += [x] + _tail_of(problem, x, device, g.tiles_m * g.tiles_n, a_rows)
     return out
 
 
 def _a_from_smem(s: Schedule) -> Schedule:
-    """A "gather" wgmma schedule with A read from shared memory instead (unpadded, swizzled)."""
+    """A "gather" wgmma schedule with A read from shared memory instead (unpadded, swizzled). The space
+    offers it at 4 stages and more: with a group in flight the refill runs stages - 2 tiles ahead, one
+    at 3 stages; 4 to 6 were measured (benchmarks/2026-12-02-h200-wgmma-a-smem/), 3 was not."""
     return s.replace(wgmma_a_smem=1, a_pad=0)
 
 

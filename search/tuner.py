@@ -3,6 +3,7 @@
   candidates   the space (search.space), ranked by the model (search.model); "exhaustive" measures
                all of it, "model-topk" the model's best k families (schedules the model can tell apart: see
                best_families; default 10% of the space) plus the
+               best-predicted schedule of each kernel kind missing from them (kind_leaders) and the
                recorded bests of nearby problems (search.neighbours); `budget` caps
                how many are measured in this run; anything already recorded for this problem,
                device and toolchain is skipped (failures are never retried; a killed search resumes)
@@ -86,6 +87,22 @@ def best_families(ranked, k: int) -> list:
     return out
 
 
+def kind_leaders(ranked, chosen) -> list:
+    """The best-ranked (schedule, prediction) of each pipeline kind (search.model.pipeline_kind: FFMA
+    or mma.sync, wgmma with A in registers, wgmma with A from shared memory) of `ranked` that has no
+    schedule among `chosen`. The model's factors for the kinds were fitted apart (the third on 29
+    kernels), so a bias between kinds could otherwise keep a whole kind out of model-topk's
+    measurements: one measurement each bounds that risk."""
+    have = {model.pipeline_kind(s) for s, _ in chosen}
+    out = []
+    for s, p in ranked:
+        kind = model.pipeline_kind(s)
+        if kind not in have:
+            have.add(kind)
+            out.append((s, p))
+    return out
+
+
 def default_topk(ranked) -> int:
     """model-topk's default: 10% of the space's schedules, at least 8, each loop form counted once
     (the 16-bit space lists both forms of a schedule, which the default must not double)."""
@@ -128,6 +145,7 @@ class Tuner:
             chosen = ranked
         elif strategy == "model-topk":
             chosen = best_families(ranked, max(1, topk or default_topk(ranked)))
+            chosen += kind_leaders(ranked, chosen)
             chosen += self._neighbours(ranked, {s.hash() for s, _ in chosen})
         else:
             raise ValueError(f"unknown strategy {strategy!r}; use exhaustive or model-topk")

@@ -397,8 +397,9 @@ def test_tuner_measures_and_checks_in_the_problems_dtype(tmp_path, fake_device, 
     p = Problem(17, 48, 96, Pattern(4, 32, 16), dtype, a_major, c_dtype)
     db = TuningDB(tmp_path / "t.db")
     t = Tuner(p, H100.replace(driver=13000), db, workers=0, progress=False, rng=np.random.default_rng(1))
+    todo, _, _ = t.plan("model-topk", topk=2)      # 2 families, and each kernel kind's best they lack
     results = t.run("model-topk", topk=2, remeasure=1, refine=0)
-    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    assert len(results) == len(todo) >= 2 and all(r.status == "ok" for r in results), [r.error for r in results]
     store = "f32" if dtype == "tf32" else dtype
     assert t.B.dtype == store and t.A.dtype == DTYPES[store].storage
     assert t.c_dev.nbytes == 17 * 48 * DTYPES[p.c_dtype].itemsize
@@ -418,7 +419,30 @@ def test_tuner_catches_a_wrong_bf16_result(tmp_path, fake_device, monkeypatch):
     p = Problem(17, 48, 96, Pattern(4, 32, 16), "bf16")
     t = Tuner(p, H100.replace(driver=13000), TuningDB(tmp_path / "t.db"), workers=0, progress=False)
     results = t.run("model-topk", topk=1, remeasure=0, refine=0)
-    assert [r.status for r in results] == ["wrong_result"] and "(3, 5)" in results[0].error
+    # every candidate (one family, and each kernel kind's best it lacks) is caught
+    assert {r.status for r in results} == {"wrong_result"} and all("(3, 5)" in r.error for r in results)
+
+
+def test_model_topk_measures_each_kernel_kinds_best(tmp_path):
+    """A bf16 problem on Hopper: past the model's best families, model-topk measures the best-predicted
+    schedule of each kernel kind (mma.sync, wgmma with A in registers, wgmma with A from shared
+    memory) that they lack, so a bias of the model between kinds cannot hide a kind."""
+    from nmgen.search.model import pipeline_kind
+    from nmgen.search.tuner import best_families, kind_leaders
+    p = Problem(4096, 4096, 4096, Pattern(4, 32, 32), "bf16", "col")
+    B = NMMatrix.from_dense(np.random.default_rng(0).standard_normal((4096, 256)).astype(np.float32).repeat(16, 1),
+                            p.pattern, prune_first=True)
+    t = Tuner(p, H100.replace(driver=13000), TuningDB(tmp_path / "t.db"), B, workers=0, progress=False,
+              compile_fn=fake_compile)
+    ranked = t.ranked()
+    top = best_families(ranked, 1)
+    todo, _, _ = t.plan("model-topk", topk=1)
+    leaders = todo[1:]
+    assert [s.hash() for s, _ in todo[:1]] == [s.hash() for s, _ in top]
+    assert sorted(pipeline_kind(s) for s, _ in todo) == [0, 1, 2]      # one of each kind
+    for s, _ in leaders:          # each the best-ranked of its kind
+        assert s == next(x for x, _ in ranked if pipeline_kind(x) == pipeline_kind(s))
+    assert kind_leaders(ranked, ranked) == []                          # nothing to add to a list with all kinds
 
 
 def test_records_of_two_dtypes_never_mix(tmp_path):
@@ -435,12 +459,12 @@ def test_records_of_two_dtypes_never_mix(tmp_path):
         t.measure = FakeGPU(t)
         before = t.plan("model-topk", topk=4)[0]
         t.run("model-topk", topk=4, remeasure=0, refine=0)
-        assert len(t.measure.calls) == 4 and [s.hash() for s, _ in before] == t.measure.calls
+        assert len(before) >= 4 and [s.hash() for s, _ in before] == t.measure.calls
         tuners[p] = t
     assert len({t.keys[0] for t in tuners.values()}) == 3
     for p, t in tuners.items():
         rows = db.rows(p.key())
-        assert len(rows) == 4 and {r["problem_key"] for r in rows} == {p.key()}
+        assert len(rows) == len(t.measure.calls) and {r["problem_key"] for r in rows} == {p.key()}
         best = recorded_best(p, dev, db)
         assert best is not None and best.mma == (p.dtype == "bf16") and best in recorded_top(p, dev, db, 4)
     assert tuners[bf16].B.dtype == "bf16" and tuners[SMALL].B.dtype == "f32"
@@ -491,6 +515,9 @@ def test_model_ranks_pipeline_depth_and_loop_form_of_16_bit_mma():
     assert model.predict(p, base.replace(stages=4, prefetch=1), H100, 200).blocks_per_sm == 1
     assert model.pipeline_factor(base.replace(stages=6, prefetch=1)) == model.PIPELINE_FACTOR[(0, 4, 1)]
     assert model.pipeline_factor(base.replace(stages=8, wgmma=1)) == model.PIPELINE_FACTOR[(1, 6, 0)]
+    # wgmma reading A from shared memory is its own kind (one factor, every depth)
+    smem = base.replace(wgmma=1, wgmma_a_smem=1, stages=5)
+    assert model.pipeline_kind(smem) == 2 and model.pipeline_factor(smem) == model.PIPELINE_FACTOR[(2, 4, 0)] < 1
     for dtype, tile in (("f32", dict(thread_m=8, thread_n=8, warp_m=64, warp_n=32)), ("tf32", {})):
         q = Problem(4096, 4096, 4096, Pattern(16, 32, 32), dtype=dtype)
         s = base.replace(**tile, stages=3)

@@ -139,7 +139,7 @@ def dry_run(args, problems):
     from ..ir.validate import validate
     from ..search import model
     from ..search.space import space_to_search
-    from ..search.tuner import best_families
+    from ..search.tuner import best_families, kind_leaders
     dev = current_device() or for_arch(args.arch)
     k = args.topk or 10
     results = []
@@ -149,6 +149,8 @@ def dry_run(args, problems):
         ranked = sorted(((s, model.predict(p, s, dev, None, a_rows(s))) for s in space_to_search(p, dev)),
                         key=lambda x: x[1].time_us)
         top = best_families(ranked, k)
+        # model-topk measures these too (marked +); exhaustive measures everything anyway
+        leaders = kind_leaders(ranked, top) if args.strategy == "model-topk" else []
         if not args.json:
             what = ("family" if k == 1 else f"{k} families" if len(top) >= k
                     else f"{len(top)} families (all the space holds)")
@@ -156,14 +158,16 @@ def dry_run(args, problems):
                      if args.strategy == "exhaustive"
                      else f"the model's best {what}, what model-topk measures first")
             print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; {order} (nothing measured here)")
+            if leaders:
+                print("  (+: the best-predicted schedule of a kernel kind the best families lack, measured too)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5} {'spills':>7}  schedule")
-        for i, (s, pr) in enumerate(top, 1):
+        for i, (s, pr) in enumerate(top + leaders, 1):
             validate(p, s, dev, a_rows(s))
             r = Kernel(p, s, dev.arch, a_rows(s)).resources            # ptxas validates the PTX
             # a kernel that spills is still measured (the tuner records its spills): shown, not refused
             spills = r.spill_stores + r.spill_loads
             if not args.json:
-                print(f"{i:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d} {f'{spills} B' if spills else '-':>7}  "
+                print(f"{i if i <= len(top) else '+':>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d} {f'{spills} B' if spills else '-':>7}  "
                       f"{s.short()}", flush=True)
             results.append({"problem": p.to_dict(), "schedule": s.to_dict(), "model_us": pr.time_us,
                             "registers": r.registers, "spill_bytes": spills})

@@ -35,7 +35,7 @@ import json
 import numpy as np
 
 CLOCK, L2_BW, DRAM_BW, LAUNCH_US = 1.98e9, 5.5e12, 4.3e12, 3.0
-# (wgmma, stages, prefetch) of the space's tensor-core schedules; the first of each kind is the unit
+# (kind, stages, prefetch) (search.model.pipeline_kind) of the space's tensor-core schedules; the first of each kind is the unit
 MEMBERS = [(0, 2, 0), (0, 2, 1), (0, 3, 0), (0, 3, 1), (0, 4, 0), (0, 4, 1), (1, 3, 0), (1, 4, 0), (1, 6, 0)]
 UNIT = (0, 6)
 
@@ -74,10 +74,10 @@ def terms(records) -> dict:
         pred = model.predict(p, s, dev, r["registers"], a_rows)
         # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run
         ranked = model.predict(p, s, dev, None, a_rows)
-        if (s.wgmma, s.stages, s.prefetch) not in MEMBERS:
+        if (model.pipeline_kind(s), s.stages, s.prefetch) not in MEMBERS:
             raise SystemExit(f"fit_mma_model.py: {s.short()} ({r['problem_key']}) is a (wgmma, stages, prefetch) "
-                             f"= {(s.wgmma, s.stages, s.prefetch)} outside MEMBERS; add it there to fit it")
-        out.append(dict(member=MEMBERS.index((s.wgmma, s.stages, s.prefetch)), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
+                             f"= {(model.pipeline_kind(s), s.stages, s.prefetch)} outside MEMBERS; add it there to fit it")
+        out.append(dict(member=MEMBERS.index((model.pipeline_kind(s), s.stages, s.prefetch)), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
     return {k: np.array([o[k] for o in out], float) for k in out[0]}   # shipped: model.predict as the tuner ranks
@@ -88,11 +88,12 @@ def pipeline_factors(records) -> tuple[np.ndarray, list[int]]:
     by alternating means over the families measured at two or more members; each kind's first
     member is 1."""
     from nmgen import Schedule
+    from nmgen.search import model
     from nmgen.search.space import family
     fams: dict[tuple, dict] = {}
     for r in records:
         s = Schedule.from_json(r["schedule"])
-        fams.setdefault((r["problem_key"], family(s)), {})[MEMBERS.index((s.wgmma, s.stages, s.prefetch))] = \
+        fams.setdefault((r["problem_key"], family(s)), {})[MEMBERS.index((model.pipeline_kind(s), s.stages, s.prefetch))] = \
             np.log(r["median_us"])
     fams = {k: v for k, v in fams.items() if len(v) > 1}
     b = np.zeros(len(MEMBERS))
