@@ -241,6 +241,19 @@ def test_markdown_shows_host_time_beside_torch_mm():
     assert text.splitlines()[6].endswith("| 4:32 | 1.0000 | 2.0000 | 2.00 (2.00) | 1.0 | - | - |"), text
 
 
+def test_markdown_shows_the_bytes_floor_where_measured():
+    """A suite mixing decode rows (M <= 64: time over the bytes-time) with compute-bound ones shows the
+    ratio for the first and a dash for the second."""
+    rows = [{"M": m, "N": 8, "K": 32, "pattern": "8:32", "ms": 1.0, "cublas_ms": 2.0, "speedup_vs_cublas": 2.0,
+             "ideal_speedup": 4.0, "tflops_eff": 1.0} for m in (bench.DECODE_M, 4096)]
+    rows[0].update(copy_bandwidth=4e12, bytes_ms=0.8, time_over_bytes=1.25)
+    data = {"suite": "mixed.txt", "device": "H200", "date": "d", "cublas": "torch", "l2": "warm", "reps": 20,
+            "dtype": "bf16", "rows": rows, "summary": bench.summarize(rows)}
+    lines = bench.markdown(data).splitlines()
+    assert lines[3].endswith("| time / bytes-time |")
+    assert lines[5].endswith("| 1.0 | 1.25 |") and lines[6].endswith("| 1.0 | - |"), lines
+
+
 def test_a_suite_file_lists_shapes_only(tmp_path):
     # a `search --shapes` file's patterns would be dropped silently (and its shapes benchmarked thrice)
     from nmgen.cli.bench import suite_shapes
