@@ -1,4 +1,5 @@
-"""Loading PTX into the current context and launching its kernel; a cache keyed by PTX hash."""
+"""Loading PTX into the current context and launching its kernel; a cache keyed by the image's hash,
+the kernel's name and its shared memory."""
 from __future__ import annotations
 
 import ctypes
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 from ..errors import CudaError
 from .driver import check, driver, use_device
 
-_cache: dict[tuple[int, str], "LoadedKernel"] = {}
+# (device, image hash, kernel name, shared bytes) -> the loaded kernel: the name and the shared memory
+# it was set up for are part of the key, so one image holding several kernels gives each its own
+_cache: dict[tuple[int, str, str, int], "LoadedKernel"] = {}
 _VOID_P = {n: (ctypes.c_void_p,) * n for n in range(1, 9)}
 _lock = threading.Lock()
 
@@ -36,7 +39,7 @@ class LoadedKernel:
 def load(image: str | bytes, name: str, smem: int, device: int = 0) -> LoadedKernel:
     """Load PTX text (the driver JIT-compiles it) or a cubin (bytes, from ptxas) and get the kernel."""
     data = image.encode() + b"\0" if isinstance(image, str) else bytes(image)
-    key = (device, hashlib.sha256(data).hexdigest())
+    key = (device, hashlib.sha256(data).hexdigest(), name, smem)
     k = _cache.get(key)
     if k is not None:
         return k
