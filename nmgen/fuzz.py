@@ -371,7 +371,8 @@ def summary(outcomes: list[Outcome], seed: int, device: Device, interpret: bool)
         k = {"dtype": c.dtype, "out_dtype": c.out_dtype, "a_major": c.a_major, "array": c.array,
              "empty_batch": c.M == 0}
         if s is not None:
-            k.update(instruction="wgmma" if s.wgmma else "mma" if s.thread_m == 0 else "ffma", split_k=s.split_k > 1,
+            k.update(instruction=("wgmma a-smem" if s.wgmma_a_smem else "wgmma") if s.wgmma
+                     else "mma" if s.thread_m == 0 else "ffma", split_k=s.split_k > 1,
                      tail_split=s.tail_tiles > 0, sliced_k=s.warps_k > 1, a_load=s.a_load, prefetch=bool(s.prefetch),
                      refill_row=bool(s.refill_row), stages=s.stages)
         return k
