@@ -26,7 +26,9 @@ def register(sub):
                    help="schedule families model-topk measures, one schedule each (a family: schedules "
                         "differing only in stages, loop form or tail split; the model's best-predicted one is "
                         "measured and the refinements try the others next to the winners; default 10%% of the "
-                        "space, each loop form counted once; --dry-run shows 10)")
+                        "space, each loop form counted once; --dry-run shows 10), then the best-predicted "
+                        "schedule of each kernel kind they lack (mma.sync, wgmma, wgmma with A from shared "
+                        "memory; --dry-run marks it +)")
     p.add_argument("--budget", type=positive_int, metavar="N", help="measure at most N schedules in this run")
     p.add_argument("--refine", type=at_least(0), default=2, metavar="R",
                    help="rounds of local search after the ranked schedules: one step from the best two "
@@ -167,8 +169,9 @@ def dry_run(args, problems):
             # a kernel that spills is still measured (the tuner records its spills): shown, not refused
             spills = r.spill_stores + r.spill_loads
             if not args.json:
-                print(f"{i if i <= len(top) else '+':>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d} {f'{spills} B' if spills else '-':>7}  "
-                      f"{s.short()}", flush=True)
+                rank = i if i <= len(top) else "+"
+                print(f"{rank:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d} "
+                      f"{f'{spills} B' if spills else '-':>7}  {s.short()}", flush=True)
             results.append({"problem": p.to_dict(), "schedule": s.to_dict(), "model_us": pr.time_us,
                             "registers": r.registers, "spill_bytes": spills})
     if args.json:
