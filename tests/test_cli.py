@@ -176,7 +176,9 @@ GUARD = [
     ("shapes and shape", ["search", "--shape", "128x128x128", "--pattern", "2:4", "--shapes", "{bad_v.txt}",
                           "--dry-run"], {}, False,
      "--shape 128x128x128 --pattern 2:4 and --shapes {bad_v.txt} both name problems; give one problem with "
-     "--shape/--pattern or a file of them with --shapes, not both"),
+     "--shape/--pattern/--vector or a file of them with --shapes (V on each line), not both"),
+    ("shapes and vector", ["search", "--vector", "16", "--shapes", "{bad_v.txt}", "--dry-run"], {}, False,
+     "--vector 16 and --shapes {bad_v.txt} both name problems"),
     ("shapes missing", ["search", "--shapes", "/no/such/shapes.txt"], {}, False, "/no/such/shapes.txt does not exist"),
     ("suite bogus", ["bench", "--suite", "bogus"], {}, False, "--suite 'bogus' is neither paper6, decode, odd"),
     ("suite dir", ["bench", "--suite", "{dir}"], {}, False, "--suite {dir} is a directory"),
@@ -222,9 +224,9 @@ GUARD = [
     ("bench reps", ["bench", "--reps", "5"], {}, False, "argument --reps: 5 must be at least 20"),
     ("bench candidates", ["bench", "--candidates", "0"], {}, False, "argument --candidates: 0 must be at least 1"),
     ("bench tune-topk", ["bench", "--tune-topk", "-1"], {}, False, "argument --tune-topk: -1 must be at least 1"),
-    ("bench patterns", ["bench", "--patterns", "5:4"], {}, False, "--patterns 5:4 with --suite paper6 shape"),
+    ("bench patterns", ["bench", "--patterns", "5:4"], {}, False, "--suite paper6 shape 256x2048x2048 with pattern 5:4:"),
     ("bench patterns empty", ["bench", "--patterns", ","], {}, False, "lists no pattern"),
-    ("bench vector", ["bench", "--vector", "0"], {}, False, "V=0 must be at least 1"),
+    ("bench vector", ["bench", "--vector", "0"], {}, False, "with pattern 16:32 and --vector 0: vector length V=0 must"),
     # dtypes: unknown, C stored as TF32, a tensor-core dtype with a V no mma tile fits inside
     ("dtype bogus", ["ptx", *SHAPE, "--dtype", "bogus"], {}, False,
      "argument --dtype: 'bogus' is not a dtype; choose fp32 (FFMA), tf32, bf16 or fp16"),
@@ -329,6 +331,22 @@ def test_search_dry_run_json_prints_only_json(tmp_path):
     data = json.loads(r.stdout)
     assert len(data) == 2 and data[0]["problem"]["M"] == 64 and data[0]["model_us"] <= data[1]["model_us"]
     assert all(d["spill_bytes"] == 0 and d["registers"] > 0 for d in data)
+    assert [d["rank"] for d in data] == [1, 2] and not any(d["kind_leader"] for d in data)
+    assert all(d["bound"] and d["arch"] == "sm_90" for d in data)
+
+
+def test_search_dry_run_json_marks_each_kinds_best():
+    """A bf16 problem with A column-major on sm_90: past the best family, the best-predicted schedule of
+    the kernel kinds it lacks, rank null and kind_leader true, as the text's "+" rows."""
+    r = nmgen("search", "--shape", "256x512x512", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+              "--a-major", "col", "--dry-run", "--topk", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data[0]["rank"] == 1 and not data[0]["kind_leader"] and len(data) >= 2
+    assert all(d["rank"] is None and d["kind_leader"] for d in data[1:])
+    text = nmgen("search", "--shape", "256x512x512", "--pattern", "8:32", "--vector", "32", "--dtype", "bf16",
+                 "--a-major", "col", "--dry-run", "--topk", "1").stdout
+    assert text.count("\n  +") == len(data) - 1 and "kernel kind the best families lack" in text
 
 
 def test_search_dry_run_shows_a_spilling_family_instead_of_stopping(monkeypatch, capsys):

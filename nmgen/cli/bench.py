@@ -90,7 +90,7 @@ def check_plot(path: str) -> None:
         matplotlib.use("Agg")
         from matplotlib.figure import Figure
     except ImportError:
-        raise NMGenError("--plot needs matplotlib (pip install 'nmgen[plot]')") from None
+        raise NMGenError("--plot needs matplotlib (pip install -e '.[plot]' in an nmgen checkout, or pip install matplotlib)") from None
     ext = os.path.splitext(path)[1][1:].lower()
     kinds = Figure().canvas.get_supported_filetypes()
     if ext not in kinds:
@@ -118,7 +118,8 @@ def run(args):
                 problems[shape, pat] = problem_of(shape, pat, args.vector, args.a_major, args.dtype)
                 check_tensor_core_vector(args.dtype, problems[shape, pat].pattern.vector)
             except NMGenError as e:
-                raise NMGenError(f"--patterns {pat} with --suite {args.suite} shape {'x'.join(map(str, shape))}: "
+                vec = "" if args.vector is None else f" and --vector {args.vector}"
+                raise NMGenError(f"--suite {args.suite} shape {'x'.join(map(str, shape))} with pattern {pat}{vec}: "
                                  f"{e}") from None
     if args.plot:
         check_plot(args.plot)
@@ -240,7 +241,7 @@ def plot(rows, path, title, baseline="cuBLAS FP32"):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NMGenError("--plot needs matplotlib (pip install 'nmgen[plot]')") from None
+        raise NMGenError("--plot needs matplotlib (pip install -e '.[plot]' in an nmgen checkout, or pip install matplotlib)") from None
     shapes = sorted({(r["M"], r["N"], r["K"]) for r in rows})
     pats = sorted({r["pattern"] for r in rows}, key=lambda s: -int(s.split(":")[0]))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shapes)), 4.2))

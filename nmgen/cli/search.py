@@ -50,10 +50,11 @@ def register(sub):
 
 
 def problems_from(args) -> list[Problem]:
-    if args.shapes and (args.shape or args.pattern):
-        given = " ".join(f"{o} {v}" for o, v in (("--shape", args.shape), ("--pattern", args.pattern)) if v)
+    if args.shapes and (args.shape or args.pattern or args.vector is not None):
+        given = " ".join(f"{o} {v}" for o, v in (("--shape", args.shape), ("--pattern", args.pattern),
+                                                 ("--vector", args.vector)) if v is not None)
         raise NMGenError(f"{given} and --shapes {args.shapes} both name problems; give one problem with "
-                         f"--shape/--pattern or a file of them with --shapes, not both")
+                         f"--shape/--pattern/--vector or a file of them with --shapes (V on each line), not both")
     if args.shapes:
         out = []
         for no, line in enumerate(read_text(args.shapes, "--shapes").splitlines(), 1):
@@ -172,8 +173,11 @@ def dry_run(args, problems):
                 rank = i if i <= len(top) else "+"
                 print(f"{rank:>3} {pr.time_us:9.1f} {pr.bound:>8} {r.registers:5d} "
                       f"{f'{spills} B' if spills else '-':>7}  {s.short()}", flush=True)
-            results.append({"problem": p.to_dict(), "schedule": s.to_dict(), "model_us": pr.time_us,
-                            "registers": r.registers, "spill_bytes": spills})
+            # rank: the family's place in the model's order; null for a kind's best beyond them ("+")
+            results.append({"problem": p.to_dict(), "rank": i if i <= len(top) else None,
+                            "kind_leader": i > len(top), "schedule": s.to_dict(), "model_us": pr.time_us,
+                            "bound": pr.bound, "registers": r.registers, "spill_bytes": spills,
+                            "device": dev.name, "arch": dev.arch})
     if args.json:
         json.dump(results, sys.stdout, indent=1)
         print()
