@@ -162,7 +162,8 @@ def dry_run(args, problems):
                      else f"the model's best {what}, what model-topk measures first")
             print(f"\n{p} on {dev.name}: {len(ranked)} schedules in the space; {order} (nothing measured here)")
             if leaders:
-                print("  (+: the best-predicted schedule of a kernel kind the best families lack, measured next, within --budget)")
+                print("  (+: the best-predicted schedule of a kernel kind the best families lack, "
+                      "measured next, within --budget)")
             print(f"{'#':>3} {'model us':>9} {'bound':>8} {'regs':>5} {'spills':>7}  schedule")
         for i, (s, pr) in enumerate(top + leaders, 1):
             validate(p, s, dev, a_rows(s))
