@@ -40,6 +40,12 @@ MEMBERS = [(0, 2, 0), (0, 2, 1), (0, 3, 0), (0, 3, 1), (0, 4, 0), (0, 4, 1), (1,
 UNIT = (0, 6)
 
 
+def member_key(s) -> tuple[int, int, int]:
+    """(kind, stages, prefetch) of schedule `s`: its PIPELINE_FACTOR key (search.model.pipeline_kind)."""
+    from nmgen.search import model
+    return model.pipeline_kind(s), s.stages, s.prefetch
+
+
 def terms(records) -> dict:
     """Arrays of the model's terms, one entry per record."""
     from nmgen import Problem, Schedule
@@ -74,10 +80,11 @@ def terms(records) -> dict:
         pred = model.predict(p, s, dev, r["registers"], a_rows)
         # as the tuner and the untuned choice rank it: with the register estimate, before ptxas has run
         ranked = model.predict(p, s, dev, None, a_rows)
-        if (model.pipeline_kind(s), s.stages, s.prefetch) not in MEMBERS:
+        key = member_key(s)
+        if key not in MEMBERS:
             raise SystemExit(f"fit_mma_model.py: {s.short()} ({r['problem_key']}) is a (wgmma, stages, prefetch) "
-                             f"= {(model.pipeline_kind(s), s.stages, s.prefetch)} outside MEMBERS; add it there to fit it")
-        out.append(dict(member=MEMBERS.index((model.pipeline_kind(s), s.stages, s.prefetch)), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
+                             f"= {key} outside MEMBERS; add it there to fit it")
+        out.append(dict(member=MEMBERS.index(key), wgmma=s.wgmma, shipped=ranked.time_us, issue=issue, l1=l1, tensor=tensor, W=s.threads // 32, per_sm=min(bps, ceil_div(blocks, dev.sms)),
                         waves=ceil_div(blocks, dev.sms), tiles=ceil_div(g.T, s.split_k), split=s.split_k,
                         MN=p.M * p.N, l2=pred.l2_bytes, dram=pred.dram_bytes, us=r["median_us"]))
     return {k: np.array([o[k] for o in out], float) for k in out[0]}   # shipped: model.predict as the tuner ranks
@@ -88,12 +95,11 @@ def pipeline_factors(records) -> tuple[np.ndarray, list[int]]:
     by alternating means over the families measured at two or more members; each kind's first
     member is 1."""
     from nmgen import Schedule
-    from nmgen.search import model
     from nmgen.search.space import family
     fams: dict[tuple, dict] = {}
     for r in records:
         s = Schedule.from_json(r["schedule"])
-        fams.setdefault((r["problem_key"], family(s)), {})[MEMBERS.index((model.pipeline_kind(s), s.stages, s.prefetch))] = \
+        fams.setdefault((r["problem_key"], family(s)), {})[MEMBERS.index(member_key(s))] = \
             np.log(r["median_us"])
     fams = {k: v for k, v in fams.items() if len(v) > 1}
     b = np.zeros(len(MEMBERS))

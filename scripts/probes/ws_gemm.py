@@ -99,6 +99,17 @@ def wgmma_fn() -> str:
     return (f"__device__ __forceinline__ void wgmma(float *d, uint64_t da, uint64_t db) {{\n"
             f'  asm volatile("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {{{outs}}}, %128, %129, 1, 1, 1, 1, 1;"\n'
             f'    : {cons} : "l"(da), "l"(db) : "memory");\n}}\n'
+            f"// C (bf16, {N} columns) from a warpgroup's 64 x 256 accumulators, rows row0.., columns col0..: warp w\n"
+            f"// holds rows 16w..16w+15, per 8 columns in the mma.sync m16n8 accumulator layout\n"
+            f"__device__ __forceinline__ void store_c(bf16 *C, const float *d, int tid, int row0, int col0) {{\n"
+            f"  const int l = tid % 32, row = row0 + 16 * ((tid % 128) / 32) + l / 4;\n"
+            f"  #pragma unroll\n"
+            f"  for (int i = 0; i < 32; ++i) {{\n"
+            f"    const int col = col0 + 8 * i + (l % 4) * 2;\n"
+            f"    *(__nv_bfloat162 *)(C + (size_t)row * {N} + col) = __floats2bfloat162_rn(d[4 * i], d[4 * i + 1]);\n"
+            f"    *(__nv_bfloat162 *)(C + (size_t)(row + 8) * {N} + col) = "
+            f"__floats2bfloat162_rn(d[4 * i + 2], d[4 * i + 3]);\n"
+            f"  }}\n}}\n"
             f"__device__ __forceinline__ void hold(float *d) {{\n"
             f"  for (int i = 0; i < 128; ++i) asm volatile(\"\" : \"+f\"(d[i]) :: \"memory\");\n}}\n")
 
@@ -132,18 +143,8 @@ def kernel(kind: str, bk: int, stages: int) -> str:
     for (int j = 0; j < {steps}; ++j)
       wgmma(d, desc(su32(sA + s * {bk * BM}) + (16 * j * {BM} + 64 * cw * 8) * 2, 1024, {8 * BM * 2}),
                desc(su32(sB + s * {bk * BN}) + (16 * j * {BN}) * 2, 1024, {8 * BN * 2}));"""
-    epilogue = f"""
-  // C: warp w of the warpgroup holds rows 16w..16w+15; per 8 columns the mma.sync m16n8 accumulator layout
-  {{
-    const int l = tid % 32, w = (tid % 128) / 32;
-    const int row = m_blk + 64 * cw + 16 * w + l / 4;
-    #pragma unroll
-    for (int i = 0; i < 32; ++i) {{
-      const int col = n_blk + 8 * i + (l % 4) * 2;
-      *(__nv_bfloat162 *)(C + (size_t)row * {N} + col) = __floats2bfloat162_rn(d[4 * i], d[4 * i + 1]);
-      *(__nv_bfloat162 *)(C + (size_t)(row + 8) * {N} + col) = __floats2bfloat162_rn(d[4 * i + 2], d[4 * i + 3]);
-    }}
-  }}"""
+    epilogue = """
+  store_c(C, d, tid, m_blk + 64 * cw, n_blk);"""
     head = f"""
 {copy.replace("copy_tile", "copy_tile_" + nm)}
 extern "C" __global__ void __launch_bounds__({copiers + 256 if kind == "ws" else 256}, 1)
@@ -283,16 +284,7 @@ extern "C" __global__ void __launch_bounds__(384, 1){" __cluster_dims__(1, 2, 1)
   }}
   wg_wait<0>();
   hold(d);
-  {{
-    const int l = tid % 32, w = (tid % 128) / 32;
-    const int row = m_blk + 64 * cw + 16 * w + l / 4;
-    #pragma unroll
-    for (int i = 0; i < 32; ++i) {{
-      const int col = n_blk + 8 * i + (l % 4) * 2;
-      *(__nv_bfloat162 *)(C + (size_t)row * {N} + col) = __floats2bfloat162_rn(d[4 * i], d[4 * i + 1]);
-      *(__nv_bfloat162 *)(C + (size_t)(row + 8) * {N} + col) = __floats2bfloat162_rn(d[4 * i + 2], d[4 * i + 3]);
-    }}
-  }}
+  store_c(C, d, tid, m_blk + 64 * cw, n_blk);
   }}
   {"cluster_sync();      // the peer may still multicast into this block's tiles and arrive on its mbarriers" if mc else ""}
 }}
