@@ -330,6 +330,25 @@ def test_wgmma_schedules_of_the_space_assemble_for_sm_90a():
     assert len(seen) >= 10
 
 
+@pytest.mark.parametrize("a_smem_read", [0, 1])
+def test_every_accumulator_is_fenced_after_the_last_wgmma_wait(a_smem_read):
+    """The epilogue's cvt.rn is pure to LLVM, which does not know that wgmma writes the accumulators
+    asynchronously: after the wait that retires every group, each accumulator passes through an
+    empty volatile asm (one per wgmma's registers), so no read is scheduled above the wait."""
+    from nmgen.codegen import generate_ptx
+    from nmgen.ir import build
+    p = Problem(256, 256, 512, Pattern(8, 32, 32), "bf16", "col")
+    s = Schedule(thread_m=0, thread_n=0, a_pad=0, block_m=128, block_n=128, warp_m=64, warp_n=128, k_windows=2,
+                 stages=4, a_load="gather", wgmma=1, wgmma_a_smem=a_smem_read)
+    validate(p, s, H100)
+    k = build(p, s)
+    ptx = generate_ptx(k, "sm_90")
+    after = ptx[ptx.rindex("wgmma.wait_group.sync.aligned \t0;"):]
+    first_read = after.index("cvt.rn.bf16x2.f32")
+    fences = after[:first_read].count("// begin inline asm\n\t// end inline asm")
+    assert fences == k.layout.acc_count // k.layout.instr.c_regs >= 1, after[:first_read]
+
+
 def test_a_register_bound_below_the_wgmma_accumulators_is_refused_before_ptxas():
     """ptxas 13.0 aborts (C7602) on a wgmma kernel whose min_blocks leaves fewer registers than its
     accumulators need (the H200 fuzzer's case: 64x128 warpgroup tiles, 256 threads, min_blocks=3,

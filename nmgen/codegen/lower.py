@@ -400,6 +400,25 @@ class Lowerer:
 
     def _MmaWait(self, st):
         self._call("llvm.nvvm.wgmma.wait_group.sync.aligned", ir.VoidType(), [ir.Constant(I64, st.pending)])
+        if st.pending == 0:
+            self._fence_accumulators()
+
+    def _fence_accumulators(self):
+        """Every group retired: pass each accumulator through an empty volatile asm ("+f"), so that
+        what reads them next (the epilogue's cvt.rn, which LLVM sees as pure) cannot be scheduled
+        above the wait. The wgmma writes them asynchronously, which LLVM does not know; the asm only
+        orders, it emits no instruction. Not after a wait that leaves a group in flight: a copy of
+        a register still being written would itself be the hazard."""
+        lay, b = self.k.layout, self.b
+        chunk = lay.instr.c_regs                # one asm per wgmma's accumulator registers
+        for e0 in range(0, len(self.acc), chunk):
+            regs = self.acc[e0:e0 + chunk]
+            ret = ir.LiteralStructType([F32] * len(regs))
+            asm = ir.InlineAsm(ir.FunctionType(ret, [F32] * len(regs)), "",
+                               ",".join(["=f"] * len(regs) + [str(q) for q in range(len(regs))]), side_effect=True)
+            d = b.call(asm, [b.load(r, typ=F32) for r in regs])
+            for q, r in enumerate(regs):
+                b.store(b.extract_value(d, q), r)
 
     def _ffma(self, frags):
         """acc[r][c] += A[group(c)][r] * B[c] over the thread tile (one kept row)."""
