@@ -52,6 +52,10 @@ for step in "$@"; do
                timeout ${PROBE_S:-300} python3 scripts/probe_mma.py scripts/cases/$name.json --json $OUT/probe_$name.json \
                  2>&1 | tee $OUT/probe_$name.log
                [ ${PIPESTATUS[0]} = 124 ] && echo "probe-$name: stopped after ${PROBE_S:-300} s (a hang?)" ;;
+    kernel-probe-*) # a hand-written probe, scripts/probes/NAME.py (CUDA C built here: carry .probe), at most $PROBE_S s
+               name=${step#kernel-probe-}
+               timeout ${PROBE_S:-240} python3 scripts/probes/$name.py run $OUT/$name.json 2>&1 | tee $OUT/$name.log
+               [ ${PIPESTATUS[0]} = 124 ] && echo "kernel-probe-$name: stopped after ${PROBE_S:-240} s (a hang?)" ;;
     l2-copy-rate) # what an SM pulls from L2 into shared memory by cp.async and by bulk copies (no arithmetic)
                timeout 150 python3 scripts/probes/l2_copy_rate.py --json $OUT/l2_copy_rate.json 2>&1 | tee $OUT/l2_copy_rate.log ;;
     ncu-probe-*) # ncu on the first launch of each tensor-core case of scripts/cases/NAME.json (probe_mma.py)
