@@ -16,7 +16,7 @@ from .format import NMMatrix, _pattern
 from .ir import build, format_kernel
 from .ir.build import a_leading_dim
 from .ir.device import ARCHS, Device, for_arch
-from .ir.dtypes import DTYPES, dtype as dtype_of, storage_name
+from .ir.dtypes import DTYPES, dtype as dtype_of, output_dtype, storage_name
 from .ir.operands import Geometry, layout_key, prepare
 from .ir.problem import Problem, as_int, parse_shape
 from .ir.schedule import Schedule
@@ -104,14 +104,24 @@ class Kernel:
         return f"Kernel({self.name}, {self.problem}, {self.schedule.short()}, {self.arch})"
 
 
-def _problem(problem, pattern, vector, a_major, dtype="f32", c_dtype=None) -> Problem:
-    """A Problem from a Problem, "MxNxK" or (M, N, K), a pattern and a vector length. Sizes must be
-    integers >= 1: 2.5, 64.7, True or 0 raise (ShapeError / PatternError), never truncated."""
+def _problem(problem, pattern, vector, a_major=None, dtype=None, c_dtype=None) -> Problem:
+    """A Problem from a Problem, "MxNxK" or (M, N, K), a pattern and a vector length (A row-major
+    and float32 unless `a_major` / `dtype` say otherwise). Sizes must be integers >= 1: 2.5, 64.7,
+    True or 0 raise (ShapeError / PatternError), never truncated. A Problem carries its own pattern,
+    A order and dtypes: any of them also given, and different, is a ShapeError, never ignored."""
     if isinstance(problem, Problem):
         if pattern is not None and _pattern(pattern, vector) != problem.pattern or (
                 pattern is None and vector is not None and as_int(vector, "vector") != problem.pattern.vector):
             raise ShapeError(f"pattern={pattern!r}, vector={vector!r} disagree with the problem's {problem.pattern}; "
                              f"pass the Problem alone")
+        given = {"a_major": (a_major, problem.a_major), "dtype": (dtype and dtype_of(dtype).name, problem.dtype),
+                 "c_dtype": (c_dtype and output_dtype(c_dtype), problem.c_dtype)}
+        wrong = [f"{k}={v!r}" for k, (v, have) in given.items() if v is not None and v != have]
+        if wrong:
+            raise ShapeError(f"{' and '.join(wrong)} {'differs' if len(wrong) == 1 else 'differ'} from the problem "
+                             f"{problem} (A {problem.a_major}-major, "
+                             f"{problem.dtype}, C {problem.c_dtype}); pass the Problem alone, or "
+                             f"dataclasses.replace(problem, ...) to change it")
         return problem
     if isinstance(problem, str):
         M, N, K = parse_shape(problem)
@@ -121,8 +131,8 @@ def _problem(problem, pattern, vector, a_major, dtype="f32", c_dtype=None) -> Pr
         raise ShapeError(f"problem {problem!r} must be a shape 'MxNxK', a tuple (M, N, K) or a nmgen.Problem")
     if pattern is None:
         raise ShapeError("give the pattern, e.g. compile('4096x4096x4096', pattern='8:32', vector=32)")
-    return Problem(M, N, K, _pattern(pattern, vector), dtype_of(dtype).name, a_major,   # Problem checks the sizes
-                   c_dtype)
+    return Problem(M, N, K, _pattern(pattern, vector), dtype_of(dtype or "f32").name, a_major or "row",
+                   c_dtype)                                        # Problem checks the sizes
 
 
 def current_device(ordinal: int = 0) -> Device | None:
@@ -141,10 +151,13 @@ def choose_schedule(problem: Problem, device: Device, B: NMMatrix | None = None)
 
 
 def compile(problem, pattern=None, vector=None, *, schedule: Schedule | dict | str | None = None, arch: str | None = None,
-            B: NMMatrix | None = None, device: int = 0, a_major: str = "row", dtype="f32", c_dtype=None) -> Kernel:
+            B: NMMatrix | None = None, device: int = 0, a_major: str | None = None, dtype=None,
+            c_dtype=None) -> Kernel:
     """Generate (or fetch from the cache) the kernel for `problem` ("MxNxK" or a Problem; `a_major`
-    "col" for an A stored column-major; `dtype` what A and B hold and how they multiply: "f32"
-    (FFMA), "tf32", "bf16" or "f16" (tensor cores); `c_dtype` C's dtype, by default A's).
+    "col" for an A stored column-major, default "row"; `dtype` what A and B hold and how they
+    multiply: "f32" (FFMA, the default), "tf32", "bf16" or "f16" (tensor cores); `c_dtype` C's dtype,
+    by default A's). A Problem carries its own pattern, A order and dtypes: giving them too, different,
+    is a ShapeError.
 
     Without `arch`, the GPU's architecture (sm_90 where there is no GPU). Without `schedule`, the
     tuning database's best for this GPU, or the performance model's best; a dict of schedule fields

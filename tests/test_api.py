@@ -85,10 +85,22 @@ def test_every_searchable_layout_prepares_and_computes(rng, pattern, shape):
     (("64x64x63",), dict(pattern="2:4"), nmgen.ShapeError, r"pad K to 64 .*nmgen\.pad_k\(A, B, m=4\)"),
     ((nmgen.Problem(64, 64, 64, nmgen.Pattern(2, 4)),), dict(pattern="2:8"), nmgen.ShapeError,
      r"disagree with the problem's 2:4x1"),
+    # a Problem's own A order and dtypes: never silently kept over different ones given beside it
+    ((nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4, 8)),), dict(dtype="bf16", c_dtype="f16", a_major="col"),
+     nmgen.ShapeError, r"a_major='col' and dtype='bf16' and c_dtype='f16' differ from the problem 17x40x64 2:4x8 "
+                       r"\(A row-major, f32, C f32\)"),
+    ((nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4, 8), "bf16", "col"),), dict(a_major="row"), nmgen.ShapeError,
+     r"a_major='row' differs from the problem"),
 ])
 def test_compile_refuses_what_it_used_to_coerce(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         nmgen.compile(*args, **kwargs)
+
+
+def test_compile_takes_a_problems_own_fields_given_again():
+    p = nmgen.Problem(17, 40, 64, nmgen.Pattern(2, 4, 8), "bf16", "col")
+    k = nmgen.compile(p, dtype="bfloat16", a_major="col", c_dtype="bf16", pattern="2:4", vector=8)
+    assert k.problem == p and ".bf16" in k.ptx
 
 
 def test_compile_takes_numpy_integers_as_ints():
