@@ -66,13 +66,14 @@ class Pattern:
         if not mt:
             raise PatternError(f"pattern {text!r} is not of the form n:m (or n:mxV), e.g. 2:4, 8:32 or 8:32x32")
         if mt.group(3) is not None:
-            V = int(mt.group(3))
+            V = _int(mt.group(3), "V", PatternError)
             if vector is not None and vector != V:
                 raise PatternError(f"pattern {text!r} has vector length V={V} but vector={vector} was given: "
                                    f"give one of them")
             vector = V
         # Pattern refuses a vector that is no integer
-        return cls(int(mt.group(1)), int(mt.group(2)), default if vector is None else vector)
+        return cls(_int(mt.group(1), "n", PatternError), _int(mt.group(2), "m", PatternError),
+                   default if vector is None else vector)
 
     @property
     def density(self) -> float:
@@ -96,11 +97,19 @@ class Pattern:
                              f"zero rows: A, B = nmgen.pad_k(A, B, m={self.m})")
 
 
+def _int(digits: str, what: str, error) -> int:
+    """int() of a regex's digits, refusing (with `error`) more than 18 of them: no size or pattern
+    needs more, and Python itself refuses over 4300 with a ValueError."""
+    if len(digits.lstrip("-")) > 18:
+        raise error(f"{what}={digits[:12]}... ({len(digits)} digits) is far too large")
+    return int(digits)
+
+
 def parse_shape(text: str) -> tuple[int, int, int]:
     mt = _SHAPE_RE.match(str(text))
     if not mt:
         raise ShapeError(f"shape {text!r} is not of the form MxNxK, e.g. 4096x4096x4096")
-    M, N, K = (int(g) for g in mt.groups())
+    M, N, K = (_int(g, name, ShapeError) for g, name in zip(mt.groups(), "MNK"))
     if min(M, N, K) < 1:
         raise ShapeError(f"shape {text!r}: M, N and K must all be at least 1")
     return M, N, K

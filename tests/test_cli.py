@@ -784,3 +784,25 @@ def test_ptx_states_its_launch_contract():
     assert [(int(i), name) for i, name, _ in params] == list(enumerate(["A", "Bv", "Bi", "C", "Work", "Counts"]))
     assert ("4", "Work", "f32") in params and "zero before and after" in r.stdout
     assert r.stdout.count(".param .u64") == len(params)
+
+
+@pytest.mark.parametrize("option,value,what", [
+    ("--shape", "64x64x" + "6" * 5000, "K=666666666666... (5000 digits) is far too large"),
+    ("--pattern", "2:" + "4" * 5000, "m=444444444444... (5000 digits) is far too large"),
+    ("--schedule", '{"split_k": ' + "4" * 5000 + "}", "--schedule holds a number of over 4300 digits"),
+])
+def test_numbers_of_thousands_of_digits_are_one_line_errors(option, value, what):
+    args = {"--shape": "64x64x64", "--pattern": "2:4", option: value}
+    r = nmgen("ptx", *[x for kv in args.items() for x in kv])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and what in error_line(r), r.stderr[-500:]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system (Linux has one)")
+@pytest.mark.parametrize("command", [("ptx", "--shape", "64x64x64", "--pattern", "2:4"),
+                                     ("search", "--shape", "64x64x64", "--pattern", "2:4", "--dry-run")])
+def test_standard_output_on_a_full_disk_is_a_one_line_error(command):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nmgen.cli", *command], stdout=full, stderr=subprocess.PIPE,
+                           text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"nmgen {command[0]}: error: writing or reading failed: No space left on device"], r.stderr

@@ -60,15 +60,33 @@ def main(argv=None) -> int:
         parser.subparser(args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         refuse_existing_outputs(args)          # before any work: nothing the user has is replaced unasked
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()                     # a write that fails (a full disk) fails here, not at exit
+        return code
     except NMGenError as e:
         print(f"nmgen {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nmgen {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:                    # `nmgen ... | head`: the reader has what it wanted
+        _drop_stdout()
         return 0
+    except OSError as e:                       # e.g. standard output on a full disk (/dev/full)
+        _drop_stdout()
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"nmgen {args.command}: error: writing or reading failed{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's flush at exit does not fail
+    again (and print a traceback) on what is still buffered."""
+    import os
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):             # stdout is no file (a test's capture): nothing to flush
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

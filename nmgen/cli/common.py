@@ -262,6 +262,9 @@ def schedule_from(args, problem: Problem, device) -> Schedule | None:
         where = f"{args.schedule} " if text is not args.schedule else ""
         raise ScheduleError(f"--schedule {where}is not valid JSON ({e.msg} at column {e.colno}); give a JSON "
                             f"object of schedule fields or a file holding one") from None
+    except ValueError as e:         # json's int() of a number over 4300 digits
+        raise ScheduleError(f"--schedule holds a number of over 4300 digits, far too large for any schedule "
+                            f"field ({str(e).split(';')[0]})") from None
     if not isinstance(given, dict):
         raise ScheduleError("--schedule must be a JSON object of schedule fields")
     from ..search.heuristic import as_schedule
